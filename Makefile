@@ -1,0 +1,41 @@
+# The two commands a fresh clone needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/worker.toml
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint typecheck unit docker-test bench chaos clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+## run: set up, generate the input if missing, run the worker (Ctrl+C stops it; run again resumes)
+run: setup
+	$(BIN)/checkpoint-worker generate --if-missing --config $(CONFIG)
+	$(BIN)/checkpoint-worker run --config $(CONFIG)
+
+## test: lint, type-check, then every test (Docker tests skip without an engine unless REQUIRE_DOCKER=1)
+test: lint typecheck unit
+
+lint: setup
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS); \
+	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
+
+docker-test: setup
+	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis

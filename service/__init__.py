@@ -1,0 +1,50 @@
+"""checkpoint-worker: a resumable, checkpointed stream summation service, and its library.
+
+The library names below are imported on first use, so `checkpoint-worker healthcheck` (which
+Docker runs every few seconds) does not pay for what it does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "1.0.0"
+
+_EXPORTS = {
+    "async_number_stream": "library",
+    "load_checkpoint": "library",
+    "number_stream": "library",
+    "save_checkpoint": "library",
+    "Checkpoint": "checkpoint",
+    "CheckpointStore": "checkpoint",
+    "LineParser": "parsing",
+    "Position": "state",
+    "Settings": "settings",
+}
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointStore",
+    "LineParser",
+    "Position",
+    "Settings",
+    "__version__",
+    "async_number_stream",
+    "load_checkpoint",
+    "number_stream",
+    "save_checkpoint",
+]
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, CheckpointStore
+    from .library import async_number_stream, load_checkpoint, number_stream, save_checkpoint
+    from .parsing import LineParser
+    from .settings import Settings
+    from .state import Position
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'service' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -1,0 +1,149 @@
+"""The command line: `checkpoint-worker <command> [flags]`, also `python -m service`.
+
+Exit codes: 0 done (or stopped by a signal after the final checkpoint), 1 a runtime failure,
+2 a usage or configuration error. Expected failures are one line, never a traceback.
+Heavy imports (pydantic, anyio, numpy) happen after the command is known, so `healthcheck`
+stays as light as the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+
+__all__ = ["console", "main"]
+
+PROG = "checkpoint-worker"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and exit 2, instead of argparse's usage block."""
+        self.exit(2, f"{PROG}: error: {message} (see `{PROG} --help`)\n")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    from .settings import Settings
+
+    group = parser.add_argument_group("settings (flag > WORKER_* environment > --config file)")
+    group.add_argument("--config", metavar="FILE", help="TOML file of settings (or WORKER_CONFIG)")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} (default: {field.default})"
+        if field.annotation is bool:
+            group.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                flag, dest=name, metavar=name.upper(), default=argparse.SUPPRESS, help=help_text
+            )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="A resumable, checkpointed stream summation worker.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_setting_flags(sub)
+        return sub
+
+    command("run", "process the input from the checkpoint on (--follow: keep going as it grows)")
+    generate = command("generate", "write a file of random integers, one per line, atomically")
+    generate.add_argument("--count", type=int, default=1_000_000, help="how many numbers")
+    generate.add_argument("--seed", type=int, default=None, help="same seed, same file")
+    generate.add_argument("--output", type=Path, default=None, help="default: the input setting")
+    generate.add_argument("--if-missing", action="store_true", help="do nothing if it exists")
+    generate.add_argument("--force", action="store_true", help="overwrite an existing file")
+    status = command("status", "show the checkpoint: offset, records, sum, percent done")
+    status.add_argument("--json", action="store_true", help="as one JSON object")
+    command("reset", "remove the checkpoint and result, so the next run starts over")
+    command("healthcheck", "exit 0 if a worker is alive and its event loop responsive")
+    return parser
+
+
+def _healthcheck(argv: list[str]) -> int:
+    """Standard library only: Docker runs this every few seconds."""
+    from .health import check_health, checkpoint_path
+
+    parser = _Parser(prog=f"{PROG} healthcheck")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--config")
+    args, _other_settings = parser.parse_known_args(argv)
+    healthy, message = check_health(checkpoint_path(args.checkpoint, args.config))
+    print(message)
+    return 0 if healthy else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["healthcheck"]:
+        return _healthcheck(argv[1:])
+    args = _build_parser().parse_args(argv)
+
+    import os
+
+    from .errors import UsageError, WorkerError
+    from .settings import Settings, load_settings
+
+    sys.set_int_max_str_digits(0)  # sums and numbers are exact at any length
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    config = args.config or os.environ.get("WORKER_CONFIG")
+    try:
+        settings = load_settings(flags, Path(config) if config else None)
+    except UsageError as error:
+        print(f"{PROG}: error: {error.message}", file=sys.stderr)
+        return error.exit_code
+
+    from .logs import configure_logging
+
+    log = configure_logging(settings.log_format, settings.log_level)
+    try:
+        if args.command == "run":
+            import anyio
+
+            from .worker import run_worker
+
+            return anyio.run(run_worker, settings, log, backend="asyncio")
+        if args.command == "generate":
+            from .commands import generate
+
+            output = args.output or settings.input
+            if args.count < 0:
+                raise UsageError(f"--count must be >= 0, got {args.count}")
+            return generate(
+                output, args.count, args.seed, force=args.force, if_missing=args.if_missing, log=log
+            )
+        if args.command == "status":
+            from .commands import status
+
+            return status(settings, as_json=args.json)
+        from .commands import reset
+
+        return reset(settings, log)
+    except WorkerError as error:
+        log.error("fatal_error", message=error.message)
+        return error.exit_code
+
+
+def console() -> NoReturn:
+    """The `checkpoint-worker` console script."""
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends us quietly, like any CLI
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,129 @@
+"""The commands besides `run`: generate, status and reset. Each returns an exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointStore
+from .errors import WorkerError
+from .files import atomic_write, temp_files_of
+from .lock import WorkerLock
+from .logs import Logger
+from .settings import Settings
+
+__all__ = ["generate", "reset", "status"]
+
+DEFAULT_COUNT = 1_000_000
+LARGEST_NUMBER = 999_999
+_LINES_PER_PIECE = 100_000
+
+
+def _numbers(count: int, seed: int) -> Iterator[bytes]:
+    """`count` random integers in [0, LARGEST_NUMBER], one per line, as pieces of text."""
+    rng = random.Random(seed)
+    draw = rng.randrange
+    for start in range(0, count, _LINES_PER_PIECE):
+        size = min(_LINES_PER_PIECE, count - start)
+        numbers = [str(draw(LARGEST_NUMBER + 1)) for _ in range(size)]
+        yield ("\n".join(numbers) + "\n").encode()
+
+
+def generate(
+    output: Path, count: int, seed: int | None, *, force: bool, if_missing: bool, log: Logger
+) -> int:
+    """Write `count` random numbers to `output` atomically; the same seed gives the same file."""
+    if output.exists():
+        if if_missing:
+            log.info("input_exists", output=str(output), bytes=output.stat().st_size)
+            return 0
+        if not force:
+            raise WorkerError(f"{output} exists; refusing to overwrite it without --force")
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "big")
+    try:
+        atomic_write(output, _numbers(count, seed))
+    except OSError as error:
+        raise WorkerError(f"cannot write {output}: {error.strerror}") from None
+    log.info(
+        "input_generated", output=str(output), count=count, seed=seed, bytes=output.stat().st_size
+    )
+    return 0
+
+
+def _status_of(settings: Settings) -> dict[str, Any]:
+    checkpoint = CheckpointStore(settings.checkpoint).load()
+    try:
+        size: int | None = settings.input.stat().st_size
+    except OSError:
+        size = None
+    position = checkpoint.position if checkpoint else None
+    offset = position.offset if position else 0
+    return {
+        "checkpoint": str(settings.checkpoint),
+        "exists": checkpoint is not None,
+        "input": str(settings.input),
+        "offset": offset,
+        "lines": position.lines if position else 0,
+        "records": position.records if position else 0,
+        "bad_records": position.bad_records if position else 0,
+        "sum": position.sum if position else 0,
+        "input_size": size,
+        "percent": round(100.0 * offset / size, 2) if size else (100.0 if size == 0 else None),
+        "completed": checkpoint.completed if checkpoint else False,
+        "updated_at": checkpoint.updated_at if checkpoint else None,
+    }
+
+
+def status(settings: Settings, *, as_json: bool) -> int:
+    """Print the checkpoint as a person wants it (or as JSON)."""
+    report = _status_of(settings)
+    if as_json:
+        print(json.dumps(report))
+        return 0
+    if not report["exists"]:
+        print(f"no checkpoint at {report['checkpoint']}: the next run starts at the beginning")
+    size = report["input_size"]
+    rows = [
+        ("checkpoint", report["checkpoint"]),
+        ("input", f"{report['input']} ({'missing' if size is None else f'{size:,} bytes'})"),
+        ("offset", f"{report['offset']:,}"),
+        ("records", f"{report['records']:,}"),
+        ("bad_records", f"{report['bad_records']:,}"),
+        ("sum", str(report["sum"])),
+        ("percent", "-" if report["percent"] is None else f"{report['percent']:.2f}%"),
+        ("completed", "yes" if report["completed"] else "no"),
+        ("updated_at", report["updated_at"] or "-"),
+    ]
+    for name, value in rows:
+        print(f"{name:<12}{value}")
+    sys.stdout.flush()
+    return 0
+
+
+def reset(settings: Settings, log: Logger) -> int:
+    """Remove the checkpoint and the result; refuse while a worker holds the lock."""
+    lock = WorkerLock(settings.checkpoint)
+    try:
+        lock.acquire(purpose="reset")
+    except OSError as error:
+        raise WorkerError(f"cannot open lock file {lock.path}: {error.strerror}") from None
+    try:
+        removed = []
+        for path in [settings.checkpoint, settings.result, *temp_files_of(settings.checkpoint)]:
+            try:
+                path.unlink()
+                removed.append(str(path))
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise WorkerError(f"cannot remove {path}: {error.strerror}") from None
+    finally:
+        lock.release()
+    log.info("reset", removed=removed)
+    return 0

@@ -1,0 +1,58 @@
+"""The expected failures: each carries the one line a user sees and the process exit code."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRecordFound",
+    "CheckpointCorrupt",
+    "CheckpointWriteFailed",
+    "InputChanged",
+    "InputUnreadable",
+    "LockHeld",
+    "UsageError",
+    "WorkerError",
+]
+
+
+class WorkerError(Exception):
+    """An expected failure: reported as one line, never as a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(WorkerError):
+    """A bad flag, setting or configuration file."""
+
+    exit_code = 2
+
+
+class BadRecordFound(WorkerError):
+    """A bad line under on_bad_record=fail; the checkpoint stops just before it."""
+
+
+class CheckpointCorrupt(WorkerError):
+    """The checkpoint file exists but cannot be trusted; it is left untouched."""
+
+
+class CheckpointWriteFailed(WorkerError):
+    """A checkpoint or result could not be written; the previous file is intact."""
+
+
+class InputUnreadable(WorkerError):
+    """The input is missing, not a regular file, or cannot be read."""
+
+
+class InputChanged(WorkerError):
+    """The input no longer matches what the checkpoint consumed."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LockHeld(WorkerError):
+    """Another worker holds the checkpoint's lock."""

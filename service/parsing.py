@@ -1,0 +1,289 @@
+"""The parsing core: byte chunks in, records and a running `Position` out. No I/O, no clock.
+
+Rule 1: a line is consumed only when its '\\n' has been seen, or at the end of an input that is
+        not followed (`finish`). `Position.offset` is always the start of the next unconsumed line.
+Rule 2: a line is a record when it is optional spaces or tabs, an optional sign, ASCII digits,
+        optional spaces or tabs, and an optional '\\r'. Blank lines (spaces, tabs, one '\\r') are
+        neither records nor bad records. Everything else is a bad record, and so is any line
+        longer than `max_line_bytes` (the '\\r' counts, the '\\n' does not), whatever it holds.
+Rule 3: memory is bounded: at most `max_line_bytes` bytes of an unfinished line are held. Past
+        that the line is known to be bad, and its bytes are dropped as they arrive.
+Rule 4: work is split in two so it can run in parallel: `split` (cheap, in order) cuts chunks
+        into regions of whole lines; `parse_region` (pure, any thread) parses one region;
+        `commit` (in order) applies a region's result to the position.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from .fastpath import sum_plain_lines
+from .state import Position
+
+__all__ = [
+    "BadRecord",
+    "Batch",
+    "LineParser",
+    "Region",
+    "RegionResult",
+    "parse_region",
+    "parse_values",
+]
+
+LINE_TOO_LONG = "line_too_long"
+NOT_AN_INTEGER = "not_an_integer"
+BAD_RECORD_DETAILS_PER_RUN = 100
+
+_RECORD = re.compile(rb"[ \t]*([+-]?[0-9]+)[ \t]*\r?")
+_BLANK = re.compile(rb"[ \t]*\r?")
+_FAST_PATH_MIN_BYTES = 4096  # below this, numpy's fixed cost outweighs the per-line loop
+_INT_DIGITS_AT_ONCE = 4000  # under CPython's default limit on int() of long digit strings
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A line that is not a record: its 1-based number, its start offset, and why."""
+
+    line: int
+    offset: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RegionResult:
+    """What a region of whole lines adds up to. Line numbers and offsets are region-relative."""
+
+    consumed: int
+    lines: int
+    records: int
+    bad_records: int
+    sum: int
+    bad: tuple[BadRecord, ...] = ()
+    failed: BadRecord | None = None
+
+
+@dataclass(frozen=True)
+class Region:
+    """Whole lines cut from the input at `offset`, or a result already known (`parsed`)."""
+
+    data: bytes
+    offset: int
+    parsed: RegionResult | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The position after a commit, the bad records to report, and the one that stopped the run."""
+
+    position: Position
+    bad: tuple[BadRecord, ...] = ()
+    failed: BadRecord | None = None
+
+
+def _to_int(digits: bytes) -> int:
+    """Exact int() of an ASCII digit string of any length (with an optional sign)."""
+    if len(digits) <= _INT_DIGITS_AT_ONCE:
+        return int(digits)
+    sign = -1 if digits[:1] == b"-" else 1
+    body = digits.lstrip(b"+-")
+    value = 0
+    for start in range(0, len(body), _INT_DIGITS_AT_ONCE):
+        piece = body[start : start + _INT_DIGITS_AT_ONCE]
+        value = value * 10 ** len(piece) + int(piece)
+    return sign * value
+
+
+def _classify(line: bytes, max_line_bytes: int) -> int | str | None:
+    """A line's value, None for a blank line, or the reason it is a bad record."""
+    if len(line) > max_line_bytes:
+        return LINE_TOO_LONG
+    match = _RECORD.fullmatch(line)
+    if match:
+        return _to_int(match.group(1))
+    if _BLANK.fullmatch(line):
+        return None
+    return NOT_AN_INTEGER
+
+
+def parse_region(
+    region: bytes, max_line_bytes: int, *, stop_at_bad: bool, bad_details: int
+) -> RegionResult:
+    """Parse whole lines (`region` ends in '\\n'); keep up to `bad_details` bad records."""
+    if len(region) >= _FAST_PATH_MIN_BYTES:
+        plain = sum_plain_lines(region, max_line_bytes)
+        if plain is not None:
+            records, total = plain
+            return RegionResult(len(region), records, records, 0, total)
+
+    lines = region.split(b"\n")
+    lines.pop()  # the empty piece after the region's last '\n'
+    offset = records = bad_records = total = 0
+    bad: list[BadRecord] = []
+    for index, line in enumerate(lines):
+        kind = _classify(line, max_line_bytes)
+        if isinstance(kind, int):
+            total += kind
+            records += 1
+        elif kind is not None:
+            record = BadRecord(index + 1, offset, kind)
+            if stop_at_bad:
+                return RegionResult(offset, index, records, bad_records, total, (), record)
+            bad_records += 1
+            if len(bad) < bad_details:
+                bad.append(record)
+        offset += len(line) + 1
+    return RegionResult(offset, len(lines), records, bad_records, total, tuple(bad))
+
+
+def parse_values(
+    region: bytes, offset: int, max_line_bytes: int
+) -> Iterator[tuple[int, int | str]]:
+    """Each non-blank line of a region of whole lines: (offset after it, value or bad reason)."""
+    for line in region.split(b"\n")[:-1]:
+        offset += len(line) + 1
+        kind = _classify(line, max_line_bytes)
+        if kind is not None:
+            yield offset, kind
+
+
+class LineParser:
+    """Cuts a byte stream into regions of whole lines and keeps the running position."""
+
+    def __init__(
+        self,
+        start: Position,
+        *,
+        max_line_bytes: int,
+        stop_at_bad: bool,
+        bad_details: int = BAD_RECORD_DETAILS_PER_RUN,
+    ) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.stop_at_bad = stop_at_bad
+        self._position = start
+        self._details_left = bad_details
+        self._held = b""  # the start of the current unfinished line
+        self._dropped = 0  # bytes of an over-long unfinished line already thrown away
+        self._split_offset = start.offset  # where the next byte given to `split` sits
+
+    @property
+    def position(self) -> Position:
+        return self._position
+
+    @property
+    def split_offset(self) -> int:
+        """The input offset just past the last byte handed to `split`."""
+        return self._split_offset
+
+    def split(self, chunk: bytes) -> list[Region]:
+        """Cut the next chunk of input into regions of whole lines, in input order."""
+        regions: list[Region] = []
+        chunk_offset = self._split_offset
+        self._split_offset += len(chunk)
+        if self._dropped:
+            end = chunk.find(b"\n")
+            if end < 0:
+                self._dropped += len(chunk)
+                return regions
+            line_start = chunk_offset - self._dropped
+            regions.append(self._too_long(line_start, consumed=self._dropped + end + 1))
+            self._dropped = 0
+            chunk_offset += end + 1
+            chunk = chunk[end + 1 :]
+        line_start = chunk_offset - len(self._held)
+        data = self._held + chunk if self._held else chunk
+        last = data.rfind(b"\n")
+        if last >= 0:
+            regions.append(Region(data[: last + 1], line_start))
+            line_start += last + 1
+        tail = data[last + 1 :]
+        if len(tail) > self.max_line_bytes:
+            # Known bad before its end arrives: under "fail" that stops the run right here.
+            self._held, self._dropped = b"", len(tail)
+            if self.stop_at_bad:
+                regions.append(self._too_long(line_start, consumed=0))
+        else:
+            self._held = tail
+        return regions
+
+    def _too_long(self, offset: int, consumed: int) -> Region:
+        # `consumed` 0 means the line has not ended yet: only a stop can come of it.
+        record = BadRecord(1, 0, LINE_TOO_LONG)
+        if self.stop_at_bad:
+            return Region(b"", offset, RegionResult(0, 0, 0, 0, 0, (), record))
+        return Region(b"", offset, RegionResult(consumed, 1, 0, 1, 0, (record,)))
+
+    def parse(self, region: Region) -> RegionResult:
+        """The result of one region; pure, so it may run in any thread."""
+        if region.parsed is not None:
+            return region.parsed
+        return parse_region(
+            region.data,
+            self.max_line_bytes,
+            stop_at_bad=self.stop_at_bad,
+            bad_details=self._details_left,
+        )
+
+    def commit(self, region: Region, result: RegionResult) -> Batch:
+        """Apply one region's result; regions must be committed in the order `split` made them."""
+        before = self._position
+        self._position = before.advance(
+            consumed=result.consumed,
+            lines=result.lines,
+            records=result.records,
+            bad_records=result.bad_records,
+            total=result.sum,
+        )
+        shown = result.bad[: self._details_left]
+        self._details_left -= len(shown)
+        bad = tuple(
+            BadRecord(before.lines + r.line, region.offset + r.offset, r.reason) for r in shown
+        )
+        failed = None
+        if result.failed is not None:
+            failed = BadRecord(
+                before.lines + result.failed.line,
+                region.offset + result.failed.offset,
+                result.failed.reason,
+            )
+        return Batch(self._position, bad, failed)
+
+    def feed(self, chunk: bytes) -> Batch:
+        """Split, parse and commit a chunk in one step; stops at the first failure."""
+        return self._run(self.split(chunk))
+
+    def take_unfinished(self) -> tuple[int, bytes] | None:
+        """The held start of an unfinished line, with its offset, handed over and forgotten."""
+        if not self._held:
+            return None
+        held, self._held = self._held, b""
+        return self._split_offset - len(held), held
+
+    def finish(self) -> Batch:
+        """The input ended: its last line, unfinished by a '\\n', is a line all the same."""
+        if self._dropped:
+            size, self._dropped = self._dropped, 0
+            return self._run([self._too_long(self._split_offset - size, consumed=size)])
+        unfinished = self.take_unfinished()
+        if unfinished is None:
+            return Batch(self._position)
+        line_start, held = unfinished
+        result = parse_region(
+            held + b"\n",
+            self.max_line_bytes,
+            stop_at_bad=self.stop_at_bad,
+            bad_details=self._details_left,
+        )
+        if result.failed is None:  # the '\n' added above was never in the input
+            result = replace(result, consumed=result.consumed - 1)
+        return self._run([Region(b"", line_start, result)])
+
+    def _run(self, regions: list[Region]) -> Batch:
+        bad: list[BadRecord] = []
+        for region in regions:
+            batch = self.commit(region, self.parse(region))
+            bad.extend(batch.bad)
+            if batch.failed is not None:
+                return Batch(batch.position, tuple(bad), batch.failed)
+        return Batch(self._position, tuple(bad))

@@ -1,0 +1,99 @@
+"""Settings: one typed, validated object, built once in `main()` and passed down.
+
+Rule 1: every setting is defined once, here; its flag, its `WORKER_*` variable and its TOML key
+        all derive from the field's name.
+Rule 2: precedence is flag > environment > TOML file > default.
+Rule 3: an unknown key, a bad value or a bad file is a `UsageError` (exit 2) naming the setting.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import UsageError
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "WORKER_"
+_config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """Every setting of the worker, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False
+    )
+
+    input: Path = Field(Path("numbers.txt"), description="the numbers file")
+    checkpoint: Path = Field(Path("checkpoint.json"), description="the checkpoint file")
+    result: Path = Field(Path("result.json"), description="the result file")
+    checkpoint_interval: float = Field(1.0, gt=0, description="seconds between checkpoints")
+    follow: bool = Field(False, description="keep reading as the input grows")
+    poll_interval: float = Field(0.5, gt=0, description="seconds between looks at a followed input")
+    max_rate: float = Field(0, ge=0, description="numbers per second, 0 = unlimited")
+    on_bad_record: Literal["skip", "fail"] = Field("skip", description="skip or fail on a bad line")
+    max_line_bytes: int = Field(4096, ge=1, description="longest line accepted, in bytes")
+    on_input_change: Literal["fail", "restart"] = Field(
+        "fail", description="when the input no longer matches the checkpoint"
+    )
+    shutdown_timeout: float = Field(5.0, gt=0, description="graceful shutdown limit, seconds")
+    log_format: Literal["json", "console", "auto"] = Field("auto", description="log format")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=config_file),)
+        return sources
+
+
+def _describe(error: ErrorDetails, config_file: Path | None) -> str:
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting {name!r} in {config_file}"
+    flag = "--" + name.replace("_", "-")
+    return (
+        f"invalid setting {name!r} ({flag}, {ENV_PREFIX}{name.upper()}): "
+        f"{error['msg']}, got {error.get('input')!r}"
+    )
+
+
+def load_settings(flags: dict[str, Any], config_file: Path | None) -> Settings:
+    """Settings from flags, environment, the TOML file and defaults; UsageError if invalid."""
+    if config_file is not None:
+        try:
+            with config_file.open("rb") as handle:
+                tomllib.load(handle)
+        except OSError as error:
+            raise UsageError(f"cannot read config file {config_file}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise UsageError(f"config file {config_file} is not valid TOML: {error}") from None
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**flags)
+    except ValidationError as error:
+        raise UsageError(_describe(error.errors()[0], config_file)) from None
+    finally:
+        _config_file.reset(token)
