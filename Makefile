@@ -39,3 +39,11 @@ docker-test: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis
+
+## bench: the performance figures against baselines (prints a table, writes bench/results/latest.json)
+bench: setup
+	$(BIN)/python -m bench
+
+## chaos: the fault-injection and bad-input campaign (prints a table of faults and outcomes)
+chaos: setup
+	$(BIN)/python -m tests.chaos

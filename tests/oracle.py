@@ -1,0 +1,64 @@
+"""An independent oracle for the input rules of CONTRACT.md, written plainly, line by line.
+
+It shares no code with `service`: a test that compares the worker with it compares two readings
+of the contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Expected", "expected_of", "expected_of_file"]
+
+
+@dataclass(frozen=True)
+class Expected:
+    lines: int
+    records: int
+    bad_records: int
+    sum: int
+    offset: int
+    bad_lines: tuple[int, ...]
+
+
+def _value(line: bytes) -> int | str | None:
+    """The line's integer, None if blank, "bad" otherwise (line length already checked)."""
+    body = line[:-1] if line.endswith(b"\r") else line
+    text = body.strip(b" \t")
+    if not text:
+        return None
+    digits = text[1:] if text[:1] in (b"+", b"-") else text
+    if digits and digits.isdigit() and digits.isascii():
+        sign = -1 if text[:1] == b"-" else 1
+        return sign * int(digits.decode("ascii"))
+    return "bad"
+
+
+def expected_of(data: bytes, *, max_line_bytes: int = 4096, following: bool = False) -> Expected:
+    """What the worker must report for `data` read to its end (held tail when `following`)."""
+    pieces = data.split(b"\n")
+    tail = pieces.pop()  # bytes after the last '\n' ('' when the input ends with one)
+    lines = list(pieces)
+    offset = len(data) - len(tail)
+    if tail and not following:
+        lines.append(tail)
+        offset = len(data)
+    records = bad = total = 0
+    bad_lines: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        value = "bad" if len(line) > max_line_bytes else _value(line)
+        if value is None:
+            continue
+        if value == "bad":
+            bad += 1
+            bad_lines.append(number)
+        else:
+            assert isinstance(value, int)
+            records += 1
+            total += value
+    return Expected(len(lines), records, bad, total, offset, tuple(bad_lines))
+
+
+def expected_of_file(path: str, **options: object) -> Expected:
+    with open(path, "rb") as handle:
+        return expected_of(handle.read(), **options)  # type: ignore[arg-type]
