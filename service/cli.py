@@ -85,11 +85,25 @@ def _healthcheck(argv: list[str]) -> int:
     return 0 if healthy else 1
 
 
+def _remember_stop_signals(received: list[int]) -> None:
+    """Until the worker listens, note SIGTERM/SIGINT instead of dying: it stops gracefully then."""
+    import signal
+
+    def remember(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, remember)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["healthcheck"]:
         return _healthcheck(argv[1:])
+    early_signals: list[int] = []
+    if argv[:1] == ["run"]:
+        _remember_stop_signals(early_signals)
     args = _build_parser().parse_args(argv)
 
     import os
@@ -115,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
             from .worker import run_worker
 
-            return anyio.run(run_worker, settings, log, backend="asyncio")
+            return anyio.run(run_worker, settings, log, early_signals, backend="asyncio")
         if args.command == "generate":
             from .commands import generate
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiofiles
 import anyio
+import anyio.abc
 from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from . import __version__
@@ -195,11 +196,14 @@ class _Worker:
 
     # --- run ----------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, early_signals: list[int]) -> None:
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._listen_for_signals, tasks.cancel_scope)
-            tasks.start_soon(self._guarded, self._run_timer, tasks.cancel_scope)
-            await self._guarded(self._consume, tasks.cancel_scope)
+            # Listen first, so a signal during start-up is a graceful stop too.
+            await tasks.start(self._listen_for_signals, tasks.cancel_scope, early_signals)
+            await self._guarded(self.start, tasks.cancel_scope)
+            if self.failure is None:
+                tasks.start_soon(self._guarded, self._run_timer, tasks.cancel_scope)
+                await self._guarded(self._consume, tasks.cancel_scope)
             tasks.cancel_scope.cancel()
 
     async def _guarded(self, work: Any, scope: anyio.CancelScope) -> None:
@@ -210,14 +214,27 @@ class _Worker:
             self.failure = self.failure or error
             scope.cancel()
 
-    async def _listen_for_signals(self, scope: anyio.CancelScope) -> None:
+    async def _listen_for_signals(
+        self,
+        scope: anyio.CancelScope,
+        early_signals: list[int],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                self.stop_signal = signum
-                _exit_at_next_signal()
-                self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
-                scope.cancel()
+            task_status.started()
+            for signum in early_signals:  # arrived before this receiver took over
+                self._request_shutdown(signum, scope)
                 return
+            async for signum in signals:
+                self._request_shutdown(signum, scope)
+                return
+
+    def _request_shutdown(self, signum: int, scope: anyio.CancelScope) -> None:
+        self.stop_signal = signum
+        _exit_at_next_signal()
+        self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        scope.cancel()
 
     async def _consume(self) -> None:
         """Read the input to its end (or forever, following), restarting on a changed input."""
@@ -441,8 +458,11 @@ class _Worker:
         return code, reason
 
 
-async def run_worker(settings: Settings, log: Logger) -> int:
-    """Run the worker to completion or shutdown; return the process exit code."""
+async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) -> int:
+    """Run the worker to completion or shutdown; return the process exit code.
+
+    `early_signals` are SIGTERM/SIGINT received before the worker could listen for them.
+    """
     log.info(
         "worker_started",
         input=str(settings.input),
@@ -453,10 +473,7 @@ async def run_worker(settings: Settings, log: Logger) -> int:
     )
     worker = _Worker(settings, log)
     try:
-        await worker.start()
-        await worker.run()
-    except WorkerError as error:
-        worker.failure = error
+        await worker.run(early_signals)
     finally:
         code, reason = await worker.shut_down()
     position = worker.parser.position

@@ -56,6 +56,7 @@ class WorkerProcess:
         )
         self.events: list[Event] = []
         self.raw: list[str] = []
+        self._stderr = ""
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -93,16 +94,31 @@ class WorkerProcess:
 
     def finish(self, timeout: float = 30) -> int:
         """Wait for exit; return the exit code (negative: killed by that signal)."""
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
         self._reader.join(timeout=5)
+        self._close_pipes()
         return code
+
+    def _close_pipes(self) -> None:
+        if self.process.stderr is not None and not self.process.stderr.closed:
+            self._stderr = self.process.stderr.read()
+            self.process.stderr.close()
+        if self.process.stdout is not None and not self._reader.is_alive():
+            self.process.stdout.close()
 
     @property
     def stderr(self) -> str:
-        assert self.process.stderr is not None
-        return self.process.stderr.read()
+        """What the process wrote to stderr (after `finish`)."""
+        return self._stderr
 
     def kill(self) -> None:
+        """SIGKILL, and reap."""
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+        self.process.wait()
+        self._reader.join(timeout=5)
+        self._close_pipes()

@@ -1,0 +1,481 @@
+"""The contract, end to end: real worker processes, real signals, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.oracle import Expected, expected_of
+from tests.processes import WorkerProcess, cli, events_of, worker_env
+
+SEED = 20261123
+
+
+def _numbers(count: int, seed: int = SEED, *, noisy: bool = False) -> bytes:
+    """Deterministic input; `noisy` mixes in signs, blanks, CRLF and bad lines."""
+    rng = random.Random(seed)
+    lines = []
+    for index in range(count):
+        value = rng.randrange(-(10**6), 10**6)
+        if noisy and index % 97 == 13:
+            lines.append(rng.choice([b"oops", b"1.5", b" ", b"", b"0x1F", b"\xff\xfe", b"1_000"]))
+        elif noisy and index % 89 == 7:
+            lines.append(f" +{abs(value)}\t\r".encode())
+        else:
+            lines.append(str(value).encode())
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "numbers.txt").write_bytes(_numbers(200_000, noisy=True))
+    return tmp_path
+
+
+def _checkpoint(workdir: Path) -> dict[str, object]:
+    loaded = json.loads((workdir / "checkpoint.json").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _result(workdir: Path) -> dict[str, object]:
+    loaded = json.loads((workdir / "result.json").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _assert_result_is(workdir: Path, expected: Expected) -> None:
+    result = _result(workdir)
+    assert (result["sum"], result["records"], result["bad_records"], result["offset"]) == (
+        expected.sum,
+        expected.records,
+        expected.bad_records,
+        expected.offset,
+    )
+
+
+def _assert_checkpoint_exact(workdir: Path, data: bytes) -> None:
+    """The checkpoint's counts are exactly the oracle's for the prefix it says it consumed."""
+    saved = _checkpoint(workdir)
+    offset = saved["offset"]
+    assert isinstance(offset, int)
+    assert offset == 0 or data[offset - 1 : offset] == b"\n", "offset not at a line start"
+    prefix = expected_of(data[:offset])
+    assert (saved["records"], saved["bad_records"], saved["sum"], saved["lines"]) == (
+        prefix.records,
+        prefix.bad_records,
+        prefix.sum,
+        prefix.lines,
+    )
+
+
+def test_run_completes_with_the_exact_sum_and_rerun_gives_the_same(workdir: Path) -> None:
+    """A run ends with `completed`, result.json holds the oracle's sum, and a rerun repeats it."""
+    expected = expected_of((workdir / "numbers.txt").read_bytes())
+    first = cli(["run"], workdir)
+    assert first.returncode == 0, first.stderr
+    events = events_of(first.stdout)
+    names = [e["event"] for e in events]
+    assert names[0] == "worker_started"
+    assert names[-1] == "worker_stopped"
+    assert "checkpoint_not_found" in names
+    completed = next(e for e in events if e["event"] == "completed")
+    assert (completed["sum"], completed["records"], completed["bad_records"]) == (
+        expected.sum,
+        expected.records,
+        expected.bad_records,
+    )
+    assert any(e["event"] == "checkpoint_saved" and e["reason"] == "completed" for e in events)
+    _assert_result_is(workdir, expected)
+    assert _checkpoint(workdir)["completed"] is True
+
+    again = cli(["run"], workdir)
+    assert again.returncode == 0
+    assert any(e["event"] == "checkpoint_loaded" for e in events_of(again.stdout))
+    _assert_result_is(workdir, expected)
+
+
+def test_every_log_line_is_json_with_timestamp_level_and_event(workdir: Path) -> None:
+    """Each stdout line is one JSON object with an ISO 8601 UTC timestamp, a level and an event."""
+    done = cli(["run"], workdir)
+    lines = done.stdout.splitlines()
+    assert lines
+    for line in lines:
+        event = json.loads(line)
+        assert event["level"] in {"debug", "info", "warning", "error"}
+        assert isinstance(event["event"], str)
+        assert event["timestamp"].endswith("Z")
+        time.strptime(event["timestamp"][:19], "%Y-%m-%dT%H:%M:%S")
+    started = json.loads(lines[0])
+    assert {"input", "checkpoint", "pid", "version"} <= started.keys()
+    stopped = json.loads(lines[-1])
+    assert (stopped["event"], stopped["exit_code"], stopped["reason"]) == (
+        "worker_stopped",
+        0,
+        "completed",
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_run_saves_a_final_checkpoint_and_the_rerun_resumes_exactly(
+    workdir: Path, signum: signal.Signals
+) -> None:
+    """SIGTERM/SIGINT at a random moment: exit 0, checkpoint_saved reason shutdown, exact resume."""
+    data = (workdir / "numbers.txt").read_bytes()
+    rng = random.Random(signum)
+    for _ in range(3):
+        worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.2"], workdir)
+        worker.wait_for("worker_started")
+        time.sleep(rng.uniform(0.2, 0.6))
+        sent = time.monotonic()
+        worker.signal(signum)
+        assert worker.finish() == 0
+        assert time.monotonic() - sent < 5  # the shutdown timeout
+        worker.wait_for("shutdown_requested", signal=signum.name)
+        final = worker.wait_for("checkpoint_saved", reason="shutdown")
+        assert _checkpoint(workdir)["offset"] == final["offset"]
+        _assert_checkpoint_exact(workdir, data)
+        resumed = WorkerProcess(["--max-rate", "1"], workdir)
+        loaded = resumed.wait_for("checkpoint_loaded")
+        resumed.signal(signal.SIGTERM)
+        assert resumed.finish() == 0
+        assert loaded["offset"] == final["offset"]
+        assert loaded["sum"] == final["sum"]
+    assert cli(["run"], workdir).returncode == 0
+    _assert_result_is(workdir, expected_of(data))
+
+
+def test_sigkill_at_random_instants_never_loses_or_doubles_a_record(workdir: Path) -> None:
+    """20 SIGKILLs at random instants: every checkpoint left is exact, and the end sum is too."""
+    data = (workdir / "numbers.txt").read_bytes()
+    rng = random.Random(7)
+    offsets = []
+    for _ in range(20):
+        worker = WorkerProcess(["--max-rate", "25000", "--checkpoint-interval", "0.02"], workdir)
+        worker.wait_for("worker_started")
+        time.sleep(rng.uniform(0.05, 0.4))
+        worker.kill()
+        assert worker.finish() == -signal.SIGKILL
+        if (workdir / "checkpoint.json").exists():
+            _assert_checkpoint_exact(workdir, data)
+            offsets.append(_checkpoint(workdir)["offset"])
+    assert len(set(offsets)) > 5, "kills should land at many different offsets"
+    done = cli(["run"], workdir)
+    assert done.returncode == 0, done.stdout
+    _assert_result_is(workdir, expected_of(data))
+
+
+def test_resumed_bad_record_line_numbers_count_from_the_start_of_the_file(tmp_path: Path) -> None:
+    """After a resume, bad_record events still give line numbers from the start of the file."""
+    lines = [str(n).encode() for n in range(1, 30_001)]
+    lines[5] = b"bad-early"
+    lines[29_000] = b"bad-late"
+    (tmp_path / "numbers.txt").write_bytes(b"\n".join(lines) + b"\n")
+    worker = WorkerProcess(["--max-rate", "20000", "--checkpoint-interval", "0.1"], tmp_path)
+    worker.wait_for("bad_record", line=6)
+    worker.wait_for("checkpoint_saved", timeout=10)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    stopped_at = _checkpoint(tmp_path)["offset"]
+    assert isinstance(stopped_at, int)
+    assert stopped_at < len(b"\n".join(lines[:29_000]))
+    resumed = cli(["run"], tmp_path)
+    bad = [e for e in events_of(resumed.stdout) if e["event"] == "bad_record"]
+    assert [(e["line"], e["reason"]) for e in bad] == [(29_001, "not_an_integer")]
+    assert bad[0]["offset"] == len(b"\n".join(lines[:29_000])) + 1
+    assert _result(tmp_path)["bad_records"] == 2
+
+
+def test_bad_records_are_logged_at_most_100_times_but_counted_exactly(tmp_path: Path) -> None:
+    """Skip policy: 250 bad lines give 100 bad_record events and bad_records = 250."""
+    lines = [b"x" if n % 2 else b"1" for n in range(500)]
+    (tmp_path / "numbers.txt").write_bytes(b"\n".join(lines) + b"\n")
+    done = cli(["run"], tmp_path)
+    bad = [e for e in events_of(done.stdout) if e["event"] == "bad_record"]
+    assert len(bad) == 100
+    assert [e["line"] for e in bad] == list(range(2, 202, 2))
+    assert (_result(tmp_path)["bad_records"], _result(tmp_path)["records"]) == (250, 250)
+
+
+def test_fail_policy_stops_before_the_bad_line_and_names_it(tmp_path: Path) -> None:
+    """on_bad_record=fail: exit 1, the error names line 4, the checkpoint stops just before it."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n\n1e3\n5\n")
+    done = cli(["run", "--on-bad-record", "fail"], tmp_path)
+    assert done.returncode == 1
+    errors = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert len(errors) == 1
+    assert "line 4" in errors[0]["message"]
+    assert "Traceback" not in done.stderr
+    saved = _checkpoint(tmp_path)
+    assert (saved["offset"], saved["records"], saved["sum"]) == (5, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("empty", b""),
+        ("truncated", b'{"version": 1, "offset": 12, "rec'),
+        ("zero_filled", b"\0" * 128),
+        (
+            "wrong_types",
+            b'{"version": 1, "input": "n", "offset": "12", "lines": 1, "records": 1,'
+            b' "bad_records": 0, "sum": 1, "identity": null, "completed": false,'
+            b' "updated_at": "x"}',
+        ),
+        ("unknown_version", b'{"version": 99, "offset": 0}'),
+        ("not_an_object", b"[1, 2, 3]"),
+    ],
+)
+def test_a_corrupt_checkpoint_is_reported_and_left_untouched(
+    workdir: Path, name: str, content: bytes
+) -> None:
+    """A torn, zero-filled, ill-typed or unknown-version checkpoint: exit 1, file unchanged."""
+    (workdir / "checkpoint.json").write_bytes(content)
+    done = cli(["run"], workdir)
+    assert done.returncode == 1, name
+    errors = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert len(errors) == 1
+    assert "checkpoint.json" in errors[0]["message"]
+    assert "Traceback" not in done.stderr
+    assert (workdir / "checkpoint.json").read_bytes() == content
+    assert not (workdir / "result.json").exists()
+
+
+def _stop_midway(workdir: Path) -> int:
+    worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.1"], workdir)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    offset = _checkpoint(workdir)["offset"]
+    assert isinstance(offset, int)
+    assert offset > 2048
+    return offset
+
+
+@pytest.mark.parametrize("change", ["same_size_other_content", "truncated_below_offset"])
+def test_a_changed_input_fails_or_restarts_by_policy(workdir: Path, change: str) -> None:
+    """Input replaced or truncated under a checkpoint: input_changed, exit 1 or restart from 0."""
+    offset = _stop_midway(workdir)
+    path = workdir / "numbers.txt"
+    data = path.read_bytes()
+    if change == "same_size_other_content":
+        # Only the last KiB before the offset differs: the tail hash must notice.
+        spot = offset - 10
+        swapped = b"7" if data[spot : spot + 1] != b"7" else b"8"
+        if data[spot : spot + 1] in (b"\n", b"-"):
+            spot -= 2
+        data = data[:spot] + swapped + data[spot + 1 :]
+    else:
+        data = data[: offset // 2]
+        data = data[: data.rindex(b"\n") + 1]
+    path.write_bytes(data)
+    before = (workdir / "checkpoint.json").read_bytes()
+
+    failed = cli(["run"], workdir)
+    assert failed.returncode == 1
+    changed = [e for e in events_of(failed.stdout) if e["event"] == "input_changed"]
+    assert len(changed) == 1
+    assert changed[0]["action"] == "fail"
+    assert (workdir / "checkpoint.json").read_bytes() == before
+
+    restarted = cli(["run", "--on-input-change", "restart"], workdir)
+    assert restarted.returncode == 0
+    events = events_of(restarted.stdout)
+    assert any(e["event"] == "input_changed" and e["action"] == "restart" for e in events)
+    assert any(e["event"] == "input_changed" and e["level"] == "warning" for e in events)
+    _assert_result_is(workdir, expected_of(data))
+
+
+def test_a_second_worker_on_the_same_checkpoint_exits_at_once_naming_the_holder(
+    workdir: Path,
+) -> None:
+    """One worker per checkpoint: a second one exits 1 at once with the holder's pid."""
+    first = WorkerProcess(["--max-rate", "1000"], workdir)
+    first.wait_for("checkpoint_not_found")
+    started = time.monotonic()
+    second = cli(["run"], workdir)
+    assert time.monotonic() - started < 10
+    assert second.returncode == 1
+    errors = [e for e in events_of(second.stdout) if e["level"] == "error"]
+    assert len(errors) == 1
+    assert str(first.process.pid) in errors[0]["message"]
+    first.signal(signal.SIGTERM)
+    assert first.finish() == 0
+
+
+def test_a_missing_input_is_one_clear_error(tmp_path: Path) -> None:
+    """No numbers.txt: exit 1 with one error line naming it, no traceback, no checkpoint."""
+    done = cli(["run"], tmp_path)
+    assert done.returncode == 1
+    errors = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert len(errors) == 1
+    assert "numbers.txt" in errors[0]["message"]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "checkpoint.json").exists()
+
+
+def test_an_unwritable_checkpoint_location_is_one_clear_error(workdir: Path) -> None:
+    """A checkpoint whose directory cannot be written: exit 1, one error line, no traceback."""
+    blocker = workdir / "not-a-directory"
+    blocker.write_text("a file where a directory should be\n")
+    done = cli(["run", "--checkpoint", str(blocker / "checkpoint.json")], workdir)
+    assert done.returncode == 1
+    errors = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert len(errors) == 1
+    assert "not-a-directory" in errors[0]["message"]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_checkpoint_write_failure_mid_run_keeps_the_previous_checkpoint(workdir: Path) -> None:
+    """When the checkpoint cannot be replaced (here: it became a directory), exit 1 and say so."""
+    worker = WorkerProcess(["--max-rate", "50000", "--checkpoint-interval", "0.1"], workdir)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    checkpoint = workdir / "checkpoint.json"
+    checkpoint.unlink()
+    checkpoint.mkdir()
+    assert worker.finish(timeout=20) == 1
+    errors = worker.named("fatal_error")
+    assert len(errors) == 1
+    assert "checkpoint.json" in errors[0]["message"]
+    assert "Traceback" not in worker.stderr
+
+
+def test_follow_mode_counts_appended_lines_once_even_split_across_writes(tmp_path: Path) -> None:
+    """Following: a number written in two pieces is one record; caught_up then SIGTERM exits 0."""
+    path = tmp_path / "numbers.txt"
+    path.write_bytes(b"1\n2\n")
+    worker = WorkerProcess(["--follow", "--poll-interval", "0.05"], tmp_path)
+    worker.wait_for("caught_up", records=2, sum=3)
+    with path.open("ab") as handle:
+        for piece in (b"12", b"34\n-", b"5", b"\n7"):
+            handle.write(piece)
+            handle.flush()
+            time.sleep(0.2)
+    worker.wait_for("caught_up", records=4, sum=3 + 1234 - 5)
+    assert _result(tmp_path)["sum"] == 1232
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    final = worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert final["offset"] == len(b"1\n2\n1234\n-5\n")  # the unfinished "7" stays unconsumed
+    assert not worker.named("completed")
+
+    with path.open("ab") as handle:
+        handle.write(b"\n")
+    done = cli(["run"], tmp_path)
+    assert done.returncode == 0
+    assert _result(tmp_path)["sum"] == 1232 + 7
+
+
+def test_healthcheck_is_healthy_only_while_a_worker_runs(workdir: Path) -> None:
+    """healthcheck exits 0 beside a live worker and 1 once it has stopped."""
+    worker = WorkerProcess(["--max-rate", "1000"], workdir)
+    worker.wait_for("checkpoint_not_found")
+    time.sleep(0.3)
+    assert cli(["healthcheck"], workdir).returncode == 0
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    stopped = cli(["healthcheck"], workdir)
+    assert stopped.returncode == 1
+    assert "unhealthy" in stopped.stdout
+
+
+def test_reset_refuses_while_a_worker_runs_then_starts_over(workdir: Path) -> None:
+    """reset exits 1 while a worker holds the lock, and afterwards removes checkpoint and result."""
+    assert cli(["run"], workdir).returncode == 0
+    worker = WorkerProcess(["--follow"], workdir)
+    worker.wait_for("caught_up")
+    refused = cli(["reset"], workdir)
+    assert refused.returncode == 1
+    assert str(worker.process.pid) in refused.stdout
+    assert (workdir / "checkpoint.json").exists()
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+
+    assert cli(["reset"], workdir).returncode == 0
+    assert not (workdir / "checkpoint.json").exists()
+    assert not (workdir / "result.json").exists()
+    rerun = cli(["run"], workdir)
+    assert any(e["event"] == "checkpoint_not_found" for e in events_of(rerun.stdout))
+
+
+def test_generate_is_reproducible_atomic_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    """Same seed, same file; no overwrite without --force; --if-missing is a no-op."""
+    assert cli(["generate", "--count", "1000", "--seed", "5"], tmp_path).returncode == 0
+    first = (tmp_path / "numbers.txt").read_bytes()
+    assert first.count(b"\n") == 1000
+    assert all(line.isdigit() for line in first.splitlines())
+    refused = cli(["generate", "--count", "1000", "--seed", "6"], tmp_path)
+    assert refused.returncode == 1
+    assert (tmp_path / "numbers.txt").read_bytes() == first
+    assert cli(["generate", "--if-missing", "--seed", "6"], tmp_path).returncode == 0
+    assert (tmp_path / "numbers.txt").read_bytes() == first
+    other = tmp_path / "other.txt"
+    made = cli(["generate", "--count", "1000", "--seed", "5", "--output", str(other)], tmp_path)
+    assert made.returncode == 0
+    assert other.read_bytes() == first
+    forced = cli(["generate", "--count", "10", "--seed", "6", "--force"], tmp_path)
+    assert forced.returncode == 0
+    assert (tmp_path / "numbers.txt").read_bytes().count(b"\n") == 10
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_status_reports_progress_for_people_and_as_json(workdir: Path) -> None:
+    """status --json gives offset, records, bad_records, sum, input size, percent, completed."""
+    before = cli(["status", "--json"], workdir)
+    assert before.returncode == 0
+    assert json.loads(before.stdout)["exists"] is False
+    _stop_midway(workdir)
+    report = json.loads(cli(["status", "--json"], workdir).stdout)
+    saved = _checkpoint(workdir)
+    size = (workdir / "numbers.txt").stat().st_size
+    assert (report["offset"], report["records"], report["sum"]) == (
+        saved["offset"],
+        saved["records"],
+        saved["sum"],
+    )
+    assert report["input_size"] == size
+    assert report["percent"] == pytest.approx(100 * report["offset"] / size, abs=0.01)
+    assert report["completed"] is False
+    assert report["updated_at"] == saved["updated_at"]
+    text = cli(["status"], workdir).stdout
+    assert "percent" in text
+    assert f"{report['records']:,}" in text
+
+
+def test_settings_come_from_flag_environment_and_config_file(workdir: Path) -> None:
+    """Precedence flag > environment > file: the file names the result, env and flag override."""
+    (workdir / "worker.toml").write_text('result = "from-file.json"\ncheckpoint = "file.ckpt"\n')
+    env = worker_env(WORKER_CHECKPOINT="env.ckpt")
+    done = cli(["run", "--config", "worker.toml", "--result", "from-flag.json"], workdir, env)
+    assert done.returncode == 0
+    assert (workdir / "from-flag.json").exists()
+    assert (workdir / "env.ckpt").exists()
+    assert not (workdir / "from-file.json").exists()
+    assert not (workdir / "file.ckpt").exists()
+
+    (workdir / "bad.toml").write_text("checkpoint_intervall = 2.0\n")
+    bad = cli(["run", "--config", "bad.toml"], workdir)
+    assert bad.returncode == 2
+    assert "checkpoint_intervall" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_signal_during_shutdown_exits_at_once(workdir: Path) -> None:
+    """SIGTERM then SIGINT while the final checkpoint is written: exit 130, checkpoint whole."""
+    data = (workdir / "numbers.txt").read_bytes()
+    for _ in range(5):
+        worker = WorkerProcess(["--max-rate", "100000"], workdir)
+        worker.wait_for("checkpoint_saved")
+        worker.signal(signal.SIGTERM)
+        worker.wait_for("shutdown_requested")
+        worker.signal(signal.SIGINT)
+        code = worker.finish()
+        # Either the second signal beat the final checkpoint (130), or it came after it (0).
+        assert code in (0, 128 + signal.SIGINT)
+        _assert_checkpoint_exact(workdir, data)
