@@ -89,6 +89,7 @@ class _Worker:
         self.saving = anyio.Lock()
         self.failure: WorkerError | None = None
         self.stop_signal: int | None = None
+        self.started = False  # the parser holds the position to resume from
         self.completed = False
         self.caught_up_at: Position | None = None
         self.pacer = Pacer(settings.max_rate)
@@ -193,6 +194,7 @@ class _Worker:
         )
         self.caught_up_at = None
         self.rate = RateMeter(start.records, anyio.current_time())
+        self.started = True
 
     # --- run ----------------------------------------------------------------------------------
 
@@ -428,9 +430,10 @@ class _Worker:
         code, reason = (0, "completed") if self.completed else (0, "shutdown")
         if self.failure is not None:
             code, reason = self.failure.exit_code, "error"
-        # 1. The final checkpoint, unless nothing moved or the failure makes it meaningless.
+        # 1. The final checkpoint, unless start-up did not finish, the completion write already
+        #    happened, or the failure makes the position meaningless.
         worth_saving = (
-            self.input is not None
+            self.started
             and not self.completed
             and (self.failure is None or isinstance(self.failure, BadRecordFound))
         )
