@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/worker.toml
+# `make run` is paced so a person can watch it checkpoint and stop it mid-way (1,000,000 numbers
+# take about 10 s); `make run RATE=0` runs at full speed.
+RATE ?= 100000
 PYTEST_ARGS ?=
 
 .PHONY: setup run test lint typecheck unit docker-test bench chaos clean
@@ -18,7 +21,7 @@ setup: $(BIN)/.installed
 ## run: set up, generate the input if missing, run the worker (Ctrl+C stops it; run again resumes)
 run: setup
 	$(BIN)/checkpoint-worker generate --if-missing --config $(CONFIG)
-	$(BIN)/checkpoint-worker run --config $(CONFIG)
+	$(BIN)/checkpoint-worker run --config $(CONFIG) --max-rate $(RATE)
 
 ## test: lint, type-check, then every test (Docker tests skip without an engine unless REQUIRE_DOCKER=1)
 test: lint typecheck unit
