@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .decimal_text import decimal_of, int_of
 from .errors import CheckpointCorrupt, CheckpointWriteFailed
 from .files import atomic_write
 from .state import Position
@@ -81,7 +82,7 @@ class Checkpoint:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         version = data.get("version")
-        if version != CHECKPOINT_VERSION:
+        if type(version) is not int or version != CHECKPOINT_VERSION:  # true == 1.0 == 1
             raise ValueError(
                 f"unknown version {version!r} (this worker reads {CHECKPOINT_VERSION})"
             )
@@ -118,9 +119,18 @@ class Checkpoint:
         )
 
 
+def _dumps(document: dict[str, Any]) -> str:
+    """JSON text of a flat document whose integers may be of any length."""
+    long_ints = {k for k, v in document.items() if type(v) is int and v.bit_length() > 64}
+    text = json.dumps({k: f"\0{k}" if k in long_ints else v for k, v in document.items()}, indent=2)
+    for key in long_ints:
+        text = text.replace(json.dumps(f"\0{key}"), decimal_of(document[key]))
+    return text
+
+
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Atomically replace `path` with a JSON document, or raise CheckpointWriteFailed."""
-    text = json.dumps(document, indent=2) + "\n"
+    text = _dumps(document) + "\n"
     try:
         atomic_write(path, [text.encode()])
     except OSError as error:
@@ -147,7 +157,7 @@ class CheckpointStore:
                 f"cannot read checkpoint {self.path}: {error.strerror}"
             ) from error
         try:
-            return Checkpoint.from_json(json.loads(raw))
+            return Checkpoint.from_json(json.loads(raw, parse_int=int_of))
         except (ValueError, UnicodeDecodeError, RecursionError) as error:
             detail = "empty file" if not raw.strip(b"\0 \n") else str(error).splitlines()[0]
             raise CheckpointCorrupt(

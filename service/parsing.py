@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from .decimal_text import int_of
 from .fastpath import sum_plain_lines
 from .state import Position
 
@@ -39,7 +40,6 @@ BAD_RECORD_DETAILS_PER_RUN = 100
 _RECORD = re.compile(rb"[ \t]*([+-]?[0-9]+)[ \t]*\r?")
 _BLANK = re.compile(rb"[ \t]*\r?")
 _FAST_PATH_MIN_BYTES = 4096  # below this, numpy's fixed cost outweighs the per-line loop
-_INT_DIGITS_AT_ONCE = 4000  # under CPython's default limit on int() of long digit strings
 
 
 @dataclass(frozen=True)
@@ -82,26 +82,13 @@ class Batch:
     failed: BadRecord | None = None
 
 
-def _to_int(digits: bytes) -> int:
-    """Exact int() of an ASCII digit string of any length (with an optional sign)."""
-    if len(digits) <= _INT_DIGITS_AT_ONCE:
-        return int(digits)
-    sign = -1 if digits[:1] == b"-" else 1
-    body = digits.lstrip(b"+-")
-    value = 0
-    for start in range(0, len(body), _INT_DIGITS_AT_ONCE):
-        piece = body[start : start + _INT_DIGITS_AT_ONCE]
-        value = value * 10 ** len(piece) + int(piece)
-    return sign * value
-
-
 def _classify(line: bytes, max_line_bytes: int) -> int | str | None:
     """A line's value, None for a blank line, or the reason it is a bad record."""
     if len(line) > max_line_bytes:
         return LINE_TOO_LONG
     match = _RECORD.fullmatch(line)
     if match:
-        return _to_int(match.group(1))
+        return int_of(match.group(1))
     if _BLANK.fullmatch(line):
         return None
     return NOT_AN_INTEGER

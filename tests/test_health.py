@@ -1,0 +1,205 @@
+"""The health check and the lock it reads: alive and beating, dead, stalled, or absent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.errors import LockHeld
+from service.health import STALE_AFTER, check_health, checkpoint_path
+from service.lock import WorkerLock, lock_path_for, read_holder
+from tests.processes import cli, worker_env
+
+pytestmark = pytest.mark.usefixtures("no_worker_env")
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    return tmp_path / "checkpoint.json"
+
+
+@pytest.fixture
+def held(checkpoint: Path) -> Iterator[WorkerLock]:
+    """The checkpoint's lock, held by this process as a worker holds it."""
+    lock = WorkerLock(checkpoint)
+    lock.acquire()
+    yield lock
+    lock.release()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(timeout=60)
+    return process.pid
+
+
+def age_lock(checkpoint: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(lock_path_for(checkpoint), (then, then))
+
+
+def test_no_lock_file_is_unhealthy(checkpoint: Path) -> None:
+    """Without a lock file no worker runs: unhealthy, saying so."""
+    healthy, message = check_health(checkpoint)
+    assert not healthy
+    assert "no worker" in message
+    assert not lock_path_for(checkpoint).exists()
+
+
+@pytest.mark.parametrize("content", ["", "not a pid\n", "-5\n"])
+def test_lock_without_a_pid_is_unhealthy(checkpoint: Path, content: str) -> None:
+    """A lock file that names no process is unhealthy."""
+    lock_path_for(checkpoint).write_text(content)
+    assert check_health(checkpoint)[0] is False
+
+
+def test_lock_naming_a_dead_pid_is_unhealthy(checkpoint: Path) -> None:
+    """A lock file left by a process that died is unhealthy, naming the pid."""
+    pid = dead_pid()
+    lock_path_for(checkpoint).write_text(f"{pid}\n")
+    healthy, message = check_health(checkpoint)
+    assert not healthy
+    assert str(pid) in message
+    assert "not running" in message
+
+
+def test_live_worker_with_fresh_heartbeat_is_healthy(checkpoint: Path, held: WorkerLock) -> None:
+    """A held lock naming a live process with a fresh mtime is healthy."""
+    assert read_holder(held.path) == os.getpid()
+    healthy, message = check_health(checkpoint)
+    assert healthy, message
+    assert str(os.getpid()) in message
+
+
+def test_stale_heartbeat_is_stalled(checkpoint: Path, held: WorkerLock) -> None:
+    """A live process whose heartbeat stopped (a stuck event loop) is unhealthy: stalled."""
+    age_lock(checkpoint, 3600)
+    healthy, message = check_health(checkpoint)
+    assert not healthy
+    assert "stalled" in message
+
+
+def test_heartbeat_makes_it_healthy_again(checkpoint: Path, held: WorkerLock) -> None:
+    """A heartbeat after a stall refreshes the mtime, and the worker is healthy again."""
+    age_lock(checkpoint, 3600)
+    held.heartbeat()
+    assert check_health(checkpoint)[0] is True
+
+
+@pytest.mark.parametrize(
+    ("since_beat", "healthy"),
+    [(0.0, True), (STALE_AFTER - 0.5, True), (STALE_AFTER + 0.5, False), (3600.0, False)],
+)
+def test_staleness_threshold(
+    checkpoint: Path, held: WorkerLock, since_beat: float, healthy: bool
+) -> None:
+    """Within STALE_AFTER seconds of the last beat the worker is healthy, beyond it not."""
+    mtime = os.stat(held.path).st_mtime
+    assert check_health(checkpoint, now=mtime + since_beat)[0] is healthy
+
+
+def test_second_lock_names_the_holder(checkpoint: Path, held: WorkerLock) -> None:
+    """A second worker on the same checkpoint is refused, with the holder's pid."""
+    with pytest.raises(LockHeld) as caught:
+        WorkerLock(checkpoint).acquire()
+    assert str(os.getpid()) in caught.value.message
+    assert caught.value.exit_code == 1
+
+
+def test_released_lock_can_be_taken(checkpoint: Path) -> None:
+    """Once released, the lock can be taken again, without a stale lock to clean up."""
+    first = WorkerLock(checkpoint)
+    first.acquire()
+    first.release()
+    second = WorkerLock(checkpoint)
+    second.acquire()
+    second.release()
+
+
+def test_non_worker_lock_keeps_the_pid(checkpoint: Path) -> None:
+    """A lock taken for another purpose (reset) does not overwrite the worker pid in the file."""
+    lock_path_for(checkpoint).write_text("12345\n")
+    lock = WorkerLock(checkpoint)
+    lock.acquire(purpose="reset")
+    try:
+        assert read_holder(lock.path) == 12345
+    finally:
+        lock.release()
+
+
+# --- where the checkpoint is --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "config_arg", "config_env", "expected"),
+    [
+        pytest.param("f.json", "e.json", "a.toml", "b.toml", "f.json", id="flag"),
+        pytest.param(None, "e.json", "a.toml", "b.toml", "e.json", id="environment"),
+        pytest.param(None, None, "a.toml", "b.toml", "from-a.json", id="config-flag"),
+        pytest.param(None, None, None, "b.toml", "from-b.json", id="config-variable"),
+        pytest.param(None, None, None, None, "checkpoint.json", id="default"),
+        pytest.param(None, None, "missing.toml", None, "checkpoint.json", id="missing-config"),
+        pytest.param(None, None, "bad.toml", None, "checkpoint.json", id="bad-toml"),
+        pytest.param(None, None, "other.toml", None, "checkpoint.json", id="no-checkpoint-key"),
+    ],
+)
+def test_checkpoint_path_precedence(
+    flag: str | None,
+    env: str | None,
+    config_arg: str | None,
+    config_env: str | None,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checkpoint path: flag > WORKER_CHECKPOINT > config file > default."""
+    monkeypatch.chdir(tmp_path)
+    Path("a.toml").write_text('checkpoint = "from-a.json"\n')
+    Path("b.toml").write_text('checkpoint = "from-b.json"\n')
+    Path("bad.toml").write_text("checkpoint = \n")
+    Path("other.toml").write_text("checkpoint_interval = 2.0\n")
+    if env:
+        monkeypatch.setenv("WORKER_CHECKPOINT", env)
+    if config_env:
+        monkeypatch.setenv("WORKER_CONFIG", config_env)
+    assert checkpoint_path(flag, config_arg) == Path(expected)
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def test_healthcheck_command(tmp_path: Path) -> None:
+    """`healthcheck` exits 1 without a worker and 0 while a live one beats, from its settings."""
+    done = cli(["healthcheck"], cwd=tmp_path, timeout=60)
+    assert (done.returncode, done.stderr) == (1, "")
+    assert "unhealthy" in done.stdout
+    lock = WorkerLock(tmp_path / "elsewhere.json")
+    lock.acquire()
+    try:
+        env = worker_env(WORKER_CHECKPOINT="elsewhere.json")
+        done = cli(["healthcheck", "--max-rate", "5"], cwd=tmp_path, env=env, timeout=60)
+        assert done.returncode == 0, done.stdout
+        done = cli(["healthcheck", "--checkpoint", "checkpoint.json"], cwd=tmp_path, timeout=60)
+        assert done.returncode == 1, done.stdout
+    finally:
+        lock.release()
+
+
+def test_healthcheck_imports_only_the_standard_library(tmp_path: Path) -> None:
+    """The healthcheck path loads none of the heavy dependencies."""
+    heavy = ("pydantic", "numpy", "anyio", "structlog", "aiofiles")
+    code = (
+        "import service.cli, service.health, sys; "
+        f"sys.exit(any(m in sys.modules for m in {heavy!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,233 @@
+"""Settings: defaults, precedence, the documented TOML file, and one-line usage errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.errors import UsageError
+from service.settings import Settings, load_settings
+from tests.processes import cli
+
+pytestmark = pytest.mark.usefixtures("no_worker_env")
+
+DOCUMENTED_CONFIG = Path(__file__).parent.parent / "config" / "worker.toml"
+
+CONTRACT_DEFAULTS: dict[str, Any] = {
+    "input": Path("numbers.txt"),
+    "checkpoint": Path("checkpoint.json"),
+    "result": Path("result.json"),
+    "checkpoint_interval": 1.0,
+    "follow": False,
+    "poll_interval": 0.5,
+    "max_rate": 0,
+    "on_bad_record": "skip",
+    "max_line_bytes": 4096,
+    "on_input_change": "fail",
+    "shutdown_timeout": 5,
+    "log_format": "auto",
+    "log_level": "info",
+}
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "worker.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_contracts() -> None:
+    """With no flag, variable or file, every setting has the default CONTRACT.md gives."""
+    assert load_settings({}, None).model_dump() == CONTRACT_DEFAULTS
+
+
+def test_documented_config_shows_every_setting_with_its_default() -> None:
+    """config/worker.toml lists every setting, each with its default value."""
+    with DOCUMENTED_CONFIG.open("rb") as handle:
+        documented = tomllib.load(handle)
+    assert sorted(documented) == sorted(Settings.model_fields)
+    assert load_settings({}, DOCUMENTED_CONFIG) == load_settings({}, None)
+    for name, value in documented.items():
+        default = Settings.model_fields[name].default
+        assert value == (str(default) if isinstance(default, Path) else default), name
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "toml", "expected"),
+    [
+        pytest.param(None, None, None, 1.0, id="default"),
+        pytest.param(None, None, "3.0", 3.0, id="file-over-default"),
+        pytest.param(None, "2.0", "3.0", 2.0, id="env-over-file"),
+        pytest.param(None, "2.0", None, 2.0, id="env-over-default"),
+        pytest.param("1.5", "2.0", "3.0", 1.5, id="flag-over-env-and-file"),
+        pytest.param("1.5", None, "3.0", 1.5, id="flag-over-file"),
+    ],
+)
+def test_precedence(
+    flag: str | None,
+    env: str | None,
+    toml: str | None,
+    expected: float,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flag beats WORKER_*, which beats the TOML file, which beats the default."""
+    if env is not None:
+        monkeypatch.setenv("WORKER_CHECKPOINT_INTERVAL", env)
+    config = write_config(tmp_path, f"checkpoint_interval = {toml}\n") if toml else None
+    flags = {"checkpoint_interval": flag} if flag else {}
+    assert load_settings(flags, config).checkpoint_interval == expected
+
+
+def test_each_source_sets_different_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources merge key by key: each setting comes from the strongest source that has it."""
+    monkeypatch.setenv("WORKER_FOLLOW", "true")
+    monkeypatch.setenv("WORKER_MAX_RATE", "50")
+    config = write_config(tmp_path, 'max_rate = 10\non_bad_record = "fail"\ninput = "in.txt"\n')
+    settings = load_settings({"input": "flag.txt"}, config)
+    assert (settings.follow, settings.max_rate, settings.on_bad_record, settings.input) == (
+        True,
+        50.0,
+        "fail",
+        Path("flag.txt"),
+    )
+
+
+def test_worker_config_variable_is_not_an_unknown_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WORKER_CONFIG names the file; it is not mistaken for a setting."""
+    monkeypatch.setenv("WORKER_CONFIG", "somewhere.toml")
+    assert load_settings({}, None).model_dump() == CONTRACT_DEFAULTS
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    """An unknown key in the TOML file is a usage error naming the key and the file."""
+    config = write_config(tmp_path, "checkpoint_intervall = 2.0\n")
+    with pytest.raises(UsageError) as caught:
+        load_settings({}, config)
+    assert caught.value.exit_code == 2
+    assert "checkpoint_intervall" in caught.value.message
+    assert str(config) in caught.value.message
+
+
+BAD_VALUES = [
+    ("checkpoint_interval", "0"),
+    ("checkpoint_interval", "-1"),
+    ("checkpoint_interval", "abc"),
+    ("checkpoint_interval", "nan"),
+    ("checkpoint_interval", "inf"),
+    ("checkpoint_interval", ""),
+    ("poll_interval", "0"),
+    ("max_rate", "-1"),
+    ("max_line_bytes", "0"),
+    ("max_line_bytes", "1.5"),
+    ("shutdown_timeout", "0"),
+    ("follow", "maybe"),
+    ("on_bad_record", "maybe"),
+    ("on_input_change", "ignore"),
+    ("log_format", "xml"),
+    ("log_level", "verbose"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_bad_flag_value(name: str, value: str) -> None:
+    """A bad flag value is a usage error (exit 2) naming the setting."""
+    with pytest.raises(UsageError) as caught:
+        load_settings({name: value}, None)
+    assert caught.value.exit_code == 2
+    assert repr(name) in caught.value.message
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
+def test_bad_environment_value(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad WORKER_* value is a usage error (exit 2) naming the setting."""
+    monkeypatch.setenv(f"WORKER_{name.upper()}", value)
+    with pytest.raises(UsageError) as caught:
+        load_settings({}, None)
+    assert caught.value.exit_code == 2
+    assert repr(name) in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        ("checkpoint_interval = 0", "checkpoint_interval"),
+        ("checkpoint_interval = -1.0", "checkpoint_interval"),
+        ('checkpoint_interval = "abc"', "checkpoint_interval"),
+        ("checkpoint_interval = nan", "checkpoint_interval"),
+        ("checkpoint_interval = inf", "checkpoint_interval"),
+        ('on_bad_record = "maybe"', "on_bad_record"),
+        ("max_line_bytes = 0", "max_line_bytes"),
+        ("max_line_bytes = 1.5", "max_line_bytes"),
+        ("input = 5", "input"),
+        ("[checkpoint]\npath = 'x'", "checkpoint"),
+    ],
+)
+def test_bad_file_value(line: str, name: str, tmp_path: Path) -> None:
+    """A bad value in the TOML file is a usage error (exit 2) naming the setting."""
+    with pytest.raises(UsageError) as caught:
+        load_settings({}, write_config(tmp_path, line + "\n"))
+    assert caught.value.exit_code == 2
+    assert repr(name) in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["checkpoint_interval = ", "checkpoint_interval = 1.0\ncheckpoint_interval = 2.0", "[[["],
+)
+def test_bad_toml_syntax(text: str, tmp_path: Path) -> None:
+    """A file that is not valid TOML is a usage error naming the file."""
+    config = write_config(tmp_path, text)
+    with pytest.raises(UsageError) as caught:
+        load_settings({}, config)
+    assert caught.value.exit_code == 2
+    assert str(config) in caught.value.message
+    assert "TOML" in caught.value.message
+
+
+@pytest.mark.parametrize("name", ["missing.toml", "."], ids=["missing", "directory"])
+def test_unreadable_config_file(name: str, tmp_path: Path) -> None:
+    """A config file that cannot be read is a usage error naming it."""
+    config = tmp_path / name
+    with pytest.raises(UsageError) as caught:
+        load_settings({}, config)
+    assert caught.value.exit_code == 2
+    assert str(config) in caught.value.message
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        pytest.param(["run", "--checkpoint-interval", "0"], "checkpoint_interval", id="zero"),
+        pytest.param(["run", "--on-bad-record", "maybe"], "on_bad_record", id="policy"),
+        pytest.param(["run", "--no-such-flag"], "--no-such-flag", id="unknown-flag"),
+        pytest.param(["run", "--max-rate"], "--max-rate", id="missing-value"),
+        pytest.param(["status", "--config", "nowhere.toml"], "nowhere.toml", id="missing-config"),
+        pytest.param(["frobnicate"], "frobnicate", id="unknown-command"),
+    ],
+)
+def test_cli_usage_error_is_one_line_and_exit_2(
+    args: list[str], named: str, tmp_path: Path
+) -> None:
+    """A bad flag, value or file exits 2 with one stderr line naming it, and no traceback."""
+    done = cli(args, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert named in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "checkpoint.json").exists()
+
+
+def test_cli_bad_value_in_config_file(tmp_path: Path) -> None:
+    """A bad value in the --config file exits 2 with one line naming the setting."""
+    write_config(tmp_path, "max_line_bytes = -4\n")
+    done = cli(["run", "--config", "worker.toml"], cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert "max_line_bytes" in done.stderr
