@@ -73,11 +73,10 @@ def _describe(error: ErrorDetails, config_file: Path | None) -> str:
     name = ".".join(str(part) for part in error["loc"]) or "settings"
     if error["type"] == "extra_forbidden":
         return f"unknown setting {name!r} in {config_file}"
-    flag = "--" + name.replace("_", "-")
-    return (
-        f"invalid setting {name!r} ({flag}, {ENV_PREFIX}{name.upper()}): "
-        f"{error['msg']}, got {error.get('input')!r}"
-    )
+    sources = f"--{name.replace('_', '-')}, {ENV_PREFIX}{name.upper()}"
+    if config_file is not None:
+        sources += f" or {config_file}"
+    return f"invalid setting {name!r} ({sources}): {error['msg']}, got {error.get('input')!r}"
 
 
 def load_settings(flags: dict[str, Any], config_file: Path | None) -> Settings:
@@ -87,7 +86,9 @@ def load_settings(flags: dict[str, Any], config_file: Path | None) -> Settings:
             with config_file.open("rb") as handle:
                 tomllib.load(handle)
         except OSError as error:
-            raise UsageError(f"cannot read config file {config_file}: {error.strerror}") from None
+            raise UsageError(
+                f"cannot read config file {config_file} (--config, WORKER_CONFIG): {error.strerror}"
+            ) from None
         except tomllib.TOMLDecodeError as error:
             raise UsageError(f"config file {config_file} is not valid TOML: {error}") from None
     token = _config_file.set(config_file)
