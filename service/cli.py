@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def console() -> NoReturn:
     """The `checkpoint-worker` console script."""
+    import os
     import signal
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends us quietly, like any CLI
@@ -160,4 +161,8 @@ def console() -> NoReturn:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet
         code = 130
-    sys.exit(code)
+    # Every file is written and closed by now. Skipping the interpreter's teardown of pydantic,
+    # numpy and the rest saves ~0.1 s on every exit, a stop on SIGTERM included.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

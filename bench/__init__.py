@@ -1,0 +1,1 @@
+"""The performance figures of checkpoint-worker against baselines: `python -m bench`."""

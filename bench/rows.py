@@ -1,0 +1,525 @@
+"""The six measurements, each a function of the `Bench` that returns its lines of the table.
+
+Rule 1: every figure is compared with a baseline or with its own variant measured in the same
+        invocation, interleaved, best of a few runs: the machine is shared, so a ratio from one
+        run is worth more than an absolute figure from another.
+Rule 2: a figure counts only if the run was right: exit code, exact sum, the log events and
+        checkpoint the contract promises. A wrong run is a FAIL, however fast.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import inputs
+from .inputs import Input
+from .processes import WORKER, Finished, LiveWorker, events_in, run, worker_args
+from .report import Measurement
+
+__all__ = ["ROWS", "Bench", "Plan"]
+
+ONE_LINER = 'import sys; print(sum(map(int, open(sys.argv[1], "rb"))))'
+MAWK_SUM = "{s+=$1} END {print s}"
+MB = 1_000_000
+# Two numbers whose sum, 2**53 + 1, is the first integer a double cannot hold.
+PAST_2_53 = (2**52, 2**52 + 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many times each thing runs; `quick` trades confidence for time."""
+
+    worker_runs: int = 4
+    baseline_runs: int = 2
+    interval_runs: int = 8
+    resume_runs: int = 5
+    sigterm_trials: int = 50
+    health_runs: int = 30
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(1, 1, 1, 2, 8, 8)
+
+
+@dataclass
+class Bench:
+    """Where runs happen, what they run on, and what earlier rows found that later rows reuse."""
+
+    scratch: Path
+    plan: Plan
+    rng: random.Random = field(default_factory=lambda: random.Random(2024))
+    medium_runs: list[Finished] = field(default_factory=list)
+    large_run: Finished | None = None
+
+    def fresh(self, name: str) -> Path:
+        """An empty directory for one run's checkpoint, result and log."""
+        directory = self.scratch / name
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        return directory
+
+    def small(self) -> Input:
+        return inputs.numbers_file(15_000_000, seed=2)
+
+    def medium(self) -> Input:
+        return inputs.numbers_file(50_000_000, seed=1)
+
+    def large(self) -> Input:
+        return inputs.concatenated(self.medium(), 3)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value >= 1 else f"{value * 1000:.0f} ms"
+
+
+def _mb(value: int) -> str:
+    return f"{value / MB:.1f} MB"
+
+
+def _size(source: Input) -> str:
+    size = source.size
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / MB:.0f} MB"
+
+
+def _result(directory: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((directory / "result.json").read_text())
+    return loaded
+
+
+def _worker_run(bench: Bench, source: Input, *extra: str, interval: float = 1.0) -> Finished:
+    """One run from the start of `source`; RuntimeError unless it exits 0 with the exact sum."""
+    directory = bench.fresh("run")
+    finished = run(
+        worker_args(source.path, directory, *extra, checkpoint_interval=interval),
+        directory / "log.jsonl",
+    )
+    if finished.code != 0:
+        raise RuntimeError(f"worker exited {finished.code} on {source.path}: {finished.stdout}")
+    result = _result(directory)
+    if source.sum is not None and (result["sum"], result["records"]) != (
+        source.sum,
+        source.records,
+    ):
+        raise RuntimeError(f"worker summed {source.path} to {result}, expected {source.sum}")
+    return finished
+
+
+def _best(runs: list[Finished]) -> float:
+    return min(r.wall for r in runs)
+
+
+def _figures(runs: list[Finished]) -> dict[str, list[float]]:
+    return {"wall_s": [r.wall for r in runs], "cpu_s": [r.cpu for r in runs]}
+
+
+def _interleaved(count: int, *makers: Callable[[], Finished]) -> list[list[Finished]]:
+    """Run each maker `count` times, taking turns, so a busy moment hits all of them alike."""
+    runs: list[list[Finished]] = [[] for _ in makers]
+    for _ in range(count):
+        for collected, make in zip(runs, makers, strict=True):
+            collected.append(make())
+    return runs
+
+
+# --- 1. throughput ------------------------------------------------------------------------------
+
+
+def throughput(bench: Bench) -> list[Measurement]:
+    medium = bench.medium()
+    plan = bench.plan
+    out = bench.fresh("baselines") / "stdout.txt"
+    mawk = shutil.which("mawk")
+
+    def one_liner() -> Finished:
+        return run([sys.executable, "-c", ONE_LINER, str(medium.path)], out)
+
+    def by_mawk() -> Finished:
+        assert mawk is not None
+        return run([mawk, MAWK_SUM, str(medium.path)], out)
+
+    workers = bench.medium_runs  # shared: row 2 reads their peak RSS
+    python_runs: list[Finished] = []
+    mawk_runs: list[Finished] = []
+    for turn in range(max(plan.worker_runs, plan.baseline_runs)):  # taking turns, as above
+        if turn < plan.worker_runs:
+            workers.append(_worker_run(bench, medium))
+        if turn < plan.baseline_runs:
+            python_runs.append(one_liner())
+            if mawk:
+                mawk_runs.append(by_mawk())
+    worker = _best(workers)
+    what = f"throughput, {medium.records:,} numbers ({_size(medium)}), wall"
+    lines = []
+    ratio = _best(python_runs) / worker
+    lines.append(
+        Measurement(
+            1,
+            what,
+            _seconds(worker),
+            f"python one-liner {_seconds(_best(python_runs))}",
+            f"{ratio:.1f}x faster",
+            ">= 4x",
+            ratio >= 4,
+            {"worker": _figures(workers), "one_liner": _figures(python_runs)},
+        )
+    )
+    if mawk:
+        ratio = _best(mawk_runs) / worker
+        lines.append(
+            Measurement(
+                1,
+                what,
+                _seconds(worker),
+                f"mawk {_seconds(_best(mawk_runs))}",
+                f"{ratio:.1f}x faster",
+                ">= 3x",
+                ratio >= 3,
+                {"worker": _figures(workers), "mawk": _figures(mawk_runs)},
+            )
+        )
+    cpu = min(r.cpu for r in workers)
+    lines.append(
+        Measurement(
+            1,
+            "  the same runs in CPU time (user + system)",
+            _seconds(cpu),
+            f"one-liner {_seconds(min(r.cpu for r in python_runs))}"
+            + (f", mawk {_seconds(min(r.cpu for r in mawk_runs))}" if mawk_runs else ""),
+            f"{min(r.cpu for r in python_runs) / cpu:.1f}x"
+            + (f", {min(r.cpu for r in mawk_runs) / cpu:.1f}x" if mawk_runs else ""),
+            "(context)",
+            None,
+        )
+    )
+    lines.append(_exactness(medium, python_runs[-1], mawk_runs[-1] if mawk_runs else None))
+    if mawk:
+        lines.append(_past_2_53(bench, mawk))
+    return lines
+
+
+def _exactness(medium: Input, python_run: Finished, mawk_run: Finished | None) -> Measurement:
+    """The worker's sum (checked against the generator's in every run) against the baselines'."""
+    python_sum = int(python_run.stdout.strip())
+    mawk_text = mawk_run.stdout.strip() if mawk_run else "-"
+    return Measurement(
+        1,
+        f"exact sum of the {_size(medium)} input",
+        str(medium.sum),
+        f"one-liner {python_sum}; mawk printed {mawk_text}",
+        "equal" if python_sum == medium.sum else "DIFFERENT",
+        "worker = one-liner",
+        python_sum == medium.sum,
+        {"sum": medium.sum, "one_liner": python_sum, "mawk": mawk_text},
+    )
+
+
+def _past_2_53(bench: Bench, mawk: str) -> Measurement:
+    """Two lines whose sum no double holds: the worker stays exact, awk's doubles do not."""
+    directory = bench.fresh("past-2-53")
+    numbers = directory / "numbers.txt"
+    numbers.write_text("".join(f"{n}\n" for n in PAST_2_53))
+    program = '{s+=$1} END {print s; printf "%d %.0f\\n", s, s}'
+    printed = run([mawk, program, str(numbers)], directory / "mawk.txt").stdout.split()
+    finished = run(worker_args(numbers, directory), directory / "log.jsonl")
+    exact = sum(PAST_2_53)
+    worker_sum = _result(directory)["sum"] if finished.code == 0 else None
+    return Measurement(
+        1,
+        "sum past 2^53 (2 lines)",
+        str(worker_sum),
+        f"mawk print {printed[0]}, %d {printed[1]}, %.0f {printed[2]}",
+        "exact" if worker_sum == exact else "WRONG",
+        f"worker = {exact}",
+        worker_sum == exact,
+        {"exact": exact, "worker": worker_sum, "mawk": printed},
+    )
+
+
+# --- 2. memory ----------------------------------------------------------------------------------
+
+
+def memory(bench: Bench) -> list[Measurement]:
+    small, medium, large = bench.small(), bench.medium(), bench.large()
+    directory = bench.fresh("one-line")
+    one_line = directory / "numbers.txt"
+    one_line.write_text("1\n")
+    idle = run(worker_args(one_line, directory), directory / "log.jsonl")
+    if not bench.medium_runs:
+        bench.medium_runs.append(_worker_run(bench, medium))
+    by_size = {
+        small: _worker_run(bench, small).max_rss,
+        medium: max(r.max_rss for r in bench.medium_runs),
+    }
+    bench.large_run = _worker_run(bench, large)
+    by_size[large] = bench.large_run.max_rss
+    peak = by_size[large]
+    # Flat: what the peak grows by is a sliver of what the input grows by (holding the input,
+    # or anything per line, would grow it by as much as the input or more).
+    growth = (peak - by_size[small]) / (large.size - small.size)
+    return [
+        Measurement(
+            2,
+            f"peak RSS, {_size(large)} input",
+            _mb(peak),
+            f"same worker on a 1-line input {_mb(idle.max_rss)}",
+            f"+{(peak - idle.max_rss) / MB:.1f} MB",
+            "<= 80 MB",
+            peak <= 80 * MB,
+            {"peak_rss": peak, "one_line_rss": idle.max_rss},
+        ),
+        Measurement(
+            2,
+            "peak RSS flat in input size",
+            ", ".join(f"{_size(s)}: {_mb(rss)}" for s, rss in by_size.items()),
+            f"{_size(small)} input",
+            f"{(peak - by_size[small]) / MB:+.1f} MB for +{(large.size - small.size) / MB:.0f} MB",
+            "growth <= 1% of input's",
+            growth <= 0.01,
+            {"rss_by_bytes": {s.size: rss for s, rss in by_size.items()}},
+        ),
+    ]
+
+
+# --- 3. resume ----------------------------------------------------------------------------------
+
+
+def resume(bench: Bench) -> list[Measurement]:
+    """The same last 1% of the 1 GB input: from offset 0 of a copy of it, and from a checkpoint."""
+    from service import save_checkpoint
+
+    large = bench.large()
+    cut = inputs.line_start_near(large.path, large.size * 99 // 100)
+    tail = inputs.tail_file(large, cut)
+    results: dict[str, dict[str, Any]] = {}
+
+    def from_zero() -> Finished:
+        finished = _worker_run(bench, tail)
+        results["zero"] = _result(bench.scratch / "run")  # where _worker_run ran it
+        return finished
+
+    def from_checkpoint() -> Finished:
+        directory = bench.fresh("run")
+        save_checkpoint(cut, 0, directory / "checkpoint.json", input=large.path)
+        finished = run(worker_args(large.path, directory), directory / "log.jsonl")
+        loaded = [e for e in events_in(finished.stdout) if e["event"] == "checkpoint_loaded"]
+        if finished.code != 0 or not loaded or loaded[0]["offset"] != cut:
+            raise RuntimeError(f"resume at {cut} failed: {finished.stdout}")
+        results["resumed"] = _result(directory)
+        return finished
+
+    zero, resumed = _interleaved(bench.plan.resume_runs, from_zero, from_checkpoint)
+    same = (results["zero"]["sum"], results["zero"]["records"]) == (
+        results["resumed"]["sum"],
+        results["resumed"]["records"],
+    )
+    ratio = _best(resumed) / _best(zero)
+    lines = [
+        Measurement(
+            3,
+            f"last {_size(tail)}: resume at 99% of {_size(large)} vs from 0 of a copy",
+            _seconds(_best(resumed)),
+            f"from offset 0 {_seconds(_best(zero))}",
+            f"{ratio:.2f}x",
+            "<= 1.5x, same sum",
+            ratio <= 1.5 and same,
+            {
+                "offset": cut,
+                "resumed_s": [r.wall for r in resumed],
+                "from_zero_s": [r.wall for r in zero],
+                "same_sum_and_records": same,
+            },
+        )
+    ]
+    if bench.large_run is not None:
+        whole = bench.large_run.wall
+        lines.append(
+            Measurement(
+                3,
+                "resume at 99% vs the whole input from 0",
+                _seconds(_best(resumed)),
+                f"whole {_size(large)} {_seconds(whole)}",
+                f"{_best(resumed) / whole:.3f}x",
+                "(context)",
+                None,
+            )
+        )
+    return lines
+
+
+# --- 4. graceful stop ---------------------------------------------------------------------------
+
+
+def _sigterm_trial(bench: Bench, large: Input, directory: Path) -> tuple[float, str | None]:
+    """SIGTERM a worker mid-stream; (seconds to exit, what was wrong or None)."""
+    from service import load_checkpoint
+
+    worker = LiveWorker(worker_args(large.path, directory))
+    try:
+        worker.wait_for("checkpoint_not_found", "checkpoint_loaded")
+        time.sleep(bench.rng.uniform(0.05, 1.5))
+        if worker.process.poll() is not None:
+            return 0.0, "exited before the signal"
+        sent = time.perf_counter()
+        worker.process.send_signal(signal.SIGTERM)
+        code = worker.process.wait(timeout=30)
+        latency = time.perf_counter() - sent
+        worker.finish()
+    finally:
+        worker.stop()
+    saved = [e for e in worker.named("checkpoint_saved") if e.get("reason") == "shutdown"]
+    if code != 0 or not saved:
+        last = [e["event"] for e in worker.events[-4:]]
+        return latency, f"exit {code}, shutdown checkpoint logged: {bool(saved)}, last: {last}"
+    checkpoint = load_checkpoint(directory / "checkpoint.json")
+    if checkpoint is None or checkpoint.offset != saved[-1]["offset"]:
+        return latency, "checkpoint file does not hold the logged offset"
+    if not 0 < checkpoint.offset < large.size:
+        return latency, f"not mid-stream (offset {checkpoint.offset})"
+    return latency, None
+
+
+def graceful_stop(bench: Bench) -> list[Measurement]:
+    large = bench.large()
+    directory = bench.scratch / "sigterm"
+    latencies: list[float] = []
+    problems: list[str] = []
+    for _ in range(bench.plan.sigterm_trials):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        latency, problem = _sigterm_trial(bench, large, directory)
+        latencies.append(latency)
+        if problem:
+            problems.append(problem)
+    # The last trial's checkpoint, resumed to the end, must give the input's exact sum.
+    finished = run(worker_args(large.path, directory), directory / "log.jsonl")
+    exact = finished.code == 0 and _result(directory)["sum"] == large.sum
+    if len(latencies) > 1:
+        p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
+    else:
+        p99 = latencies[0]
+    p50 = statistics.median(latencies)
+    return [
+        Measurement(
+            4,
+            f"SIGTERM to exit at full speed, {len(latencies)} trials",
+            f"p99 {_seconds(p99)}",
+            f"p50 {_seconds(p50)}, max {_seconds(max(latencies))}",
+            f"{p99 / 0.5:.2f}x of budget",
+            "p99 < 0.5 s",
+            p99 < 0.5,
+            {"latencies_s": latencies},
+        ),
+        Measurement(
+            4,
+            "final checkpoint on each stop; resumed sum exact",
+            f"{len(latencies) - len(problems)}/{len(latencies)} whole",
+            "resume of the last one: " + ("exact" if exact else "WRONG"),
+            "",
+            "all, exact",
+            not problems and exact,
+            {"problems": problems, "resumed_exact": exact},
+        ),
+    ]
+
+
+# --- 5. checkpoint cost -------------------------------------------------------------------------
+
+
+def checkpoint_cost(bench: Bench) -> list[Measurement]:
+    medium = bench.medium()
+    often, rarely = _interleaved(
+        bench.plan.interval_runs,
+        lambda: _worker_run(bench, medium, interval=0.05),
+        lambda: _worker_run(bench, medium, interval=60),
+    )
+    saves = sum(
+        1
+        for e in events_in(min(often, key=lambda r: r.wall).stdout)
+        if e["event"] == "checkpoint_saved" and e["reason"] == "timer"
+    )
+    share = _best(rarely) / _best(often)
+    cpu_often, cpu_rarely = min(r.cpu for r in often), min(r.cpu for r in rarely)
+    return [
+        Measurement(
+            5,
+            f"throughput, checkpoint every 0.05 s ({saves} saves) vs 60 s",
+            _seconds(_best(often)),
+            f"every 60 s {_seconds(_best(rarely))}",
+            f"{share:.1%} of the throughput",
+            ">= 95%",
+            share >= 0.95,
+            {"often": _figures(often), "rarely": _figures(rarely), "timer_saves": saves},
+        ),
+        Measurement(
+            5,
+            "  the same runs in CPU time (user + system)",
+            _seconds(cpu_often),
+            f"every 60 s {_seconds(cpu_rarely)}",
+            f"{cpu_rarely / cpu_often:.1%}",
+            "(context)",
+            None,
+        ),
+    ]
+
+
+# --- 6. healthcheck -----------------------------------------------------------------------------
+
+
+def healthcheck(bench: Bench) -> list[Measurement]:
+    """`healthcheck` against a live, idle worker, and the interpreter doing nothing."""
+    directory = bench.fresh("health")
+    numbers = directory / "numbers.txt"
+    numbers.write_text("1\n")
+    worker = LiveWorker(worker_args(numbers, directory, "--follow"))
+    try:
+        worker.wait_for("caught_up")
+        out = directory / "stdout.txt"
+        check = [WORKER, "healthcheck", "--checkpoint", str(directory / "checkpoint.json")]
+        checks, nothing = _interleaved(
+            bench.plan.health_runs,
+            lambda: run(check, out),
+            lambda: run([sys.executable, "-c", "pass"], out),
+        )
+        worker.process.send_signal(signal.SIGTERM)
+        worker.finish()
+    finally:
+        worker.stop()
+    healthy = all(r.code == 0 and r.stdout.startswith("healthy") for r in checks)
+    mean_check = statistics.fmean(r.wall for r in checks)
+    mean_nothing = statistics.fmean(r.wall for r in nothing)
+    ratio = mean_check / mean_nothing
+    return [
+        Measurement(
+            6,
+            f"`healthcheck` (healthy), mean of {len(checks)}",
+            _seconds(mean_check),
+            f"python -c pass {_seconds(mean_nothing)}",
+            f"{ratio:.1f}x",
+            "<= 3x, exit 0",
+            ratio <= 3 and healthy,
+            {"healthcheck_s": [r.wall for r in checks], "python_s": [r.wall for r in nothing]},
+        )
+    ]
+
+
+ROWS: dict[int, Callable[[Bench], list[Measurement]]] = {
+    1: throughput,
+    2: memory,
+    3: resume,
+    4: graceful_stop,
+    5: checkpoint_cost,
+    6: healthcheck,
+}
