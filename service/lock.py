@@ -14,7 +14,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import LockHeld
+from .errors import CheckpointWriteFailed, LockHeld
 
 __all__ = ["HEARTBEAT_INTERVAL", "WorkerLock", "lock_path_for", "read_holder"]
 
@@ -62,8 +62,15 @@ class WorkerLock:
         self._fd = fd
 
     def heartbeat(self) -> None:
+        """Touch the lock file; failing to means the checkpoint's directory is failing too."""
         if self._fd is not None:
-            os.utime(self._fd)
+            try:
+                os.utime(self._fd)
+            except OSError as error:
+                raise CheckpointWriteFailed(
+                    f"cannot update the heartbeat of lock file {self.path}: {error.strerror}; "
+                    "the checkpoint is left as it was"
+                ) from None
 
     def release(self) -> None:
         if self._fd is not None:
