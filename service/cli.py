@@ -18,6 +18,7 @@ from . import __version__
 __all__ = ["console", "main"]
 
 PROG = "checkpoint-worker"
+DEFAULT_COUNT = 1_000_000  # numbers `generate` writes unless told otherwise
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     command("run", "process the input from the checkpoint on (--follow: keep going as it grows)")
     generate = command("generate", "write a file of random integers, one per line, atomically")
-    generate.add_argument("--count", type=int, default=1_000_000, help="how many numbers")
+    generate.add_argument("--count", type=int, default=DEFAULT_COUNT, help="how many numbers")
     generate.add_argument("--seed", type=int, default=None, help="same seed, same file")
     generate.add_argument("--output", type=Path, default=None, help="default: the input setting")
     generate.add_argument("--if-missing", action="store_true", help="do nothing if it exists")
@@ -79,6 +80,7 @@ def _healthcheck(argv: list[str]) -> int:
     parser = _Parser(prog=f"{PROG} healthcheck")
     parser.add_argument("--checkpoint")
     parser.add_argument("--config")
+    # Other setting flags are accepted (one command line serves every command) and ignored.
     args, _other_settings = parser.parse_known_args(argv)
     healthy, message = check_health(checkpoint_path(args.checkpoint, args.config))
     print(message)

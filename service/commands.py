@@ -19,7 +19,6 @@ from .settings import Settings
 
 __all__ = ["generate", "reset", "status"]
 
-DEFAULT_COUNT = 1_000_000
 LARGEST_NUMBER = 999_999
 _LINES_PER_PIECE = 100_000
 

@@ -17,7 +17,7 @@ def int_of(text: bytes | str) -> int:
     if len(text) <= _DIGITS_AT_ONCE:
         return int(text)
     sign = -1 if text[:1] in (b"-", "-") else 1
-    body = text[1:] if text[:1] in (b"-", "+", "-", "+") else text
+    body = text[1:] if text[:1] in (b"-", b"+", "-", "+") else text
     value = 0
     for start in range(0, len(body), _DIGITS_AT_ONCE):
         piece = body[start : start + _DIGITS_AT_ONCE]
@@ -27,9 +27,9 @@ def int_of(text: bytes | str) -> int:
 
 def decimal_of(value: int) -> str:
     """str() of an integer of any size."""
-    if value < 0:
-        return "-" + decimal_of(-value)
-    if value.bit_length() <= 3 * _DIGITS_AT_ONCE:  # 3 bits per digit is a safe underestimate
-        return str(value)
-    high, low = divmod(value, 10**_DIGITS_AT_ONCE)
-    return decimal_of(high) + str(low).zfill(_DIGITS_AT_ONCE)
+    sign, value = ("-", -value) if value < 0 else ("", value)
+    pieces = []
+    while value.bit_length() > 3 * _DIGITS_AT_ONCE:  # 3 bits per digit: a safe underestimate
+        value, low = divmod(value, 10**_DIGITS_AT_ONCE)
+        pieces.append(str(low).zfill(_DIGITS_AT_ONCE))
+    return sign + str(value) + "".join(reversed(pieces))

@@ -9,6 +9,7 @@ __all__ = [
     "InputChanged",
     "InputUnreadable",
     "LockHeld",
+    "UnexpectedError",
     "UsageError",
     "WorkerError",
 ]
@@ -56,3 +57,11 @@ class InputChanged(WorkerError):
 
 class LockHeld(WorkerError):
     """Another worker holds the checkpoint's lock."""
+
+
+class UnexpectedError(WorkerError):
+    """A defect, not an expected failure: reported with its traceback, exit 1."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"unexpected error: {type(cause).__name__}: {cause}")
+        self.cause = cause

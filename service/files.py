@@ -43,7 +43,7 @@ def fsync_directory(directory: Path) -> None:
 
 def atomic_write(target: Path, pieces: Iterable[bytes], mode: int = 0o644) -> None:
     """Replace `target` with the concatenated `pieces`, atomically and durably (blocking)."""
-    directory = target.parent if str(target.parent) else Path(".")
+    directory = target.parent
     fd, temp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=directory)
     temp = Path(temp_name)
     try:

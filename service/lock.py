@@ -54,7 +54,7 @@ class WorkerLock:
             who = f"pid {holder}" if holder else "another process"
             raise LockHeld(
                 f"checkpoint {self.path.with_suffix('')} is in use by a worker ({who}, lock "
-                f"{self.path}); refusing to {purpose}"
+                f"{self.path}); refusing to {'start' if purpose == 'worker' else purpose}"
             ) from None
         if purpose == "worker":
             os.ftruncate(fd, 0)

@@ -11,6 +11,7 @@ Shut down: the final checkpoint, shielded from cancellation and bounded by `shut
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -24,12 +25,13 @@ import anyio.abc
 from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from . import __version__
-from .checkpoint import Checkpoint, CheckpointStore, identify_input, write_json
+from .checkpoint import Checkpoint, CheckpointStore, InputIdentity, identify_input, write_json
 from .errors import (
     BadRecordFound,
     CheckpointWriteFailed,
     InputChanged,
     InputUnreadable,
+    UnexpectedError,
     WorkerError,
 )
 from .files import temp_files_of
@@ -98,11 +100,7 @@ class _Worker:
         self.store = CheckpointStore(settings.checkpoint)
         self.lock = WorkerLock(settings.checkpoint)
         self.input: AsyncBufferedReader | None = None
-        self.parser = LineParser(
-            Position(),
-            max_line_bytes=settings.max_line_bytes,
-            stop_at_bad=settings.on_bad_record == "fail",
-        )
+        self.parser = self._new_parser(Position())
         self.saved: Position | None = None  # what the checkpoint on disk holds
         self.saving = anyio.Lock()
         self.failure: WorkerError | None = None
@@ -110,10 +108,19 @@ class _Worker:
         self.started = False  # the parser holds the position to resume from
         self.completed = False
         self.caught_up_at: Position | None = None
+        self.caught_up_identity: InputIdentity | None = None
+        self.shutdown_deadline_set = False
         self.pacer = Pacer(settings.max_rate)
         self.rate = RateMeter(0, 0.0)
 
     # --- start up -----------------------------------------------------------------------------
+
+    def _new_parser(self, start: Position) -> LineParser:
+        return LineParser(
+            start,
+            max_line_bytes=self.settings.max_line_bytes,
+            stop_at_bad=self.settings.on_bad_record == "fail",
+        )
 
     async def start(self) -> None:
         try:
@@ -125,7 +132,8 @@ class _Worker:
         for leftover in temp_files_of(self.settings.checkpoint) + temp_files_of(
             self.settings.result
         ):
-            leftover.unlink(missing_ok=True)  # an interrupted write; the real file is intact
+            with contextlib.suppress(OSError):  # an interrupted write; the real file is intact
+                leftover.unlink()
 
         checkpoint = await anyio.to_thread.run_sync(self.store.load)
         if checkpoint is None:
@@ -144,16 +152,13 @@ class _Worker:
             )
             start = p
             self.saved = p
-        await self._open_input()
+        self.input = await self._open_input()
         if checkpoint is not None:
             start = await self._verify_input(checkpoint)
         self._start_from(start)
 
-    async def _open_input(self) -> None:
+    async def _open_input(self) -> AsyncBufferedReader:
         path = self.settings.input
-        if self.input is not None:
-            await self.input.close()
-            self.input = None
         try:
             handle = await aiofiles.open(path, "rb")
         except FileNotFoundError:
@@ -165,7 +170,7 @@ class _Worker:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             await handle.close()
             raise InputUnreadable(f"input {path} is not a regular file")
-        self.input = handle
+        return handle
 
     def _input_fd(self) -> int:
         assert self.input is not None
@@ -174,6 +179,8 @@ class _Worker:
     async def _verify_input(self, checkpoint: Checkpoint) -> Position:
         """The position to resume from: the checkpoint's, or 0 when the input changed (restart)."""
         offset = checkpoint.position.offset
+        if offset == 0:
+            return checkpoint.position  # nothing consumed, nothing that could have changed
         size = os.fstat(self._input_fd()).st_size
         if size < offset:
             change = InputChanged(
@@ -196,8 +203,10 @@ class _Worker:
     def _input_changed(self, change: InputChanged) -> None:
         """Log the change; raise under `fail`, carry on (from 0) under `restart`."""
         action = self.settings.on_input_change
-        log = self.log.error if action == "fail" else self.log.warning
-        log("input_changed", reason=change.reason, action=action, message=change.message)
+        # A warning either way: under "fail" the one error line is the fatal_error that follows.
+        self.log.warning(
+            "input_changed", reason=change.reason, action=action, message=change.message
+        )
         if action == "fail":
             raise InputChanged(
                 change.message + "; set on_input_change=restart to start over, or `reset`",
@@ -205,11 +214,7 @@ class _Worker:
             )
 
     def _start_from(self, start: Position) -> None:
-        self.parser = LineParser(
-            start,
-            max_line_bytes=self.settings.max_line_bytes,
-            stop_at_bad=self.settings.on_bad_record == "fail",
-        )
+        self.parser = self._new_parser(start)
         self.caught_up_at = None
         self.rate = RateMeter(start.records, anyio.current_time())
         self.started = True
@@ -227,11 +232,14 @@ class _Worker:
             tasks.cancel_scope.cancel()
 
     async def _guarded(self, work: Any, scope: anyio.CancelScope) -> None:
-        """Run `work`; an expected failure is kept for shutdown and stops every task."""
+        """Run `work`; a failure is kept for shutdown and stops every task."""
         try:
             await work()
         except WorkerError as error:
             self.failure = self.failure or error
+            scope.cancel()
+        except Exception as error:  # a defect: still one error line and a clean stop
+            self.failure = self.failure or UnexpectedError(error)
             scope.cancel()
 
     async def _listen_for_signals(
@@ -259,9 +267,14 @@ class _Worker:
     def _request_shutdown(self, signum: int, scope: anyio.CancelScope) -> None:
         self.stop_signal = signum
         _exit_at_next_signal()
-        _exit_after(self.settings.shutdown_timeout, self.log)
+        self._bound_shutdown()
         self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
         scope.cancel()
+
+    def _bound_shutdown(self) -> None:
+        if not self.shutdown_deadline_set:
+            self.shutdown_deadline_set = True
+            _exit_after(self.settings.shutdown_timeout, self.log)
 
     async def _consume(self) -> None:
         """Read the input to its end (or forever, following), restarting on a changed input."""
@@ -271,14 +284,19 @@ class _Worker:
                 return
             except InputChanged as change:
                 self._input_changed(change)
-                await self._reopen_when_present()
-                self._start_from(Position())
+                handle = await self._open_when_present()
+                # Swap under the save lock: a save never pairs one file's position with
+                # another file's identity.
+                async with self.saving:
+                    previous, self.input = self.input, handle
+                    self._start_from(Position())
+                if previous is not None:
+                    await previous.close()
 
-    async def _reopen_when_present(self) -> None:
+    async def _open_when_present(self) -> AsyncBufferedReader:
         while True:
             try:
-                await self._open_input()
-                return
+                return await self._open_input()
             except InputUnreadable:
                 if not self.settings.follow:
                     raise
@@ -288,7 +306,12 @@ class _Worker:
         assert self.input is not None
         await self.input.seek(self.parser.split_offset)
         while True:
-            chunk = await self.input.read(self._read_size())
+            try:
+                chunk = await self.input.read(self._read_size())
+            except OSError as error:
+                raise InputUnreadable(
+                    f"cannot read input {self.settings.input}: {error.strerror}"
+                ) from None
             if chunk:
                 await self._process(self.parser.split(chunk))
             elif not self.settings.follow:
@@ -349,6 +372,9 @@ class _Worker:
         if position == self.caught_up_at:
             return
         self.caught_up_at = position
+        self.caught_up_identity = await anyio.to_thread.run_sync(
+            identify_input, self._input_fd(), position.offset
+        )
         await self._write_result(position)
         self.log.info(
             "caught_up", offset=position.offset, records=position.records, sum=position.sum
@@ -364,6 +390,8 @@ class _Worker:
                 current = os.stat(path)
             except FileNotFoundError:
                 raise InputChanged(f"input {path} was deleted", "deleted") from None
+            except OSError as error:
+                raise InputUnreadable(f"cannot stat input {path}: {error.strerror}") from None
             if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
                 raise InputChanged(f"input {path} was replaced by another file", "replaced")
             if current.st_size < self.parser.split_offset:
@@ -371,13 +399,29 @@ class _Worker:
                     f"input {path} was truncated to {current.st_size} bytes", "truncated"
                 )
             if current.st_size > self.parser.split_offset:
+                await self._check_consumed_unchanged()
                 return
+
+    async def _check_consumed_unchanged(self) -> None:
+        """Growth is fine; a rewrite of what was already consumed (same file) is not."""
+        if self.caught_up_at is None or self.caught_up_identity is None:
+            return
+        identity = await anyio.to_thread.run_sync(
+            identify_input, self._input_fd(), self.caught_up_at.offset
+        )
+        if identity != self.caught_up_identity:
+            raise InputChanged(
+                f"input {self.settings.input} was rewritten: its first "
+                f"{self.caught_up_at.offset} bytes are not the ones already consumed",
+                "content_changed",
+            )
 
     async def _complete(self) -> None:
         position = self.parser.position
-        await self._save("completed", completed=True)
-        await self._write_result(position)
-        self.completed = True
+        with anyio.CancelScope(shield=True):  # a stop now must not undo the completion
+            await self._save("completed", completed=True)
+            await self._write_result(position)
+            self.completed = True
         self._log_progress()
         self.log.info(
             "completed",
@@ -430,13 +474,18 @@ class _Worker:
         async with self.saving:
             position = self.parser.position
             if reason == "timer" and position == self.saved:
-                # Decided before waiting for the lock: the save we waited for (the completion
-                # one, say) already wrote this position; writing it again would undo its flag.
+                # The save this one waited for (the completion one, say) already wrote this
+                # position; writing it again would undo its flag.
                 return
             fd = self._input_fd()
 
             def write() -> None:
-                identity = identify_input(fd, position.offset)
+                try:
+                    identity = identify_input(fd, position.offset)
+                except OSError as error:
+                    raise InputUnreadable(
+                        f"cannot read input {self.settings.input}: {error.strerror}"
+                    ) from None
                 checkpoint = Checkpoint(position, str(self.settings.input), identity, completed)
                 self.store.save(checkpoint)
 
@@ -455,8 +504,6 @@ class _Worker:
 
     async def shut_down(self) -> tuple[int, str]:
         """The final checkpoint and the exit code; called once, whatever happened before."""
-        if self.stop_signal is not None:
-            _exit_at_next_signal()  # the signal receiver restored the defaults on its way out
         code, reason = (0, "completed") if self.completed else (0, "shutdown")
         if self.failure is not None:
             code, reason = self.failure.exit_code, "error"
@@ -468,21 +515,20 @@ class _Worker:
             and (self.failure is None or isinstance(self.failure, BadRecordFound))
         )
         if worth_saving:
-            with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as deadline:
+            # A save cannot be cancelled mid-fsync: the watchdog ends the process at the
+            # timeout instead, and the checkpoint on disk is whole at any instant.
+            self._bound_shutdown()
+            with anyio.CancelScope(shield=True):
                 try:
                     await self._save("shutdown")
                     self._log_progress()
-                except CheckpointWriteFailed as error:
+                except WorkerError as error:
                     self.failure = self.failure or error
                     code, reason = error.exit_code, "error"
-            if deadline.cancelled_caught:
-                self.failure = CheckpointWriteFailed(
-                    f"final checkpoint not written within shutdown_timeout="
-                    f"{self.settings.shutdown_timeout}s; the previous one is intact"
-                )
-                code, reason = 1, "error"
         # 2. The one error line, then release the input and the lock.
-        if self.failure is not None:
+        if isinstance(self.failure, UnexpectedError):
+            self.log.error("fatal_error", message=self.failure.message, exc_info=self.failure.cause)
+        elif self.failure is not None:
             self.log.error("fatal_error", message=self.failure.message)
         if self.input is not None:
             with anyio.CancelScope(shield=True):
@@ -510,13 +556,15 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
     finally:
         code, reason = await worker.shut_down()
     position = worker.parser.position
-    log.info(
-        "worker_stopped",
-        exit_code=code,
-        reason=reason,
-        offset=position.offset,
-        records=position.records,
-        bad_records=position.bad_records,
-        sum=position.sum,
+    counters = (
+        {
+            "offset": position.offset,
+            "records": position.records,
+            "bad_records": position.bad_records,
+            "sum": position.sum,
+        }
+        if worker.started
+        else {}
     )
+    log.info("worker_stopped", exit_code=code, reason=reason, **counters)
     return code

@@ -479,3 +479,48 @@ def test_a_second_signal_during_shutdown_exits_at_once(workdir: Path) -> None:
         # Either the second signal beat the final checkpoint (130), or it came after it (0).
         assert code in (0, 128 + signal.SIGINT)
         _assert_checkpoint_exact(workdir, data)
+
+
+def test_follow_mode_notices_an_in_place_rewrite_of_consumed_data(tmp_path: Path) -> None:
+    """Following: rewriting the same file with other, longer content is input_changed."""
+    path = tmp_path / "numbers.txt"
+    path.write_bytes(_numbers(1000, seed=1))
+    worker = WorkerProcess(["--follow", "--poll-interval", "0.05"], tmp_path)
+    worker.wait_for("caught_up")
+    with path.open("r+b") as handle:  # same inode, so only the content can tell
+        handle.truncate(0)
+        handle.write(_numbers(3000, seed=2))
+    assert worker.finish() == 1
+    changed = worker.wait_for("input_changed")
+    assert (changed["reason"], changed["action"]) == ("content_changed", "fail")
+    assert len([e for e in worker.events if e["level"] == "error"]) == 1
+
+
+def test_follow_restart_survives_a_deleted_input_and_stops_gracefully(tmp_path: Path) -> None:
+    """Following under restart: a deleted input is waited for; SIGTERM still exits 0 cleanly."""
+    path = tmp_path / "numbers.txt"
+    path.write_bytes(b"1\n2\n")
+    args = ["--follow", "--on-input-change", "restart", "--poll-interval", "0.05"]
+    worker = WorkerProcess([*args, "--checkpoint-interval", "0.05"], tmp_path)
+    worker.wait_for("caught_up", sum=3)
+    path.unlink()
+    worker.wait_for("input_changed", reason="deleted", action="restart")
+    time.sleep(0.3)  # timer ticks while the input is missing
+    path.write_bytes(b"40\n")
+    worker.wait_for("caught_up", sum=40)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    assert "Traceback" not in worker.stderr
+    assert _checkpoint(tmp_path)["sum"] == 40
+
+
+def test_an_unreadable_input_is_one_error_line_without_traceback(tmp_path: Path) -> None:
+    """A read error on the input (EIO here): exit 1, one error line, no traceback."""
+    done = cli(["run", "--input", "/proc/self/mem"], tmp_path)
+    assert done.returncode == 1
+    events = events_of(done.stdout)
+    errors = [e for e in events if e["level"] == "error"]
+    assert len(errors) == 1
+    assert "/proc/self/mem" in errors[0]["message"]
+    assert events[-1]["event"] == "worker_stopped"
+    assert "Traceback" not in done.stderr
