@@ -16,6 +16,7 @@ import os
 import signal
 import stat
 import threading
+from dataclasses import asdict
 from types import FrameType
 from typing import Any
 
@@ -140,18 +141,8 @@ class _Worker:
             self.log.info("checkpoint_not_found", checkpoint=str(self.settings.checkpoint))
             start = Position()
         else:
-            p = checkpoint.position
-            self.log.info(
-                "checkpoint_loaded",
-                offset=p.offset,
-                records=p.records,
-                bad_records=p.bad_records,
-                sum=p.sum,
-                lines=p.lines,
-                completed=checkpoint.completed,
-            )
-            start = p
-            self.saved = p
+            start = self.saved = checkpoint.position
+            self.log.info("checkpoint_loaded", **asdict(start), completed=checkpoint.completed)
         self.input = await self._open_input()
         if checkpoint is not None:
             start = await self._verify_input(checkpoint)
@@ -491,14 +482,7 @@ class _Worker:
 
             await anyio.to_thread.run_sync(write)
             self.saved = position
-            self.log.info(
-                "checkpoint_saved",
-                offset=position.offset,
-                records=position.records,
-                bad_records=position.bad_records,
-                sum=position.sum,
-                reason=reason,
-            )
+            self.log.info("checkpoint_saved", **asdict(position), reason=reason)
 
     # --- shut down ----------------------------------------------------------------------------
 
@@ -555,16 +539,6 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
         await worker.run(early_signals)
     finally:
         code, reason = await worker.shut_down()
-    position = worker.parser.position
-    counters = (
-        {
-            "offset": position.offset,
-            "records": position.records,
-            "bad_records": position.bad_records,
-            "sum": position.sum,
-        }
-        if worker.started
-        else {}
-    )
+    counters = asdict(worker.parser.position) if worker.started else {}
     log.info("worker_stopped", exit_code=code, reason=reason, **counters)
     return code
