@@ -108,10 +108,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
 def reset(settings: Settings, log: Logger) -> int:
     """Remove the checkpoint and the result; refuse while a worker holds the lock."""
     lock = WorkerLock(settings.checkpoint)
-    try:
-        lock.acquire(purpose="reset")
-    except OSError as error:
-        raise WorkerError(f"cannot open lock file {lock.path}: {error.strerror}") from None
+    lock.acquire(purpose="reset")
     try:
         removed = []
         for path in [settings.checkpoint, settings.result, *temp_files_of(settings.checkpoint)]:

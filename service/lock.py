@@ -42,14 +42,23 @@ class WorkerLock:
         self._fd: int | None = None
 
     def acquire(self, *, purpose: str = "worker") -> None:
-        """Take the lock or raise LockHeld naming the holder; write our pid for a worker."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock or raise LockHeld naming the holder; write our pid for a worker.
+
+        A lock file that cannot be created or locked is CheckpointWriteFailed: its directory is
+        the checkpoint's.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise CheckpointWriteFailed(
+                f"cannot create lock file {self.path}: {error.strerror}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             os.close(fd)
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
+                raise CheckpointWriteFailed(f"cannot lock {self.path}: {error.strerror}") from None
             holder = read_holder(self.path)
             who = f"pid {holder}" if holder else "another process"
             raise LockHeld(

@@ -29,7 +29,6 @@ from . import __version__
 from .checkpoint import Checkpoint, CheckpointStore, InputIdentity, identify_input, write_json
 from .errors import (
     BadRecordFound,
-    CheckpointWriteFailed,
     InputChanged,
     InputUnreadable,
     UnexpectedError,
@@ -124,12 +123,7 @@ class _Worker:
         )
 
     async def start(self) -> None:
-        try:
-            self.lock.acquire()
-        except OSError as error:
-            raise CheckpointWriteFailed(
-                f"cannot create lock file {self.lock.path}: {error.strerror}"
-            ) from None
+        self.lock.acquire()
         for leftover in temp_files_of(self.settings.checkpoint) + temp_files_of(
             self.settings.result
         ):
