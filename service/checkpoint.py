@@ -159,7 +159,7 @@ class Checkpoint:
     gone: Position = field(default_factory=Position)
 
     def __post_init__(self) -> None:
-        if not self.files and self.position != Position():
+        if not self.files and self.gone == Position() and self.position != Position():
             single = FileState(self.input, None, self.identity, self.position)
             object.__setattr__(self, "files", (single,))
 
