@@ -23,6 +23,7 @@ from typing import Any
 
 from . import inputs
 from .inputs import Input
+from .many_files import many_files
 from .processes import WORKER, Finished, LiveWorker, events_in, run, worker_args
 from .report import Measurement
 
@@ -522,4 +523,5 @@ ROWS: dict[int, Callable[[Bench], list[Measurement]]] = {
     4: graceful_stop,
     5: checkpoint_cost,
     6: healthcheck,
+    7: many_files,
 }
