@@ -12,8 +12,8 @@ each outcome to two references that share no code with the worker: the oracle of
 - contract violations: a wrong exit code, a missing or extra error line, a traceback, a file that
   had to stay untouched and changed, a shutdown slower than its timeout.
 
-Parts: crashes, signals, storage, corrupt, hostile, changes, shutdown, rotation. `short` is the version
-`make test` runs (tests/test_chaos.py); the full one is `make chaos`. Faults that need root
+Parts: crashes, signals, storage, corrupt, hostile, changes, shutdown, rotation. `short` is the
+version `make test` runs (tests/test_chaos.py); the full one is `make chaos`. Faults that need root
 (tmpfs, mounts) or strace are reported as skipped when unavailable, never as passed.
 
     python -m tests.chaos [--short] [--part NAME]... [--seed N] [--json PATH] [--keep]

@@ -24,7 +24,15 @@ from tests.processes import WorkerProcess
 __all__ = ["part_rotation"]
 
 PATTERN = "in/*.txt*"
-FOLLOW = ["--input", PATTERN, "--follow", "--poll-interval", "0.02", "--checkpoint-interval", "0.02"]
+FOLLOW = [
+    "--input",
+    PATTERN,
+    "--follow",
+    "--poll-interval",
+    "0.02",
+    "--checkpoint-interval",
+    "0.02",
+]
 
 
 class _Writer(threading.Thread):
