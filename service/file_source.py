@@ -152,17 +152,25 @@ class FileSource:
             self.log.info(
                 "file_removed", path=state.path, reason="missing", **asdict(state.position)
             )
+        partitions = self._adopt(resumed, new)
+        if not self.active:
+            if not self.settings.follow:
+                raise InputUnreadable(f"no file matches the input {self.describe()}")
+            self._log_waiting()
+        return partitions
+
+    def _adopt(
+        self, resumed: list[tuple[FileKey, Match, FileState]], new: dict[FileKey, Match]
+    ) -> list[Partition]:
+        """Partitions for saved files found again (under a new name, maybe) and for new ones."""
         partitions: list[Partition] = []
         for key, match, state in resumed:
             if match.path != state.path:
                 self.log.info("file_rotated", path=match.path, old_path=state.path)
             partitions.append(self._add(match.path, key, replace_closed(state)))
         for key, match in new.items():
-            partitions.append(self._discovered(key, match))
-        if not self.active:
-            if not self.settings.follow:
-                raise InputUnreadable(f"no file matches the input {self.describe()}")
-            self._log_waiting()
+            self.log.info("file_discovered", path=match.path, size=match.size)
+            partitions.append(self._add(match.path, key, None))
         return partitions
 
     def _log_waiting(self) -> None:
@@ -174,10 +182,6 @@ class FileSource:
         partition = FilePartition(path, self.settings, self.log, self.slots, resume=resume, key=key)
         self.active.append(partition)
         return partition
-
-    def _discovered(self, key: FileKey, match: Match) -> FilePartition:
-        self.log.info("file_discovered", path=match.path, size=match.size)
-        return self._add(match.path, key, None)
 
     def _fold(self, position: Position) -> None:
         self.gone = total_of([self.gone, position])
@@ -204,14 +208,9 @@ class FileSource:
             if key not in found:
                 partition.renamed_out = True
         reopened, _, new = await anyio.to_thread.run_sync(match_saved_files, self.dormant, fresh)
-        partitions: list[Partition] = []
-        for key, match, state in reopened:
+        for _key, _match, state in reopened:
             self.dormant.remove(state)
-            if match.path != state.path:
-                self.log.info("file_rotated", path=match.path, old_path=state.path)
-            partitions.append(self._add(match.path, key, replace_closed(state)))
-        for key, match in new.items():
-            partitions.append(self._discovered(key, match))
+        partitions = self._adopt(reopened, new)
         if not self.active:
             self._log_waiting()
         return partitions

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.oracle import Expected, expected_of
+from tests.oracle import Expected, expected_of_files
 from tests.processes import WorkerProcess
 
 __all__ = ["part_rotation"]
@@ -86,15 +86,7 @@ class _Writer(threading.Thread):
 
 
 def _oracle(directory: Path) -> Expected:
-    each = [expected_of(p.read_bytes()) for p in sorted(directory.iterdir())]
-    return Expected(
-        sum(e.lines for e in each),
-        sum(e.records for e in each),
-        sum(e.bad_records for e in each),
-        sum(e.sum for e in each),
-        sum(e.offset for e in each),
-        (),
-    )
+    return expected_of_files([p.read_bytes() for p in sorted(directory.iterdir())])
 
 
 def _checkpoint(work: Path) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.oracle import Expected, expected_of
+from tests.oracle import Expected, expected_of, expected_of_files
 from tests.processes import WorkerProcess, cli, events_of
 
 FAST = ["--poll-interval", "0.05", "--checkpoint-interval", "0.05"]
@@ -26,15 +26,7 @@ def _numbers(count: int, seed: int) -> bytes:
 
 def _total(*parts: bytes) -> Expected:
     """The oracle over several files: what their records add up to, each file on its own."""
-    each = [expected_of(p) for p in parts]
-    return Expected(
-        sum(e.lines for e in each),
-        sum(e.records for e in each),
-        sum(e.bad_records for e in each),
-        sum(e.sum for e in each),
-        sum(e.offset for e in each),
-        (),
-    )
+    return expected_of_files(list(parts))
 
 
 def _json(path: Path) -> dict[str, object]:
