@@ -8,7 +8,8 @@ Rule 2: a file found by a scan is opened by name and must still be the same (dev
 Rule 3: a change below the position (shorter, rewritten, or for a plain path replaced or deleted)
         is `input_changed`: `fail` raises; `restart` reads the file again from 0, which takes its
         contribution out of the totals.
-Rule 4: at most `max_open_files` partitions hold a file open; the others wait for a slot.
+Rule 4: at most `max_open_files` partitions hold a file open; the others wait for a slot. At
+        most `READS_AT_ONCE` read and parse a chunk at once, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from .patterns import FileKey
 from .settings import Settings
 from .state import Position
 
-__all__ = ["CHUNK_BYTES", "FilePartition"]
+__all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition"]
 
 CHUNK_BYTES = 2 * 1024 * 1024
+READS_AT_ONCE = 4  # chunks being read or parsed at once, over all files: both cores stay busy
 PARSE_THREADS = 2  # regions parsed at once: parsing releases the GIL, so both cores work
 _PARALLEL_MIN_BYTES = 65536
 _PACED_BATCHES_PER_SECOND = 10
@@ -65,6 +67,7 @@ class FilePartition:
         settings: Settings,
         log: Logger,
         slots: anyio.CapacityLimiter,
+        reading: anyio.CapacityLimiter,
         *,
         resume: FileState | None = None,
         key: FileKey | None = None,
@@ -74,6 +77,7 @@ class FilePartition:
         self.settings = settings
         self.log = log
         self.slots = slots
+        self.reading = reading
         self.key = key  # (device, inode) as this process sees it; None until known
         self.plain = plain
         self.inode = resume.inode if resume else None
@@ -198,8 +202,8 @@ class FilePartition:
             if self.renamed_out or self.deleted:
                 return self._step(Batch(self.position), Progress.CLOSED)  # never opened
             if not await self._open():
-                if not self.settings.follow:  # gone since the scan: nothing more to read
-                    self.deleted = True
+                if not self.settings.follow:  # renamed or gone since the scan: kept, closed
+                    self.renamed_out = True
                     return self._step(Batch(self.position), Progress.CLOSED)
                 return self._step(Batch(self.position), Progress.CAUGHT_UP)
         assert self.handle is not None
@@ -210,14 +214,15 @@ class FilePartition:
                 return self._step(Batch(self.position), progress)
             if self.handle is None:  # closed by a restart: opened again at the next call
                 return self._step(Batch(self.position), Progress.READING)
-        try:
-            chunk = await self.handle.read(self._read_size())
-        except OSError as error:
-            raise InputUnreadable(f"cannot read input {self.path}: {error.strerror}") from None
-        if chunk:
-            self.last_growth = anyio.current_time()
-            batch = await self._parse_and_commit(self.parser.split(chunk))
-            return self._step(batch, Progress.READING)
+        async with self.reading:  # a few chunks in memory at once, however many files
+            try:
+                chunk = await self.handle.read(self._read_size())
+            except OSError as error:
+                raise InputUnreadable(f"cannot read input {self.path}: {error.strerror}") from None
+            if chunk:
+                self.last_growth = anyio.current_time()
+                batch = await self._parse_and_commit(self.parser.split(chunk))
+                return self._step(batch, Progress.READING)
         if not self.settings.follow:
             batch = self.parser.finish()
             self._identify()
@@ -243,9 +248,6 @@ class FilePartition:
             if replaced is not None:
                 await self._changed(*replaced)
                 return Progress.READING
-        elif opened.st_nlink == 0:
-            self.deleted = True  # finished through the open descriptor: nothing more comes
-            return Progress.CLOSED
         if opened.st_size > self.parser.split_offset:
             if await self._consumed_prefix_rewritten():
                 await self._changed(
@@ -254,6 +256,9 @@ class FilePartition:
                     "content_changed",
                 )
             return Progress.READING
+        if not self.plain and opened.st_nlink == 0:
+            self.deleted = True  # finished through the open descriptor: nothing more comes
+            return Progress.CLOSED
         inactive = anyio.current_time() - self.last_growth >= self.settings.close_inactive
         if self.renamed_out and inactive:
             return Progress.CLOSED
@@ -294,11 +299,12 @@ class FilePartition:
             results = await self._parse(pieces)
             for piece, result in zip(pieces, results, strict=True):
                 batch = self.parser.commit(piece, result)
+                # Right away, before the next await: a stop may come at any await, and a
+                # snapshot must pair this position with the identity of this very prefix.
+                self._identify()
                 bad.extend(batch.bad)
                 if batch.failed is not None:
-                    self._identify()
                     return replace(batch, bad=tuple(bad))
-        self._identify()
         return Batch(self.parser.position, tuple(bad))
 
     async def _parse(self, regions: list[Region]) -> list[RegionResult]:

@@ -25,7 +25,7 @@ import anyio
 
 from .checkpoint import IDENTITY_WINDOW, Checkpoint, CheckpointStore, FileState, total_of
 from .errors import InputUnreadable
-from .file_partition import FilePartition
+from .file_partition import READS_AT_ONCE, FilePartition
 from .files import temp_files_of
 from .lock import WorkerLock
 from .logs import Logger
@@ -98,6 +98,7 @@ class FileSource:
         self.store = CheckpointStore(settings.checkpoint)
         self.lock = WorkerLock(settings.checkpoint)
         self.slots = anyio.CapacityLimiter(settings.max_open_files)
+        self.reading = anyio.CapacityLimiter(READS_AT_ONCE)
         self.active: list[FilePartition] = []  # being read, waiting for a slot, or done
         self.dormant: list[FileState] = []  # renamed out of every pattern and closed
         self.gone = Position()  # what files that no longer exist added up to
@@ -138,7 +139,7 @@ class FileSource:
             if other is not resume:
                 self.gone = total_of([self.gone, other.position])
         partition = FilePartition(
-            path, self.settings, self.log, self.slots, resume=resume, plain=True
+            path, self.settings, self.log, self.slots, self.reading, resume=resume, plain=True
         )
         self.active.append(partition)
         await partition.open_now()
@@ -179,7 +180,9 @@ class FileSource:
             self.log.info("waiting_for_files", input=self.describe())
 
     def _add(self, path: str, key: FileKey, resume: FileState | None) -> FilePartition:
-        partition = FilePartition(path, self.settings, self.log, self.slots, resume=resume, key=key)
+        partition = FilePartition(
+            path, self.settings, self.log, self.slots, self.reading, resume=resume, key=key
+        )
         self.active.append(partition)
         return partition
 
