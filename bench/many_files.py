@@ -61,6 +61,7 @@ def many_files(bench: Bench) -> list[Measurement]:
         runs, lambda: worker_on(str(directory / "*.txt")), lambda: worker_on(str(one_file.path))
     )
     share = _best(single) / _best(many)
+    fastest = min(many, key=lambda r: r.wall)
     return [
         Measurement(
             7,
@@ -71,5 +72,14 @@ def many_files(bench: Bench) -> list[Measurement]:
             f">= {GOAL}x",
             share >= GOAL,
             {"many_files": _figures(many), "one_file": _figures(single)},
-        )
+        ),
+        Measurement(
+            7,
+            "  cores busy while reading the files (CPU time / wall time)",
+            f"{fastest.cpu / fastest.wall:.2f}",
+            "2 cores",
+            "",
+            "(context)",
+            None,
+        ),
     ]
