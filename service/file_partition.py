@@ -8,8 +8,10 @@ Rule 2: a file found by a scan is opened by name and must still be the same (dev
 Rule 3: a change below the position (shorter, rewritten, or for a plain path replaced or deleted)
         is `input_changed`: `fail` raises; `restart` reads the file again from 0, which takes its
         contribution out of the totals.
-Rule 4: at most `max_open_files` partitions hold a file open; the others wait for a slot. At
-        most `READS_AT_ONCE` read and parse a chunk at once, so memory stays bounded.
+Rule 4: at most `max_open_files` partitions hold a file open; the others wait for a slot, and a
+        followed file that is caught up gives its slot up while others wait (reopened by name
+        later, and only if it is still the same (device, inode)). At most `READS_AT_ONCE` read
+        and parse a chunk at once, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -202,6 +204,7 @@ class FilePartition:
             if self.renamed_out or self.deleted:
                 return self._step(Batch(self.position), Progress.CLOSED)  # never opened
             if not await self._open():
+                await self.close()  # the slot goes to a file that can use it
                 if not self.settings.follow:  # renamed or gone since the scan: kept, closed
                     self.renamed_out = True
                     return self._step(Batch(self.position), Progress.CLOSED)
@@ -229,6 +232,11 @@ class FilePartition:
             self.size = os.fstat(self._fd()).st_size
             return self._step(batch, Progress.DONE)
         return self._step(Batch(self.position), await self._look_at_end())
+
+    async def _park_if_others_wait(self) -> None:
+        """Caught up, with files waiting for a slot: close and queue again, so all take turns."""
+        if self.handle is not None and self.slots.statistics().tasks_waiting > 0:
+            await self.close()
 
     def _step(self, batch: Batch, progress: Progress) -> Step:
         self.progress = progress
@@ -262,6 +270,7 @@ class FilePartition:
         inactive = anyio.current_time() - self.last_growth >= self.settings.close_inactive
         if self.renamed_out and inactive:
             return Progress.CLOSED
+        await self._park_if_others_wait()
         return Progress.CAUGHT_UP
 
     async def _plain_path_replaced(self, opened: os.stat_result) -> tuple[str, str] | None:

@@ -282,6 +282,23 @@ def test_at_most_max_open_files_are_open_at_once(tmp_path: Path) -> None:
     _assert_totals(_json(tmp_path / "result.json"), _total(*parts))
 
 
+def test_following_more_files_than_max_open_files_reads_them_all_in_turn(tmp_path: Path) -> None:
+    """Following 5 files through 2 slots: caught-up files give their slot up, all are read."""
+    (tmp_path / "in").mkdir()
+    for index in range(5):
+        (tmp_path / "in" / f"{index}.txt").write_bytes(b"%d\n" % (10**index))
+    args = ["--input", "in/*.txt", "--follow", "--max-open-files", "2", *FAST]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("caught_up", sum=11111)
+    with (tmp_path / "in" / "0.txt").open("ab") as writer:
+        writer.write(b"100000\n")
+    with (tmp_path / "in" / "4.txt").open("ab") as writer:
+        writer.write(b"1000000\n")
+    worker.wait_for("caught_up", sum=1111111)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+
+
 def test_a_version_1_checkpoint_resumes_exactly_and_becomes_version_2(tmp_path: Path) -> None:
     """A format-1 checkpoint is resumed at its offset and replaced by format 2 at the next save."""
     content = _numbers(1000, seed=5)
