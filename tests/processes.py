@@ -38,6 +38,7 @@ __all__ = [
     "cli",
     "events_of",
     "measured_run",
+    "unmeasured",
     "worker_env",
 ]
 
@@ -52,10 +53,19 @@ class Unavailable(Exception):
 
 
 def worker_env(**extra: str) -> dict[str, str]:
-    """The environment for a worker under test: JSON logs, no stray WORKER_* from the caller."""
+    """The environment for a worker under test: JSON logs, no stray WORKER_* from the caller.
+
+    Under `make test` it carries coverage's COVERAGE_PROCESS_CONFIG, so the worker's code counts
+    (see `[tool.coverage.run]` in pyproject.toml); `unmeasured` takes it out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
     env.update({"WORKER_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}, **extra)
     return env
+
+
+def unmeasured(env: dict[str, str]) -> dict[str, str]:
+    """`env` without coverage's variables: a Python process started with it is not traced, so
+    it runs at its own speed (coverage's tracer about doubles a worker's CPU time)."""
+    return {k: v for k, v in env.items() if not k.startswith("COVERAGE_")}
 
 
 def cli(
@@ -78,7 +88,10 @@ def events_of(stdout: str) -> list[Event]:
 
 
 def _matches(event: Event, names: tuple[str, ...], fields: dict[str, Any]) -> bool:
-    return event.get("event") in names and all(event.get(k) == v for k, v in fields.items())
+    """Named one of `names`, each field equal to its value, or true of it if it is a function."""
+    return event.get("event") in names and all(
+        want(event.get(k)) if callable(want) else event.get(k) == want for k, want in fields.items()
+    )
 
 
 class WorkerProcess:
@@ -144,8 +157,9 @@ class WorkerProcess:
     def wait_for_or_none(
         self, event: str | tuple[str, ...], timeout: float = 30, **fields: Any
     ) -> Event | None:
-        """The first log event named `event` (or one of them) with these fields; None when none
-        comes within `timeout` seconds or the worker's output ends first."""
+        """The first log event named `event` (or one of them) with these fields (a value, or a
+        function of the field that says yes: `offset=lambda o: o > 0`); None when none comes
+        within `timeout` seconds or the worker's output ends first."""
         names = (event,) if isinstance(event, str) else event
         deadline = time.monotonic() + timeout
         with self._changed:

@@ -249,7 +249,7 @@ def test_a_corrupt_checkpoint_is_reported_and_left_untouched(
 
 def _stop_midway(workdir: Path) -> int:
     worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.1"], workdir)
-    worker.wait_for("checkpoint_saved", reason="timer")
+    worker.wait_for("checkpoint_saved", reason="timer", offset=lambda offset: offset > 2048)
     worker.signal(signal.SIGTERM)
     assert worker.finish() == 0
     offset = _checkpoint(workdir)["offset"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.processes import WorkerProcess, worker_env
+from tests.processes import WorkerProcess, unmeasured, worker_env
 
 __all__ = [
     "CHECKPOINT",
@@ -38,8 +38,12 @@ SHUTDOWN_TIMEOUT = 5.0  # the contract's default, itself far inside Docker's 10 
 
 def _env() -> dict[str, str]:
     """JSON logs and nothing from the caller's WORKER_*. Not PYTHONUNBUFFERED: each log line is
-    then one write() (structlog flushes per line), which the write fault injection relies on."""
-    env = worker_env()
+    then one write() (structlog flushes per line), which the write fault injection relies on.
+
+    Not traced by coverage either (`make test` measures the end-to-end tests' workers): the
+    campaign times stops and reads peak RSS of workers as users run them, and its hundreds of
+    short lives, most ended by SIGKILL, would double the short campaign's time in `make test`."""
+    env = unmeasured(worker_env())
     del env["PYTHONUNBUFFERED"]
     return env
 
