@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.oracle import Expected, expected_of
-from tests.processes import WorkerProcess, cli, events_of, worker_env
+from tests.processes import WorkerProcess, cli, events_of, unmeasured, worker_env
 
 SEED = 20261123
 
@@ -156,8 +156,10 @@ def test_sigkill_at_random_instants_never_loses_or_doubles_a_record(workdir: Pat
     data = (workdir / "numbers.txt").read_bytes()
     rng = random.Random(7)
     offsets = []
+    killed = unmeasured(worker_env())  # a SIGKILL takes the coverage data with it: don't trace
     for _ in range(20):
-        worker = WorkerProcess(["--max-rate", "25000", "--checkpoint-interval", "0.02"], workdir)
+        args = ["--max-rate", "25000", "--checkpoint-interval", "0.02"]
+        worker = WorkerProcess(args, workdir, killed)
         worker.wait_for("worker_started")
         time.sleep(rng.uniform(0.05, 0.4))
         worker.kill()
