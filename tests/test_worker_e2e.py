@@ -472,8 +472,10 @@ def test_a_second_signal_during_shutdown_exits_at_once(workdir: Path) -> None:
     """SIGTERM then SIGINT while the final checkpoint is written: exit 130, checkpoint whole."""
     data = (workdir / "numbers.txt").read_bytes()
     for _ in range(5):
-        worker = WorkerProcess(["--max-rate", "100000"], workdir)
-        worker.wait_for("checkpoint_saved")
+        # A timer save every 0.1 s: each life stops after a few thousand lines, so five lives
+        # stay far from the end (on a finished input a worker exits before the signals come).
+        worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.1"], workdir)
+        worker.wait_for("checkpoint_saved", reason="timer")
         worker.signal(signal.SIGTERM)
         worker.wait_for("shutdown_requested")
         worker.signal(signal.SIGINT)
