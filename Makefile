@@ -33,15 +33,19 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Coverage data of every process the tests start (`patch = subprocess`), combined at the end; a
+# worker killed while saving its data leaves a torn file, removed here before the next run. The
+# floor (`fail_under`) is the whole suite's: a run of some tests (PYTEST_ARGS) reports, not fails.
 unit: setup
-	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS); \
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m pytest --cov --cov-report=term $(if $(PYTEST_ARGS),--cov-fail-under=0) $(PYTEST_ARGS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
 
 docker-test: setup
 	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* .hypothesis
 
 ## bench: the performance figures against baselines (prints a table, writes bench/results/latest.json)
 bench: setup

@@ -24,7 +24,7 @@ from typing import Any
 from . import inputs
 from .inputs import Input
 from .many_files import many_files
-from .processes import WORKER, Finished, LiveWorker, events_in, run, worker_args
+from .processes import WORKER, Finished, events_of, live_worker, run, worker_args
 from .report import Measurement
 
 __all__ = ["ROWS", "Bench", "Plan"]
@@ -315,7 +315,7 @@ def resume(bench: Bench) -> list[Measurement]:
         directory = bench.fresh("run")
         save_checkpoint(cut, 0, directory / "checkpoint.json", input=large.path)
         finished = run(worker_args(large.path, directory), directory / "log.jsonl")
-        loaded = [e for e in events_in(finished.stdout) if e["event"] == "checkpoint_loaded"]
+        loaded = [e for e in events_of(finished.stdout) if e["event"] == "checkpoint_loaded"]
         if finished.code != 0 or not loaded or loaded[0]["offset"] != cut:
             raise RuntimeError(f"resume at {cut} failed: {finished.stdout}")
         results["resumed"] = _result(directory)
@@ -367,9 +367,9 @@ def _sigterm_trial(bench: Bench, large: Input, directory: Path) -> tuple[float, 
     """SIGTERM a worker mid-stream; (seconds to exit, what was wrong or None)."""
     from service import load_checkpoint
 
-    worker = LiveWorker(worker_args(large.path, directory))
+    worker = live_worker(worker_args(large.path, directory))
     try:
-        worker.wait_for("checkpoint_not_found", "checkpoint_loaded")
+        worker.wait_for(("checkpoint_not_found", "checkpoint_loaded"), timeout=60)
         time.sleep(bench.rng.uniform(0.05, 1.5))
         if worker.process.poll() is not None:
             return 0.0, "exited before the signal"
@@ -379,7 +379,7 @@ def _sigterm_trial(bench: Bench, large: Input, directory: Path) -> tuple[float, 
         latency = time.perf_counter() - sent
         worker.finish()
     finally:
-        worker.stop()
+        worker.kill()
     saved = [e for e in worker.named("checkpoint_saved") if e.get("reason") == "shutdown"]
     if code != 0 or not saved:
         last = [e["event"] for e in worker.events[-4:]]
@@ -448,7 +448,7 @@ def checkpoint_cost(bench: Bench) -> list[Measurement]:
     )
     saves = sum(
         1
-        for e in events_in(min(often, key=lambda r: r.wall).stdout)
+        for e in events_of(min(often, key=lambda r: r.wall).stdout)
         if e["event"] == "checkpoint_saved" and e["reason"] == "timer"
     )
     share = _best(rarely) / _best(often)
@@ -484,9 +484,9 @@ def healthcheck(bench: Bench) -> list[Measurement]:
     directory = bench.fresh("health")
     numbers = directory / "numbers.txt"
     numbers.write_text("1\n")
-    worker = LiveWorker(worker_args(numbers, directory, "--follow"))
+    worker = live_worker(worker_args(numbers, directory, "--follow"))
     try:
-        worker.wait_for("caught_up")
+        worker.wait_for("caught_up", timeout=60)
         out = directory / "stdout.txt"
         check = [WORKER, "healthcheck", "--checkpoint", str(directory / "checkpoint.json")]
         checks, nothing = _interleaved(
@@ -497,7 +497,7 @@ def healthcheck(bench: Bench) -> list[Measurement]:
         worker.process.send_signal(signal.SIGTERM)
         worker.finish()
     finally:
-        worker.stop()
+        worker.kill()
     healthy = all(r.code == 0 and r.stdout.startswith("healthy") for r in checks)
     mean_check = statistics.fmean(r.wall for r in checks)
     mean_nothing = statistics.fmean(r.wall for r in nothing)

@@ -1,6 +1,6 @@
 """The chaos campaign, short: every part through real workers; nothing lost, doubled or wrong.
 
-`make chaos` runs the same parts at full size (tests/chaos.py). The regression tests below pin
+`make chaos` runs the same parts at full size (tests/chaos/). The regression tests below pin
 the defects the campaign found, one scenario each.
 """
 

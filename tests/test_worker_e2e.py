@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.oracle import Expected, expected_of
-from tests.processes import WorkerProcess, cli, events_of, worker_env
+from tests.processes import WorkerProcess, cli, events_of, unmeasured, worker_env
 
 SEED = 20261123
 
@@ -156,8 +156,10 @@ def test_sigkill_at_random_instants_never_loses_or_doubles_a_record(workdir: Pat
     data = (workdir / "numbers.txt").read_bytes()
     rng = random.Random(7)
     offsets = []
+    killed = unmeasured(worker_env())  # a SIGKILL takes the coverage data with it: don't trace
     for _ in range(20):
-        worker = WorkerProcess(["--max-rate", "25000", "--checkpoint-interval", "0.02"], workdir)
+        args = ["--max-rate", "25000", "--checkpoint-interval", "0.02"]
+        worker = WorkerProcess(args, workdir, killed)
         worker.wait_for("worker_started")
         time.sleep(rng.uniform(0.05, 0.4))
         worker.kill()
@@ -249,7 +251,7 @@ def test_a_corrupt_checkpoint_is_reported_and_left_untouched(
 
 def _stop_midway(workdir: Path) -> int:
     worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.1"], workdir)
-    worker.wait_for("checkpoint_saved", reason="timer")
+    worker.wait_for("checkpoint_saved", reason="timer", offset=lambda offset: offset > 2048)
     worker.signal(signal.SIGTERM)
     assert worker.finish() == 0
     offset = _checkpoint(workdir)["offset"]
@@ -470,8 +472,10 @@ def test_a_second_signal_during_shutdown_exits_at_once(workdir: Path) -> None:
     """SIGTERM then SIGINT while the final checkpoint is written: exit 130, checkpoint whole."""
     data = (workdir / "numbers.txt").read_bytes()
     for _ in range(5):
-        worker = WorkerProcess(["--max-rate", "100000"], workdir)
-        worker.wait_for("checkpoint_saved")
+        # A timer save every 0.1 s: each life stops after a few thousand lines, so five lives
+        # stay far from the end (on a finished input a worker exits before the signals come).
+        worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.1"], workdir)
+        worker.wait_for("checkpoint_saved", reason="timer")
         worker.signal(signal.SIGTERM)
         worker.wait_for("shutdown_requested")
         worker.signal(signal.SIGINT)

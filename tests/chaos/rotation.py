@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.chaos.tally import Tally
 from tests.oracle import Expected, expected_of_files
 from tests.processes import WorkerProcess
 
-__all__ = ["part_rotation"]
+__all__ = ["part"]
 
 PATTERN = "in/*.txt*"
 FOLLOW = [
@@ -104,7 +105,7 @@ def _checkpoint(work: Path) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def part_rotation(tally: Any, work: Path, rng: random.Random, short: bool) -> None:
+def part(tally: Tally, work: Path, rng: random.Random, short: bool) -> None:
     """Random appends, additions and rotations under random SIGKILL/SIGTERM and restarts."""
     directory = work / "in"
     directory.mkdir()
