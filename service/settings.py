@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -24,7 +24,7 @@ from pydantic_settings import (
 
 from .errors import UsageError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "split_address"]
 
 ENV_PREFIX = "WORKER_"
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(5.0, gt=0, description="graceful shutdown limit, seconds")
     log_format: Literal["json", "console", "auto"] = Field("auto", description="log format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    metrics_address: str = Field(
+        "", description="HOST:PORT serving /metrics, /healthz and /readyz; empty = off"
+    )
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        if value:
+            split_address(value)
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -67,6 +77,19 @@ class Settings(BaseSettings):
         if config_file is not None:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=config_file),)
         return sources
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets) as (host, port); ValueError if it is not one.
+
+    Port 0 means any free port.
+    """
+    host, colon, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected HOST:PORT, such as 127.0.0.1:9108 (port 0: any free port)")
+    return host, int(port)
 
 
 def _describe(error: ErrorDetails, config_file: Path | None) -> str:

@@ -40,6 +40,7 @@ from .logs import Logger
 from .parsing import Batch, LineParser, Region, RegionResult
 from .settings import Settings
 from .state import Pacer, Periodic, Position, RateMeter
+from .telemetry import telemetry_for
 
 __all__ = ["run_worker"]
 
@@ -112,6 +113,8 @@ class _Worker:
         self.shutdown_deadline_set = False
         self.pacer = Pacer(settings.max_rate)
         self.rate = RateMeter(0, 0.0)
+        self.telemetry = telemetry_for(settings)
+        self.counted = Position()  # the position telemetry was last told about
 
     # --- start up -----------------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class _Worker:
 
     async def start(self) -> None:
         self.lock.acquire()
+        self.telemetry.open(self.log)
         for leftover in temp_files_of(self.settings.checkpoint) + temp_files_of(
             self.settings.result
         ):
@@ -141,6 +145,8 @@ class _Worker:
         if checkpoint is not None:
             start = await self._verify_input(checkpoint)
         self._start_from(start)
+        self._report_position()
+        self.telemetry.ready()
 
     async def _open_input(self) -> AsyncBufferedReader:
         path = self.settings.input
@@ -202,6 +208,7 @@ class _Worker:
         self.parser = self._new_parser(start)
         self.caught_up_at = None
         self.rate = RateMeter(start.records, anyio.current_time())
+        self.counted = start
         self.started = True
 
     # --- run ----------------------------------------------------------------------------------
@@ -343,6 +350,12 @@ class _Worker:
         return [r for r in results if r is not None]
 
     async def _apply(self, batch: Batch) -> None:
+        before, self.counted = self.counted, batch.position
+        self.telemetry.consumed(
+            batch.position.records - before.records,
+            batch.position.bad_records - before.bad_records,
+            batch.position.offset - before.offset,
+        )
         for bad in batch.bad:
             self.log.warning("bad_record", line=bad.line, offset=bad.offset, reason=bad.reason)
         if batch.failed is not None:
@@ -361,6 +374,7 @@ class _Worker:
             identify_input, self._input_fd(), position.offset
         )
         await self._write_result(position)
+        self._report_position()
         self.log.info(
             "caught_up", offset=position.offset, records=position.records, sum=position.sum
         )
@@ -407,6 +421,7 @@ class _Worker:
             await self._save("completed", completed=True)
             await self._write_result(position)
             self.completed = True
+        self._report_position()
         self._log_progress()
         self.log.info(
             "completed",
@@ -436,11 +451,18 @@ class _Worker:
             await anyio.sleep(max(0.0, next_due - anyio.current_time()))
             now = anyio.current_time()
             if heartbeats.due(now):
+                self.telemetry.loop_alive()
+                self._report_position()
                 await anyio.to_thread.run_sync(self.lock.heartbeat)
             if checkpoints.due(now) and self.parser.position != self.saved:
                 await self._save("timer")
             if progress.due(now):
                 self._log_progress()
+
+    def _report_position(self) -> None:
+        if self.input is not None:
+            size = os.fstat(self._input_fd()).st_size
+            self.telemetry.partition_position(str(self.settings.input), self.parser.position, size)
 
     def _log_progress(self) -> None:
         position = self.parser.position
@@ -474,7 +496,9 @@ class _Worker:
                 checkpoint = Checkpoint(position, str(self.settings.input), identity, completed)
                 self.store.save(checkpoint)
 
+            started = anyio.current_time()
             await anyio.to_thread.run_sync(write)
+            self.telemetry.checkpoint_saved(reason, anyio.current_time() - started)
             self.saved = position
             self.log.info("checkpoint_saved", **asdict(position), reason=reason)
 
@@ -503,7 +527,9 @@ class _Worker:
                 except WorkerError as error:
                     self.failure = self.failure or error
                     code, reason = error.exit_code, "error"
-        # 2. The one error line, then release the input and the lock.
+        # 2. Stop serving metrics and take the progress line off the terminal, then the one
+        #    error line, then release the input and the lock.
+        self.telemetry.close()
         if isinstance(self.failure, UnexpectedError):
             self.log.error("fatal_error", message=self.failure.message, exc_info=self.failure.cause)
         elif self.failure is not None:
