@@ -45,9 +45,16 @@ def events_of(stdout: str) -> list[Event]:
 class WorkerProcess:
     """`python -m service run ARGS` in the background, its log lines collected as they come."""
 
-    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """`prefix` runs the worker under another command (strace, say)."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "run", *args],
+            [*prefix, sys.executable, "-m", "service", "run", *args],
             cwd=cwd,
             env=env or worker_env(),
             stdout=subprocess.PIPE,
