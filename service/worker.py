@@ -356,6 +356,7 @@ class _Worker:
             batch.position.bad_records - before.bad_records,
             batch.position.offset - before.offset,
         )
+        self._report_position()
         for bad in batch.bad:
             self.log.warning("bad_record", line=bad.line, offset=bad.offset, reason=bad.reason)
         if batch.failed is not None:
