@@ -2,7 +2,8 @@
 
 Rule 1: it answers from its own threads, never from the event loop: that is what lets `/healthz`
         say 503 while the loop is stalled, and what keeps a slow scrape off the hot path.
-Rule 2: it binds when the worker starts; an address it cannot listen on is one error line
+Rule 2: it needs only the standard library until the first scrape. It binds when the worker
+        starts; an address it cannot listen on is one error line
         (`ListenFailed`, exit 1). Port 0 binds any free port; `address` says which.
 """
 
@@ -12,8 +13,6 @@ import socket
 import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from .errors import ListenFailed
 from .logs import Logger
@@ -44,7 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
         metrics = self.server.metrics
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._answer(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            self._answer(200, *metrics.exposition())
         elif path == "/healthz":
             stalled = metrics.stalled_for()
             if stalled is None:
@@ -94,6 +93,11 @@ class ProbeServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop serving, without waiting for the serving thread's next poll (up to 0.5 s): the
+        worker is shutting down, and its exit ends the thread anyway."""
+        threading.Thread(target=self._stop, name="metrics-http-stop", daemon=True).start()
+
+    def _stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 
@@ -111,6 +115,7 @@ class MetricsEndpoint(Metrics):
         log.info("metrics_listening", address=self._server.address)
 
     def close(self) -> None:
+        self._ready = False  # shutting down: a balancer should stop sending work here
         if self._server is not None:
             self._server.close()
             self._server = None

@@ -17,7 +17,7 @@ from service.telemetry import Telemetry, telemetry_for
 def _series(metrics: Metrics) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """name -> labels -> value, parsed back from the exposition text."""
     found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(metrics.exposition().decode()):
+    for family in text_string_to_metric_families(metrics.exposition()[0].decode()):
         for sample in family.samples:
             found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return found
