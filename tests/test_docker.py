@@ -15,8 +15,6 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -24,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.oracle import expected_of
+from tests.scrape import get, samples_of
 
 pytestmark = pytest.mark.docker
 
@@ -129,14 +127,6 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 class Compose:
@@ -380,19 +370,15 @@ def test_metrics_are_published_on_the_host(compose: Compose) -> None:
         "caught_up", lambda runs: bool(_named(runs[-1], "caught_up")), timeout=180
     )
     loaded, caught_up = _one(runs[-1], "checkpoint_loaded"), _one(runs[-1], "caught_up")
-    status, text = _get(f"{compose.metrics_url}/metrics")
+    status, text = get(f"{compose.metrics_url}/metrics")
     assert status == 200
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    samples = samples_of(text)
     # Counters count what this container's process consumed, from its checkpoint on.
     consumed = caught_up["records"] - loaded["records"]
     assert samples[("checkpoint_worker_records_total", ())] == consumed
     assert samples[("checkpoint_worker_lag_bytes", (("partition", "numbers.txt"),))] == 0
-    assert _get(f"{compose.metrics_url}/healthz")[0] == 200
-    assert _get(f"{compose.metrics_url}/readyz") == (200, "ready\n")
+    assert get(f"{compose.metrics_url}/healthz")[0] == 200
+    assert get(f"{compose.metrics_url}/readyz") == (200, "ready\n")
 
 
 def test_runs_hardened_and_turns_healthy(compose: Compose) -> None:

@@ -15,23 +15,19 @@ import shutil
 import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import STALLED_AFTER
 from tests.oracle import expected_of
 from tests.processes import WorkerProcess, cli, events_of, worker_env
+from tests.scrape import Samples, by_label, get, samples_of
 
 ANY_PORT = "127.0.0.1:0"
 NUMBERS = b"".join(f"{n * 7919 % 1_000_003 - 500_000}\n".encode() for n in range(50_000))
 NOISY = NUMBERS + b"oops\n1.5\n\n42\n"
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def _env() -> dict[str, str]:
@@ -40,23 +36,14 @@ def _env() -> dict[str, str]:
 
 def _get(worker: WorkerProcess, path: str) -> tuple[int, str]:
     """(status, body) of GET `path` on the worker's endpoint."""
-    address = worker.wait_for("metrics_listening")["address"]
-    try:
-        with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+    return get(f"http://{worker.wait_for('metrics_listening')['address']}{path}")
 
 
 def _scrape(worker: WorkerProcess) -> Samples:
-    """Every sample of `/metrics`, by name and labels, parsed by prometheus_client's own parser."""
+    """Every sample of `/metrics`, by name and labels."""
     status, text = _get(worker, "/metrics")
     assert status == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return samples_of(text)
 
 
 @pytest.fixture
@@ -74,6 +61,12 @@ def _start(
     worker = WorkerProcess(args, cwd, env=_env(), prefix=prefix)
     running.append(worker)
     return worker
+
+
+def _stop(worker: WorkerProcess, signum: int = signal.SIGTERM) -> None:
+    """Stop the worker with `signum`; it must exit 0, gracefully."""
+    worker.signal(signum)
+    assert worker.finish() == 0
 
 
 def test_counters_equal_the_result_and_lag_is_0_once_caught_up(
@@ -102,8 +95,7 @@ def test_counters_equal_the_result_and_lag_is_0_once_caught_up(
     samples = _scrape(worker)
     assert samples[("checkpoint_worker_records_total", ())] == expected.records + 2
     assert samples[("checkpoint_worker_lag_bytes", partition)] == 0
-    worker.signal(signal.SIGTERM)
-    assert worker.finish() == 0
+    _stop(worker)
 
 
 def test_checkpoint_saves_are_counted_by_reason_with_a_histogram(
@@ -115,26 +107,17 @@ def test_checkpoint_saves_are_counted_by_reason_with_a_histogram(
     worker.wait_for("caught_up")
     worker.wait_for("checkpoint_saved", reason="timer")
     samples = _scrape(worker)
-    saves = {
-        dict(labels)["reason"]: value
-        for (name, labels), value in samples.items()
-        if name == "checkpoint_worker_checkpoint_saves_total"
-    }
+    saves = by_label(samples, "checkpoint_worker_checkpoint_saves_total", "reason")
     assert saves["timer"] >= 1
     assert (saves["shutdown"], saves["completed"]) == (0, 0)
     histogram = "checkpoint_worker_checkpoint_save_duration_seconds"
-    buckets = {
-        dict(labels)["le"]: value
-        for (name, labels), value in samples.items()
-        if name == f"{histogram}_bucket"
-    }
+    buckets = by_label(samples, f"{histogram}_bucket", "le")
     assert len(buckets) > 5
     assert buckets["+Inf"] == samples[(f"{histogram}_count", ())] == saves["timer"]
     assert samples[(f"{histogram}_sum", ())] > 0
     last = samples[("checkpoint_worker_last_checkpoint_timestamp_seconds", ())]
     assert time.time() - 60 < last <= time.time()
-    worker.signal(signal.SIGTERM)
-    assert worker.finish() == 0
+    _stop(worker)
 
 
 def test_a_scrape_mid_run_shows_partial_progress_and_probes_answer(
@@ -151,8 +134,7 @@ def test_a_scrape_mid_run_shows_partial_progress_and_probes_answer(
     assert _get(worker, "/healthz")[0] == 200
     assert _get(worker, "/readyz") == (200, "ready\n")
     assert _get(worker, "/nothing")[0] == 404
-    worker.signal(signal.SIGINT)
-    assert worker.finish() == 0
+    _stop(worker, signal.SIGINT)
 
 
 def test_readyz_is_503_until_start_up_has_finished(
@@ -174,8 +156,7 @@ def test_readyz_is_503_until_start_up_has_finished(
     while _get(worker, "/readyz")[0] != 200:
         assert time.monotonic() < deadline, "never ready"
         time.sleep(0.1)
-    worker.signal(signal.SIGTERM)
-    assert worker.finish() == 0
+    _stop(worker)
 
 
 @pytest.mark.slow
