@@ -23,6 +23,7 @@ import pytest
 
 from tests.processes import cli, events_of, worker_env
 
+EXIT_STATUS = "[worker exited]"
 COUNT = 120_000
 NUMBERS = b"".join(f"{n * 7919 % 1_000_003}\n".encode() for n in range(COUNT))
 PROGRESS = re.compile(
@@ -50,11 +51,15 @@ class Terminal:
         """`python -m service run ARGS` in the window, with a clean environment."""
         env = {"PATH": os.environ["PATH"], "HOME": str(self.cwd), "TERM": "xterm-256color"}
         env["LANG"] = "C.UTF-8"
-        command = ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
+        # bash, as a terminal's shell does, waits for the worker (a Ctrl+C reaches both) and
+        # prints its exit status; tmux's own pane status can trail a worker's exit for long.
+        command = ["bash", "-c", f'"$@"; echo "{EXIT_STATUS} $?"', "bash"]
+        command += ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
         command += [sys.executable, "-m", "service", "run", *args]
-        window = ["-d", "-x", "140", "-y", "30", "-c", str(self.cwd)]
-        self.tmux("-f", "/dev/null", "new-session", *window, shlex.join(command))
-        self.tmux("set-option", "-t", "0", "remain-on-exit", "on")
+        # The window stays after the command exits (remain-on-exit), set before it starts.
+        window = ["-d", "-x", "140", "-y", "30", "-c", str(self.cwd), shlex.join(command)]
+        remain = ["set-option", "-g", "remain-on-exit", "on"]
+        self.tmux("-f", "/dev/null", *remain, ";", "new-session", *window)
 
     def screen(self) -> list[str]:
         """The window's lines from the top of its history (wrapped lines joined), without tmux's
@@ -64,12 +69,6 @@ class Terminal:
         while lines and not lines[-1].strip():
             lines.pop()
         return lines
-
-    def exited(self) -> int | None:
-        """The command's exit status once it has exited, else None."""
-        state = self.tmux("display-message", "-p", "-t", "0", "#{pane_dead} #{pane_dead_status}")
-        dead, *status = state.split()
-        return int(status[0]) if dead == "1" else None
 
     def wait(self, what: str, done: Callable[[list[str]], bool], timeout: float = 30) -> list[str]:
         """The screen once `done(screen)` holds; fails showing the screen after `timeout` s."""
@@ -82,11 +81,9 @@ class Terminal:
             time.sleep(0.1)
 
     def wait_exit(self) -> tuple[int, list[str]]:
-        """(exit status, the screen then)."""
-        self.wait("exit", lambda _: self.exited() is not None)
-        status = self.exited()
-        assert status is not None
-        return status, self.screen()
+        """(the worker's exit status, the screen then)."""
+        screen = self.wait("exit", lambda s: bool(s) and s[-1].startswith(EXIT_STATUS))
+        return int(screen[-1].split()[-1]), screen[:-1]
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
