@@ -125,9 +125,12 @@ def test_progress_line_shows_below_the_logs_and_vanishes_at_exit(terminal: Termi
 
 
 def test_ctrl_c_stops_gracefully_and_leaves_no_progress_line(terminal: Terminal) -> None:
-    """Ctrl+C mid-run: the final checkpoint, exit 0, and the progress line is wiped."""
-    terminal.run("--log-format", "console", "--max-rate", "20000")
-    terminal.wait("a progress line", _shows_progress)
+    """Ctrl+C mid-run, metrics served too: the final checkpoint, exit 0, the line is wiped."""
+    terminal.run(
+        "--log-format", "console", "--max-rate", "20000", "--metrics-address", "127.0.0.1:0"
+    )
+    screen = terminal.wait("a progress line", _shows_progress)
+    assert any("metrics_listening" in line for line in screen[:-1])
     terminal.tmux("send-keys", "-t", "0", "C-c")
     status, screen = terminal.wait_exit()
     assert status == 0

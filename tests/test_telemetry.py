@@ -11,7 +11,7 @@ from service.metrics import STALLED_AFTER, Metrics
 from service.progress import RATE_WINDOW, ProgressLine, RateWindow, describe
 from service.settings import load_settings
 from service.state import Position
-from service.telemetry import Telemetry, telemetry_for
+from service.telemetry import Telemetry, _Fanout, telemetry_for
 
 
 def _series(metrics: Metrics) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -92,6 +92,26 @@ def test_ready_only_once_told() -> None:
 def test_metrics_off_and_no_terminal_is_the_do_nothing_telemetry(no_worker_env: None) -> None:
     """With metrics_address empty and stderr not a terminal, the worker holds a bare Telemetry."""
     assert type(telemetry_for(load_settings({}, None))) is Telemetry
+
+
+def test_fanout_reports_everything_to_each_part() -> None:
+    """Metrics and progress together: every report reaches both."""
+    parts = [Metrics(), Metrics()]
+    both = _Fanout(list(parts))
+    both.ready()
+    both.consumed(4, 1, 20)
+    both.partition_position("a.txt", Position(offset=20), 30)
+    both.partition_position("b.txt", Position(offset=1), 1)
+    both.partition_gone("b.txt")
+    both.checkpoint_saved("shutdown", 0.01)
+    both.loop_alive()
+    both.close()
+    for part in parts:
+        series = _series(part)
+        assert series["checkpoint_worker_records_total"] == {(): 4}
+        assert series["checkpoint_worker_lag_bytes"] == {(("partition", "a.txt"),): 10}
+        assert series["checkpoint_worker_checkpoint_saves_total"][(("reason", "shutdown"),)] == 1
+        assert part.stalled_for() is None
 
 
 # --- what the progress line says -----------------------------------------------------------
