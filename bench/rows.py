@@ -1,4 +1,4 @@
-"""The six measurements, each a function of the `Bench` that returns its lines of the table.
+"""The seven measurements, each a function of the `Bench` that returns its lines of the table.
 
 Rule 1: every figure is compared with a baseline or with its own variant measured in the same
         invocation, interleaved, best of a few runs: the machine is shared, so a ratio from one
@@ -516,6 +516,44 @@ def healthcheck(bench: Bench) -> list[Measurement]:
     ]
 
 
+# --- 7. metrics cost ---------------------------------------------------------------------------
+
+
+def metrics_cost(bench: Bench) -> list[Measurement]:
+    """Throughput with the metrics endpoint on (port 0: any free port) against off."""
+    medium = bench.medium()
+    served, plain = _interleaved(
+        bench.plan.interval_runs,
+        lambda: _worker_run(bench, medium, "--metrics-address", "127.0.0.1:0"),
+        lambda: _worker_run(bench, medium),
+    )
+    listening = all(
+        any(e["event"] == "metrics_listening" for e in events_of(r.stdout)) for r in served
+    )
+    share = _best(plain) / _best(served)
+    return [
+        Measurement(
+            8,
+            "throughput, metrics_address on vs off",
+            _seconds(_best(served)),
+            f"off {_seconds(_best(plain))}",
+            f"{share:.1%} of the throughput",
+            ">= 97%, served",
+            share >= 0.97 and listening,
+            {"on": _figures(served), "off": _figures(plain), "listening": listening},
+        ),
+        Measurement(
+            8,
+            "  the same runs in CPU time (user + system)",
+            _seconds(min(r.cpu for r in served)),
+            f"off {_seconds(min(r.cpu for r in plain))}",
+            f"{min(r.cpu for r in plain) / min(r.cpu for r in served):.1%}",
+            "(context)",
+            None,
+        ),
+    ]
+
+
 ROWS: dict[int, Callable[[Bench], list[Measurement]]] = {
     1: throughput,
     2: memory,
@@ -524,4 +562,5 @@ ROWS: dict[int, Callable[[Bench], list[Measurement]]] = {
     5: checkpoint_cost,
     6: healthcheck,
     7: many_files,
+    8: metrics_cost,
 }

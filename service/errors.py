@@ -8,6 +8,7 @@ __all__ = [
     "CheckpointWriteFailed",
     "InputChanged",
     "InputUnreadable",
+    "ListenFailed",
     "LockHeld",
     "UnexpectedError",
     "UsageError",
@@ -53,6 +54,10 @@ class InputChanged(WorkerError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ListenFailed(WorkerError):
+    """The metrics address cannot be listened on (in use, not an address of this machine)."""
 
 
 class LockHeld(WorkerError):

@@ -111,8 +111,10 @@ class FileSource:
 
     # --- start up -----------------------------------------------------------------------------
 
-    async def start(self) -> list[Partition]:
+    def acquire(self) -> None:
         self.lock.acquire()
+
+    async def start(self) -> list[Partition]:
         for leftover in temp_files_of(self.settings.checkpoint) + temp_files_of(
             self.settings.result
         ):
@@ -250,19 +252,20 @@ class FileSource:
     def changed_since_save(self) -> bool:
         return (self._files(), self.gone) != self.saved
 
-    async def save(self, reason: str, *, completed: bool = False) -> None:
+    async def save(self, reason: str, *, completed: bool = False) -> bool:
         """Write every file's state of this instant, off the event loop, one save at a time."""
         async with self.saving:
             files, gone = self._files(), self.gone  # one instant: no await in between
             if reason == "timer" and (files, gone) == self.saved:
                 # The save this one waited for (the completion one, say) already wrote this
                 # state; writing it again would undo its flag.
-                return
+                return False
             total = total_of([gone, *(f.position for f in files)])
             checkpoint = Checkpoint(total, self.describe(), None, completed, files=files, gone=gone)
             await anyio.to_thread.run_sync(self.store.save, checkpoint)
             self.saved = (files, gone)
             self.log.info("checkpoint_saved", **asdict(total), reason=reason)
+            return True
 
     def heartbeat(self) -> None:
         self.lock.heartbeat()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["Logger", "configure_logging"]
+__all__ = ["Logger", "configure_logging", "renders_json", "route_output"]
 
 Logger = Any  # structlog's bound loggers are dynamically typed
 
@@ -25,9 +25,14 @@ _LEVELS = {
 }
 
 
+def renders_json(log_format: str) -> bool:
+    """JSON lines, or a console rendering for a person (`auto`: on a terminal)?"""
+    return log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
+
+
 def configure_logging(log_format: str, log_level: str) -> Logger:
     """Configure structlog and the standard library's logging; return the worker's logger."""
-    as_json = log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
+    as_json = renders_json(log_format)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -57,3 +62,11 @@ def configure_logging(log_format: str, log_level: str) -> Logger:
     root.handlers[:] = [handler]
     root.setLevel(level)
     return structlog.get_logger("checkpoint_worker")
+
+
+def route_output(stream: TextIO) -> None:
+    """Write log lines to `stream` from now on (the progress line's console while it shows)."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)

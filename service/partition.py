@@ -59,8 +59,12 @@ class Source(Protocol):
         """The input as the user configured it, for logs."""
         ...
 
+    def acquire(self) -> None:
+        """Take what makes this process the only reader (a lock), before anything else."""
+        ...
+
     async def start(self) -> list[Partition]:
-        """Take the locks, load the saved state, and return the partitions to read first."""
+        """Load the saved state and return the partitions to read first."""
         ...
 
     async def discover(self) -> list[Partition]:
@@ -81,8 +85,8 @@ class Source(Protocol):
 
     def changed_since_save(self) -> bool: ...
 
-    async def save(self, reason: str, *, completed: bool = False) -> None:
-        """Save every partition's state as of this instant, atomically."""
+    async def save(self, reason: str, *, completed: bool = False) -> bool:
+        """Save every partition's state as of this instant, atomically; False if not needed."""
         ...
 
     def heartbeat(self) -> None:

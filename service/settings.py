@@ -26,7 +26,7 @@ from pydantic_settings import (
 
 from .errors import UsageError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "split_address"]
 
 ENV_PREFIX = "WORKER_"
 _config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         5.0, gt=0, description="seconds a file renamed out of every pattern is still read"
     )
     max_open_files: int = Field(256, ge=1, description="files open at once; others wait")
+    metrics_address: str = Field(
+        "", description="HOST:PORT serving /metrics, /healthz and /readyz; empty = off"
+    )
 
     @field_validator("input", "exclude", mode="before")
     @classmethod
@@ -94,6 +97,13 @@ class Settings(BaseSettings):
             raise ValueError("no path or glob")
         return value
 
+    @field_validator("metrics_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        if value:
+            split_address(value)
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -108,6 +118,19 @@ class Settings(BaseSettings):
         if config_file is not None:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=config_file),)
         return sources
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets) as (host, port); ValueError if it is not one.
+
+    Port 0 means any free port.
+    """
+    host, colon, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected HOST:PORT, such as 127.0.0.1:9108 (port 0: any free port)")
+    return host, int(port)
 
 
 def _describe(error: ErrorDetails, config_file: Path | None) -> str:

@@ -31,6 +31,7 @@ from .parsing import BAD_RECORD_DETAILS_PER_RUN, Batch
 from .partition import Partition, Progress, Source
 from .settings import Settings
 from .state import Pacer, Periodic, Position, RateMeter
+from .telemetry import telemetry_for
 
 __all__ = ["run_worker"]
 
@@ -80,6 +81,7 @@ class _Worker:
         self.pacer = Pacer(settings.max_rate)
         self.rate = RateMeter(0, 0.0)
         self.scope = anyio.CancelScope()  # the whole run's, once it runs
+        self.telemetry = telemetry_for(settings)  # metrics endpoint, progress line, or nothing
 
     # --- start up -----------------------------------------------------------------------------
 
@@ -91,9 +93,14 @@ class _Worker:
             partitions: list[Partition] = []
 
             async def start() -> None:
+                self.source.acquire()
+                self.telemetry.open(self.log)  # /readyz says 503 until start-up is done
                 partitions.extend(await self.source.start())
                 self.rate = RateMeter(self.source.totals().records, anyio.current_time())
                 self.started = True
+                for partition in partitions:
+                    self._report_position(partition)
+                self.telemetry.ready()
 
             await self._guarded(start, tasks.cancel_scope)
             if self.failure is None:
@@ -166,11 +173,12 @@ class _Worker:
     async def _read_partition(self, partition: Partition) -> None:
         """Ask one partition for batches until it is done or closed."""
         while True:
-            before = partition.position.records
+            before = partition.position
             step = await partition.next_batch()
+            self._count(partition, before)
             self._report(partition, step.batch)
             self.progress_of[partition] = step.progress
-            read = max(0, step.batch.position.records - before)
+            read = max(0, step.batch.position.records - before.records)
             delay = self.pacer.delay_after(read, anyio.current_time())
             if delay > 0:
                 await anyio.sleep(delay)
@@ -178,11 +186,30 @@ class _Worker:
                 await partition.close()
                 self.source.retire(partition)
                 del self.progress_of[partition]
+                if step.progress is Progress.CLOSED:
+                    self.telemetry.partition_gone(partition.label)
                 await self._catch_up()
                 return
             if step.progress is Progress.CAUGHT_UP:
                 await self._catch_up()
                 await anyio.sleep(self.settings.poll_interval)
+
+    def _count(self, partition: Partition, before: Position) -> None:
+        """Tell telemetry what one batch consumed (never less than nothing) and where it stands."""
+        after = partition.position
+        self.telemetry.consumed(
+            max(0, after.records - before.records),
+            max(0, after.bad_records - before.bad_records),
+            max(0, after.offset - before.offset),
+        )
+        self._report_position(partition)
+
+    def _report_position(self, partition: Partition) -> None:
+        position = partition.position
+        size = partition.size
+        self.telemetry.partition_position(
+            partition.label, position, position.offset if size is None else size
+        )
 
     def _report(self, partition: Partition, batch: Batch) -> None:
         """Log bad records (at most BAD_RECORD_DETAILS_PER_RUN a run); stop at a failing one."""
@@ -215,7 +242,7 @@ class _Worker:
     async def _complete(self) -> None:
         total = self.source.totals()
         with anyio.CancelScope(shield=True):  # a stop now must not undo the completion
-            await self.source.save("completed", completed=True)
+            await self._save("completed", completed=True)
             await self._write_result()
             self.completed = True
         self._log_progress()
@@ -236,11 +263,19 @@ class _Worker:
             await anyio.sleep(max(0.0, next_due - anyio.current_time()))
             now = anyio.current_time()
             if heartbeats.due(now):
+                self.telemetry.loop_alive()
+                for partition in list(self.progress_of):
+                    self._report_position(partition)
                 await anyio.to_thread.run_sync(self.source.heartbeat)
             if checkpoints.due(now) and self.source.changed_since_save():
-                await self.source.save("timer")
+                await self._save("timer")
             if progress.due(now):
                 self._log_progress()
+
+    async def _save(self, reason: str, *, completed: bool = False) -> None:
+        started = anyio.current_time()
+        if await self.source.save(reason, completed=completed):
+            self.telemetry.checkpoint_saved(reason, anyio.current_time() - started)
 
     def _log_progress(self) -> None:
         total = self.source.totals()
@@ -275,12 +310,14 @@ class _Worker:
             self._bound_shutdown()
             with anyio.CancelScope(shield=True):
                 try:
-                    await self.source.save("shutdown")
+                    await self._save("shutdown")
                     self._log_progress()
                 except WorkerError as error:
                     self.failure = self.failure or error
                     code, reason = error.exit_code, "error"
-        # 2. The one error line, then release the partitions and the lock.
+        # 2. Stop serving metrics and take the progress line off the terminal, then the one
+        #    error line, then release the partitions and the lock.
+        self.telemetry.close()
         if isinstance(self.failure, UnexpectedError):
             self.log.error("fatal_error", message=self.failure.message, exc_info=self.failure.cause)
         elif self.failure is not None:

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.oracle import expected_of
+from tests.scrape import get, samples_of
 
 pytestmark = pytest.mark.docker
 
@@ -84,10 +86,12 @@ def _python_image() -> str | None:
 
 def _compose_env(**settings: str) -> dict[str, str]:
     """The caller's environment without anything that would change what compose runs."""
+    # WORKER_IMAGE is the compose file's image tag, not a worker setting: it is kept.
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("WORKER_", "COMPOSE_")) and k not in ("PYTHON_IMAGE", "GENERATE_COUNT")
+        if (not k.startswith(("WORKER_", "COMPOSE_")) or k == "WORKER_IMAGE")
+        and k not in ("PYTHON_IMAGE", "GENERATE_COUNT", "METRICS_PORT")
     }
     env.update(settings)
     return env
@@ -117,12 +121,21 @@ def _after(run: Run, name: str) -> Run:
     return []
 
 
+def _free_port() -> int:
+    """A port nothing listens on now, for the host side of the published metrics port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 class Compose:
     """`docker compose -p PROJECT -f docker-compose.yml ...`, run from the repository's root."""
 
     def __init__(self, project: str, env: dict[str, str]) -> None:
         self.project = project
         self.env = env
+        self.metrics_url = f"http://127.0.0.1:{env.get('METRICS_PORT', '9108')}"
 
     def __call__(
         self, *args: str, timeout: float = 120, check: bool = True
@@ -207,6 +220,7 @@ def compose() -> Iterator[Compose]:
     """A fresh project, built and started with `up -d --build`, removed with its volume after."""
     _require_docker()
     settings = {"GENERATE_COUNT": str(COUNT), "WORKER_MAX_RATE": str(RATE)}
+    settings["METRICS_PORT"] = str(_free_port())
     image = _python_image()
     if image:
         settings["PYTHON_IMAGE"] = image
@@ -241,6 +255,13 @@ def test_compose_defaults_are_the_documented_ones() -> None:
     assert worker["environment"]["WORKER_LOG_FORMAT"] == "json"
     assert worker["depends_on"]["generate"]["condition"] == "service_completed_successfully"
     assert worker["restart"] == "unless-stopped"
+    assert worker["environment"]["WORKER_METRICS_ADDRESS"] == "0.0.0.0:9108"
+    [published] = worker["ports"]
+    assert (published["host_ip"], published["published"], published["target"]) == (
+        "127.0.0.1",
+        "9108",
+        9108,
+    )
     for service in (worker, generate):
         assert service["read_only"] is True
         assert service["cap_drop"] == ["ALL"]
@@ -341,6 +362,23 @@ def test_catches_up_with_the_exact_sum_of_the_volume(compose: Compose, tmp_path:
     # Following: it waits for more input instead of completing and exiting.
     assert not any(_named(run, "completed") for run in runs)
     assert compose.inspect(".State.Running") is True
+
+
+def test_metrics_are_published_on_the_host(compose: Compose) -> None:
+    """The published port serves /metrics: this start's counters, lag 0 once caught up, probes."""
+    runs = compose.wait_for(
+        "caught_up", lambda runs: bool(_named(runs[-1], "caught_up")), timeout=180
+    )
+    loaded, caught_up = _one(runs[-1], "checkpoint_loaded"), _one(runs[-1], "caught_up")
+    status, text = get(f"{compose.metrics_url}/metrics")
+    assert status == 200
+    samples = samples_of(text)
+    # Counters count what this container's process consumed, from its checkpoint on.
+    consumed = caught_up["records"] - loaded["records"]
+    assert samples[("checkpoint_worker_records_total", ())] == consumed
+    assert samples[("checkpoint_worker_lag_bytes", (("partition", "numbers.txt"),))] == 0
+    assert get(f"{compose.metrics_url}/healthz")[0] == 200
+    assert get(f"{compose.metrics_url}/readyz") == (200, "ready\n")
 
 
 def test_runs_hardened_and_turns_healthy(compose: Compose) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from service.errors import UsageError
-from service.settings import Settings, load_settings
+from service.settings import Settings, load_settings, split_address
 from tests.processes import cli
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")
@@ -33,6 +33,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "exclude": (),
     "close_inactive": 5.0,
     "max_open_files": 256,
+    "metrics_address": "",
 }
 
 
@@ -148,6 +149,21 @@ def test_worker_config_variable_is_not_an_unknown_setting(monkeypatch: pytest.Mo
     assert load_settings({}, None).model_dump() == CONTRACT_DEFAULTS
 
 
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1:9108", ("127.0.0.1", 9108)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("localhost:65535", ("localhost", 65535)),
+        ("[::1]:9108", ("::1", 9108)),
+    ],
+)
+def test_metrics_address_is_host_and_port(address: str, expected: tuple[str, int]) -> None:
+    """A metrics address is HOST:PORT, an IPv6 host in brackets, port 0 for any free port."""
+    assert load_settings({"metrics_address": address}, None).metrics_address == address
+    assert split_address(address) == expected
+
+
 def test_unknown_key_in_file(tmp_path: Path) -> None:
     """An unknown key in the TOML file is a usage error naming the key and the file."""
     config = write_config(tmp_path, "checkpoint_intervall = 2.0\n")
@@ -175,6 +191,12 @@ BAD_VALUES = [
     ("on_input_change", "ignore"),
     ("log_format", "xml"),
     ("log_level", "verbose"),
+    ("metrics_address", "9108"),
+    ("metrics_address", ":9108"),
+    ("metrics_address", "localhost:"),
+    ("metrics_address", "localhost:http"),
+    ("metrics_address", "localhost:65536"),
+    ("metrics_address", "[]:9108"),
 ]
 
 
@@ -252,6 +274,7 @@ def test_unreadable_config_file(name: str, tmp_path: Path) -> None:
     [
         pytest.param(["run", "--checkpoint-interval", "0"], "checkpoint_interval", id="zero"),
         pytest.param(["run", "--on-bad-record", "maybe"], "on_bad_record", id="policy"),
+        pytest.param(["run", "--metrics-address", "9108"], "metrics_address", id="address"),
         pytest.param(["run", "--no-such-flag"], "--no-such-flag", id="unknown-flag"),
         pytest.param(["run", "--max-rate"], "--max-rate", id="missing-value"),
         pytest.param(["status", "--config", "nowhere.toml"], "nowhere.toml", id="missing-config"),

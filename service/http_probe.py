@@ -1,0 +1,121 @@
+"""The HTTP endpoint of `metrics_address`: `/metrics`, `/healthz` and `/readyz`.
+
+Rule 1: it answers from its own threads, never from the event loop: that is what lets `/healthz`
+        say 503 while the loop is stalled, and what keeps a slow scrape off the hot path.
+Rule 2: it needs only the standard library until the first scrape. It binds when the worker
+        starts; an address it cannot listen on is one error line
+        (`ListenFailed`, exit 1). Port 0 binds any free port; `address` says which.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .errors import ListenFailed
+from .logs import Logger
+from .metrics import Metrics
+from .settings import split_address
+
+__all__ = ["MetricsEndpoint", "ProbeServer"]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    metrics: Metrics
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the host (slow, or hanging, offline)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "", self.server_address[1]
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        metrics = self.server.metrics
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._answer(200, *metrics.exposition())
+        elif path == "/healthz":
+            stalled = metrics.stalled_for()
+            if stalled is None:
+                self._answer(200, b"ok: event loop turning\n")
+            else:
+                self._answer(503, f"stalled: no heartbeat for {stalled:.1f} s\n".encode())
+        elif path == "/readyz":
+            if metrics.is_ready():
+                self._answer(200, b"ready\n")
+            else:
+                self._answer(503, b"not ready: starting up\n")
+        else:
+            self._answer(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+    def _answer(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes and probes are not log events."""
+
+
+class ProbeServer:
+    """The endpoint, serving one `Metrics` from a background thread."""
+
+    def __init__(self, address: str, metrics: Metrics) -> None:
+        host, port = split_address(address)
+        kind = _Server6 if ":" in host else _Server
+        try:
+            self._server = kind((host, port), _Handler)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise ListenFailed(
+                f"cannot listen on metrics_address {address} (--metrics-address, "
+                f"WORKER_METRICS_ADDRESS): {reason}"
+            ) from None
+        self._server.metrics = metrics
+        bound_host, bound_port = self._server.socket.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.address = f"{shown}:{bound_port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving, without waiting for the serving thread's next poll (up to 0.5 s): the
+        worker is shutting down, and its exit ends the thread anyway."""
+        threading.Thread(target=self._stop, name="metrics-http-stop", daemon=True).start()
+
+    def _stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class MetricsEndpoint(Metrics):
+    """The metrics, served on `address` from the moment the worker opens it."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self._address = address
+        self._server: ProbeServer | None = None
+
+    def open(self, log: Logger) -> None:
+        self._server = ProbeServer(self._address, self)
+        log.info("metrics_listening", address=self._server.address)
+
+    def close(self) -> None:
+        self._ready = False  # shutting down: a balancer should stop sending work here
+        if self._server is not None:
+            self._server.close()
+            self._server = None

@@ -1,0 +1,157 @@
+"""What the worker exposes to Prometheus, and the health and readiness the probes answer.
+
+Rule 1: the event loop only adds to plain numbers here; the Prometheus series are built from
+        them when a scrape asks (a custom collector in a `CollectorRegistry` of its own, never the
+        global default one). So the hot path takes no lock, two workers in one process never
+        share a series, and prometheus_client is imported at the first scrape, not at start-up.
+Rule 2: the counters count what this process consumed since it started, without labels; a
+        resumed run starts them at 0. Totals since the very beginning are in the checkpoint.
+Rule 3: per-partition gauges carry a `partition` label (a file's path; Kafka's `topic:partition`)
+        and a vanished partition's series are gone from the next scrape, not left at their last
+        value.
+Rule 4: health is the event loop's heartbeat, read by another thread: a loop that has not beaten
+        for `STALLED_AFTER` seconds is stalled, even though the process and this thread live.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .health import STALE_AFTER
+from .state import Position
+from .telemetry import Telemetry
+
+__all__ = ["SAVE_BUCKETS", "SAVE_REASONS", "STALLED_AFTER", "Metrics"]
+
+# The same threshold as `healthcheck`'s stale heartbeat: the loop beats every second.
+STALLED_AFTER = STALE_AFTER
+SAVE_REASONS = ("timer", "shutdown", "completed")
+# A checkpoint write is a temporary file, two fsyncs and a rename: milliseconds on a healthy disk,
+# seconds on a stalled one.
+SAVE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_PREFIX = "checkpoint_worker_"
+
+
+class Metrics(Telemetry):
+    """The worker's numbers, its readiness and its event loop's last heartbeat."""
+
+    def __init__(self) -> None:
+        self._records = 0
+        self._bad_records = 0
+        self._bytes = 0
+        self._saves = dict.fromkeys(SAVE_REASONS, 0)
+        self._save_buckets = [0] * (len(SAVE_BUCKETS) + 1)  # the last one is +Inf
+        self._save_seconds = 0.0
+        self._last_save = 0.0
+        self._partitions: dict[str, tuple[int, int]] = {}  # label -> (position, size)
+        self._partitions_lock = threading.Lock()  # a scrape copies what the loop changes
+        self._ready = False
+        self._last_beat = time.monotonic()
+        self._registry: Any = None
+
+    # --- what the worker reports (from the event loop) ----------------------------------------
+
+    def consumed(self, records: int, bad_records: int, nbytes: int) -> None:
+        self._records += records
+        self._bad_records += bad_records
+        self._bytes += nbytes
+
+    def partition_position(self, label: str, position: Position, size: int) -> None:
+        with self._partitions_lock:
+            self._partitions[label] = (position.offset, size)
+
+    def partition_gone(self, label: str) -> None:
+        with self._partitions_lock:
+            self._partitions.pop(label, None)
+
+    def checkpoint_saved(self, reason: str, seconds: float) -> None:
+        self._saves[reason] = self._saves.get(reason, 0) + 1
+        self._save_buckets[bisect.bisect_left(SAVE_BUCKETS, seconds)] += 1
+        self._save_seconds += seconds
+        self._last_save = time.time()
+
+    def loop_alive(self) -> None:
+        self._last_beat = time.monotonic()
+
+    def ready(self) -> None:
+        self._ready = True
+
+    # --- what the probes read (from the HTTP threads) -----------------------------------------
+
+    def exposition(self) -> tuple[bytes, str]:
+        """(the Prometheus text format of every series, its content type)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(self)
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+
+    def collect(self) -> Iterator[Any]:
+        """The series as of now (prometheus_client's collector protocol)."""
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        yield CounterMetricFamily(
+            _PREFIX + "records", "Valid records consumed by this process", self._records
+        )
+        yield CounterMetricFamily(
+            _PREFIX + "bad_records",
+            "Bad records consumed (skipped) by this process",
+            self._bad_records,
+        )
+        yield CounterMetricFamily(
+            _PREFIX + "bytes_consumed", "Bytes of input consumed by this process", self._bytes
+        )
+        saves = CounterMetricFamily(
+            _PREFIX + "checkpoint_saves", "Checkpoints written, by reason", labels=["reason"]
+        )
+        for reason, count in dict(self._saves).items():
+            saves.add_metric([reason], count)
+        yield saves
+        counts = list(self._save_buckets)
+        cumulative = [sum(counts[: index + 1]) for index in range(len(counts))]
+        bounds = [str(bound) for bound in SAVE_BUCKETS] + ["+Inf"]
+        yield HistogramMetricFamily(
+            _PREFIX + "checkpoint_save_duration_seconds",
+            "Time to write one checkpoint atomically and durably",
+            buckets=list(zip(bounds, cumulative, strict=True)),
+            sum_value=self._save_seconds,
+        )
+        yield GaugeMetricFamily(
+            _PREFIX + "last_checkpoint_timestamp_seconds",
+            "Unix time of the last checkpoint written (0: none yet)",
+            self._last_save,
+        )
+        position = GaugeMetricFamily(
+            _PREFIX + "position",
+            "Where the next unread record of the partition starts (a file: its byte offset)",
+            labels=["partition"],
+        )
+        lag = GaugeMetricFamily(
+            _PREFIX + "lag_bytes",
+            "Bytes of the partition's file not consumed yet (size minus position)",
+            labels=["partition"],
+        )
+        with self._partitions_lock:
+            partitions = dict(self._partitions)
+        for label, (offset, size) in sorted(partitions.items()):
+            position.add_metric([label], offset)
+            lag.add_metric([label], max(0, size - offset))
+        yield position
+        yield lag
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def stalled_for(self, now: float | None = None) -> float | None:
+        """Seconds since the last heartbeat if that is longer than STALLED_AFTER, else None."""
+        age = (time.monotonic() if now is None else now) - self._last_beat
+        return age if age > STALLED_AFTER else None

@@ -1,0 +1,219 @@
+"""`metrics_address` end to end: real worker processes scraped over real HTTP, parsed as Prometheus.
+
+Each worker binds port 0 and logs the address it got (`metrics_listening`), so no test needs a
+fixed port. A stalled event loop is made honestly: strace holds one of the loop's own `fstat`
+calls on the input for longer than the stall threshold, while the process and its HTTP thread
+live on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.metrics import STALLED_AFTER
+from tests.oracle import expected_of
+from tests.processes import WorkerProcess, cli, events_of, worker_env
+from tests.scrape import Samples, by_label, get, samples_of
+
+ANY_PORT = "127.0.0.1:0"
+NUMBERS = b"".join(f"{n * 7919 % 1_000_003 - 500_000}\n".encode() for n in range(50_000))
+NOISY = NUMBERS + b"oops\n1.5\n\n42\n"
+
+
+def _env() -> dict[str, str]:
+    return worker_env(WORKER_METRICS_ADDRESS=ANY_PORT)
+
+
+def _get(worker: WorkerProcess, path: str) -> tuple[int, str]:
+    """(status, body) of GET `path` on the worker's endpoint."""
+    return get(f"http://{worker.wait_for('metrics_listening')['address']}{path}")
+
+
+def _scrape(worker: WorkerProcess) -> Samples:
+    """Every sample of `/metrics`, by name and labels."""
+    status, text = _get(worker, "/metrics")
+    assert status == 200
+    return samples_of(text)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    """Worker processes a test starts; any still running at its end is killed."""
+    workers: list[WorkerProcess] = []
+    yield workers
+    for worker in workers:
+        worker.kill()
+
+
+def _start(
+    running: list[WorkerProcess], cwd: Path, *args: str, prefix: tuple[str, ...] = ()
+) -> WorkerProcess:
+    worker = WorkerProcess(args, cwd, env=_env(), prefix=prefix)
+    running.append(worker)
+    return worker
+
+
+def _stop(worker: WorkerProcess, signum: int = signal.SIGTERM) -> None:
+    """Stop the worker with `signum`; it must exit 0, gracefully."""
+    worker.signal(signum)
+    assert worker.finish() == 0
+
+
+def test_counters_equal_the_result_and_lag_is_0_once_caught_up(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """After a fresh run catches up, the counters equal result.json, position the size, lag 0."""
+    (tmp_path / "numbers.txt").write_bytes(NOISY)
+    worker = _start(running, tmp_path, "--follow", "--poll-interval", "0.1")
+    worker.wait_for("caught_up")
+    samples = _scrape(worker)
+    result = json.loads((tmp_path / "result.json").read_text())
+    expected = expected_of(NOISY, following=True)
+    partition = (("partition", "numbers.txt"),)
+
+    assert (result["records"], result["bad_records"]) == (expected.records, expected.bad_records)
+    assert samples[("checkpoint_worker_records_total", ())] == result["records"]
+    assert samples[("checkpoint_worker_bad_records_total", ())] == result["bad_records"]
+    assert samples[("checkpoint_worker_bytes_consumed_total", ())] == result["offset"]
+    assert samples[("checkpoint_worker_position", partition)] == len(NOISY)
+    assert samples[("checkpoint_worker_lag_bytes", partition)] == 0
+
+    # Appended lines are counted once more, and the lag returns to 0 when they are read.
+    with (tmp_path / "numbers.txt").open("ab") as grow:
+        grow.write(b"5\n6\n")
+    worker.wait_for("caught_up", offset=len(NOISY) + 4)
+    samples = _scrape(worker)
+    assert samples[("checkpoint_worker_records_total", ())] == expected.records + 2
+    assert samples[("checkpoint_worker_lag_bytes", partition)] == 0
+    _stop(worker)
+
+
+def test_checkpoint_saves_are_counted_by_reason_with_a_histogram(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """Saves count by reason; the duration histogram has buckets; the last save time is recent."""
+    (tmp_path / "numbers.txt").write_bytes(NUMBERS)
+    worker = _start(running, tmp_path, "--follow", "--checkpoint-interval", "0.2")
+    worker.wait_for("caught_up")
+    worker.wait_for("checkpoint_saved", reason="timer")
+    samples = _scrape(worker)
+    saves = by_label(samples, "checkpoint_worker_checkpoint_saves_total", "reason")
+    assert saves["timer"] >= 1
+    assert (saves["shutdown"], saves["completed"]) == (0, 0)
+    histogram = "checkpoint_worker_checkpoint_save_duration_seconds"
+    buckets = by_label(samples, f"{histogram}_bucket", "le")
+    assert len(buckets) > 5
+    assert buckets["+Inf"] == samples[(f"{histogram}_count", ())] == saves["timer"]
+    assert samples[(f"{histogram}_sum", ())] > 0
+    last = samples[("checkpoint_worker_last_checkpoint_timestamp_seconds", ())]
+    assert time.time() - 60 < last <= time.time()
+    _stop(worker)
+
+
+def test_a_scrape_mid_run_shows_partial_progress_and_probes_answer(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """Mid-run: some records counted but not all, a positive lag, /healthz and /readyz 200."""
+    (tmp_path / "numbers.txt").write_bytes(NUMBERS)
+    worker = _start(running, tmp_path, "--max-rate", "20000", "--checkpoint-interval", "0.5")
+    worker.wait_for("checkpoint_saved", reason="timer")
+    time.sleep(1.1)  # a heartbeat reports the position
+    samples = _scrape(worker)
+    assert 0 < samples[("checkpoint_worker_records_total", ())] < 50_000
+    assert samples[("checkpoint_worker_lag_bytes", (("partition", "numbers.txt"),))] > 0
+    assert _get(worker, "/healthz")[0] == 200
+    assert _get(worker, "/readyz") == (200, "ready\n")
+    assert _get(worker, "/nothing")[0] == 404
+    _stop(worker, signal.SIGINT)
+
+
+def test_readyz_is_503_until_start_up_has_finished(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """While the checkpoint is still being read (a FIFO nobody wrote yet), /readyz says 503."""
+    (tmp_path / "numbers.txt").write_bytes(NUMBERS)
+    fifo = tmp_path / "checkpoint.json"
+    os.mkfifo(fifo)
+    worker = _start(running, tmp_path, "--follow")
+    assert _get(worker, "/readyz") == (503, "not ready: starting up\n")
+    assert _get(worker, "/healthz")[0] == 200
+    # Start-up reads the checkpoint; the rename of the first save replaces the FIFO.
+    empty = {"version": 1, "input": "numbers.txt", "offset": 0, "lines": 0, "records": 0}
+    empty |= {"bad_records": 0, "sum": 0, "identity": None, "completed": False}
+    fifo.write_text(json.dumps(empty | {"updated_at": "2026-01-01T00:00:00Z"}))
+    worker.wait_for("checkpoint_loaded")
+    deadline = time.monotonic() + 30
+    while _get(worker, "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.1)
+    _stop(worker)
+
+
+@pytest.mark.slow
+def test_healthz_is_503_while_the_event_loop_is_stalled(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """An event loop held in one syscall past STALLED_AFTER: /healthz 503, then 200 again."""
+    assert shutil.which("strace"), "strace is missing: .ci/run installs it"
+    (tmp_path / "numbers.txt").write_bytes(NUMBERS)
+    stall = STALLED_AFTER + 5
+    # The input's newfstatat calls from the 6th on come from the event loop (the reader's
+    # position reports, the follow poll); the 6th is held for `stall` seconds.
+    hold = f"newfstatat:delay_enter={int(stall * 1e6)}:when=6"
+    prefix: tuple[str, ...] = ("strace", "-f", "-qq", "-o", "/dev/null", "-P", "numbers.txt")
+    prefix += ("-e", "trace=newfstatat", "-e", f"inject={hold}")
+    worker = _start(running, tmp_path, "--follow", prefix=prefix)
+    pid = worker.wait_for("worker_started")["pid"]  # the worker's own, not strace's
+    try:
+        worker.wait_for("caught_up")
+        statuses: list[int] = []
+        deadline = time.monotonic() + 2 * stall + 10
+        while 503 not in statuses or statuses[-1] != 200:
+            assert time.monotonic() < deadline, f"statuses seen: {statuses}"
+            status, body = _get(worker, "/healthz")
+            if status == 503:
+                assert body.startswith("stalled")
+                if 503 not in statuses:  # `healthcheck` reads the same heartbeat, the same way
+                    assert cli(["healthcheck"], tmp_path).returncode == 1
+            statuses.append(status)
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)
+        assert worker.finish() == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # strace does not pass a SIGKILL on
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_an_address_in_use_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
+    """A metrics address another socket holds: one fatal_error naming it, exit 1, no traceback."""
+    (tmp_path / "numbers.txt").write_bytes(NUMBERS)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = cli(["run", "--metrics-address", address], tmp_path)
+    assert (done.returncode, done.stderr) == (1, "")
+    errors = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert [e["event"] for e in errors] == ["fatal_error"]
+    assert address in errors[0]["message"]
+    assert "in use" in errors[0]["message"]
+    assert "Traceback" not in done.stdout
+    assert not (tmp_path / "checkpoint.json").exists()
+
+
+def test_metrics_off_by_default_binds_nothing(tmp_path: Path) -> None:
+    """Without metrics_address no endpoint is logged and the run is as before."""
+    (tmp_path / "numbers.txt").write_bytes(NUMBERS)
+    done = cli(["run"], tmp_path)
+    assert done.returncode == 0
+    assert "metrics_listening" not in done.stdout
