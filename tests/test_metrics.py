@@ -217,3 +217,27 @@ def test_metrics_off_by_default_binds_nothing(tmp_path: Path) -> None:
     done = cli(["run"], tmp_path)
     assert done.returncode == 0
     assert "metrics_listening" not in done.stdout
+
+
+def test_each_file_of_a_glob_is_a_partition_and_a_deleted_ones_series_is_dropped(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """Per-file gauges carry the file's path; a file deleted while followed drops its series."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1\n2\n")
+    (tmp_path / "in" / "b.txt").write_bytes(b"30\n")
+    args = ["--input", "in/*.txt", "--follow", "--poll-interval", "0.05"]
+    worker = _start(running, tmp_path, *args)
+    worker.wait_for("caught_up", sum=33)
+    samples = _scrape(worker)
+    assert by_label(samples, "checkpoint_worker_position", "partition") == {
+        "in/a.txt": 4,
+        "in/b.txt": 3,
+    }
+    assert samples[("checkpoint_worker_records_total", ())] == 3
+    (tmp_path / "in" / "a.txt").unlink()
+    worker.wait_for("file_removed", path="in/a.txt", reason="deleted")
+    samples = _scrape(worker)
+    assert by_label(samples, "checkpoint_worker_position", "partition") == {"in/b.txt": 3}
+    assert by_label(samples, "checkpoint_worker_lag_bytes", "partition") == {"in/b.txt": 0}
+    _stop(worker)
