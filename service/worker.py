@@ -44,7 +44,7 @@ from .state import Pacer, Periodic, Position, RateMeter
 __all__ = ["run_worker"]
 
 CHUNK_BYTES = 2 * 1024 * 1024
-PARSE_THREADS = 2  # regions parsed at once: numpy releases the GIL, so both cores work
+PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
 PROGRESS_INTERVAL = 10.0
 _PACED_BATCHES_PER_SECOND = 10
 
