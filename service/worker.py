@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 from aiofiles.threadpool.binary import AsyncBufferedReader
 
-from . import __version__
+from . import __version__, _kernel
 from .checkpoint import Checkpoint, CheckpointStore, InputIdentity, identify_input, write_json
 from .errors import (
     BadRecordFound,
@@ -528,6 +528,7 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
         version=__version__,
         follow=settings.follow,
     )
+    _kernel.reuse_freed_memory()  # each chunk reuses the last one's pages instead of new ones
     worker = _Worker(settings, log)
     try:
         await worker.run(early_signals)
