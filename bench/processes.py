@@ -87,15 +87,17 @@ with open(report, "w") as out:
 """
 
 
-def run(argv: Sequence[str], stdout: Path) -> Finished:
-    """Run `argv` to its end, its stdout to a file; time it and read its peak RSS."""
+def run(argv: Sequence[str], stdout: Path, env: dict[str, str] | None = None) -> Finished:
+    """Run `argv` to its end, its stdout to a file; time it and read its peak RSS.
+
+    `env` adds to the environment (without the caller's WORKER_* settings)."""
     report = stdout.with_name(stdout.name + ".reaped")
     with open(stdout, "wb") as out:
         subprocess.run(
             [sys.executable, "-S", "-c", _REAPER, str(report), *argv],
             stdout=out,
             stderr=subprocess.DEVNULL,
-            env=clean_env(),
+            env=clean_env() | (env or {}),
             check=True,
         )
     code, wall, cpu, max_rss_kib = report.read_text().split()

@@ -45,10 +45,13 @@ class Plan:
     resume_runs: int = 5
     sigterm_trials: int = 50
     health_runs: int = 30
+    engine_runs: int = 3
+    shape_runs: int = 3
+    startup_runs: int = 20
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(1, 1, 1, 2, 8, 8)
+        return cls(1, 1, 1, 2, 8, 8, 1, 1, 5)
 
 
 @dataclass
@@ -171,8 +174,8 @@ def throughput(bench: Bench) -> list[Measurement]:
             _seconds(worker),
             f"python one-liner {_seconds(_best(python_runs))}",
             f"{ratio:.1f}x faster",
-            ">= 4x",
-            ratio >= 4,
+            ">= 12x",
+            ratio >= 12,
             {"worker": _figures(workers), "one_liner": _figures(python_runs)},
         )
     )
@@ -276,8 +279,8 @@ def memory(bench: Bench) -> list[Measurement]:
             _mb(peak),
             f"same worker on a 1-line input {_mb(idle.max_rss)}",
             f"+{(peak - idle.max_rss) / MB:.1f} MB",
-            "<= 80 MB",
-            peak <= 80 * MB,
+            "<= 50 MB",
+            peak <= 50 * MB,
             {"peak_rss": peak, "one_line_rss": idle.max_rss},
         ),
         Measurement(

@@ -216,12 +216,18 @@ class LineParser:
             chunk_offset += end + 1
             chunk = chunk[end + 1 :]
         line_start = chunk_offset - len(self._held)
-        data = self._held + chunk if self._held else chunk
-        last = data.rfind(b"\n")
-        if last >= 0:
-            regions.append(Region(data[: last + 1], line_start))
-            line_start += last + 1
-        tail = data[last + 1 :]
+        last = chunk.rfind(b"\n")  # the held start of a line never holds one
+        if last < 0:
+            tail = self._held + chunk
+        else:
+            # One copy of the chunk, not two: the held bytes and the chunk's whole lines.
+            if self._held:
+                data = b"".join((self._held, memoryview(chunk)[: last + 1]))
+            else:
+                data = chunk[: last + 1]  # the chunk itself when it ends with a line
+            regions.append(Region(data, line_start))
+            line_start += len(data)
+            tail = chunk[last + 1 :]
         if len(tail) > self.max_line_bytes:
             # Known bad before its end arrives: under "fail" that stops the run right here.
             self._held, self._dropped = b"", len(tail)
