@@ -283,3 +283,10 @@ def test_the_scan_releases_the_gil() -> None:
     finally:
         sys.setswitchinterval(before)
     assert turns > 10_000
+
+
+def test_freed_chunk_buffers_are_kept_on_glibc() -> None:
+    """On glibc (this machine's C library) the allocator is told to keep chunk-sized blocks."""
+    import platform
+
+    assert _kernel.reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")
