@@ -100,22 +100,7 @@ def _publish(path: Path, write: Callable[[Path], tuple[int | None, int | None]])
 
 def numbers_file(count: int, seed: int) -> Input:
     """`count` random numbers in 0..999999, one per line (cached)."""
-    path = INPUTS / f"numbers-{count}-seed{seed}.txt"
-    cached = _cached(path)
-    if cached is not None:
-        return cached
-
-    def write(temporary: Path) -> tuple[int, int]:
-        rng = np.random.default_rng(seed)
-        total = 0
-        with open(temporary, "wb") as handle:
-            for start in range(0, count, _PIECE):
-                values = rng.integers(0, _LARGEST + 1, min(_PIECE, count - start), dtype=np.int64)
-                total += int(values.sum())
-                handle.write(_encode(values))
-        return count, total
-
-    return _publish(path, write)
+    return shaped_file(count, seed, PLAIN)
 
 
 def _every_thousandth_bad(text: bytes) -> bytes:
@@ -133,6 +118,7 @@ SHAPES: dict[str, Callable[[bytes], bytes]] = {
     "bad-1-in-1000": _every_thousandth_bad,
 }
 WIDE = "21-38-digits"
+PLAIN = "plain"
 
 
 def _wide_numbers(rng: np.random.Generator, count: int) -> list[int]:
@@ -146,8 +132,10 @@ def _wide_numbers(rng: np.random.Generator, count: int) -> list[int]:
 
 
 def shaped_file(count: int, seed: int, shape: str) -> Input:
-    """`count` numbers of `numbers_file` in one of `SHAPES`, or `WIDE` numbers (cached)."""
-    path = INPUTS / f"numbers-{count}-seed{seed}-{shape}.txt"
+    """`count` numbers of `numbers_file` in one of `SHAPES`, or `WIDE` numbers, or `PLAIN`."""
+    path = INPUTS / (
+        f"numbers-{count}-seed{seed}" + ("" if shape == PLAIN else f"-{shape}") + ".txt"
+    )
     cached = _cached(path)
     if cached is not None:
         return cached
@@ -164,7 +152,8 @@ def shaped_file(count: int, seed: int, shape: str) -> Input:
                     records, total = records + size, total + sum(wide)
                     continue
                 values = rng.integers(0, _LARGEST + 1, size, dtype=np.int64)
-                handle.write(SHAPES[shape](_encode(values)))
+                text = _encode(values)
+                handle.write(text if shape == PLAIN else SHAPES[shape](text))
                 counted = values
                 if shape == "bad-1-in-1000":
                     counted = np.delete(values, np.arange(999, size, 1000))

@@ -86,7 +86,7 @@ static inline int64_t ck_chunk(const uint8_t *buf, size_t q, unsigned k) {
         word = ck_load(padded);
     }
     word ^= 0x3030303030303030ULL; /* a digit becomes 0..9 */
-    if (k < 8) word &= ~0ULL << (8 * (8 - k)); /* the digits are the top k (little-endian) */
+    word &= ~0ULL << (8 * (8 - k)); /* the digits are the top k lanes (little-endian) */
     if (((word + 0x7676767676767676ULL) | word) & 0x8080808080808080ULL) return -1;
     /* Eight decimal lanes to one number (the simdjson recipe), most significant digit first. */
     word = word * 10 + (word >> 8);
