@@ -298,7 +298,9 @@ class _Worker:
                     f"cannot read input {self.settings.input}: {error.strerror}"
                 ) from None
             if chunk:
-                await self._process(self.parser.split(chunk))
+                regions = self.parser.split(chunk)
+                del chunk  # its whole lines are in the regions: free it before they are parsed
+                await self._process(regions)
             elif not self.settings.follow:
                 await self._apply(self.parser.finish())
                 await self._complete()
