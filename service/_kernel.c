@@ -177,13 +177,17 @@ static inline uint64_t ck_mask_tail(const uint8_t *p, size_t n) {
     return mask;
 }
 
+/* The high bit of each byte of x that is 0, exactly (no false positives from borrows). */
+static inline uint64_t ck_zero_bytes(uint64_t x) {
+    uint64_t t = (x & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL;
+    return ~(t | x | 0x7F7F7F7F7F7F7F7FULL);
+}
+
 /* Bit i set where p[i] == '\n', for the 64 bytes at p, eight bytes a word. */
 static inline uint64_t ck_mask_scalar(const uint8_t *p) {
     uint64_t mask = 0;
     for (unsigned w = 0; w < 8; w++) {
-        uint64_t x = ck_load(p + 8 * w) ^ 0x0A0A0A0A0A0A0A0AULL; /* a '\n' becomes 0 */
-        uint64_t t = (x & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL;
-        t = ~(t | x | 0x7F7F7F7F7F7F7F7FULL); /* the high bit of each zero byte, exactly */
+        uint64_t t = ck_zero_bytes(ck_load(p + 8 * w) ^ 0x0A0A0A0A0A0A0A0AULL); /* '\n's */
         mask |= (((t >> 7) * 0x0102040810204080ULL) >> 56) << (8 * w);
     }
     return mask;
