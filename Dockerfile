@@ -6,6 +6,10 @@ FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the parsing kernel (service/_kernel.c); the final stage has none.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 # The final stage copies this venv as it is, so it lives at the same path in both stages.
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -16,7 +20,7 @@ RUN python -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb
         print('\n'.join(project['dependencies']))" > requirements.txt \
     && /opt/venv/bin/pip install -r requirements.txt
 
-COPY README.md ./
+COPY README.md setup.py ./
 COPY service ./service
 # Not editable: the image needs no source tree. pip compiles the bytecode here, since the
 # running container cannot write it; pip itself is not needed at run time.

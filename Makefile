@@ -7,8 +7,12 @@ CONFIG ?= config/worker.toml
 # take about 10 s); `make run RATE=0` runs at full speed.
 RATE ?= 100000
 PYTEST_ARGS ?=
+# The fuzzer: clang's libFuzzer with AddressSanitizer and UBSan over the kernel's C core.
+CLANG ?= clang
+FUZZER := build/fuzz/kernel_fuzz
+FUZZ_SECONDS ?= 600
 
-.PHONY: setup run test lint typecheck unit docker-test bench chaos clean
+.PHONY: setup run test lint typecheck unit fuzz fuzz-smoke docker-test bench chaos clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +20,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/.installed
+# The kernel is compiled by the editable install; a changed C file is compiled again.
+$(BIN)/.kernel: $(BIN)/.installed service/_kernel.c setup.py
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(BIN)/.installed $(BIN)/.kernel
 
 ## run: set up, generate the input if missing, run the worker (Ctrl+C stops it; run again resumes)
 run: setup
@@ -24,7 +33,7 @@ run: setup
 	$(BIN)/checkpoint-worker run --config $(CONFIG) --max-rate $(RATE)
 
 ## test: lint, type-check, then every test (Docker tests skip without an engine unless REQUIRE_DOCKER=1)
-test: lint typecheck unit
+test: lint typecheck fuzz-smoke unit
 
 lint: setup
 	$(BIN)/ruff check service tests bench
@@ -41,14 +50,41 @@ unit: setup
 	$(BIN)/python -m pytest --cov --cov-report=term $(if $(PYTEST_ARGS),--cov-fail-under=0) $(PYTEST_ARGS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
 
+$(FUZZER): tests/fuzz/kernel_fuzz.c service/_kernel.c
+	@command -v $(CLANG) >/dev/null || { \
+	  echo "fuzz: $(CLANG) not found; install it: apt-get install -y clang (.ci/run does)" >&2; \
+	  exit 1; }
+	@mkdir -p $(@D)/corpus
+	$(CLANG) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -o $@ $<
+
+## fuzz: the kernel under libFuzzer + ASan + UBSan for FUZZ_SECONDS (default 600); corpus kept
+fuzz: $(FUZZER)
+	$(FUZZER) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=$(<D)/ \
+	  $(<D)/corpus tests/fuzz/seeds
+
+## fuzz-smoke: the same for 30 s, part of `make test`; a finding prints its log and fails
+fuzz-smoke: $(FUZZER)
+	@echo "fuzz: 30 s of $(FUZZER) (ASan + UBSan)"
+	@$(FUZZER) -max_total_time=30 -print_final_stats=1 -artifact_prefix=$(<D)/ \
+	  $(<D)/corpus tests/fuzz/seeds > $(<D)/smoke.log 2>&1 \
+	  && grep -E '^stat::(number_of_executed_units|new_units_added)' $(<D)/smoke.log \
+	  || { tail -n 40 $(<D)/smoke.log; echo "fuzz: the kernel failed under the fuzzer;" \
+	       "the input is in $(<D)/ (crash-*), the log in $(<D)/smoke.log" >&2; exit 1; }
+
 docker-test: setup
 	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* .hypothesis
 
-## bench: the performance figures against baselines (prints a table, writes bench/results/latest.json)
-bench: setup
+## bench: the performance figures against baselines (prints a table, writes bench/results/latest.json);
+## Polars and DuckDB, baselines only, go into their own pip target, not the product's venv
+BENCH_BASELINES := bench/results/baselines
+$(BENCH_BASELINES)/.installed:
+	$(BIN)/pip install --quiet --target $(BENCH_BASELINES) polars duckdb
+	touch $@
+
+bench: setup $(BENCH_BASELINES)/.installed
 	$(BIN)/python -m bench
 
 ## chaos: the fault-injection and bad-input campaign (prints a table of faults and outcomes)

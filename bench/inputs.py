@@ -21,7 +21,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["INPUTS", "Input", "concatenated", "line_start_near", "numbers_file", "tail_file"]
+__all__ = [
+    "INPUTS",
+    "SHAPES",
+    "Input",
+    "concatenated",
+    "line_start_near",
+    "numbers_file",
+    "shaped_file",
+    "tail_file",
+]
 
 INPUTS = Path(__file__).resolve().parent / "results" / "inputs"
 _LARGEST = 999_999
@@ -91,20 +100,65 @@ def _publish(path: Path, write: Callable[[Path], tuple[int | None, int | None]])
 
 def numbers_file(count: int, seed: int) -> Input:
     """`count` random numbers in 0..999999, one per line (cached)."""
-    path = INPUTS / f"numbers-{count}-seed{seed}.txt"
+    return shaped_file(count, seed, PLAIN)
+
+
+def _every_thousandth_bad(text: bytes) -> bytes:
+    lines = text.split(b"\n")
+    for index in range(999, len(lines) - 1, 1000):
+        lines[index] = b"x" + lines[index]
+    return b"\n".join(lines)
+
+
+# Each shape rewrites a piece of plain lines ('\n'-terminated, a multiple of 1000 lines).
+SHAPES: dict[str, Callable[[bytes], bytes]] = {
+    "crlf": lambda text: text.replace(b"\n", b"\r\n"),
+    "plus": lambda text: b"+" + text[:-1].replace(b"\n", b"\n+") + b"\n",
+    "padded": lambda text: b"  " + text[:-1].replace(b"\n", b" \t\n  ") + b" \t\n",
+    "bad-1-in-1000": _every_thousandth_bad,
+}
+WIDE = "21-38-digits"
+PLAIN = "plain"
+
+
+def _wide_numbers(rng: np.random.Generator, count: int) -> list[int]:
+    """`count` numbers of 21 to 38 digits: the width uniform, then the top digits of 54."""
+    widths = rng.integers(21, 39, count).tolist()
+    high, middle, low = (rng.integers(10**17, 10**18, count).tolist() for _ in range(3))
+    return [
+        (h * 10**36 + m * 10**18 + lo) // 10 ** (54 - w)
+        for w, h, m, lo in zip(widths, high, middle, low, strict=True)
+    ]
+
+
+def shaped_file(count: int, seed: int, shape: str) -> Input:
+    """`count` numbers of `numbers_file` in one of `SHAPES`, or `WIDE` numbers, or `PLAIN`."""
+    path = INPUTS / (
+        f"numbers-{count}-seed{seed}" + ("" if shape == PLAIN else f"-{shape}") + ".txt"
+    )
     cached = _cached(path)
     if cached is not None:
         return cached
 
     def write(temporary: Path) -> tuple[int, int]:
         rng = np.random.default_rng(seed)
-        total = 0
+        records = total = 0
         with open(temporary, "wb") as handle:
             for start in range(0, count, _PIECE):
-                values = rng.integers(0, _LARGEST + 1, min(_PIECE, count - start), dtype=np.int64)
-                total += int(values.sum())
-                handle.write(_encode(values))
-        return count, total
+                size = min(_PIECE, count - start)
+                if shape == WIDE:
+                    wide = _wide_numbers(rng, size)
+                    handle.write(b"".join(b"%d\n" % value for value in wide))
+                    records, total = records + size, total + sum(wide)
+                    continue
+                values = rng.integers(0, _LARGEST + 1, size, dtype=np.int64)
+                text = _encode(values)
+                handle.write(text if shape == PLAIN else SHAPES[shape](text))
+                counted = values
+                if shape == "bad-1-in-1000":
+                    counted = np.delete(values, np.arange(999, size, 1000))
+                records, total = records + len(counted), total + int(counted.sum())
+        return records, total
 
     return _publish(path, write)
 

@@ -47,9 +47,11 @@ def worker_args(
     ]
 
 
-def run(argv: Sequence[str], stdout: Path) -> Finished:
-    """Run `argv` to its end, its stdout to a file; its wall and CPU time and peak RSS."""
-    return measured_run(argv, stdout, clean_env())
+def run(argv: Sequence[str], stdout: Path, env: dict[str, str] | None = None) -> Finished:
+    """Run `argv` to its end, its stdout to a file; its wall and CPU time and peak RSS.
+
+    `env` adds to the environment (without the caller's WORKER_* settings)."""
+    return measured_run(argv, stdout, clean_env() | (env or {}))
 
 
 def live_worker(argv: Sequence[str]) -> WorkerProcess:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 done (or stopped by a signal after the final checkpoint), 1 a runtime failure,
 2 a usage or configuration error. Expected failures are one line, never a traceback.
-Heavy imports (pydantic, anyio, numpy) happen after the command is known, so `healthcheck`
+Heavy imports (pydantic, anyio, structlog) happen after the command is known, so `healthcheck`
 stays as light as the standard library.
 """
 
@@ -181,7 +181,7 @@ def console() -> NoReturn:
     except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet
         code = 130
     # Every file is written and closed by now. Skipping the interpreter's teardown of pydantic,
-    # numpy and the rest saves ~0.1 s on every exit, a stop on SIGTERM included.
+    # anyio and the rest saves time on every exit, a stop on SIGTERM included.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -11,6 +11,10 @@ Rule 3: memory is bounded: at most `max_line_bytes` bytes of an unfinished line 
 Rule 4: work is split in two so it can run in parallel: `split` (cheap, in order) cuts chunks
         into regions of whole lines; `parse_region` (pure, any thread) parses one region;
         `commit` (in order) applies a region's result to the position.
+Rule 5: `parse_region` runs the native kernel (service/_kernel.c), which releases the GIL and
+        sums numbers of up to 38 digits itself; a longer number is handed back and converted
+        here. `parse_region_reference`, the same rules line by line in Python, is the
+        reference the kernel is held to (tests/test_kernel.py).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from . import _kernel
 from .decimal_text import int_of
-from .fastpath import sum_plain_lines
 from .state import Position
 
 __all__ = [
@@ -30,6 +34,7 @@ __all__ = [
     "Region",
     "RegionResult",
     "parse_region",
+    "parse_region_reference",
     "parse_values",
 ]
 
@@ -39,7 +44,8 @@ BAD_RECORD_DETAILS_PER_RUN = 100
 
 _RECORD = re.compile(rb"[ \t]*([+-]?[0-9]+)[ \t]*\r?")
 _BLANK = re.compile(rb"[ \t]*\r?")
-_FAST_PATH_MIN_BYTES = 4096  # below this, numpy's fixed cost outweighs the per-line loop
+_REASONS = {_kernel.NOT_AN_INTEGER: NOT_AN_INTEGER, _kernel.LINE_TOO_LONG: LINE_TOO_LONG}
+_implementation = _kernel.BEST  # AVX2 where the CPU has it; the tests also pin the scalar path
 
 
 @dataclass(frozen=True)
@@ -98,12 +104,43 @@ def parse_region(
     region: bytes, max_line_bytes: int, *, stop_at_bad: bool, bad_details: int
 ) -> RegionResult:
     """Parse whole lines (`region` ends in '\\n'); keep up to `bad_details` bad records."""
-    if len(region) >= _FAST_PATH_MIN_BYTES:
-        plain = sum_plain_lines(region, max_line_bytes)
-        if plain is not None:
-            records, total = plain
-            return RegionResult(len(region), records, records, 0, total)
+    start = lines = records = bad_records = total = 0
+    bad: list[BadRecord] = []
+    while True:
+        end, scanned, found, bad_found, subtotal, stop, newline, reason, details = _kernel.scan(
+            region,
+            start,
+            max_line_bytes,
+            stop_at_bad,
+            bad_details - len(bad),
+            implementation=_implementation,
+        )
+        bad.extend(
+            BadRecord(lines + line, offset, _REASONS[code]) for line, offset, code in details
+        )
+        lines += scanned
+        records += found
+        bad_records += bad_found
+        total += subtotal
+        if stop == _kernel.STOP_END:
+            return RegionResult(end, lines, records, bad_records, total, tuple(bad))
+        if stop == _kernel.STOP_BAD:
+            failed = BadRecord(lines + 1, end, _REASONS[reason])
+            return RegionResult(end, lines, records, bad_records, total, (), failed)
+        if stop == _kernel.STOP_LONG_NUMBER:  # past 38 digits: Python's exact conversion
+            value = _classify(region[end:newline], max_line_bytes)
+            assert isinstance(value, int), "the kernel hands back only well-formed numbers"
+            lines += 1
+            records += 1
+            total += value
+            end = newline + 1
+        start = end  # STOP_DETAILS_FULL: the kernel's table was full; scan on from that line
 
+
+def parse_region_reference(
+    region: bytes, max_line_bytes: int, *, stop_at_bad: bool, bad_details: int
+) -> RegionResult:
+    """`parse_region` line by line in Python: the reference the kernel is tested against."""
     lines = region.split(b"\n")
     lines.pop()  # the empty piece after the region's last '\n'
     offset = records = bad_records = total = 0
@@ -179,12 +216,18 @@ class LineParser:
             chunk_offset += end + 1
             chunk = chunk[end + 1 :]
         line_start = chunk_offset - len(self._held)
-        data = self._held + chunk if self._held else chunk
-        last = data.rfind(b"\n")
-        if last >= 0:
-            regions.append(Region(data[: last + 1], line_start))
-            line_start += last + 1
-        tail = data[last + 1 :]
+        last = chunk.rfind(b"\n")  # the held start of a line never holds one
+        if last < 0:
+            tail = self._held + chunk
+        else:
+            # One copy of the chunk, not two: the held bytes and the chunk's whole lines.
+            if self._held:
+                data = b"".join((self._held, memoryview(chunk)[: last + 1]))
+            else:
+                data = chunk[: last + 1]  # the chunk itself when it ends with a line
+            regions.append(Region(data, line_start))
+            line_start += len(data)
+            tail = chunk[last + 1 :]
         if len(tail) > self.max_line_bytes:
             # Known bad before its end arrives: under "fail" that stops the run right here.
             self._held, self._dropped = b"", len(tail)

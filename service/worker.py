@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import __version__
+from . import __version__, _kernel
 from .checkpoint import write_json
 from .errors import BadRecordFound, UnexpectedError, WorkerError
 from .lock import HEARTBEAT_INTERVAL
@@ -338,6 +338,7 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
 
     `early_signals` are SIGTERM/SIGINT received before the worker could listen for them.
     """
+    _kernel.reuse_freed_memory()  # each chunk reuses the last one's pages instead of new ones
     source = _source_for(settings, log)
     log.info(
         "worker_started",
