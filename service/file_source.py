@@ -36,6 +36,8 @@ from .state import Position
 
 __all__ = ["FileSource", "input_patterns", "match_saved_files"]
 
+_SECOND_LOOK_DELAY = 0.05  # seconds between the two scans that must both miss a gone file
+
 
 def input_patterns(settings: Settings) -> InputPatterns:
     return InputPatterns.of(
@@ -150,6 +152,19 @@ class FileSource:
     async def _start_patterns(self, saved: tuple[FileState, ...]) -> list[Partition]:
         found = await anyio.to_thread.run_sync(self.patterns.scan)
         resumed, gone, new = await anyio.to_thread.run_sync(match_saved_files, saved, found)
+        if gone:
+            # A rename between a scan's listing and its look at the file hides the file from
+            # that scan; folding its state then would read it again from 0. A second look
+            # tells a file that is gone from one that was moving.
+            await anyio.sleep(_SECOND_LOOK_DELAY)
+            again = await anyio.to_thread.run_sync(self.patterns.scan)
+            claimed = {key for key, _match, _state in resumed} | set(new)
+            unclaimed = {k: m for k, m in again.items() if k not in claimed}
+            found_again, gone, new_again = await anyio.to_thread.run_sync(
+                match_saved_files, gone, unclaimed
+            )
+            resumed += found_again
+            new |= {k: m for k, m in new_again.items() if k not in found}
         for state in gone:
             self._fold(state.position)
             self.log.info(
