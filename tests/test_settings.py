@@ -30,6 +30,15 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "shutdown_timeout": 5,
     "log_format": "auto",
     "log_level": "info",
+    "source": "file",
+    "kafka_bootstrap_servers": "localhost:9092",
+    "kafka_topic": "numbers",
+    "kafka_group": "checkpoint-worker",
+    "kafka_security_protocol": "PLAINTEXT",
+    "kafka_sasl_mechanism": "PLAIN",
+    "kafka_sasl_username": "",
+    "kafka_sasl_password": "",
+    "kafka_ssl_cafile": "",
 }
 
 
@@ -129,6 +138,13 @@ BAD_VALUES = [
     ("on_input_change", "ignore"),
     ("log_format", "xml"),
     ("log_level", "verbose"),
+    ("source", "s3"),
+    ("kafka_bootstrap_servers", ""),
+    ("kafka_bootstrap_servers", "localhost"),
+    ("kafka_topic", ""),
+    ("kafka_group", ""),
+    ("kafka_security_protocol", "TLS"),
+    ("kafka_sasl_mechanism", "GSSAPI"),
 ]
 
 
@@ -163,6 +179,8 @@ def test_bad_environment_value(name: str, value: str, monkeypatch: pytest.Monkey
         ("max_line_bytes = 0", "max_line_bytes"),
         ("max_line_bytes = 1.5", "max_line_bytes"),
         ("input = 5", "input"),
+        ('source = "s3"', "source"),
+        ('kafka_security_protocol = "plaintext"', "kafka_security_protocol"),
         ("[checkpoint]\npath = 'x'", "checkpoint"),
     ],
 )
