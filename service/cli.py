@@ -69,6 +69,10 @@ def _build_parser() -> argparse.ArgumentParser:
     status = command("status", "show the checkpoint: offset, records, sum, percent done")
     status.add_argument("--json", action="store_true", help="as one JSON object")
     command("reset", "remove the checkpoint and result, so the next run starts over")
+    publish = command("publish", "write the input file's lines to the Kafka topic, exactly once")
+    publish.add_argument(
+        "--lines-per-message", type=int, default=1000, help="lines in one message (default 1000)"
+    )
     command("healthcheck", "exit 0 if a worker is alive and its event loop responsive")
     return parser
 
@@ -126,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
     log = configure_logging(settings.log_format, settings.log_level)
     try:
+        if settings.source == "kafka" or args.command == "publish":
+            from .kafka.cli import run_kafka_command
+
+            return run_kafka_command(args, settings, log, early_signals)
         if args.command == "run":
             import anyio
 

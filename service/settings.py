@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     )
     kafka_sasl_username: str = Field("", description="SASL user (with SASL_*)")
     kafka_sasl_password: str = Field("", repr=False, description="SASL password (with SASL_*)")
+    kafka_session_timeout: float = Field(
+        10.0, ge=1, description="seconds a silent group member keeps its partitions"
+    )
     kafka_ssl_cafile: str = Field("", description="CA bundle file (with SSL, SASL_SSL)")
 
     @classmethod

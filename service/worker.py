@@ -15,9 +15,7 @@ import contextlib
 import os
 import signal
 import stat
-import threading
 from dataclasses import asdict
-from types import FrameType
 from typing import Any
 
 import aiofiles
@@ -39,6 +37,7 @@ from .lock import HEARTBEAT_INTERVAL, WorkerLock
 from .logs import Logger
 from .parsing import Batch, LineParser, Region, RegionResult
 from .settings import Settings
+from .shutdown import exit_after, exit_at_next_signal
 from .state import Pacer, Periodic, Position, RateMeter
 
 __all__ = ["run_worker"]
@@ -47,33 +46,6 @@ CHUNK_BYTES = 2 * 1024 * 1024
 PARSE_THREADS = 2  # regions parsed at once: numpy releases the GIL, so both cores work
 PROGRESS_INTERVAL = 10.0
 _PACED_BATCHES_PER_SECOND = 10
-
-
-def _exit_at_next_signal() -> None:
-    """From now on SIGTERM/SIGINT end the process at once; the checkpoint on disk stays whole."""
-
-    def _exit_now(signum: int, _frame: FrameType | None) -> None:
-        os._exit(128 + signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_now)
-
-
-def _exit_after(seconds: float, log: Logger) -> None:
-    """End the process `seconds` from now, whatever it waits for (a save on a stalled disk,
-    which no cancellation can interrupt): the checkpoint on disk is whole at any instant."""
-
-    def expire() -> None:
-        log.error(
-            "fatal_error",
-            message=f"shutdown took longer than shutdown_timeout={seconds}s (a stalled disk?); "
-            "exiting without the final checkpoint; the one on disk is whole",
-        )
-        os._exit(1)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
 
 
 def _split_for_threads(region: Region, parts: int) -> list[Region]:
@@ -247,11 +219,11 @@ class _Worker:
             if self.stop_signal is not None:
                 # Leaving the receiver restored the default handlers: a second signal while
                 # the tasks unwind must still exit at once, not kill us or raise KeyboardInterrupt.
-                _exit_at_next_signal()
+                exit_at_next_signal()
 
     def _request_shutdown(self, signum: int, scope: anyio.CancelScope) -> None:
         self.stop_signal = signum
-        _exit_at_next_signal()
+        exit_at_next_signal()
         self._bound_shutdown()
         self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
         scope.cancel()
@@ -259,7 +231,7 @@ class _Worker:
     def _bound_shutdown(self) -> None:
         if not self.shutdown_deadline_set:
             self.shutdown_deadline_set = True
-            _exit_after(self.settings.shutdown_timeout, self.log)
+            exit_after(self.settings.shutdown_timeout, self.log)
 
     async def _consume(self) -> None:
         """Read the input to its end (or forever, following), restarting on a changed input."""

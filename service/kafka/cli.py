@@ -1,0 +1,41 @@
+"""The commands with `source = "kafka"` (and `publish`), each run on its own event loop."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import Any
+
+import anyio
+
+from ..errors import UsageError
+from ..logs import Logger
+from ..settings import Settings
+
+__all__ = ["run_kafka_command"]
+
+
+def run_kafka_command(
+    args: argparse.Namespace, settings: Settings, log: Logger, early_signals: list[int]
+) -> int:
+    """Run `args.command` against Kafka; return its exit code."""
+    work: Any
+    if args.command == "run":
+        from .runner import run_kafka
+
+        work = run_kafka, settings, log, early_signals
+    elif args.command == "publish":
+        from .publish import publish
+
+        work = publish, settings, args.lines_per_message, log
+    elif args.command == "status":
+        from .commands import kafka_status
+
+        work = (functools.partial(kafka_status, settings, as_json=args.json),)
+    elif args.command == "reset":
+        from .commands import kafka_reset
+
+        work = kafka_reset, settings, log
+    else:
+        raise UsageError(f"`{args.command}` has no meaning with source = kafka")
+    return int(anyio.run(*work, backend="asyncio"))

@@ -1,0 +1,45 @@
+"""Bounds on a graceful stop, shared by every source's lifecycle.
+
+Rule 1: once a stop is under way, a second SIGTERM/SIGINT ends the process at once (128 + n);
+        whatever was committed or saved before is whole.
+Rule 2: a stop that outlasts `shutdown_timeout` ends the process with one error line, whatever
+        it waits for (a stalled disk, an unreachable broker): no cancellation can interrupt those.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+
+from .logs import Logger
+
+__all__ = ["exit_after", "exit_at_next_signal"]
+
+
+def exit_at_next_signal() -> None:
+    """From now on SIGTERM/SIGINT end the process at once; the checkpoint on disk stays whole."""
+
+    def _exit_now(signum: int, _frame: FrameType | None) -> None:
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_now)
+
+
+def exit_after(seconds: float, log: Logger) -> None:
+    """End the process `seconds` from now, whatever it waits for (a save on a stalled disk,
+    which no cancellation can interrupt): the checkpoint on disk is whole at any instant."""
+
+    def expire() -> None:
+        log.error(
+            "fatal_error",
+            message=f"shutdown took longer than shutdown_timeout={seconds}s (a stalled disk?); "
+            "exiting without the final checkpoint; the one on disk is whole",
+        )
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
