@@ -42,7 +42,6 @@ from .state import StateUnreadable, apply_message, decode, encode
 __all__ = ["GroupMember", "PartitionUnusable", "name_of"]
 
 _FETCH_TIMEOUT_MS = 200
-_MAX_RECORDS = 500
 
 
 class PartitionUnusable(WorkerError):
@@ -186,12 +185,12 @@ class GroupMember:
         if self._fatal is not None:
             raise self._fatal
 
-    async def read(self) -> int:
+    async def read(self, max_messages: int) -> int:
         """Fetch once and apply what came; the number of records added (for pacing)."""
         epoch = self._epoch
         try:
             batches: dict[TopicPartition, list[Any]] = await self.consumer.getmany(
-                timeout_ms=_FETCH_TIMEOUT_MS, max_records=_MAX_RECORDS
+                timeout_ms=_FETCH_TIMEOUT_MS, max_records=max_messages
             )
         except OffsetOutOfRangeError as error:
             names = ", ".join(_names(error.args[0])) if error.args else "a partition"
@@ -257,31 +256,30 @@ class GroupMember:
 
     # -- committing --------------------------------------------------------------------------
 
-    async def commit(self, reason: str, only: Iterable[TopicPartition] | None = None) -> None:
-        """Commit every owned partition whose state changed since its last commit."""
+    async def commit(
+        self, reason: str, only: Iterable[TopicPartition] | None = None, *, force: bool = False
+    ) -> None:
+        """Commit every owned partition whose state changed since its last commit (`force`:
+        every owned partition, so a final commit always shows)."""
         wanted = set(self.owned if only is None else only)
         changed = {
             tp: position
             for tp, position in self.owned.items()
-            if tp in wanted and self._committed.get(tp) != position
+            if tp in wanted and (force or self._committed.get(tp) != position)
         }
         if not changed:
             return
         offsets = {tp: OffsetAndMetadata(p.offset, encode(p)) for tp, p in changed.items()}
+        # A member the group dropped has no generation (aiokafka resets it to -1), and a commit
+        # without one is accepted once the group is empty: an old state would overwrite newer
+        # ones. Such a member's partitions are lost, like Java's onPartitionsLost.
+        if self.consumer._coordinator.generation < 0:
+            self._drop(changed, reason, "this member left the group (session expired)")
+            return
         try:
             await self.consumer.commit(offsets)
         except CommitFailedError:
-            # Fenced (Rule 2): these states are no longer ours to save.
-            self._epoch += 1
-            for tp in changed:
-                self.owned.pop(tp, None)
-                self._committed.pop(tp, None)
-            self._log.warning(
-                "commit_rejected",
-                partitions=_names(changed),
-                reason=reason,
-                cause="the group moved these partitions to another member (generation fenced)",
-            )
+            self._drop(changed, reason, "the group moved these partitions (generation fenced)")
             return
         except OffsetMetadataTooLargeError:
             raise await self._too_large(offsets) from None
@@ -298,6 +296,15 @@ class GroupMember:
             bad_records=sum(p.bad_records for p in changed.values()),
             sum=str(sum(p.sum for p in changed.values())),
         )
+
+    def _drop(self, changed: Iterable[TopicPartition], reason: str, cause: str) -> None:
+        """Fenced (Rule 2): these states are no longer ours to save."""
+        self._epoch += 1
+        names = _names(changed)
+        for tp in list(changed):
+            self.owned.pop(tp, None)
+            self._committed.pop(tp, None)
+        self._log.warning("commit_rejected", partitions=names, reason=reason, cause=cause)
 
     async def _too_large(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> WorkerError:
         """Find which partition's state the broker refused, one commit at a time."""

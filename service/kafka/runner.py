@@ -36,6 +36,7 @@ from .group_state import GroupState, read_group_state
 __all__ = ["heartbeat_path", "run_kafka"]
 
 _HEARTBEAT_INTERVAL = 1.0
+_MAX_MESSAGES = 500  # messages taken from one fetch
 
 
 def heartbeat_path(settings: Settings, pid: int | None = None) -> Path:
@@ -110,15 +111,21 @@ class _KafkaRun:
         settings = self.settings
         timer = Periodic(settings.checkpoint_interval, time.monotonic())
         pacer = Pacer(settings.max_rate)
+        # Paced, one message at a time: a message can hold many lines, and the pace is in lines.
+        max_messages = 1 if settings.max_rate > 0 else _MAX_MESSAGES
         while True:
-            added = await self.member.read()
-            delay = pacer.delay_after(added, time.monotonic())
-            if delay > 0:
-                await anyio.sleep(delay)
-            if timer.due(time.monotonic()):
-                await self.member.commit("timer")
-                if self.targets is not None and await self._group_done():
-                    return
+            added = await self.member.read(max_messages)
+            resume_at = time.monotonic() + pacer.delay_after(added, time.monotonic())
+            while True:  # the timer keeps its period through a long pause
+                now = time.monotonic()
+                if timer.due(now):
+                    await self.member.commit("timer")
+                    if self.targets is not None and await self._group_done():
+                        return
+                    now = time.monotonic()
+                if resume_at <= now:
+                    break
+                await anyio.sleep(min(resume_at, timer.next_due) - now)
 
     async def _group_done(self) -> bool:
         assert self.targets is not None
@@ -178,7 +185,7 @@ class _KafkaRun:
             if self.started and worth:
                 with anyio.move_on_after(self.settings.shutdown_timeout):
                     try:
-                        await self.member.commit("shutdown")
+                        await self.member.commit("shutdown", force=True)
                     except WorkerError as error:
                         self.failure = self.failure or error
                         code, reason = error.exit_code, "error"
