@@ -79,14 +79,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _healthcheck(argv: list[str]) -> int:
     """Standard library only: Docker runs this every few seconds."""
-    from .health import check_health, checkpoint_path
+    from .health import check_health, check_kafka_health, checkpoint_path, source_of
 
     parser = _Parser(prog=f"{PROG} healthcheck")
     parser.add_argument("--checkpoint")
+    parser.add_argument("--source")
     parser.add_argument("--config")
     # Other setting flags are accepted (one command line serves every command) and ignored.
     args, _other_settings = parser.parse_known_args(argv)
-    healthy, message = check_health(checkpoint_path(args.checkpoint, args.config))
+    checkpoint = checkpoint_path(args.checkpoint, args.config)
+    kafka = source_of(args.source, args.config) == "kafka"
+    healthy, message = (check_kafka_health if kafka else check_health)(checkpoint)
     print(message)
     return 0 if healthy else 1
 

@@ -330,3 +330,23 @@ def test_reset_refuses_while_the_group_has_members(
     assert committed_offsets(kafka, env["WORKER_KAFKA_GROUP"]) == {}
     assert cli(["run"], tmp_path, env).returncode == 0
     assert _totals(_result(tmp_path)) == _oracle(data)
+
+
+def test_healthcheck_reads_each_workers_own_heartbeat(
+    published: tuple[dict[str, str], bytes], tmp_path: Path
+) -> None:
+    """Two workers in one directory beat in two files; `healthcheck` is 0 while they run and 1
+    once both stopped."""
+    env, _data = published
+    following = {**env, "WORKER_FOLLOW": "true", "WORKER_MAX_RATE": "2000"}
+    workers = [WorkerProcess([], tmp_path, following) for _ in range(2)]
+    for worker in workers:
+        worker.wait_for("partitions_assigned", timeout=30)
+    time.sleep(1.5)
+    assert len(list(tmp_path.glob("checkpoint.json.*.heartbeat"))) == 2
+    healthy = cli(["healthcheck"], tmp_path, env)
+    assert healthy.returncode == 0, healthy.stdout
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+        assert worker.finish() == 0
+    assert cli(["healthcheck"], tmp_path, env).returncode == 1

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,6 +23,7 @@ from .. import __version__
 from ..decimal_text import decimal_of
 from ..errors import BadRecordFound, UnexpectedError, WorkerError
 from ..files import atomic_write
+from ..health import heartbeat_path
 from ..logs import Logger
 from ..settings import Settings
 from ..shutdown import exit_after, exit_at_next_signal
@@ -33,17 +32,10 @@ from .client import connect, partitions_of
 from .group import GroupMember, name_of
 from .group_state import GroupState, read_group_state
 
-__all__ = ["heartbeat_path", "run_kafka"]
+__all__ = ["run_kafka"]
 
 _HEARTBEAT_INTERVAL = 1.0
 _MAX_MESSAGES = 500  # messages taken from one fetch
-
-
-def heartbeat_path(settings: Settings, pid: int | None = None) -> Path:
-    """This process's heartbeat file, beside `checkpoint`: one per host and process."""
-    checkpoint = settings.checkpoint
-    name = f"{checkpoint.name}.{socket.gethostname()}.{pid or os.getpid()}.heartbeat"
-    return checkpoint.with_name(name)
 
 
 def _result_of(settings: Settings, group: GroupState) -> dict[str, Any]:
@@ -78,7 +70,7 @@ class _KafkaRun:
         self.failure: WorkerError | None = None
         self.stop_signal: int | None = None
         self.targets: dict[TopicPartition, int] | None = None
-        self.heartbeat = heartbeat_path(settings)
+        self.heartbeat = heartbeat_path(settings.checkpoint, os.getpid())
 
     async def run(self, early_signals: list[int]) -> None:
         async with anyio.create_task_group() as tasks:
