@@ -11,11 +11,16 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
+import anyio
+import anyio.abc
+
+from .errors import UnexpectedError, WorkerError
 from .logs import Logger
 
-__all__ = ["exit_after", "exit_at_next_signal"]
+__all__ = ["exit_after", "exit_at_next_signal", "listen_for_stop_signals", "report_failure"]
 
 
 def exit_at_next_signal() -> None:
@@ -43,3 +48,37 @@ def exit_after(seconds: float, log: Logger) -> None:
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.start()
+
+
+def report_failure(log: Logger, failure: WorkerError | None) -> None:
+    """The one error line of a failed run: a defect with its traceback, else the message."""
+    if isinstance(failure, UnexpectedError):
+        log.error("fatal_error", message=failure.message, exc_info=failure.cause)
+    elif failure is not None:
+        log.error("fatal_error", message=failure.message)
+
+
+async def listen_for_stop_signals(
+    on_stop: Callable[[int], None],
+    early_signals: list[int],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Call `on_stop` with the first SIGTERM/SIGINT (or one that came before we listened)."""
+    stopped = False
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            for signum in early_signals:  # arrived before this receiver took over
+                stopped = True
+                on_stop(signum)
+                return
+            async for signum in signals:
+                stopped = True
+                on_stop(signum)
+                return
+    finally:
+        if stopped:
+            # Leaving the receiver restored the default handlers: a second signal while the
+            # tasks unwind must still exit at once, not kill us or raise KeyboardInterrupt.
+            exit_at_next_signal()

@@ -12,6 +12,7 @@ Shut down: the final checkpoint, shielded from cancellation and bounded by `shut
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import stat
@@ -37,7 +38,7 @@ from .lock import HEARTBEAT_INTERVAL, WorkerLock
 from .logs import Logger
 from .parsing import Batch, LineParser, Region, RegionResult
 from .settings import Settings
-from .shutdown import exit_after, exit_at_next_signal
+from .shutdown import exit_after, exit_at_next_signal, listen_for_stop_signals, report_failure
 from .state import Pacer, Periodic, Position, RateMeter
 
 __all__ = ["run_worker"]
@@ -181,7 +182,8 @@ class _Worker:
     async def run(self, early_signals: list[int]) -> None:
         async with anyio.create_task_group() as tasks:
             # Listen first, so a signal during start-up is a graceful stop too.
-            await tasks.start(self._listen_for_signals, tasks.cancel_scope, early_signals)
+            stop = functools.partial(self._request_shutdown, scope=tasks.cancel_scope)
+            await tasks.start(listen_for_stop_signals, stop, early_signals)
             await self._guarded(self.start, tasks.cancel_scope)
             if self.failure is None:
                 tasks.start_soon(self._guarded, self._run_timer, tasks.cancel_scope)
@@ -198,28 +200,6 @@ class _Worker:
         except Exception as error:  # a defect: still one error line and a clean stop
             self.failure = self.failure or UnexpectedError(error)
             scope.cancel()
-
-    async def _listen_for_signals(
-        self,
-        scope: anyio.CancelScope,
-        early_signals: list[int],
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                task_status.started()
-                for signum in early_signals:  # arrived before this receiver took over
-                    self._request_shutdown(signum, scope)
-                    return
-                async for signum in signals:
-                    self._request_shutdown(signum, scope)
-                    return
-        finally:
-            if self.stop_signal is not None:
-                # Leaving the receiver restored the default handlers: a second signal while
-                # the tasks unwind must still exit at once, not kill us or raise KeyboardInterrupt.
-                exit_at_next_signal()
 
     def _request_shutdown(self, signum: int, scope: anyio.CancelScope) -> None:
         self.stop_signal = signum
@@ -476,10 +456,7 @@ class _Worker:
                     self.failure = self.failure or error
                     code, reason = error.exit_code, "error"
         # 2. The one error line, then release the input and the lock.
-        if isinstance(self.failure, UnexpectedError):
-            self.log.error("fatal_error", message=self.failure.message, exc_info=self.failure.cause)
-        elif self.failure is not None:
-            self.log.error("fatal_error", message=self.failure.message)
+        report_failure(self.log, self.failure)
         if self.input is not None:
             with anyio.CancelScope(shield=True):
                 await self.input.close()

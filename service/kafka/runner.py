@@ -9,6 +9,7 @@ error line if something failed, `worker_stopped`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from ..files import atomic_write
 from ..health import heartbeat_path
 from ..logs import Logger
 from ..settings import Settings
-from ..shutdown import exit_after, exit_at_next_signal
+from ..shutdown import exit_after, exit_at_next_signal, listen_for_stop_signals, report_failure
 from ..state import Pacer, Periodic
 from .client import connect, partitions_of
 from .group import GroupMember, name_of
@@ -74,7 +75,8 @@ class _KafkaRun:
 
     async def run(self, early_signals: list[int]) -> None:
         async with anyio.create_task_group() as tasks:
-            await tasks.start(self._listen_for_signals, tasks.cancel_scope, early_signals)
+            stop = functools.partial(self._request_shutdown, scope=tasks.cancel_scope)
+            await tasks.start(listen_for_stop_signals, stop, early_signals)
             tasks.start_soon(self._beat)
             try:
                 await self._start()
@@ -143,22 +145,6 @@ class _KafkaRun:
             await anyio.to_thread.run_sync(self.heartbeat.write_text, f"{os.getpid()}\n")
             await anyio.sleep(_HEARTBEAT_INTERVAL)
 
-    async def _listen_for_signals(
-        self,
-        scope: anyio.CancelScope,
-        early_signals: list[int],
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            task_status.started()
-            for signum in early_signals:
-                self._request_shutdown(signum, scope)
-                return
-            async for signum in signals:
-                self._request_shutdown(signum, scope)
-                return
-
     def _request_shutdown(self, signum: int, scope: anyio.CancelScope) -> None:
         self.stop_signal = signum
         exit_at_next_signal()
@@ -182,12 +168,7 @@ class _KafkaRun:
                         self.failure = self.failure or error
                         code, reason = error.exit_code, "error"
             # 2. The one error line, then leave the group and remove the heartbeat.
-            if isinstance(self.failure, UnexpectedError):
-                self.log.error(
-                    "fatal_error", message=self.failure.message, exc_info=self.failure.cause
-                )
-            elif self.failure is not None:
-                self.log.error("fatal_error", message=self.failure.message)
+            report_failure(self.log, self.failure)
             with anyio.move_on_after(self.settings.shutdown_timeout):
                 await self.member.close()
             self.heartbeat.unlink(missing_ok=True)
