@@ -523,3 +523,12 @@ ROWS: dict[int, Callable[[Bench], list[Measurement]]] = {
     5: checkpoint_cost,
     6: healthcheck,
 }
+
+
+def _kafka(bench: Bench) -> list[Measurement]:
+    from .kafka_rows import kafka  # imports aiokafka and the test broker only when asked
+
+    return kafka(bench)
+
+
+ROWS[7] = _kafka

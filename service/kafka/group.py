@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     CommitFailedError,
+    IllegalStateError,
     KafkaError,
     OffsetMetadataTooLargeError,
     OffsetOutOfRangeError,
@@ -213,7 +214,12 @@ class GroupMember:
                 added += self.owned[tp].records - before.records
         # Past what getmany returned (transaction markers, aborted publishes) nothing is left to
         # count: the state's offset follows the consumer's position.
-        positions = {tp: await self.consumer.position(tp) for tp in list(self.owned)}
+        positions = {}
+        for tp in list(self.owned):
+            try:
+                positions[tp] = await self.consumer.position(tp)
+            except IllegalStateError:  # revoked in the meantime
+                continue
         if epoch == self._epoch:
             for tp, offset in positions.items():
                 state = self.owned.get(tp)
