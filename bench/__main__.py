@@ -24,7 +24,7 @@ Compare ratios, which hold from one machine to the next; the absolute figures do
    checkpoint checked each time and the last one resumed to the exact sum.
 5. throughput with a checkpoint every 0.05 s against every 60 s.
 6. `checkpoint-worker healthcheck` against a live worker, against `python -c pass`.
-7. Kafka (a real broker, started for the row): draining a 10M-record topic (1M with --quick)
+8. Kafka (a real broker, started for the row): draining a 10M-record topic (1M with --quick)
    with one worker against the file source, with two workers against one, and the time from a
    SIGKILL of one worker to another's commit of its partitions against the session timeout.
 """

@@ -1,4 +1,4 @@
-"""Row 7: the Kafka source against a real broker (`tests/kafka_broker.py`, started for the row).
+"""Row 8: the Kafka source against a real broker (`tests/kafka_broker.py`, started for the row).
 
 Rule 1 of `rows.py` holds: the drains are interleaved with the file source on the same numbers
 (the baseline), best of a few runs, and only runs that end with the exact sum count.
@@ -151,7 +151,7 @@ def kafka(bench: Bench) -> list[Measurement]:
     records = source.records or count
     return [
         Measurement(
-            7,
+            8,
             f"Kafka: drain {records:,} records ({PARTITIONS} partitions), one worker",
             f"{one:.2f} s",
             f"file source {file:.2f} s",
@@ -161,7 +161,7 @@ def kafka(bench: Bench) -> list[Measurement]:
             {"kafka_one_s": ones, "file_s": files, "publish_s": publish_s},
         ),
         Measurement(
-            7,
+            8,
             "  records per second from the topic, one worker",
             f"{records / one:,.0f}/s",
             f"file source {records / file:,.0f}/s",
@@ -170,7 +170,7 @@ def kafka(bench: Bench) -> list[Measurement]:
             None,
         ),
         Measurement(
-            7,
+            8,
             "Kafka: the same drain with two workers in one group",
             f"{two:.2f} s",
             f"one worker {one:.2f} s",
@@ -180,7 +180,7 @@ def kafka(bench: Bench) -> list[Measurement]:
             {"kafka_two_s": twos},
         ),
         Measurement(
-            7,
+            8,
             "Kafka: SIGKILL to another worker's commit of those partitions",
             f"{hand_over:.2f} s",
             f"session timeout {SESSION_TIMEOUT:.0f} s",

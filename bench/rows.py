@@ -23,6 +23,7 @@ from typing import Any
 
 from . import inputs
 from .inputs import Input
+from .many_files import many_files
 from .processes import WORKER, Finished, LiveWorker, events_in, run, worker_args
 from .report import Measurement
 
@@ -522,6 +523,7 @@ ROWS: dict[int, Callable[[Bench], list[Measurement]]] = {
     4: graceful_stop,
     5: checkpoint_cost,
     6: healthcheck,
+    7: many_files,
 }
 
 
@@ -531,4 +533,4 @@ def _kafka(bench: Bench) -> list[Measurement]:
     return kafka(bench)
 
 
-ROWS[7] = _kafka
+ROWS[8] = _kafka

@@ -35,7 +35,16 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         help_text = f"{field.description} (default: {field.default})"
-        if field.annotation is bool:
+        if name in ("input", "exclude"):  # the flag repeats: a list of paths or globs
+            group.add_argument(
+                flag,
+                dest=name,
+                metavar=name.upper(),
+                action="append",
+                default=argparse.SUPPRESS,
+                help=help_text + "; repeat for more",
+            )
+        elif field.annotation is bool:
             group.add_argument(
                 flag,
                 dest=name,
@@ -133,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
 
     log = configure_logging(settings.log_format, settings.log_level)
     try:
-        if settings.source == "kafka" or args.command == "publish":
+        if args.command == "publish" or (
+            settings.source == "kafka" and args.command in ("status", "reset")
+        ):
             from .kafka.cli import run_kafka_command
 
-            return run_kafka_command(args, settings, log, early_signals)
+            return run_kafka_command(args, settings, log)
         if args.command == "run":
             import anyio
 
@@ -145,8 +156,16 @@ def main(argv: list[str] | None = None) -> int:
             return anyio.run(run_worker, settings, log, early_signals, backend="asyncio")
         if args.command == "generate":
             from .commands import generate
+            from .file_source import input_patterns
 
-            output = args.output or settings.input
+            plain = input_patterns(settings).plain_path
+            if args.output is None and plain is None:
+                raise UsageError(
+                    "generate needs --output when the input is a glob or a list "
+                    f"({', '.join(settings.input)})"
+                )
+            output = args.output if args.output is not None else plain
+            assert output is not None
             if args.count < 0:
                 raise UsageError(f"--count must be >= 0, got {args.count}")
             return generate(

@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointStore
+from .checkpoint import CheckpointStore, FileState
 from .errors import WorkerError
+from .file_source import input_patterns, match_saved_files
 from .files import atomic_write, temp_files_of
 from .lock import WorkerLock
 from .logs import Logger
 from .settings import Settings
+from .state import Position
 
 __all__ = ["generate", "reset", "status"]
 
@@ -55,27 +57,67 @@ def generate(
     return 0
 
 
+def _present_files(settings: Settings, saved: tuple[FileState, ...]) -> list[dict[str, Any]]:
+    """Each file of the input present now, with its saved position (0 for one not yet read)."""
+    patterns = input_patterns(settings)
+    plain = patterns.plain_path
+    if plain is not None:
+        try:
+            size = plain.stat().st_size
+        except OSError:
+            return []
+        state = next((s for s in saved if s.path == str(plain)), saved[0] if saved else None)
+        pairs = [(str(plain), state.position if state else Position(), size)]
+    else:
+        resumed, _gone, new = match_saved_files(saved, patterns.scan())
+        pairs = [(m.path, s.position, m.size) for _k, m, s in resumed]
+        pairs += [(m.path, Position(), m.size) for m in new.values()]
+    return [
+        {
+            "path": path,
+            "offset": p.offset,
+            "size": size,
+            "records": p.records,
+            "bad_records": p.bad_records,
+            "sum": p.sum,
+        }
+        for path, p, size in sorted(pairs, key=lambda pair: pair[0])
+    ]
+
+
+def _percent(offset: int, size: int | None) -> float | None:
+    if size is None:
+        return None
+    return round(100.0 * offset / size, 2) if size else 100.0
+
+
 def _status_of(settings: Settings) -> dict[str, Any]:
     checkpoint = CheckpointStore(settings.checkpoint).load()
-    try:
-        size: int | None = settings.input.stat().st_size
-    except OSError:
-        size = None
-    position = checkpoint.position if checkpoint else None
-    offset = position.offset if position else 0
+    position = checkpoint.position if checkpoint else Position()
+    files = _present_files(settings, checkpoint.files if checkpoint else ())
+    size: int | None = None
+    if files or input_patterns(settings).plain_path is None:
+        # Files no longer present count with the bytes consumed from them.
+        present_offsets = sum(f["offset"] for f in files)
+        size = sum(f["size"] for f in files) + position.offset - present_offsets
+    completed = checkpoint.completed if checkpoint else False
+    for entry in files:
+        caught_up = entry["offset"] >= entry["size"]
+        entry["state"] = ("done" if completed else "caught_up") if caught_up else "reading"
     return {
         "checkpoint": str(settings.checkpoint),
         "exists": checkpoint is not None,
-        "input": str(settings.input),
-        "offset": offset,
-        "lines": position.lines if position else 0,
-        "records": position.records if position else 0,
-        "bad_records": position.bad_records if position else 0,
-        "sum": position.sum if position else 0,
+        "input": input_patterns(settings).describe(),
+        "offset": position.offset,
+        "lines": position.lines,
+        "records": position.records,
+        "bad_records": position.bad_records,
+        "sum": position.sum,
         "input_size": size,
-        "percent": round(100.0 * offset / size, 2) if size else (100.0 if size == 0 else None),
-        "completed": checkpoint.completed if checkpoint else False,
+        "percent": _percent(position.offset, size),
+        "completed": completed,
         "updated_at": checkpoint.updated_at if checkpoint else None,
+        "files": files,
     }
 
 
@@ -101,6 +143,14 @@ def status(settings: Settings, *, as_json: bool) -> int:
     ]
     for name, value in rows:
         print(f"{name:<12}{value}")
+    if len(report["files"]) > 1 or input_patterns(settings).plain_path is None:
+        print(f"files       {len(report['files'])}")
+        for entry in report["files"]:
+            percent = _percent(entry["offset"], entry["size"])
+            print(
+                f"  {entry['path']}  {percent:.2f}%  records {entry['records']:,}  "
+                f"sum {entry['sum']}  {entry['state'].replace('_', ' ')}"
+            )
     sys.stdout.flush()
     return 0
 

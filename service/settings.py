@@ -8,15 +8,17 @@ Rule 3: an unknown key, a bad value or a bad file is a `UsageError` (exit 2) nam
 
 from __future__ import annotations
 
+import json
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -37,7 +39,10 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False
     )
 
-    input: Path = Field(Path("numbers.txt"), description="the numbers file")
+    # A path, a glob (`**` allowed) or a list of them; `WORKER_INPUT` takes a JSON list too.
+    input: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("numbers.txt",), description="the numbers file: a path, a glob, or a list of them"
+    )
     checkpoint: Path = Field(Path("checkpoint.json"), description="the checkpoint file")
     result: Path = Field(Path("result.json"), description="the result file")
     checkpoint_interval: float = Field(1.0, gt=0, description="seconds between checkpoints")
@@ -70,6 +75,42 @@ class Settings(BaseSettings):
         10.0, ge=1, description="seconds a silent group member keeps its partitions"
     )
     kafka_ssl_cafile: str = Field("", description="CA bundle file (with SSL, SASL_SSL)")
+    exclude: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="globs never read (the worker's own files are always excluded)"
+    )
+    close_inactive: float = Field(
+        5.0, gt=0, description="seconds a file renamed out of every pattern is still read"
+    )
+    max_open_files: int = Field(256, ge=1, description="files open at once; others wait")
+
+    @field_validator("input", "exclude", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        """One path or glob, a list of them, or (from the environment) a JSON list."""
+        if isinstance(value, Path):
+            return (str(value),)
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                try:
+                    return json.loads(value)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"not a JSON list of paths ({error.msg})") from None
+            return (value,)
+        return value
+
+    @field_validator("input", "exclude")
+    @classmethod
+    def _no_empty_pattern(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not pattern for pattern in value):
+            raise ValueError("an empty path or glob")
+        return value
+
+    @field_validator("input")
+    @classmethod
+    def _some_input(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("no path or glob")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Expected", "expected_of", "expected_of_file"]
+__all__ = ["Expected", "expected_of", "expected_of_file", "expected_of_files"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,16 @@ def expected_of(data: bytes, *, max_line_bytes: int = 4096, following: bool = Fa
 def expected_of_file(path: str, **options: object) -> Expected:
     with open(path, "rb") as handle:
         return expected_of(handle.read(), **options)  # type: ignore[arg-type]
+
+
+def expected_of_files(contents: list[bytes]) -> Expected:
+    """What several files add up to, each read on its own (a line never spans two files)."""
+    each = [expected_of(data) for data in contents]
+    return Expected(
+        sum(e.lines for e in each),
+        sum(e.records for e in each),
+        sum(e.bad_records for e in each),
+        sum(e.sum for e in each),
+        sum(e.offset for e in each),
+        (),
+    )

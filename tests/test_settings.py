@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("no_worker_env")
 DOCUMENTED_CONFIG = Path(__file__).parent.parent / "config" / "worker.toml"
 
 CONTRACT_DEFAULTS: dict[str, Any] = {
-    "input": Path("numbers.txt"),
+    "input": ("numbers.txt",),
     "checkpoint": Path("checkpoint.json"),
     "result": Path("result.json"),
     "checkpoint_interval": 1.0,
@@ -40,6 +40,9 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "kafka_sasl_password": "",
     "kafka_session_timeout": 10.0,
     "kafka_ssl_cafile": "",
+    "exclude": (),
+    "close_inactive": 5.0,
+    "max_open_files": 256,
 }
 
 
@@ -62,7 +65,50 @@ def test_documented_config_shows_every_setting_with_its_default() -> None:
     assert load_settings({}, DOCUMENTED_CONFIG) == load_settings({}, None)
     for name, value in documented.items():
         default = Settings.model_fields[name].default
+        if isinstance(default, tuple) and not isinstance(value, list):
+            value = (value,)  # one path stands for a list of one
+        elif isinstance(value, list):
+            value = tuple(value)
         assert value == (str(default) if isinstance(default, Path) else default), name
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "expected"),
+    [
+        pytest.param("toml", '["a.txt", "logs/*.txt*"]', ("a.txt", "logs/*.txt*"), id="toml-list"),
+        pytest.param("toml", '"data/**/*.txt"', ("data/**/*.txt",), id="toml-glob"),
+        pytest.param("env", '["a.txt", "b/*.txt"]', ("a.txt", "b/*.txt"), id="env-json-list"),
+        pytest.param("env", "data/*.txt", ("data/*.txt",), id="env-one-glob"),
+        pytest.param("flag", ["a.txt", "b.txt"], ("a.txt", "b.txt"), id="flag-repeated"),
+    ],
+)
+def test_input_is_a_path_a_glob_or_a_list(
+    source: str,
+    value: Any,
+    expected: tuple[str, ...],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`input` takes a list in TOML, a JSON list or one glob in WORKER_INPUT, repeated flags."""
+    config = write_config(tmp_path, f"input = {value}\n") if source == "toml" else None
+    if source == "env":
+        monkeypatch.setenv("WORKER_INPUT", value)
+    flags = {"input": value} if source == "flag" else {}
+    assert load_settings(flags, config).input == expected
+
+
+@pytest.mark.parametrize(
+    "value", ['["a.txt", ', "[]", '[""]'], ids=["bad-json", "empty-list", "empty-path"]
+)
+def test_a_bad_input_list_is_one_line_naming_the_setting(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WORKER_INPUT that is no usable list is a usage error naming `input`."""
+    monkeypatch.setenv("WORKER_INPUT", value)
+    with pytest.raises(UsageError) as caught:
+        load_settings({}, None)
+    assert "'input'" in caught.value.message
+    assert "\n" not in caught.value.message
 
 
 @pytest.mark.parametrize(
@@ -102,7 +148,7 @@ def test_each_source_sets_different_keys(tmp_path: Path, monkeypatch: pytest.Mon
         True,
         50.0,
         "fail",
-        Path("flag.txt"),
+        ("flag.txt",),
     )
 
 

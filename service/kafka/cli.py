@@ -1,4 +1,5 @@
-"""The commands with `source = "kafka"` (and `publish`), each run on its own event loop."""
+"""`publish`, and `status` / `reset` with `source = "kafka"`, each on its own event loop
+(`run` goes through the lifecycle, `worker.py`, with the Kafka source)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,10 @@ from ..settings import Settings
 __all__ = ["run_kafka_command"]
 
 
-def run_kafka_command(
-    args: argparse.Namespace, settings: Settings, log: Logger, early_signals: list[int]
-) -> int:
-    """Run `args.command` against Kafka; return its exit code."""
+def run_kafka_command(args: argparse.Namespace, settings: Settings, log: Logger) -> int:
+    """Run `publish`, or `status` / `reset` of the group, against Kafka; return the exit code."""
     work: Any
-    if args.command == "run":
-        from .runner import run_kafka
-
-        work = run_kafka, settings, log, early_signals
-    elif args.command == "publish":
+    if args.command == "publish":
         from .publish import publish
 
         work = publish, settings, args.lines_per_message, log

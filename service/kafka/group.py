@@ -182,6 +182,10 @@ class GroupMember:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def changed(self) -> bool:
+        """Does any owned partition's state differ from its last commit?"""
+        return any(self._committed.get(tp) != p for tp, p in self.owned.items())
+
     def raise_fatal(self) -> None:
         if self._fatal is not None:
             raise self._fatal

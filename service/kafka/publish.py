@@ -1,4 +1,4 @@
-"""`publish`: the lines of the input file to the topic, exactly once even when killed.
+"""`publish`: the lines of the input's files to the topic, exactly once even when killed.
 
 Rule 1: a message holds up to `lines_per_message` whole lines of one file (and at most
         `MAX_MESSAGE_BYTES`); message `n` of a file always goes to the same partition.
@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from ..errors import InputUnreadable, UsageError
+from ..file_source import input_patterns
 from ..logs import Logger
 from ..settings import Settings
 from .client import (
@@ -87,49 +88,72 @@ def _progress_of(metadata: str | None) -> dict[str, list[int]]:
     return {str(path): [int(pos), int(count)] for path, (pos, count) in files.items()}
 
 
+def _input_files(settings: Settings) -> list[Path]:
+    """The files of the input setting: the plain path (which must exist), or every match."""
+    patterns = input_patterns(settings)
+    plain = patterns.plain_path
+    if plain is not None:
+        if not plain.is_file():
+            raise InputUnreadable(f"cannot read input {plain}: not an existing regular file")
+        return [plain]
+    files = sorted(Path(match.path) for match in patterns.scan().values())
+    if not files:
+        raise InputUnreadable(f"no file matches the input {patterns.describe()}")
+    return files
+
+
 async def publish(settings: Settings, lines_per_message: int, log: Logger) -> int:
-    """Publish the input file to `kafka_topic`, resuming where a previous publish stopped."""
+    """Publish the input's files to `kafka_topic`, resuming where a previous publish stopped."""
     if lines_per_message < 1:
         raise UsageError(f"--lines-per-message must be >= 1, got {lines_per_message}")
     topic = settings.kafka_topic
     group = topic + PROGRESS_SUFFIX
     marker = TopicPartition(topic, 0)
-    path = settings.input
-    try:
-        handle = path.open("rb")
-    except OSError as error:
-        raise InputUnreadable(f"cannot read input {path}: {error.strerror}") from None
-    with handle:
-        async with admin_client(settings) as admin:
-            partitions = await partitions_of(admin, settings)
-            producer = AIOKafkaProducer(
-                **client_options(settings),
-                transactional_id=f"checkpoint-worker-publish:{topic}",
-                enable_idempotence=True,
-                acks="all",
-                transaction_timeout_ms=_TRANSACTION_TIMEOUT_MS,
-                max_request_size=MAX_MESSAGE_BYTES + 100_000,
+    files = _input_files(settings)
+    async with admin_client(settings) as admin:
+        partitions = await partitions_of(admin, settings)
+        producer = AIOKafkaProducer(
+            **client_options(settings),
+            transactional_id=f"checkpoint-worker-publish:{topic}",
+            enable_idempotence=True,
+            acks="all",
+            transaction_timeout_ms=_TRANSACTION_TIMEOUT_MS,
+            max_request_size=MAX_MESSAGE_BYTES + 100_000,
+        )
+        # Starting fences any earlier publish of this topic and aborts its open transaction,
+        # so the position read next is final.
+        await connect(producer.start, settings, "start a transactional producer on Kafka")
+        try:
+            committed = await connect(
+                lambda: admin.list_consumer_group_offsets(group, partitions=[marker]),
+                settings,
+                "read the publish progress from Kafka",
             )
-            # Starting fences any earlier publish of this topic and aborts its open transaction,
-            # so the position read next is final.
-            await connect(producer.start, settings, "start a transactional producer on Kafka")
-            try:
-                committed = await connect(
-                    lambda: admin.list_consumer_group_offsets(group, partitions=[marker]),
-                    settings,
-                    "read the publish progress from Kafka",
-                )
-                found = committed.get(marker)
-                progress = _progress_of(found.metadata if found and found.offset >= 0 else None)
-                return await _send_file(
-                    producer, handle, path, partitions, progress, settings, lines_per_message, log
-                )
-            except KafkaError as error:
-                raise KafkaUnavailable(
-                    f"publishing to Kafka topic {topic!r} failed: {describe_error(error)}"
-                ) from None
-            finally:
-                await producer.stop()
+            found = committed.get(marker)
+            progress = _progress_of(found.metadata if found and found.offset >= 0 else None)
+            for path in files:
+                try:
+                    handle = path.open("rb")
+                except OSError as error:
+                    raise InputUnreadable(f"cannot read input {path}: {error.strerror}") from None
+                with handle:
+                    await _send_file(
+                        producer,
+                        handle,
+                        path,
+                        partitions,
+                        progress,
+                        settings,
+                        lines_per_message,
+                        log,
+                    )
+            return 0
+        except KafkaError as error:
+            raise KafkaUnavailable(
+                f"publishing to Kafka topic {topic!r} failed: {describe_error(error)}"
+            ) from None
+        finally:
+            await producer.stop()
 
 
 async def _send_file(
@@ -141,7 +165,7 @@ async def _send_file(
     settings: Settings,
     lines_per_message: int,
     log: Logger,
-) -> int:
+) -> None:
     topic = settings.kafka_topic
     key = str(path)
     position, count = progress.get(key, [0, 0])
@@ -183,4 +207,3 @@ async def _send_file(
         offset=position,
         messages_total=count,
     )
-    return 0

@@ -1,0 +1,299 @@
+"""The file source: finds the input's files, keeps each by identity, saves them all together.
+
+Rule 1: a file is a partition keyed by (device, inode) while the worker runs, so a rename keeps
+        its position (`file_rotated`). Across restarts a saved file is found again by its inode
+        and its first bytes; one not found under any pattern is gone, and its counts are folded
+        into `gone`, so the checkpoint does not grow without bound.
+Rule 2: following, the patterns are scanned every `poll_interval`: a new file starts at 0
+        (`file_discovered`); one renamed out of every pattern is read until it has not grown for
+        `close_inactive`, then closed and kept, closed, so it is never read twice; one deleted is
+        finished through its open descriptor and folded into `gone` (`file_removed`).
+Rule 3: a save takes every file's state in one step of the event loop (one instant), then
+        writes them in one atomic checkpoint; the lock beside it doubles as the heartbeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+import anyio
+
+from .checkpoint import IDENTITY_WINDOW, Checkpoint, CheckpointStore, FileState, total_of
+from .errors import InputUnreadable
+from .file_partition import FilePartition
+from .files import temp_files_of
+from .lock import WorkerLock
+from .logs import Logger
+from .partition import Partition, Progress
+from .patterns import FileKey, InputPatterns, Match
+from .settings import Settings
+from .state import Position
+
+__all__ = ["FileSource", "input_patterns", "match_saved_files"]
+
+
+def input_patterns(settings: Settings) -> InputPatterns:
+    return InputPatterns.of(
+        settings.input, settings.exclude, checkpoint=settings.checkpoint, result=settings.result
+    )
+
+
+def _head_matches(path: str, state: FileState) -> bool:
+    """Whether the file at `path` starts with the bytes `state` consumed first (blocking)."""
+    if state.identity is None:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        head = os.pread(fd, min(state.position.offset, IDENTITY_WINDOW), 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return hashlib.sha256(head).hexdigest() == state.identity.head_sha256
+
+
+def match_saved_files(
+    saved: Iterable[FileState], found: dict[FileKey, Match]
+) -> tuple[list[tuple[FileKey, Match, FileState]], list[FileState], dict[FileKey, Match]]:
+    """Pair saved states with the files found now (blocking): (resumed, gone, new files).
+
+    A state of format 1 has no inode and is found by its path; any other by its inode and its
+    first bytes, the same path first, so a reused inode or a remount is never confused.
+    """
+    unclaimed = dict(found)
+    resumed: list[tuple[FileKey, Match, FileState]] = []
+    gone: list[FileState] = []
+    for state in saved:
+        if state.inode is None:
+            candidates = [k for k, m in unclaimed.items() if m.path == state.path]
+        else:
+            candidates = sorted(
+                (k for k, m in unclaimed.items() if m.inode == state.inode),
+                key=lambda k: unclaimed[k].path != state.path,
+            )
+            candidates = [k for k in candidates if _head_matches(unclaimed[k].path, state)]
+        if candidates:
+            key = candidates[0]
+            resumed.append((key, unclaimed.pop(key), state))
+        else:
+            gone.append(state)
+    return resumed, gone, unclaimed
+
+
+class FileSource:
+    """The files of the `input` setting, as partitions, and the checkpoint file they share."""
+
+    def __init__(self, settings: Settings, log: Logger) -> None:
+        self.settings = settings
+        self.log = log
+        self.patterns = input_patterns(settings)
+        self.store = CheckpointStore(settings.checkpoint)
+        self.lock = WorkerLock(settings.checkpoint)
+        self.slots = anyio.CapacityLimiter(settings.max_open_files)
+        self.active: list[FilePartition] = []  # being read, waiting for a slot, or done
+        self.dormant: list[FileState] = []  # renamed out of every pattern and closed
+        self.gone = Position()  # what files that no longer exist added up to
+        self.saved: tuple[tuple[FileState, ...], Position] | None = None
+        self.saving = anyio.Lock()
+        self.waiting_logged = False
+
+    def describe(self) -> str:
+        return self.patterns.describe()
+
+    # --- start up -----------------------------------------------------------------------------
+
+    async def start(self) -> list[Partition]:
+        self.lock.acquire()
+        for leftover in temp_files_of(self.settings.checkpoint) + temp_files_of(
+            self.settings.result
+        ):
+            with contextlib.suppress(OSError):  # an interrupted write; the real file is intact
+                leftover.unlink()
+        checkpoint = await anyio.to_thread.run_sync(self.store.load)
+        if checkpoint is None:
+            self.log.info("checkpoint_not_found", checkpoint=str(self.settings.checkpoint))
+            saved: tuple[FileState, ...] = ()
+        else:
+            self.log.info(
+                "checkpoint_loaded", **asdict(checkpoint.position), completed=checkpoint.completed
+            )
+            saved, self.gone = checkpoint.files, checkpoint.gone
+        plain = self.patterns.plain_path
+        if plain is not None:
+            return [await self._start_plain(str(plain), saved)]
+        return await self._start_patterns(saved)
+
+    async def _start_plain(self, path: str, saved: tuple[FileState, ...]) -> FilePartition:
+        """One plain path: the file at that path, checked against the checkpoint, opened now."""
+        resume = next((s for s in saved if s.path == path), saved[0] if saved else None)
+        for other in saved:
+            if other is not resume:
+                self.gone = total_of([self.gone, other.position])
+        partition = FilePartition(
+            path, self.settings, self.log, self.slots, resume=resume, plain=True
+        )
+        self.active.append(partition)
+        await partition.open_now()
+        return partition
+
+    async def _start_patterns(self, saved: tuple[FileState, ...]) -> list[Partition]:
+        found = await anyio.to_thread.run_sync(self.patterns.scan)
+        resumed, gone, new = await anyio.to_thread.run_sync(match_saved_files, saved, found)
+        for state in gone:
+            self._fold(state.position)
+            self.log.info(
+                "file_removed", path=state.path, reason="missing", **asdict(state.position)
+            )
+        partitions = self._adopt(resumed, new)
+        if not self.active:
+            if not self.settings.follow:
+                raise InputUnreadable(f"no file matches the input {self.describe()}")
+            self._log_waiting()
+        return partitions
+
+    def _adopt(
+        self, resumed: list[tuple[FileKey, Match, FileState]], new: dict[FileKey, Match]
+    ) -> list[Partition]:
+        """Partitions for saved files found again (under a new name, maybe) and for new ones."""
+        partitions: list[Partition] = []
+        for key, match, state in resumed:
+            if match.path != state.path:
+                self.log.info("file_rotated", path=match.path, old_path=state.path)
+            partitions.append(self._add(match.path, key, replace_closed(state)))
+        for key, match in new.items():
+            self.log.info("file_discovered", path=match.path, size=match.size)
+            partitions.append(self._add(match.path, key, None))
+        return partitions
+
+    def _log_waiting(self) -> None:
+        if not self.waiting_logged:
+            self.waiting_logged = True
+            self.log.info("waiting_for_files", input=self.describe())
+
+    def _add(self, path: str, key: FileKey, resume: FileState | None) -> FilePartition:
+        partition = FilePartition(path, self.settings, self.log, self.slots, resume=resume, key=key)
+        self.active.append(partition)
+        return partition
+
+    def _fold(self, position: Position) -> None:
+        self.gone = total_of([self.gone, position])
+
+    # --- following ----------------------------------------------------------------------------
+
+    async def discover(self) -> list[Partition]:
+        if self.patterns.plain_path is not None:
+            return []
+        found = await anyio.to_thread.run_sync(self.patterns.scan)
+        by_key = {p.key: p for p in self.active if p.key is not None}
+        fresh: dict[FileKey, Match] = {}
+        for key, match in found.items():
+            partition = by_key.get(key)
+            if partition is None:
+                fresh[key] = match
+            elif partition.path != match.path:
+                self.log.info("file_rotated", path=match.path, old_path=partition.path)
+                partition.path = match.path
+                partition.renamed_out = False
+            else:
+                partition.renamed_out = False
+        for key, partition in by_key.items():
+            if key not in found:
+                partition.renamed_out = True
+        reopened, _, new = await anyio.to_thread.run_sync(match_saved_files, self.dormant, fresh)
+        for _key, _match, state in reopened:
+            self.dormant.remove(state)
+        partitions = self._adopt(reopened, new)
+        if not self.active:
+            self._log_waiting()
+        return partitions
+
+    def retire(self, partition: Partition) -> None:
+        assert isinstance(partition, FilePartition)
+        if partition.progress is not Progress.CLOSED:
+            return  # done, not followed: its state stays as it is
+        self.active.remove(partition)
+        position = partition.position
+        if partition.deleted:
+            self._fold(position)
+            reason = "deleted"
+        else:
+            self.dormant.append(partition.snapshot(closed=True))
+            reason = "inactive"
+        self.log.info("file_removed", path=partition.path, reason=reason, **asdict(position))
+
+    # --- state --------------------------------------------------------------------------------
+
+    def totals(self) -> Position:
+        return total_of(
+            [self.gone, *(s.position for s in self.dormant), *(p.position for p in self.active)]
+        )
+
+    def input_size(self) -> int:
+        """Bytes of every file as last seen (gone and closed ones count what was consumed)."""
+        sizes = [p.size if p.size is not None else p.position.offset for p in self.active]
+        return self.gone.offset + sum(s.position.offset for s in self.dormant) + sum(sizes)
+
+    def _files(self) -> tuple[FileState, ...]:
+        return tuple(p.snapshot() for p in self.active) + tuple(self.dormant)
+
+    def changed_since_save(self) -> bool:
+        return (self._files(), self.gone) != self.saved
+
+    async def save(self, reason: str, *, completed: bool = False) -> None:
+        """Write every file's state of this instant, off the event loop, one save at a time."""
+        async with self.saving:
+            files, gone = self._files(), self.gone  # one instant: no await in between
+            if reason == "timer" and (files, gone) == self.saved:
+                # The save this one waited for (the completion one, say) already wrote this
+                # state; writing it again would undo its flag.
+                return
+            total = total_of([gone, *(f.position for f in files)])
+            checkpoint = Checkpoint(total, self.describe(), None, completed, files=files, gone=gone)
+            await anyio.to_thread.run_sync(self.store.save, checkpoint)
+            self.saved = (files, gone)
+            self.log.info("checkpoint_saved", **asdict(total), reason=reason)
+
+    def heartbeat(self) -> None:
+        self.lock.heartbeat()
+
+    def report(self) -> dict[str, Any]:
+        total = self.totals()
+        return {
+            "sum": total.sum,
+            "records": total.records,
+            "bad_records": total.bad_records,
+            "offset": total.offset,
+            "lines": total.lines,
+            "input": self.describe(),
+            "files": [
+                {
+                    "path": p.path,
+                    "offset": p.position.offset,
+                    "size": p.size,
+                    "records": p.position.records,
+                    "bad_records": p.position.bad_records,
+                    "sum": p.position.sum,
+                }
+                for p in self.active
+            ],
+        }
+
+    async def close(self) -> None:
+        for partition in self.active:
+            await partition.close()
+        self.lock.release()
+
+
+def replace_closed(state: FileState) -> FileState:
+    """A saved state to read on from: a closed file found under a pattern is open again."""
+    if not state.closed:
+        return state
+    return FileState(state.path, state.inode, state.identity, state.position)

@@ -1,0 +1,96 @@
+"""Sources and partitions: the protocol between the lifecycle and what it reads.
+
+Rule 1: a source finds partitions and saves every partition's state together, as of one instant;
+        a partition reads one stream (a file, a Kafka partition) from the state it was built with.
+Rule 2: a partition never sleeps, saves or handles signals: `next_batch` reads what there is and
+        says where the partition stands (`Progress`); the lifecycle decides when to ask again.
+Rule 3: all of a partition's state is its `Position` and what identifies it, derived from them
+        alone, so a partition rebuilt from a snapshot carries on exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .parsing import Batch
+from .state import Position
+
+__all__ = ["Partition", "Progress", "Source", "Step"]
+
+
+class Progress(enum.Enum):
+    READING = "reading"  # more may be read at once
+    CAUGHT_UP = "caught_up"  # at the end for now; ask again after `poll_interval`
+    DONE = "done"  # read to its end, not followed: nothing more will come
+    CLOSED = "closed"  # followed, and now closed for good (deleted, renamed away, revoked)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one `next_batch` consumed, and where the partition stands after it."""
+
+    batch: Batch
+    progress: Progress
+
+
+class Partition(Protocol):
+    @property
+    def label(self) -> str:
+        """What logs and metrics call it: a file's path, or `topic:partition`."""
+        ...
+
+    @property
+    def position(self) -> Position: ...
+
+    @property
+    def size(self) -> int | None:
+        """How many bytes it holds as last seen, when that is known."""
+        ...
+
+    async def next_batch(self) -> Step: ...
+
+    async def close(self) -> None: ...
+
+
+class Source(Protocol):
+    def describe(self) -> str:
+        """The input as the user configured it, for logs."""
+        ...
+
+    async def start(self) -> list[Partition]:
+        """Take the locks, load the saved state, and return the partitions to read first."""
+        ...
+
+    async def discover(self) -> list[Partition]:
+        """Look again (following): new partitions to read; notice renamed and gone ones."""
+        ...
+
+    def retire(self, partition: Partition) -> None:
+        """A partition's reading ended (`DONE` or `CLOSED`): keep or fold its state."""
+        ...
+
+    def totals(self) -> Position:
+        """Every partition's position added up, gone ones included."""
+        ...
+
+    def input_size(self) -> int | None:
+        """How much there is to read in all, as last seen, when that is known."""
+        ...
+
+    def changed_since_save(self) -> bool: ...
+
+    async def save(self, reason: str, *, completed: bool = False) -> None:
+        """Save every partition's state as of this instant, atomically."""
+        ...
+
+    def heartbeat(self) -> None:
+        """Tell `healthcheck` the event loop turns (blocking, short)."""
+        ...
+
+    def report(self) -> dict[str, Any]:
+        """The result document: the totals and each present partition's own."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,379 @@
+"""Many inputs, end to end: globs and lists, identity, rotation, format 2, with real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.oracle import Expected, expected_of, expected_of_files
+from tests.processes import WorkerProcess, cli, events_of
+
+FAST = ["--poll-interval", "0.05", "--checkpoint-interval", "0.05"]
+
+
+def _numbers(count: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    return b"".join(b"%d\n" % rng.randrange(-(10**6), 10**6) for _ in range(count))
+
+
+def _total(*parts: bytes) -> Expected:
+    """The oracle over several files: what their records add up to, each file on its own."""
+    return expected_of_files(list(parts))
+
+
+def _json(path: Path) -> dict[str, object]:
+    loaded = json.loads(path.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _assert_totals(document: dict[str, object], expected: Expected) -> None:
+    got = (document["sum"], document["records"], document["bad_records"], document["offset"])
+    assert got == (expected.sum, expected.records, expected.bad_records, expected.offset)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    directory = tmp_path / "in"
+    directory.mkdir()
+    for index in range(3):
+        (directory / f"part-{index}.txt").write_bytes(_numbers(20_000 + index, seed=index))
+    return directory
+
+
+def test_a_glob_of_files_sums_every_file_once_with_totals_and_files(data: Path) -> None:
+    """`input` a glob: result.json and status hold the totals over all files and one entry each."""
+    parts = {p.name: p.read_bytes() for p in sorted(data.iterdir())}
+    done = cli(["run", "--input", "in/*.txt"], data.parent)
+    assert done.returncode == 0, done.stdout
+    result = _json(data.parent / "result.json")
+    _assert_totals(result, _total(*parts.values()))
+    files = result["files"]
+    assert isinstance(files, list)
+    assert sorted(Path(f["path"]).name for f in files) == sorted(parts)
+    for entry in files:
+        expected = expected_of(parts[Path(entry["path"]).name])
+        assert (entry["sum"], entry["records"], entry["offset"]) == (
+            expected.sum,
+            expected.records,
+            expected.offset,
+        )
+    status = cli(["status", "--json", "--input", "in/*.txt"], data.parent)
+    report = json.loads(status.stdout)
+    _assert_totals(report, _total(*parts.values()))
+    assert report["percent"] == 100.0
+    assert sorted(f["state"] for f in report["files"]) == ["done"] * 3
+    person = cli(["status", "--input", "in/*.txt"], data.parent).stdout
+    assert all(f"in/{name}" in person for name in parts)
+    assert person.count("done") == 3
+
+
+def test_a_list_of_paths_and_globs_reads_each_file_once(data: Path) -> None:
+    """A list (repeated flag) whose entries overlap still reads each file once."""
+    parts = [p.read_bytes() for p in sorted(data.iterdir())]
+    args = ["run", "--input", "in/part-0.txt", "--input", "in/*.txt"]
+    assert cli(args, data.parent).returncode == 0
+    _assert_totals(_json(data.parent / "result.json"), _total(*parts))
+
+
+def test_the_workers_own_files_and_excluded_globs_are_never_read(data: Path) -> None:
+    """`*` in the data directory skips checkpoint, result, lock and `exclude` matches."""
+    (data / "notes.md").write_bytes(b"not numbers\n")
+    parts = [p.read_bytes() for p in sorted(data.glob("*.txt"))]
+    args = ["--input", "in/*", "--exclude", "*.md", "--checkpoint", "in/checkpoint.json"]
+    args += ["--result", "in/result.json"]
+    for _ in range(2):  # the second run sees the checkpoint, result and lock in the directory
+        done = cli(["run", *args, "--on-bad-record", "fail"], data.parent)
+        assert done.returncode == 0, done.stdout
+        _assert_totals(_json(data / "result.json"), _total(*parts))
+    (data / "checkpoint.json").unlink()
+    assert cli(["run", *args], data.parent).returncode == 0
+    _assert_totals(_json(data / "result.json"), _total(*parts))
+
+
+def test_a_glob_matching_nothing_exits_1_naming_it_or_waits_when_following(
+    tmp_path: Path,
+) -> None:
+    """No match: exit 1 naming the pattern; following, wait (logged once) and read what comes."""
+    done = cli(["run", "--input", "in/*.txt"], tmp_path)
+    assert done.returncode == 1
+    (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert "in/*.txt" in error["message"]
+    worker = WorkerProcess(["--input", "in/*.txt", "--follow", *FAST], tmp_path)
+    worker.wait_for("waiting_for_files")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"5\n6\n")
+    worker.wait_for("file_discovered", path="in/a.txt")
+    worker.wait_for("caught_up", sum=11)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    assert len(worker.named("waiting_for_files")) == 1
+
+
+def _stop_midway(args: list[str], cwd: Path) -> dict[str, object]:
+    worker = WorkerProcess([*args, "--max-rate", "20000", *FAST], cwd)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    time.sleep(0.3)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    return _json(cwd / "checkpoint.json")
+
+
+def test_files_renamed_while_stopped_keep_their_positions(data: Path) -> None:
+    """Stop midway, rename every file (still matching): the rerun resumes each, exact totals."""
+    parts = [p.read_bytes() for p in sorted(data.iterdir())]
+    saved = _stop_midway(["--input", "in/*.txt*"], data.parent)
+    assert 0 < saved["offset"] < sum(len(p) for p in parts)  # type: ignore[operator]
+    for path in sorted(data.iterdir()):
+        path.rename(path.with_name(path.name + ".1"))
+    done = cli(["run", "--input", "in/*.txt*"], data.parent)
+    assert done.returncode == 0
+    rotated = [e for e in events_of(done.stdout) if e["event"] == "file_rotated"]
+    assert len(rotated) == 3
+    assert not [e for e in events_of(done.stdout) if e["event"] == "file_discovered"]
+    _assert_totals(_json(data.parent / "result.json"), _total(*parts))
+
+
+def test_two_files_with_equal_bytes_are_two_files(tmp_path: Path) -> None:
+    """`generate` twice with one seed: two files, equal bytes, both counted."""
+    (tmp_path / "in").mkdir()
+    for name in ("a.txt", "b.txt"):
+        made = cli(
+            ["generate", "--count", "5000", "--seed", "7", "--output", f"in/{name}"], tmp_path
+        )
+        assert made.returncode == 0
+    content = (tmp_path / "in" / "a.txt").read_bytes()
+    assert content == (tmp_path / "in" / "b.txt").read_bytes()
+    saved = _stop_midway(["--input", "in/*.txt"], tmp_path)
+    assert saved["version"] == 2
+    assert cli(["run", "--input", "in/*.txt"], tmp_path).returncode == 0
+    _assert_totals(_json(tmp_path / "result.json"), _total(content, content))
+
+
+def test_rotation_while_following_counts_every_line_once(tmp_path: Path) -> None:
+    """Rename then create, with writes to both names: totals equal the oracle over every file."""
+    (tmp_path / "logs").mkdir()
+    live = tmp_path / "logs" / "numbers.txt"
+    live.write_bytes(b"1\n2\n")
+    worker = WorkerProcess(["--input", "logs/numbers.txt*", "--follow", *FAST], tmp_path)
+    worker.wait_for("caught_up", sum=3)
+    with live.open("ab") as writer:
+        live.rename(live.with_name("numbers.txt.1"))
+        writer.write(b"10\n")  # the writer keeps appending to the renamed file
+        live.write_bytes(b"100\n")
+    worker.wait_for("file_rotated", path="logs/numbers.txt.1", old_path="logs/numbers.txt")
+    worker.wait_for("file_discovered", path="logs/numbers.txt")
+    worker.wait_for("caught_up", sum=113)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    saved = _json(tmp_path / "checkpoint.json")
+    assert (saved["sum"], saved["records"]) == (113, 4)
+
+
+def test_a_file_renamed_out_of_every_pattern_is_read_until_inactive_then_closed(
+    tmp_path: Path,
+) -> None:
+    """Renamed out: still read while it grows, closed after close_inactive, never read twice."""
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "a.txt"
+    path.write_bytes(b"1\n")
+    args = ["--input", "in/*.txt", "--follow", "--close-inactive", "0.5", *FAST]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("caught_up", sum=1)
+    moved = tmp_path / "in" / "a.old"
+    path.rename(moved)
+    with moved.open("ab") as writer:
+        writer.write(b"2\n")
+    worker.wait_for("caught_up", sum=3)
+    worker.wait_for("file_removed", path="in/a.txt", reason="inactive")
+    with moved.open("ab") as writer:
+        writer.write(b"4\n")  # after closing: not read
+    moved.rename(path)  # and back under the pattern: resumes where it was closed
+    worker.wait_for("caught_up", sum=7)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+
+
+def test_a_file_deleted_while_read_is_finished_through_its_descriptor(tmp_path: Path) -> None:
+    """Deleted mid-read (following): the rest is still read, then the file is folded away."""
+    (tmp_path / "in").mkdir()
+    content = _numbers(30_000, seed=3)
+    (tmp_path / "in" / "a.txt").write_bytes(content)
+    worker = WorkerProcess(
+        ["--input", "in/*.txt", "--follow", "--max-rate", "30000", *FAST], tmp_path
+    )
+    worker.wait_for("checkpoint_saved", reason="timer")
+    (tmp_path / "in" / "a.txt").unlink()
+    removed = worker.wait_for("file_removed", path="in/a.txt", reason="deleted", timeout=60)
+    expected = expected_of(content)
+    assert (removed["records"], removed["sum"]) == (expected.records, expected.sum)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    saved = _json(tmp_path / "checkpoint.json")
+    _assert_totals(saved, expected)
+    assert saved["files"] == []
+    status = json.loads(cli(["status", "--json", "--input", "in/*.txt"], tmp_path).stdout)
+    assert (status["sum"], status["files"]) == (expected.sum, [])
+
+
+@pytest.mark.parametrize("policy", ["fail", "restart"])
+def test_a_truncated_file_of_a_glob_fails_or_is_read_again(tmp_path: Path, policy: str) -> None:
+    """Following a glob: a file truncated below its position is input_changed for that file."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1\n2\n3\n")
+    (tmp_path / "in" / "b.txt").write_bytes(b"100\n")
+    args = ["--input", "in/*.txt", "--follow", "--on-input-change", policy, *FAST]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("caught_up", sum=106)
+    (tmp_path / "in" / "a.txt").write_bytes(b"7\n")
+    changed = worker.wait_for("input_changed", path="in/a.txt", reason="truncated")
+    assert changed["action"] == policy
+    if policy == "fail":
+        assert worker.finish() == 1
+        return
+    worker.wait_for("caught_up", sum=107)  # a.txt's 6 taken out, its 7 counted
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+
+
+def test_a_fifo_as_the_input_is_refused_at_once(tmp_path: Path) -> None:
+    """A plain path naming a FIFO: one clear line and exit 1 at once, never a wait for a writer."""
+    os.mkfifo(tmp_path / "numbers.txt")
+    started = time.monotonic()
+    done = cli(["run"], tmp_path, timeout=30)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 10
+    (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert "not a regular file" in error["message"]
+    assert "Traceback" not in done.stderr
+
+
+def test_at_most_max_open_files_are_open_at_once(tmp_path: Path) -> None:
+    """max_open_files=2 over 5 paced files: never more than 2 of them open, and all are read."""
+    (tmp_path / "in").mkdir()
+    parts = [_numbers(2000, seed=n) for n in range(5)]
+    for index, part in enumerate(parts):
+        (tmp_path / "in" / f"{index}.txt").write_bytes(part)
+    args = ["--input", "in/*.txt", "--max-open-files", "2", "--max-rate", "20000"]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("checkpoint_not_found")
+    most = 0
+    inputs = str(tmp_path / "in")
+    while worker.process.poll() is None:
+        try:
+            links = [
+                os.readlink(f"/proc/{worker.process.pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{worker.process.pid}/fd")
+            ]
+        except OSError:
+            break
+        most = max(most, sum(link.startswith(inputs) for link in links))
+        time.sleep(0.01)
+    assert worker.finish() == 0
+    assert most == 2
+    _assert_totals(_json(tmp_path / "result.json"), _total(*parts))
+
+
+def test_a_version_1_checkpoint_resumes_exactly_and_becomes_version_2(tmp_path: Path) -> None:
+    """A format-1 checkpoint is resumed at its offset and replaced by format 2 at the next save."""
+    content = _numbers(1000, seed=5)
+    (tmp_path / "numbers.txt").write_bytes(content)
+    head = content[: content.index(b"\n", 2000) + 1]
+
+    v1 = {
+        "version": 1,
+        "input": "numbers.txt",
+        **{k: v for k, v in expected_of(head).__dict__.items() if k != "bad_lines"},
+        "identity": {
+            "head_sha256": hashlib.sha256(head[:1024]).hexdigest(),
+            "tail_sha256": hashlib.sha256(head[-1024:]).hexdigest(),
+        },
+        "completed": False,
+        "updated_at": "2024-05-01T12:00:00.000Z",
+    }
+    (tmp_path / "checkpoint.json").write_text(json.dumps(v1))
+    status = json.loads(cli(["status", "--json"], tmp_path).stdout)
+    assert status["offset"] == len(head)
+    done = cli(["run"], tmp_path)
+    assert done.returncode == 0
+    loaded = [e for e in events_of(done.stdout) if e["event"] == "checkpoint_loaded"]
+    assert loaded[0]["offset"] == len(head)
+    _assert_totals(_json(tmp_path / "result.json"), expected_of(content))
+    assert _json(tmp_path / "checkpoint.json")["version"] == 2
+
+
+def test_a_flipped_digit_in_a_checkpoint_is_corrupt_and_left_untouched(data: Path) -> None:
+    """One digit of a sum changed in a format-2 checkpoint: exit 1, the file as it was."""
+    _stop_midway(["--input", "in/*.txt"], data.parent)
+    path = data.parent / "checkpoint.json"
+    text = path.read_bytes()
+    at = text.index(b'"sum": ') + len(b'"sum": ') + 1
+    flipped = text[:at] + (b"1" if text[at : at + 1] != b"1" else b"2") + text[at + 1 :]
+    path.write_bytes(flipped)
+    done = cli(["run", "--input", "in/*.txt"], data.parent)
+    assert done.returncode == 1
+    (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert "corrupt" in error["message"]
+    assert path.read_bytes() == flipped
+
+
+def test_generate_with_a_glob_input_needs_an_output(tmp_path: Path) -> None:
+    """`generate` cannot guess which file a glob means: exit 2 without --output."""
+    done = cli(["generate", "--input", "in/*.txt"], tmp_path)
+    assert done.returncode == 2
+    assert "--output" in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
+def test_a_remount_that_changes_the_device_number_keeps_every_position(tmp_path: Path) -> None:
+    """Stop midway, remount the files' file system on another loop device: exact resume."""
+    image = tmp_path / "fs.img"
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+
+    attached: list[str] = []
+
+    def attach() -> str:
+        device = subprocess.run(
+            ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        attached.append(device)
+        return device
+
+    def mount() -> tuple[str, int]:
+        device = attach()
+        subprocess.run(["mount", device, str(mount_point)], check=True)
+        return device, os.stat(mount_point).st_dev
+
+    first, before = mount()
+    try:
+        parts = [_numbers(20_000, seed=n) for n in range(2)]
+        for index, part in enumerate(parts):
+            (mount_point / f"{index}.txt").write_bytes(part)
+        args = ["--input", "mnt/*.txt"]
+        saved = _stop_midway(args, tmp_path)
+        subprocess.run(["umount", str(mount_point)], check=True)
+        subprocess.run(["losetup", "--detach", first], check=True)
+        attach()  # takes the freed device, so the remount gets another one
+        _second, after = mount()
+        assert after != before
+        done = cli(["run", *args], tmp_path)
+        assert done.returncode == 0
+        loaded = [e for e in events_of(done.stdout) if e["event"] == "checkpoint_loaded"]
+        assert loaded[0]["offset"] == saved["offset"]
+        assert not [e for e in events_of(done.stdout) if e["event"] == "file_discovered"]
+        _assert_totals(_json(tmp_path / "result.json"), _total(*parts))
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
+        for device in attached:
+            subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
