@@ -99,9 +99,9 @@ class Broker:
     sasl: str
     directory: Path
     process: subprocess.Popen[bytes] | None
+    command: tuple[str, ...] = ()
 
-    def stop(self) -> None:
-        """Stop the JVM (SIGTERM, then SIGKILL) and remove its directory."""
+    def _end(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -109,7 +109,25 @@ class Broker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def restart(self) -> None:
+        """Stop the JVM gracefully and start it again on the same data and ports."""
+        self._end()
+        self.process = _launch(self.command, self.directory)
+        port = int(self.plaintext.rsplit(":", 1)[1])
+        _wait_listening(port, self.process, self.directory / "broker.log")
+
+    def stop(self) -> None:
+        """Stop the JVM (SIGTERM, then SIGKILL) and remove its directory."""
+        self._end()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _launch(command: tuple[str, ...], directory: Path) -> subprocess.Popen[bytes]:
+    with (directory / "broker.log").open("ab") as out:
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _properties(directory: Path, ports: dict[str, int], extra: dict[str, str]) -> str:
@@ -207,18 +225,14 @@ def start_broker(extra: dict[str, str] | None = None) -> Broker:
         tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
         raise BrokerUnavailable("kafka StorageTool format failed: " + " | ".join(tail))
     log = directory / "broker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            _java(jars, "kafka.Kafka", str(config), directory=directory),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = tuple(_java(jars, "kafka.Kafka", str(config), directory=directory))
+    process = _launch(command, directory)
     broker = Broker(
         plaintext=f"127.0.0.1:{ports['plain']}",
         sasl=f"127.0.0.1:{ports['sasl']}",
         directory=directory,
         process=process,
+        command=command,
     )
     try:
         _wait_listening(ports["plain"], process, log)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.kafka_broker import SASL_PASSWORD, SASL_USER, Broker
+from tests.kafka_broker import SASL_PASSWORD, SASL_USER, Broker, start_broker
 from tests.kafka_support import (
     committed_offsets,
     create_topic,
@@ -355,3 +355,22 @@ def test_healthcheck_reads_each_workers_own_heartbeat(
         worker.signal(signal.SIGTERM)
         assert worker.finish() == 0
     assert cli(["healthcheck"], tmp_path, env).returncode == 1
+
+
+def test_a_broker_restart_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """The broker (its own, for this test) restarted while a worker reads and commits: the
+    worker waits it out, and the total is exact."""
+    broker = start_broker()
+    try:
+        topic = create_topic(broker, 3)
+        env = kafka_env(broker, topic, f"group-{topic}", WORKER_CHECKPOINT_INTERVAL="0.2")
+        data = noisy_numbers(60_000, seed=11)
+        (tmp_path / "numbers.txt").write_bytes(data)
+        _publish(tmp_path, env, "--lines-per-message", "100")
+        worker = WorkerProcess([], tmp_path, {**env, "WORKER_MAX_RATE": "6000"})
+        worker.wait_for("checkpoint_saved", timeout=30)
+        broker.restart()
+        assert worker.finish(timeout=180) == 0, "".join(worker.raw)
+        assert _totals(_result(tmp_path)) == _oracle(data)
+    finally:
+        broker.stop()

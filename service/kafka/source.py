@@ -26,7 +26,7 @@ from ..parsing import Batch
 from ..partition import Partition, Progress, Step
 from ..settings import Settings
 from ..state import Periodic, Position
-from .client import connect, partitions_of
+from .client import KafkaUnavailable, connect, partitions_of
 from .group import GroupMember, name_of
 from .group_state import GroupState, read_group_state
 
@@ -109,11 +109,15 @@ class KafkaSource:
         if self._targets is None:
             return False
         admin, partitions = self.member.admin, list(self._targets)
-        group = await connect(
-            lambda: read_group_state(admin, self.settings.kafka_group, partitions),
-            self.settings,
-            "read the consumer group's commits from Kafka",
-        )
+        try:
+            group = await connect(
+                lambda: read_group_state(admin, self.settings.kafka_group, partitions),
+                self.settings,
+                "read the consumer group's commits from Kafka",
+            )
+        except KafkaUnavailable as error:  # a broker restarting: look again at the next tick
+            self.log.warning("group_check_failed", message=error.message)
+            return False
         if group.reached(self._targets):
             self._group = group
         return self._group is not None
