@@ -40,9 +40,10 @@ from ..state import Position
 from .client import KafkaUnavailable, client_options, connect, describe_error
 from .state import StateUnreadable, apply_message, decode, encode
 
-__all__ = ["GroupMember", "PartitionUnusable", "name_of"]
+__all__ = ["MAX_RECORDS", "GroupMember", "PartitionUnusable", "name_of"]
 
 _FETCH_TIMEOUT_MS = 200
+MAX_RECORDS = 500  # messages taken from one fetch, reading flat out
 
 
 class PartitionUnusable(WorkerError):
@@ -92,6 +93,7 @@ class GroupMember:
         self._epoch = 0  # bumped by every change of ownership (Rule 3)
         self._fatal: WorkerError | None = None
         self._bad_details_left = BAD_RECORD_DETAILS_PER_RUN
+        self._turn = 0  # whose turn it is to be read first, paced (`_fetch`)
 
     async def start(self) -> None:
         """Connect, and join the group (the first assignment comes while reading)."""
@@ -194,9 +196,7 @@ class GroupMember:
         """Fetch once and apply what came; the number of records added (for pacing)."""
         epoch = self._epoch
         try:
-            batches: dict[TopicPartition, list[Any]] = await self.consumer.getmany(
-                timeout_ms=_FETCH_TIMEOUT_MS, max_records=max_messages
-            )
+            batches = await self._fetch(max_messages)
         except OffsetOutOfRangeError as error:
             names = ", ".join(_names(error.args[0])) if error.args else "a partition"
             raise PartitionUnusable(
@@ -232,6 +232,22 @@ class GroupMember:
                         offset, state.lines, state.records, state.bad_records, state.sum
                     )
         return added
+
+    async def _fetch(self, max_messages: int) -> dict[TopicPartition, list[Any]]:
+        """Messages from the fetched buffers. A few at a time (paced), take turns among the
+        owned partitions first: aiokafka hands out one partition's buffer before the next's,
+        which would starve a partition that just arrived."""
+        getmany = self.consumer.getmany
+        if max_messages < MAX_RECORDS and self.owned:
+            turn = sorted(self.owned)[self._turn % len(self.owned)]
+            self._turn += 1
+            batches: dict[TopicPartition, list[Any]] = await getmany(
+                turn, timeout_ms=0, max_records=max_messages
+            )
+            if batches:
+                return batches
+        batches = await getmany(timeout_ms=_FETCH_TIMEOUT_MS, max_records=max_messages)
+        return batches
 
     def _apply(self, tp: TopicPartition, position: Position, messages: list[Any]) -> Position:
         settings = self._settings

@@ -27,12 +27,10 @@ from ..partition import Partition, Progress, Step
 from ..settings import Settings
 from ..state import Periodic, Position
 from .client import KafkaUnavailable, connect, partitions_of
-from .group import GroupMember, name_of
+from .group import MAX_RECORDS, GroupMember, name_of
 from .group_state import GroupState, read_group_state
 
 __all__ = ["KafkaSource"]
-
-_MAX_MESSAGES = 500  # messages taken from one fetch
 
 
 def _total(states: list[Position]) -> Position:
@@ -51,7 +49,7 @@ class GroupPartition:
     def __init__(self, source: KafkaSource) -> None:
         self._source = source
         # Paced, one message at a time: a message can hold many lines, and the pace is in lines.
-        self._max_messages = 1 if source.settings.max_rate > 0 else _MAX_MESSAGES
+        self._max_messages = 1 if source.settings.max_rate > 0 else MAX_RECORDS
         self._checks = Periodic(source.settings.checkpoint_interval, anyio.current_time())
 
     @property
