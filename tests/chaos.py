@@ -12,9 +12,10 @@ each outcome to two references that share no code with the worker: the oracle of
 - contract violations: a wrong exit code, a missing or extra error line, a traceback, a file that
   had to stay untouched and changed, a shutdown slower than its timeout.
 
-Parts: crashes, signals, storage, corrupt, hostile, changes, shutdown, rotation. `short` is the
-version `make test` runs (tests/test_chaos.py); the full one is `make chaos`. Faults that need root
-(tmpfs, mounts) or strace are reported as skipped when unavailable, never as passed.
+Parts: crashes, signals, storage, corrupt, hostile, changes, shutdown, rotation, fleet (Kafka).
+`short` is the version `make test` runs (tests/test_chaos.py); the full one is `make chaos`.
+Faults that need root (tmpfs, mounts) or strace are reported as skipped when unavailable, never
+as passed.
 
     python -m tests.chaos [--short] [--part NAME]... [--seed N] [--json PATH] [--keep]
 """
@@ -48,6 +49,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, example, given, seed, settings
 from hypothesis import strategies as st
 
+from tests.chaos_fleet import part_fleet
 from tests.chaos_rotation import part_rotation
 from tests.oracle import Expected, expected_of
 
@@ -1938,6 +1940,7 @@ PARTS: dict[str, Callable[[Tally, Path, random.Random, bool], None]] = {
     "changes": part_changes,
     "shutdown": part_shutdown,
     "rotation": part_rotation,
+    "fleet": part_fleet,
 }
 
 
