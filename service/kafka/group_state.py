@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from ..checkpoint import total_of
 from ..state import Position
 from .state import StateUnreadable, decode
 
@@ -31,14 +32,7 @@ class GroupState:
         return all(self.partitions[tp].offset >= end for tp, end in ends.items())
 
     def totals(self) -> Position:
-        states = self.partitions.values()
-        return Position(
-            sum(p.offset for p in states),
-            sum(p.lines for p in states),
-            sum(p.records for p in states),
-            sum(p.bad_records for p in states),
-            sum(p.sum for p in states),
-        )
+        return total_of(list(self.partitions.values()))
 
 
 async def read_group_state(

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 from aiokafka import TopicPartition
 
+from ..checkpoint import total_of
 from ..decimal_text import decimal_of
 from ..health import heartbeat_path
 from ..logs import Logger
@@ -31,16 +32,6 @@ from .group import MAX_RECORDS, GroupMember, name_of
 from .group_state import GroupState, read_group_state
 
 __all__ = ["KafkaSource"]
-
-
-def _total(states: list[Position]) -> Position:
-    return Position(
-        sum(p.offset for p in states),
-        sum(p.lines for p in states),
-        sum(p.records for p in states),
-        sum(p.bad_records for p in states),
-        sum(p.sum for p in states),
-    )
 
 
 class GroupPartition:
@@ -58,7 +49,7 @@ class GroupPartition:
 
     @property
     def position(self) -> Position:
-        return _total(list(self._source.member.owned.values()))
+        return total_of(list(self._source.member.owned.values()))
 
     @property
     def size(self) -> int | None:
@@ -130,7 +121,7 @@ class KafkaSource:
         """The group's totals once it is done; until then, what this member owns."""
         if self._group is not None:
             return self._group.totals()
-        return _total(list(self.member.owned.values()))
+        return total_of(list(self.member.owned.values()))
 
     def input_size(self) -> int | None:
         return None
