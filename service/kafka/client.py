@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import anyio
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, LeaderNotAvailableError
 
 from ..errors import UsageError, WorkerError
 from ..settings import Settings
@@ -117,13 +117,24 @@ async def connect(call: Callable[[], Awaitable[T]], settings: Settings, what: st
 
 
 async def partitions_of(admin: AIOKafkaAdminClient, settings: Settings) -> list[int]:
-    """The partition numbers of `kafka_topic`; KafkaUnavailable if the topic does not exist."""
+    """The partition numbers of `kafka_topic`; KafkaUnavailable if the topic does not exist.
+    A topic the broker is still creating (auto-creation on first use) is waited for."""
     topic = settings.kafka_topic
-    described = await connect(
-        lambda: admin.describe_topics([topic]), settings, "describe the Kafka topic"
-    )
-    for entry in described:
-        if entry["topic"] == topic and entry["error_code"] == 0:
-            return sorted(part["partition"] for part in entry["partitions"])
-    servers = settings.kafka_bootstrap_servers
-    raise KafkaUnavailable(f"Kafka topic {topic!r} does not exist at {servers}")
+
+    async def describe() -> list[int]:
+        for entry in await admin.describe_topics([topic]):
+            if entry["topic"] != topic:
+                continue
+            if entry["error_code"] == LeaderNotAvailableError.errno or (
+                entry["error_code"] == 0 and not entry["partitions"]
+            ):
+                raise LeaderNotAvailableError()  # retriable: `connect` asks again
+            if entry["error_code"] == 0:
+                return sorted(part["partition"] for part in entry["partitions"])
+        return []
+
+    found = await connect(describe, settings, "describe the Kafka topic")
+    if not found:
+        servers = settings.kafka_bootstrap_servers
+        raise KafkaUnavailable(f"Kafka topic {topic!r} does not exist at {servers}")
+    return found
