@@ -4,5 +4,5 @@
 set -eu
 config=/mnt/shared/config/server.properties
 java -cp '/opt/kafka/libs/*' -Dkafka.logs.dir=/tmp kafka.tools.StorageTool format \
-    --ignore-formatted -t "${CLUSTER_ID}" -c "$config"
+    --ignore-formatted --cluster-id="${CLUSTER_ID}" -c "$config"
 exec java -Xmx512m -cp '/opt/kafka/libs/*' -Dkafka.logs.dir=/tmp kafka.Kafka "$config"

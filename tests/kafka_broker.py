@@ -211,8 +211,7 @@ def start_broker(extra: dict[str, str] | None = None) -> Broker:
         "kafka.tools.StorageTool",
         "format",
         "--standalone",
-        "-t",
-        _cluster_id(),
+        f"--cluster-id={_cluster_id()}",  # one argument: an id may start with '-'
         "-c",
         str(config),
         "--add-scram",
