@@ -12,7 +12,11 @@ CLANG ?= clang
 FUZZER := build/fuzz/kernel_fuzz
 FUZZ_SECONDS ?= 600
 
-.PHONY: setup run test lint typecheck unit fuzz fuzz-smoke docker-test bench chaos clean
+.PHONY: setup run test lint typecheck unit fuzz fuzz-smoke docker-test kafka-test kafka-jars bench chaos clean
+
+# The Kafka end-to-end tests start a real broker (tests/kafka_broker.py) and are required: a
+# broker that cannot start fails them. `REQUIRE_KAFKA=0 make test` lets them skip instead.
+export REQUIRE_KAFKA ?= 1
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +36,9 @@ run: setup
 	$(BIN)/checkpoint-worker generate --if-missing --config $(CONFIG)
 	$(BIN)/checkpoint-worker run --config $(CONFIG) --max-rate $(RATE)
 
-## test: lint, type-check, then every test (Docker tests skip without an engine unless REQUIRE_DOCKER=1)
-test: lint typecheck fuzz-smoke unit
+## test: lint, type-check, fuzz the kernel briefly, then every test (Docker tests skip without an
+## engine unless REQUIRE_DOCKER=1; the Kafka tests start a real broker and are required)
+test: lint typecheck fuzz-smoke kafka-jars unit
 
 lint: setup
 	$(BIN)/ruff check service tests bench
@@ -73,6 +78,14 @@ fuzz-smoke: $(FUZZER)
 
 docker-test: setup
 	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker $(PYTEST_ARGS)
+
+## kafka-jars: resolve the test broker's jars from Maven Central once (kafka/pom.xml, cached)
+kafka-jars: setup
+	$(BIN)/python -m tests.kafka_broker fetch
+
+## kafka-test: the Kafka end-to-end tests against a real broker, never skipped
+kafka-test: setup kafka-jars
+	REQUIRE_KAFKA=1 $(BIN)/python -m pytest -m kafka $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* .hypothesis

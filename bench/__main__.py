@@ -29,6 +29,9 @@ Compare ratios, which hold from one machine to the next; the absolute figures do
 8. each input shape (CRLF, '+', padding, 1 bad line in 1000, 21 to 38 digits) of 10M numbers
    against the plain 10M file, in bytes per second.
 9. `run` on a one-line input against `python -c pass`: the start-up cost.
+12. Kafka (a real broker, started for the row): draining a 10M-record topic (1M with --quick)
+   with one worker against the file source, with two workers against one, and the time from a
+   SIGKILL of one worker to another's commit of its partitions against the session timeout.
 """
 
 from __future__ import annotations

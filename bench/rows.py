@@ -567,3 +567,12 @@ ROWS: dict[int, Callable[[Bench], list[Measurement]]] = {
     10: many_files,
     11: metrics_cost,
 }
+
+
+def _kafka(bench: Bench) -> list[Measurement]:
+    from .kafka_rows import kafka  # imports aiokafka and the test broker only when asked
+
+    return kafka(bench)
+
+
+ROWS[12] = _kafka

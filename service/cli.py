@@ -78,20 +78,27 @@ def _build_parser() -> argparse.ArgumentParser:
     status = command("status", "show the checkpoint: offset, records, sum, percent done")
     status.add_argument("--json", action="store_true", help="as one JSON object")
     command("reset", "remove the checkpoint and result, so the next run starts over")
+    publish = command("publish", "write the input file's lines to the Kafka topic, exactly once")
+    publish.add_argument(
+        "--lines-per-message", type=int, default=1000, help="lines in one message (default 1000)"
+    )
     command("healthcheck", "exit 0 if a worker is alive and its event loop responsive")
     return parser
 
 
 def _healthcheck(argv: list[str]) -> int:
     """Standard library only: Docker runs this every few seconds."""
-    from .health import check_health, checkpoint_path
+    from .health import check_health, check_kafka_health, checkpoint_path, source_of
 
     parser = _Parser(prog=f"{PROG} healthcheck")
     parser.add_argument("--checkpoint")
+    parser.add_argument("--source")
     parser.add_argument("--config")
     # Other setting flags are accepted (one command line serves every command) and ignored.
     args, _other_settings = parser.parse_known_args(argv)
-    healthy, message = check_health(checkpoint_path(args.checkpoint, args.config))
+    checkpoint = checkpoint_path(args.checkpoint, args.config)
+    kafka = source_of(args.source, args.config) == "kafka"
+    healthy, message = (check_kafka_health if kafka else check_health)(checkpoint)
     print(message)
     return 0 if healthy else 1
 
@@ -135,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
 
     log = configure_logging(settings.log_format, settings.log_level)
     try:
+        if args.command == "publish" or (
+            settings.source == "kafka" and args.command in ("status", "reset")
+        ):
+            from .kafka.cli import run_kafka_command
+
+            return run_kafka_command(args, settings, log)
         if args.command == "run":
             import anyio
 

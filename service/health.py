@@ -3,7 +3,9 @@
 Rule 1: healthy means the lock file names a live process and its mtime (the heartbeat, touched
         from the worker's event loop) is fresh: a stalled loop turns unhealthy even though the
         process lives.
-Rule 2: it never takes the lock (a check must not stop a worker from starting), and it imports
+Rule 2: with `source = "kafka"` there is no lock: each worker process touches its own heartbeat
+        file beside `checkpoint` (`heartbeat_path`), and healthy means every live one is fresh.
+Rule 3: it never takes the lock (a check must not stop a worker from starting), and it imports
         only the standard library: Docker runs it every few seconds. That is why it finds the
         checkpoint path itself, by the same precedence as `settings.py`, for that one key.
 """
@@ -11,33 +13,80 @@ Rule 2: it never takes the lock (a check must not stop a worker from starting), 
 from __future__ import annotations
 
 import os
+import socket
 import time
 import tomllib
 from pathlib import Path
 
 from .lock import HEARTBEAT_INTERVAL, lock_path_for, read_holder
 
-__all__ = ["STALE_AFTER", "check_health", "checkpoint_path"]
+__all__ = [
+    "STALE_AFTER",
+    "check_health",
+    "check_kafka_health",
+    "checkpoint_path",
+    "heartbeat_path",
+    "source_of",
+]
 
 STALE_AFTER = 10 * HEARTBEAT_INTERVAL
 
 
-def checkpoint_path(flag: str | None, config: str | None) -> Path:
-    """The `checkpoint` setting: flag > WORKER_CHECKPOINT > config file > default."""
+def _setting(name: str, flag: str | None, config: str | None) -> str | None:
+    """A string setting: flag > WORKER_<NAME> > config file; None when none sets it."""
     if flag:
-        return Path(flag)
-    if os.environ.get("WORKER_CHECKPOINT"):
-        return Path(os.environ["WORKER_CHECKPOINT"])
+        return flag
+    if os.environ.get(f"WORKER_{name.upper()}"):
+        return os.environ[f"WORKER_{name.upper()}"]
     config = config or os.environ.get("WORKER_CONFIG")
     if config:
         try:
             with open(config, "rb") as handle:
-                value = tomllib.load(handle).get("checkpoint")
+                value = tomllib.load(handle).get(name)
         except (OSError, tomllib.TOMLDecodeError):
             value = None
         if isinstance(value, str):
-            return Path(value)
-    return Path("checkpoint.json")
+            return value
+    return None
+
+
+def checkpoint_path(flag: str | None, config: str | None) -> Path:
+    """The `checkpoint` setting: flag > WORKER_CHECKPOINT > config file > default."""
+    return Path(_setting("checkpoint", flag, config) or "checkpoint.json")
+
+
+def source_of(flag: str | None, config: str | None) -> str:
+    """The `source` setting, by the same precedence."""
+    return _setting("source", flag, config) or "file"
+
+
+def heartbeat_path(checkpoint: Path, pid: int) -> Path:
+    """A Kafka worker's own heartbeat file, beside `checkpoint`: one per host and process, so
+    workers sharing a directory (or a volume) never share one."""
+    return checkpoint.with_name(f"{checkpoint.name}.{socket.gethostname()}.{pid}.heartbeat")
+
+
+def check_kafka_health(checkpoint: Path, now: float | None = None) -> tuple[bool, str]:
+    """(healthy, why) for the Kafka workers of this host: each live one beats, and one lives."""
+    pattern = heartbeat_path(checkpoint, 0).name.replace(".0.heartbeat", ".*.heartbeat")
+    now = time.time() if now is None else now
+    beats = []
+    for path in sorted(checkpoint.parent.glob(pattern)):
+        try:
+            pid = int(path.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+            age = now - path.stat().st_mtime
+        except (ValueError, ProcessLookupError, OSError):
+            continue  # a worker that was killed left it behind
+        beats.append((pid, age))
+    if not beats:
+        return False, f"unhealthy: no live Kafka worker heartbeat beside {checkpoint}"
+    stale = [(pid, age) for pid, age in beats if age > STALE_AFTER]
+    if stale:
+        pid, age = stale[0]
+        return False, f"unhealthy: worker pid {pid} has not beaten for {age:.1f} s (stalled)"
+    pid, age = beats[0]
+    return True, f"healthy: Kafka worker pid {pid}, heartbeat {age:.1f} s ago"
 
 
 def check_health(checkpoint: Path, now: float | None = None) -> tuple[bool, str]:

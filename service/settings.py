@@ -57,6 +57,24 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(5.0, gt=0, description="graceful shutdown limit, seconds")
     log_format: Literal["json", "console", "auto"] = Field("auto", description="log format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    source: Literal["file", "kafka"] = Field("file", description="read the input file or Kafka")
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", pattern=r"^\S+:\d+(,\S+:\d+)*$", description="host:port,... of Kafka"
+    )
+    kafka_topic: str = Field("numbers", min_length=1, description="the Kafka topic of numbers")
+    kafka_group: str = Field("checkpoint-worker", min_length=1, description="the consumer group")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how to reach the brokers"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (with SASL_*)"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user (with SASL_*)")
+    kafka_sasl_password: str = Field("", repr=False, description="SASL password (with SASL_*)")
+    kafka_session_timeout: float = Field(
+        10.0, ge=1, description="seconds a silent group member keeps its partitions"
+    )
+    kafka_ssl_cafile: str = Field("", description="CA bundle file (with SSL, SASL_SSL)")
     exclude: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="globs never read (the worker's own files are always excluded)"
     )

@@ -328,6 +328,10 @@ class _Worker:
 
 
 def _source_for(settings: Settings, log: Logger) -> Source:
+    if settings.source == "kafka":
+        from .kafka.source import KafkaSource
+
+        return KafkaSource(settings, log)
     from .file_source import FileSource
 
     return FileSource(settings, log)

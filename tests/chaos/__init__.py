@@ -27,7 +27,17 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.chaos import changes, corrupt, crashes, hostile, rotation, shutdown, signals, storage
+from tests.chaos import (
+    changes,
+    corrupt,
+    crashes,
+    fleet,
+    hostile,
+    rotation,
+    shutdown,
+    signals,
+    storage,
+)
 from tests.chaos.shutdown import shutdown_on_a_stalled_disk
 from tests.chaos.signals import second_signal_slow_save
 from tests.chaos.storage import completion_on_a_slow_disk, heartbeat_fault
@@ -58,6 +68,7 @@ PARTS: dict[str, Part] = {
     "changes": changes.part,
     "shutdown": shutdown.part,
     "rotation": rotation.part,
+    "fleet": fleet.part,
 }
 
 

@@ -1,0 +1,192 @@
+"""Row 12: the Kafka source against a real broker (`tests/kafka_broker.py`, started for the row).
+
+Rule 1 of `rows.py` holds: the drains are interleaved with the file source on the same numbers
+(the baseline), best of a few runs, and only runs that end with the exact sum count.
+Rule 2: the hand-over after a SIGKILL is compared with its floor, the session timeout: the group
+        cannot move a silent member's partitions sooner.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+from tests.kafka_broker import Broker, start_broker
+from tests.kafka_support import create_topic
+
+from . import inputs
+from .inputs import Input
+from .processes import WORKER, live_worker, run
+from .report import Measurement
+from .rows import Bench
+
+__all__ = ["kafka"]
+
+PARTITIONS = 4
+SESSION_TIMEOUT = 3.0
+
+
+def _kafka_args(broker: Broker, topic: str, group: str, directory: Path, *extra: str) -> list[str]:
+    return [
+        WORKER,
+        "run",
+        "--source",
+        "kafka",
+        "--kafka-bootstrap-servers",
+        broker.plaintext,
+        "--kafka-topic",
+        topic,
+        "--kafka-group",
+        group,
+        "--kafka-session-timeout",
+        str(SESSION_TIMEOUT),
+        "--checkpoint",
+        str(directory / "checkpoint.json"),
+        "--result",
+        str(directory / "result.json"),
+        "--log-format",
+        "json",
+        *extra,
+    ]
+
+
+def _publish(broker: Broker, source: Input, directory: Path) -> tuple[str, float]:
+    topic = create_topic(broker, PARTITIONS)
+    argv = [WORKER, "publish", "--input", str(source.path), "--kafka-topic", topic]
+    argv += ["--kafka-bootstrap-servers", broker.plaintext, "--log-format", "json"]
+    finished = run(argv, directory / "publish.jsonl")
+    if finished.code != 0:
+        raise RuntimeError(f"publish exited {finished.code}: {finished.stdout[-500:]}")
+    return topic, finished.wall
+
+
+def _drain(broker: Broker, topic: str, source: Input, scratch: Path, workers: int) -> float:
+    """Seconds for `workers` fresh members of a new group to drain the topic, exactly."""
+    group = f"bench-{time.monotonic_ns()}"
+    started = time.perf_counter()
+    live = []
+    for index in range(workers):
+        directory = scratch / f"drain-{group}-{index}"
+        directory.mkdir(parents=True)
+        live.append((directory, live_worker(_kafka_args(broker, topic, group, directory))))
+    try:
+        for directory, worker in live:
+            if worker.finish(timeout=600) != 0:
+                raise RuntimeError(f"a Kafka worker failed: {worker.events[-3:]}")
+            result = json.loads((directory / "result.json").read_text())
+            if (result["sum"], result["records"]) != (source.sum, source.records):
+                raise RuntimeError(f"Kafka workers summed {result['sum']}, expected {source.sum}")
+    finally:
+        for _directory, worker in live:
+            worker.kill()
+    return time.perf_counter() - started
+
+
+def _file_drain(source: Input, scratch: Path) -> float:
+    directory = scratch / f"file-{time.monotonic_ns()}"
+    directory.mkdir(parents=True)
+    argv = [WORKER, "run", "--input", str(source.path), "--log-format", "json"]
+    argv += ["--checkpoint", str(directory / "c.json"), "--result", str(directory / "r.json")]
+    finished = run(argv, directory / "log.jsonl")
+    result = json.loads((directory / "r.json").read_text())
+    if finished.code != 0 or result["sum"] != source.sum:
+        raise RuntimeError(f"the file source failed on {source.path}")
+    return finished.wall
+
+
+def _hand_over(broker: Broker, topic: str, scratch: Path) -> float:
+    """Seconds from a SIGKILL of one of two paced members to the other's first commit of a
+    partition the killed one owned."""
+    group = f"bench-kill-{time.monotonic_ns()}"
+    paced = ("--follow", "--max-rate", "20000", "--checkpoint-interval", "0.2")
+    pair = []
+    for name in ("victim", "heir"):
+        directory = scratch / f"{group}-{name}"
+        directory.mkdir(parents=True)
+        pair.append(live_worker(_kafka_args(broker, topic, group, directory, *paced)))
+    victim, heir = pair
+    try:
+        deadline = time.monotonic() + 60
+        while not (victim.named("checkpoint_saved") and len(heir.named("partitions_assigned")) > 0):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the two members did not both start committing")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        owned = set(victim.named("partitions_assigned")[-1]["partitions"])
+        if not owned:
+            raise RuntimeError("the victim owned no partition")
+        victim.process.send_signal(signal.SIGKILL)
+        killed = time.time()
+        while time.time() - killed < 60:
+            for event in heir.named("checkpoint_saved"):
+                at = datetime.fromisoformat(event["timestamp"]).timestamp()
+                if at > killed and owned & set(event["partitions"]):
+                    return at - killed
+            time.sleep(0.02)
+        raise RuntimeError("no commit of the moved partitions within 60 s")
+    finally:
+        for worker in pair:
+            worker.kill()
+
+
+def kafka(bench: Bench) -> list[Measurement]:
+    count = 1_000_000 if bench.plan.worker_runs == 1 else 10_000_000
+    source = inputs.numbers_file(count, seed=3)
+    scratch = bench.fresh("kafka")
+    broker = start_broker()
+    try:
+        topic, publish_s = _publish(broker, source, scratch)
+        files, ones, twos = [], [], []
+        for _ in range(max(1, bench.plan.baseline_runs)):
+            files.append(_file_drain(source, scratch))
+            ones.append(_drain(broker, topic, source, scratch, 1))
+            twos.append(_drain(broker, topic, source, scratch, 2))
+        hand_over = _hand_over(broker, topic, scratch)
+    finally:
+        broker.stop()
+    one, two, file = min(ones), min(twos), min(files)
+    records = source.records or count
+    return [
+        Measurement(
+            12,
+            f"Kafka: drain {records:,} records ({PARTITIONS} partitions), one worker",
+            f"{one:.2f} s",
+            f"file source {file:.2f} s",
+            f"{one / file:.1f}x",
+            "<= 5x the file source",
+            one / file <= 5,
+            {"kafka_one_s": ones, "file_s": files, "publish_s": publish_s},
+        ),
+        Measurement(
+            12,
+            "  records per second from the topic, one worker",
+            f"{records / one:,.0f}/s",
+            f"file source {records / file:,.0f}/s",
+            f"{file / one:.1%}",
+            "(context)",
+            None,
+        ),
+        Measurement(
+            12,
+            "Kafka: the same drain with two workers in one group",
+            f"{two:.2f} s",
+            f"one worker {one:.2f} s",
+            f"{two / one:.2f}x",
+            "(context: 2 cores shared with the broker)",
+            None,
+            {"kafka_two_s": twos},
+        ),
+        Measurement(
+            12,
+            "Kafka: SIGKILL to another worker's commit of those partitions",
+            f"{hand_over:.2f} s",
+            f"session timeout {SESSION_TIMEOUT:.0f} s",
+            f"{hand_over / SESSION_TIMEOUT:.2f}x",
+            "<= session timeout + 3 s",
+            hand_over <= SESSION_TIMEOUT + 3,
+            {"hand_over_s": hand_over},
+        ),
+    ]

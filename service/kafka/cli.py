@@ -1,0 +1,36 @@
+"""`publish`, and `status` / `reset` with `source = "kafka"`, each on its own event loop
+(`run` goes through the lifecycle, `worker.py`, with the Kafka source)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import Any
+
+import anyio
+
+from ..errors import UsageError
+from ..logs import Logger
+from ..settings import Settings
+
+__all__ = ["run_kafka_command"]
+
+
+def run_kafka_command(args: argparse.Namespace, settings: Settings, log: Logger) -> int:
+    """Run `publish`, or `status` / `reset` of the group, against Kafka; return the exit code."""
+    work: Any
+    if args.command == "publish":
+        from .publish import publish
+
+        work = publish, settings, args.lines_per_message, log
+    elif args.command == "status":
+        from .commands import kafka_status
+
+        work = (functools.partial(kafka_status, settings, as_json=args.json),)
+    elif args.command == "reset":
+        from .commands import kafka_reset
+
+        work = kafka_reset, settings, log
+    else:
+        raise UsageError(f"`{args.command}` has no meaning with source = kafka")
+    return int(anyio.run(*work, backend="asyncio"))

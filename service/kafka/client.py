@@ -1,0 +1,140 @@
+"""Connecting to Kafka: client options from the settings, and broker failures as one line.
+
+Rule 1: every client (consumer, producer, admin) is built from the same `client_options`, so the
+        security settings mean the same thing everywhere.
+Rule 2: reaching the brokers is bounded by `CONNECT_TIMEOUT`; an unreachable broker, a refused
+        login or a missing topic is a `KafkaUnavailable` (exit 1), one line naming what failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError, LeaderNotAvailableError
+
+from ..errors import UsageError, WorkerError
+from ..settings import Settings
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "KafkaUnavailable",
+    "admin_client",
+    "client_options",
+    "describe_error",
+    "partitions_of",
+]
+
+CONNECT_TIMEOUT = 15.0
+_REQUEST_TIMEOUT_MS = 10_000
+T = TypeVar("T")
+
+
+class KafkaUnavailable(WorkerError):
+    """The brokers cannot be reached or refuse this client."""
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments shared by every aiokafka client of this worker."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "security_protocol": protocol,
+        "request_timeout_ms": _REQUEST_TIMEOUT_MS,
+        "connections_max_idle_ms": 60_000,
+    }
+    if protocol.startswith("SASL_"):
+        if not settings.kafka_sasl_username or not settings.kafka_sasl_password:
+            raise UsageError(
+                f"kafka_security_protocol {protocol} needs kafka_sasl_username and "
+                "kafka_sasl_password (--kafka-sasl-username, WORKER_KAFKA_SASL_USERNAME, ...)"
+            )
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password,
+        )
+    if protocol.endswith("SSL"):
+        try:
+            options["ssl_context"] = ssl.create_default_context(
+                cafile=settings.kafka_ssl_cafile or None
+            )
+        except (OSError, ssl.SSLError) as error:
+            raise UsageError(
+                f"cannot use kafka_ssl_cafile {settings.kafka_ssl_cafile!r}: {error}"
+            ) from None
+    # aiokafka logs each retry and each expected fencing at error level; the worker reports
+    # what matters as its own events, so only its critical lines go through.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return options
+
+
+def describe_error(error: BaseException) -> str:
+    """A broker failure in a few words (aiokafka's messages are often empty)."""
+    text = str(error).strip()
+    name = type(error).__name__
+    return f"{name}: {text}" if text and text != name else name
+
+
+@asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client; KafkaUnavailable when the brokers cannot be reached in time."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await connect(admin.start, settings, "connect to Kafka")
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def connect(call: Callable[[], Awaitable[T]], settings: Settings, what: str) -> T:
+    """`call()` (a client's start or a request), retried while Kafka answers with a retriable
+    error (a coordinator still loading), all within CONNECT_TIMEOUT."""
+    servers = settings.kafka_bootstrap_servers
+    last: KafkaError | None = None
+    try:
+        with anyio.fail_after(CONNECT_TIMEOUT):
+            while True:
+                try:
+                    return await call()
+                except KafkaError as error:
+                    if not error.retriable:
+                        raise
+                    last = error
+                    await anyio.sleep(0.2)
+    except TimeoutError:
+        detail = f" (last: {describe_error(last)})" if last else ""
+        raise KafkaUnavailable(
+            f"cannot {what} at {servers}: no answer within {CONNECT_TIMEOUT:.0f} s{detail}"
+        ) from None
+    except KafkaError as error:
+        raise KafkaUnavailable(f"cannot {what} at {servers}: {describe_error(error)}") from None
+
+
+async def partitions_of(admin: AIOKafkaAdminClient, settings: Settings) -> list[int]:
+    """The partition numbers of `kafka_topic`; KafkaUnavailable if the topic does not exist.
+    A topic the broker is still creating (auto-creation on first use) is waited for."""
+    topic = settings.kafka_topic
+
+    async def describe() -> list[int]:
+        for entry in await admin.describe_topics([topic]):
+            if entry["topic"] != topic:
+                continue
+            if entry["error_code"] == LeaderNotAvailableError.errno or (
+                entry["error_code"] == 0 and not entry["partitions"]
+            ):
+                raise LeaderNotAvailableError()  # retriable: `connect` asks again
+            if entry["error_code"] == 0:
+                return sorted(part["partition"] for part in entry["partitions"])
+        return []
+
+    found = await connect(describe, settings, "describe the Kafka topic")
+    if not found:
+        servers = settings.kafka_bootstrap_servers
+        raise KafkaUnavailable(f"Kafka topic {topic!r} does not exist at {servers}")
+    return found

@@ -1,0 +1,348 @@
+"""One member of the consumer group: the partitions it owns, their states, and their commits.
+
+Rule 1: a partition's state exists only while this member owns it. On assignment it is loaded
+        from the group's last commit and the consumer seeks to its offset; on revocation it is
+        committed and dropped. Nothing is kept in memory across a rebalance.
+Rule 2: a commit carries each changed partition's whole state (`state.py`) in one offset commit.
+        Commits happen on the timer, in `on_partitions_revoked` and at shutdown (before the
+        consumer stops, which does not call the listener). The broker checks the group
+        generation: a member that lost its partitions (stalled, partitioned off) has its commit
+        rejected, and then drops its states; the new owner resumes from the last accepted commit.
+Rule 3: a message is applied only at or after its partition's state offset, and a fetch that
+        straddled a rebalance is dropped and read again from the owned states' offsets.
+Rule 4: a partition that cannot be resumed exactly (no state but a log that no longer starts at
+        0, a committed offset below the log's start, a state that is not ours, a state too large
+        for the broker's metadata limit) is a fatal error naming it, never a silent restart. The
+        listener finds it; `read` raises it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    OffsetMetadataTooLargeError,
+    OffsetOutOfRangeError,
+)
+from aiokafka.structs import OffsetAndMetadata
+
+from ..errors import BadRecordFound, UnexpectedError, WorkerError
+from ..logs import Logger
+from ..parsing import BAD_RECORD_DETAILS_PER_RUN
+from ..settings import Settings
+from ..state import Position
+from .client import KafkaUnavailable, client_options, connect, describe_error
+from .state import StateUnreadable, apply_message, decode, encode
+
+__all__ = ["MAX_RECORDS", "GroupMember", "PartitionUnusable", "name_of"]
+
+_FETCH_TIMEOUT_MS = 200
+MAX_RECORDS = 500  # messages taken from one fetch, reading flat out
+
+
+class PartitionUnusable(WorkerError):
+    """A partition whose committed state cannot be resumed exactly."""
+
+
+def name_of(tp: TopicPartition) -> str:
+    return f"{tp.topic}:{tp.partition}"
+
+
+def _names(tps: Iterable[TopicPartition]) -> list[str]:
+    return [name_of(tp) for tp in sorted(tps)]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, member: GroupMember) -> None:
+        self._member = member
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._member.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._member.assigned(assigned)
+
+
+class GroupMember:
+    """Reads the partitions the group gives this process and commits their states."""
+
+    def __init__(self, settings: Settings, log: Logger) -> None:
+        self._settings = settings
+        self._log = log
+        options = client_options(settings)
+        session_ms = int(settings.kafka_session_timeout * 1000)
+        self.consumer = AIOKafkaConsumer(
+            **options,
+            group_id=settings.kafka_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # only until `assigned` seeks to the committed state
+            isolation_level="read_committed",  # never an aborted publish's copy
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 5),
+            rebalance_timeout_ms=max(session_ms, 10_000),
+        )
+        self.admin = AIOKafkaAdminClient(**options)
+        self.owned: dict[TopicPartition, Position] = {}
+        self._committed: dict[TopicPartition, Position] = {}
+        self._epoch = 0  # bumped by every change of ownership (Rule 3)
+        self._fatal: WorkerError | None = None
+        self._bad_details_left = BAD_RECORD_DETAILS_PER_RUN
+        self._turn = 0  # whose turn it is to be read first, paced (`_fetch`)
+
+    async def start(self) -> None:
+        """Connect, and join the group (the first assignment comes while reading)."""
+        await connect(self.admin.start, self._settings, "connect to Kafka")
+        self.consumer.subscribe([self._settings.kafka_topic], listener=_Listener(self))
+        await connect(self.consumer.start, self._settings, "join the Kafka consumer group")
+
+    async def close(self) -> None:
+        """Leave the group (after the final commit) and disconnect."""
+        try:
+            await self.consumer.stop()
+        finally:
+            await self.admin.close()
+
+    # -- the rebalance listener --------------------------------------------------------------
+
+    async def revoked(self, revoked: set[TopicPartition]) -> None:
+        self._epoch += 1
+        try:
+            await self.commit("revoked", only=revoked)
+        except WorkerError as error:
+            self._fatal = self._fatal or error
+        for tp in revoked:
+            self.owned.pop(tp, None)
+            self._committed.pop(tp, None)
+        if revoked:
+            self._log.info("partitions_revoked", partitions=_names(revoked))
+
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
+        self._epoch += 1
+        self.consumer.pause(*assigned)  # nothing is fetched before the seek to its state
+        try:
+            states = await self._load(assigned)
+        except WorkerError as error:
+            self._fatal = self._fatal or error
+            return
+        except KafkaError as error:
+            self._fatal = self._fatal or KafkaUnavailable(
+                f"cannot load the committed state of {', '.join(_names(assigned))}: "
+                f"{describe_error(error)}"
+            )
+            return
+        except Exception as error:
+            self._fatal = self._fatal or UnexpectedError(error)
+            return
+        for tp, position in states.items():
+            self.owned[tp] = position
+            self._committed[tp] = position
+            self.consumer.seek(tp, position.offset)
+        self.consumer.resume(*states)
+        self._log.info(
+            "partitions_assigned",
+            partitions=_names(assigned),
+            offsets={name_of(tp): p.offset for tp, p in sorted(states.items())},
+        )
+
+    async def _load(self, assigned: set[TopicPartition]) -> dict[TopicPartition, Position]:
+        if not assigned:
+            return {}
+        committed = await self.admin.list_consumer_group_offsets(
+            self._settings.kafka_group, partitions=list(assigned)
+        )
+        starts = await self.consumer.beginning_offsets(list(assigned))
+        states = {}
+        for tp in sorted(assigned):
+            entry, start = committed.get(tp), starts[tp]
+            if entry is None or entry.offset < 0:
+                if start > 0:
+                    raise PartitionUnusable(
+                        f"Kafka partition {name_of(tp)} has no committed state but its log starts "
+                        f"at offset {start}, not 0: its first records are gone (retention or a "
+                        "reset); refusing to count it from the middle"
+                    )
+                states[tp] = Position()
+                continue
+            if entry.offset < start:
+                raise PartitionUnusable(
+                    f"Kafka partition {name_of(tp)} is committed at offset {entry.offset}, below "
+                    f"its log start {start}: records after the commit are gone"
+                )
+            try:
+                states[tp] = decode(entry.offset, entry.metadata)
+            except StateUnreadable as error:
+                raise PartitionUnusable(
+                    f"the committed state of Kafka partition {name_of(tp)} cannot be used: {error}"
+                ) from None
+        return states
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def changed(self) -> bool:
+        """Does any owned partition's state differ from its last commit?"""
+        return any(self._committed.get(tp) != p for tp, p in self.owned.items())
+
+    def raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def read(self, max_messages: int) -> int:
+        """Fetch once and apply what came; the number of records added (for pacing)."""
+        epoch = self._epoch
+        try:
+            batches = await self._fetch(max_messages)
+        except OffsetOutOfRangeError as error:
+            names = ", ".join(_names(error.args[0])) if error.args else "a partition"
+            raise PartitionUnusable(
+                f"Kafka partition {names} has no records at its committed offset "
+                "(deleted by retention, or the topic was recreated)"
+            ) from None
+        except KafkaError as error:
+            raise KafkaUnavailable(f"cannot read from Kafka: {describe_error(error)}") from None
+        self.raise_fatal()
+        if epoch != self._epoch:
+            for tp, position in self.owned.items():  # a fetch that straddled a rebalance
+                self.consumer.seek(tp, position.offset)
+            return 0
+        added = 0
+        for tp, messages in batches.items():
+            before = self.owned.get(tp)
+            if before is not None:
+                self.owned[tp] = self._apply(tp, before, messages)
+                added += self.owned[tp].records - before.records
+        # Past what getmany returned (transaction markers, aborted publishes) nothing is left to
+        # count: the state's offset follows the consumer's position.
+        positions = {}
+        for tp in list(self.owned):
+            try:
+                positions[tp] = await self.consumer.position(tp)
+            except IllegalStateError:  # revoked in the meantime
+                continue
+        if epoch == self._epoch:
+            for tp, offset in positions.items():
+                state = self.owned.get(tp)
+                if state is not None and offset > state.offset:
+                    self.owned[tp] = Position(
+                        offset, state.lines, state.records, state.bad_records, state.sum
+                    )
+        return added
+
+    async def _fetch(self, max_messages: int) -> dict[TopicPartition, list[Any]]:
+        """Messages from the fetched buffers. A few at a time (paced), take turns among the
+        owned partitions first: aiokafka hands out one partition's buffer before the next's,
+        which would starve a partition that just arrived."""
+        getmany = self.consumer.getmany
+        if max_messages < MAX_RECORDS and self.owned:
+            turn = sorted(self.owned)[self._turn % len(self.owned)]
+            self._turn += 1
+            batches: dict[TopicPartition, list[Any]] = await getmany(
+                turn, timeout_ms=0, max_records=max_messages
+            )
+            if batches:
+                return batches
+        batches = await getmany(timeout_ms=_FETCH_TIMEOUT_MS, max_records=max_messages)
+        return batches
+
+    def _apply(self, tp: TopicPartition, position: Position, messages: list[Any]) -> Position:
+        settings = self._settings
+        for message in messages:
+            if message.offset < position.offset:
+                continue
+            applied = apply_message(
+                position,
+                message.offset,
+                message.value,
+                settings.max_line_bytes,
+                stop_at_bad=settings.on_bad_record == "fail",
+                bad_details=self._bad_details_left,
+            )
+            for bad in applied.bad:
+                self._log.warning(
+                    "bad_record",
+                    partition=name_of(tp),
+                    offset=message.offset,
+                    line=bad.line,
+                    reason=bad.reason,
+                )
+            self._bad_details_left -= len(applied.bad)
+            if applied.failed is not None:
+                self.owned[tp] = position
+                raise BadRecordFound(
+                    f"bad record in Kafka partition {name_of(tp)} at offset {message.offset}, "
+                    f"line {applied.failed.line} of the message: {applied.failed.reason}"
+                )
+            position = applied.position
+        return position
+
+    # -- committing --------------------------------------------------------------------------
+
+    async def commit(
+        self, reason: str, only: Iterable[TopicPartition] | None = None, *, force: bool = False
+    ) -> bool:
+        """Commit every owned partition whose state changed since its last commit (`force`:
+        every owned partition, so a final commit always shows); True if one was committed."""
+        wanted = set(self.owned if only is None else only)
+        changed = {
+            tp: position
+            for tp, position in self.owned.items()
+            if tp in wanted and (force or self._committed.get(tp) != position)
+        }
+        if not changed:
+            return False
+        offsets = {tp: OffsetAndMetadata(p.offset, encode(p)) for tp, p in changed.items()}
+        # A member the group dropped has no generation (aiokafka resets it to -1), and a commit
+        # without one is accepted once the group is empty: an old state would overwrite newer
+        # ones. Such a member's partitions are lost, like Java's onPartitionsLost.
+        if self.consumer._coordinator.generation < 0:
+            self._drop(changed, reason, "this member left the group (session expired)")
+            return False
+        try:
+            await self.consumer.commit(offsets)
+        except CommitFailedError:
+            self._drop(changed, reason, "the group moved these partitions (generation fenced)")
+            return False
+        except OffsetMetadataTooLargeError:
+            raise await self._too_large(offsets) from None
+        except KafkaError as error:
+            raise KafkaUnavailable(
+                f"cannot commit {', '.join(_names(changed))}: {describe_error(error)}"
+            ) from None
+        self._committed.update(changed)
+        self._log.info(
+            "checkpoint_saved",
+            reason=reason,
+            partitions={name_of(tp): p.offset for tp, p in sorted(changed.items())},
+            records=sum(p.records for p in changed.values()),
+            bad_records=sum(p.bad_records for p in changed.values()),
+            sum=str(sum(p.sum for p in changed.values())),
+        )
+        return True
+
+    def _drop(self, changed: Iterable[TopicPartition], reason: str, cause: str) -> None:
+        """Fenced (Rule 2): these states are no longer ours to save."""
+        self._epoch += 1
+        names = _names(changed)
+        for tp in list(changed):
+            self.owned.pop(tp, None)
+            self._committed.pop(tp, None)
+        self._log.warning("commit_rejected", partitions=names, reason=reason, cause=cause)
+
+    async def _too_large(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> WorkerError:
+        """Find which partition's state the broker refused, one commit at a time."""
+        for tp, entry in sorted(offsets.items()):
+            try:
+                await self.consumer.commit({tp: entry})
+            except OffsetMetadataTooLargeError:
+                return PartitionUnusable(
+                    f"the state of Kafka partition {name_of(tp)} ({len(entry.metadata)} bytes) "
+                    "is larger than the broker's offset.metadata.max.bytes; it cannot be committed"
+                )
+            except KafkaError:
+                continue
+        return PartitionUnusable("the broker refused a partition state as too large")

@@ -1,0 +1,168 @@
+"""The Kafka source for the worker's lifecycle (`partition.py`'s protocol).
+
+Rule 1: the group hands partitions out and takes them back at any time (rebalances), so the
+        lifecycle sees one partition for the whole membership (`GroupPartition`, labelled with
+        the topic); the Kafka partitions this process owns live inside `GroupMember`, which
+        loads, commits and drops their states (`group.py`).
+Rule 2: `save` is the group commit of every changed owned partition (every one, for the final
+        and completion saves); the state is in the broker, never in a local file.
+Rule 3: not following, the run's target is the topic's end offsets at start-up; the partition
+        is DONE once the group's committed offsets reached them (whoever committed them), and
+        the result then holds the group's totals.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import anyio
+from aiokafka import TopicPartition
+
+from ..checkpoint import total_of
+from ..decimal_text import decimal_of
+from ..health import heartbeat_path
+from ..logs import Logger
+from ..parsing import Batch
+from ..partition import Partition, Progress, Step
+from ..settings import Settings
+from ..state import Periodic, Position
+from .client import KafkaUnavailable, connect, partitions_of
+from .group import MAX_RECORDS, GroupMember, name_of
+from .group_state import GroupState, read_group_state
+
+__all__ = ["KafkaSource"]
+
+
+class GroupPartition:
+    """All the Kafka partitions this member owns, as one partition of the lifecycle."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+        # Paced, one message at a time: a message can hold many lines, and the pace is in lines.
+        self._max_messages = 1 if source.settings.max_rate > 0 else MAX_RECORDS
+        self._checks = Periodic(source.settings.checkpoint_interval, anyio.current_time())
+
+    @property
+    def label(self) -> str:
+        return self._source.settings.kafka_topic
+
+    @property
+    def position(self) -> Position:
+        return total_of(list(self._source.member.owned.values()))
+
+    @property
+    def size(self) -> int | None:
+        return None
+
+    async def next_batch(self) -> Step:
+        added = await self._source.member.read(self._max_messages)
+        if self._checks.due(anyio.current_time()) and await self._source.group_done():
+            return Step(Batch(self.position), Progress.DONE)
+        return Step(Batch(self.position), Progress.READING if added else Progress.CAUGHT_UP)
+
+    async def close(self) -> None:
+        pass
+
+
+class KafkaSource:
+    """`kafka_topic` read through `kafka_group`: the state of each partition is the group's."""
+
+    def __init__(self, settings: Settings, log: Logger) -> None:
+        self.settings = settings
+        self.log = log
+        self.member = GroupMember(settings, log)
+        self._targets: dict[TopicPartition, int] | None = None
+        self._group: GroupState | None = None  # once the group reached the targets
+        self._heartbeat = heartbeat_path(settings.checkpoint, os.getpid())
+
+    def describe(self) -> str:
+        return f"kafka:{self.settings.kafka_topic} (group {self.settings.kafka_group})"
+
+    def acquire(self) -> None:
+        """Nothing to lock: the group's generation makes a member the only one committing."""
+
+    async def start(self) -> list[Partition]:
+        """Join the group (assignments arrive while reading); not following, take the target."""
+        await self.member.start()
+        if not self.settings.follow:
+            consumer = self.member.consumer
+            numbers = await partitions_of(self.member.admin, self.settings)
+            tps = [TopicPartition(self.settings.kafka_topic, n) for n in numbers]
+            ends = await connect(
+                lambda: consumer.end_offsets(tps), self.settings, "read Kafka end offsets"
+            )
+            self._targets = dict(ends)
+            self.log.info("target_offsets", partitions={name_of(tp): e for tp, e in ends.items()})
+        return [GroupPartition(self)]
+
+    async def group_done(self) -> bool:
+        """Not following: have the group's commits reached this run's target?"""
+        if self._targets is None:
+            return False
+        admin, partitions = self.member.admin, list(self._targets)
+        try:
+            group = await connect(
+                lambda: read_group_state(admin, self.settings.kafka_group, partitions),
+                self.settings,
+                "read the consumer group's commits from Kafka",
+            )
+        except KafkaUnavailable as error:  # a broker restarting: look again at the next tick
+            self.log.warning("group_check_failed", message=error.message)
+            return False
+        if group.reached(self._targets):
+            self._group = group
+        return self._group is not None
+
+    async def discover(self) -> list[Partition]:
+        return []  # the group brings partitions to `GroupMember`, not the lifecycle
+
+    def retire(self, partition: Partition) -> None:
+        pass
+
+    def totals(self) -> Position:
+        """The group's totals once it is done; until then, what this member owns."""
+        if self._group is not None:
+            return self._group.totals()
+        return total_of(list(self.member.owned.values()))
+
+    def input_size(self) -> int | None:
+        return None
+
+    def changed_since_save(self) -> bool:
+        return self.member.changed()
+
+    async def save(self, reason: str, *, completed: bool = False) -> bool:
+        # The final and the completion commits cover every owned partition, changed or not.
+        return await self.member.commit(reason, force=reason != "timer")
+
+    def heartbeat(self) -> None:
+        self._heartbeat.write_text(f"{os.getpid()}\n")
+
+    def report(self) -> dict[str, Any]:
+        total = self.totals()
+        states = self._group.partitions if self._group is not None else self.member.owned
+        return {
+            "input": self.describe(),
+            "group": self.settings.kafka_group,
+            "offset": total.offset,
+            "lines": total.lines,
+            "records": total.records,
+            "bad_records": total.bad_records,
+            "sum": total.sum,
+            "partitions": {
+                name_of(tp): {
+                    "offset": p.offset,
+                    "records": p.records,
+                    "bad_records": p.bad_records,
+                    "sum": decimal_of(p.sum),
+                }
+                for tp, p in sorted(states.items())
+            },
+        }
+
+    async def close(self) -> None:
+        """Leave the group (after the final commit), bounded; remove the heartbeat."""
+        with anyio.move_on_after(self.settings.shutdown_timeout):
+            await self.member.close()
+        self._heartbeat.unlink(missing_ok=True)

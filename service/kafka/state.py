@@ -1,0 +1,99 @@
+"""A Kafka partition's state and the messages that advance it. Pure: no I/O, no clock.
+
+Rule 1: a partition's state is a `Position` whose `offset` is the Kafka offset of the next
+        message to read; `lines`, `records`, `bad_records` and `sum` total every message before it.
+Rule 2: the state is committed as one value: the offset in the group's offset commit, the rest in
+        that commit's metadata string (`encode` / `decode`), so the two can never disagree.
+Rule 3: a message is whole: its value holds complete lines by the input rules, and its last line
+        is a record even without '\\n'. A message is applied entirely or not at all, so a bad
+        record under `fail` leaves the state before that message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..decimal_text import decimal_of, int_of
+from ..parsing import BadRecord, parse_region
+from ..state import Position
+
+__all__ = ["STATE_VERSION", "Applied", "StateUnreadable", "apply_message", "decode", "encode"]
+
+STATE_VERSION = 1
+
+
+class StateUnreadable(ValueError):
+    """A committed metadata string that is not a state this worker wrote."""
+
+
+def encode(position: Position) -> str:
+    """The metadata string committed beside `position.offset`."""
+    return json.dumps(
+        {
+            "v": STATE_VERSION,
+            "lines": position.lines,
+            "records": position.records,
+            "bad_records": position.bad_records,
+            "sum": decimal_of(position.sum),
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode(offset: int, metadata: str) -> Position:
+    """The state committed at `offset` with `metadata`; StateUnreadable if it is not ours."""
+    try:
+        value = json.loads(metadata)
+    except ValueError:
+        raise StateUnreadable("its commit metadata is not JSON") from None
+    if not isinstance(value, dict) or value.get("v") != STATE_VERSION:
+        raise StateUnreadable(f"its commit metadata is not a version {STATE_VERSION} state")
+    counts = [value.get(key) for key in ("lines", "records", "bad_records")]
+    total = value.get("sum")
+    if not all(type(count) is int and count >= 0 for count in counts) or not isinstance(total, str):
+        raise StateUnreadable("its commit metadata has a wrong shape")
+    try:
+        exact = int_of(total)
+    except ValueError:
+        raise StateUnreadable("its commit metadata has a sum that is not an integer") from None
+    lines, records, bad_records = (int(count) for count in counts)  # type: ignore[arg-type]
+    if offset < 0 or records + bad_records > lines:
+        raise StateUnreadable("its commit metadata contradicts itself")
+    return Position(offset, lines, records, bad_records, exact)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The state after a message, the bad records in it (line within the message, byte offset
+    within the value), and the one that stopped it under `fail` (the state is then unchanged)."""
+
+    position: Position
+    bad: tuple[BadRecord, ...] = ()
+    failed: BadRecord | None = None
+
+
+def apply_message(
+    position: Position,
+    offset: int,
+    value: bytes | None,
+    max_line_bytes: int,
+    *,
+    stop_at_bad: bool,
+    bad_details: int,
+) -> Applied:
+    """Apply the message at `offset` (at or after `position.offset`) to `position`."""
+    data = value or b""
+    if data and not data.endswith(b"\n"):
+        data += b"\n"  # a message is complete: its last line is a record without '\n' too
+    result = parse_region(data, max_line_bytes, stop_at_bad=stop_at_bad, bad_details=bad_details)
+    if result.failed is not None:
+        return Applied(position, (), result.failed)
+    after = Position(
+        offset + 1,
+        position.lines + result.lines,
+        position.records + result.records,
+        position.bad_records + result.bad_records,
+        position.sum + result.sum,
+    )
+    return Applied(after, result.bad)
