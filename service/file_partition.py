@@ -135,6 +135,8 @@ class FilePartition:
         except OSError as error:
             raise InputUnreadable(f"cannot open input {self.path}: {error.strerror}") from None
         if not stat.S_ISREG(info.st_mode):  # checked before open: a FIFO's open would block
+            if self._reopen_when_present:
+                return False  # following after a restart: wait until a file is there again
             raise InputUnreadable(f"input {self.path} is not a regular file")
         try:
             handle = await aiofiles.open(self.path, "rb")

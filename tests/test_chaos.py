@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import chaos
+from tests.chaos import changes
 
 SEED = 20261124  # fixed inputs and examples; the instants of the faults are random all the same
 
@@ -47,6 +48,12 @@ def _second_signal_while_unwinding(tally: chaos.Tally, cwd: Path, rng: random.Ra
     )
 
 
+def _directory_while_following_under_restart(
+    tally: chaos.Tally, cwd: Path, rng: random.Random
+) -> None:
+    changes._changed_while_following(tally, cwd, rng, change="directory", policy="restart")
+
+
 @pytest.mark.parametrize(
     "scenario",
     [
@@ -59,8 +66,17 @@ def _second_signal_while_unwinding(tally: chaos.Tally, cwd: Path, rng: random.Ra
         chaos.completion_on_a_slow_disk,
         # A save stuck in fsync held the exit far beyond shutdown_timeout (and Docker's grace).
         chaos.shutdown_on_a_stalled_disk,
+        # Following under restart, a directory where the input was ended the run (exit 1)
+        # instead of waiting for a file to come back.
+        _directory_while_following_under_restart,
     ],
-    ids=["heartbeat-eio", "second-signal-while-unwinding", "completion-flag", "stalled-disk"],
+    ids=[
+        "heartbeat-eio",
+        "second-signal-while-unwinding",
+        "completion-flag",
+        "stalled-disk",
+        "directory-while-following",
+    ],
 )
 def test_regression(
     scenario: Callable[[chaos.Tally, Path, random.Random], None], tmp_path: Path
