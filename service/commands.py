@@ -12,7 +12,7 @@ from typing import Any
 
 from .checkpoint import CheckpointStore, FileState
 from .errors import WorkerError
-from .file_source import input_patterns, match_saved_files
+from .file_source import file_entry, input_patterns, match_saved_files
 from .files import atomic_write, temp_files_of
 from .lock import WorkerLock
 from .logs import Logger
@@ -72,17 +72,7 @@ def _present_files(settings: Settings, saved: tuple[FileState, ...]) -> list[dic
         resumed, _gone, new = match_saved_files(saved, patterns.scan())
         pairs = [(m.path, s.position, m.size) for _k, m, s in resumed]
         pairs += [(m.path, Position(), m.size) for m in new.values()]
-    return [
-        {
-            "path": path,
-            "offset": p.offset,
-            "size": size,
-            "records": p.records,
-            "bad_records": p.bad_records,
-            "sum": p.sum,
-        }
-        for path, p, size in sorted(pairs, key=lambda pair: pair[0])
-    ]
+    return [file_entry(path, p, size) for path, p, size in sorted(pairs, key=lambda pair: pair[0])]
 
 
 def _percent(offset: int, size: int | None) -> float | None:

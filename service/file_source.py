@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import anyio
@@ -34,7 +34,7 @@ from .patterns import FileKey, InputPatterns, Match
 from .settings import Settings
 from .state import Position
 
-__all__ = ["FileSource", "input_patterns", "match_saved_files"]
+__all__ = ["FileSource", "file_entry", "input_patterns", "match_saved_files"]
 
 _SECOND_LOOK_DELAY = 0.05  # seconds between the two scans that must both miss a gone file
 
@@ -294,17 +294,7 @@ class FileSource:
             "offset": total.offset,
             "lines": total.lines,
             "input": self.describe(),
-            "files": [
-                {
-                    "path": p.path,
-                    "offset": p.position.offset,
-                    "size": p.size,
-                    "records": p.position.records,
-                    "bad_records": p.position.bad_records,
-                    "sum": p.position.sum,
-                }
-                for p in self.active
-            ],
+            "files": [file_entry(p.path, p.position, p.size) for p in self.active],
         }
 
     async def close(self) -> None:
@@ -315,6 +305,16 @@ class FileSource:
 
 def replace_closed(state: FileState) -> FileState:
     """A saved state to read on from: a closed file found under a pattern is open again."""
-    if not state.closed:
-        return state
-    return FileState(state.path, state.inode, state.identity, state.position)
+    return replace(state, closed=False)
+
+
+def file_entry(path: str, position: Position, size: int | None) -> dict[str, Any]:
+    """One file as `result.json` and `status --json` list it."""
+    return {
+        "path": path,
+        "offset": position.offset,
+        "size": size,
+        "records": position.records,
+        "bad_records": position.bad_records,
+        "sum": position.sum,
+    }
