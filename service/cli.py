@@ -2,7 +2,7 @@
 
 Exit codes: 0 done (or stopped by a signal after the final checkpoint), 1 a runtime failure,
 2 a usage or configuration error. Expected failures are one line, never a traceback.
-Heavy imports (pydantic, anyio, structlog) happen after the command is known, so `healthcheck`
+Heavy imports (anyio, structlog) happen after the command is known, so `healthcheck`
 stays as light as the standard library.
 """
 
@@ -28,13 +28,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    from .settings import Settings
+    from .settings import setting_fields
 
     group = parser.add_argument_group("settings (flag > WORKER_* environment > --config file)")
     group.add_argument("--config", metavar="FILE", help="TOML file of settings (or WORKER_CONFIG)")
-    for name, field in Settings.model_fields.items():
+    for field in setting_fields():
+        name = field.name
         flag = "--" + name.replace("_", "-")
-        help_text = f"{field.description} (default: {field.default})"
+        help_text = f"{field.metadata['description']} (default: {field.default})"
         if name in ("input", "exclude"):  # the flag repeats: a list of paths or globs
             group.add_argument(
                 flag,
@@ -44,7 +45,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 default=argparse.SUPPRESS,
                 help=help_text + "; repeat for more",
             )
-        elif field.annotation is bool:
+        elif isinstance(field.default, bool):
             group.add_argument(
                 flag,
                 dest=name,
@@ -127,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from .errors import UsageError, WorkerError
-    from .settings import Settings, load_settings
+    from .settings import load_settings, setting_fields
 
     sys.set_int_max_str_digits(0)  # sums and numbers are exact at any length
-    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    names = {field.name for field in setting_fields()}
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
     config = args.config or os.environ.get("WORKER_CONFIG")
     try:
         settings = load_settings(flags, Path(config) if config else None)
@@ -193,8 +195,8 @@ def console() -> NoReturn:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet
         code = 130
-    # Every file is written and closed by now. Skipping the interpreter's teardown of pydantic,
-    # anyio and the rest saves time on every exit, a stop on SIGTERM included.
+    # Every file is written and closed by now. Skipping the interpreter's teardown of anyio,
+    # structlog and the rest saves time on every exit, a stop on SIGTERM included.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

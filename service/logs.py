@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
+if TYPE_CHECKING:
+    import structlog
 
 __all__ = ["Logger", "configure_logging", "renders_json", "route_output"]
 
@@ -30,9 +31,27 @@ def renders_json(log_format: str) -> bool:
     return log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
 
 
+def _import_structlog(as_json: bool) -> None:
+    """Import structlog; for JSON logs, without rich.
+
+    `structlog.dev` imports rich (and pygments) on import, for console tracebacks only. That is a
+    third of `run`'s start-up, and JSON logs never render that way.
+    """
+    global structlog
+    hide_rich = as_json and "rich" not in sys.modules
+    if hide_rich:
+        sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` fails quietly
+    try:
+        import structlog
+    finally:
+        if hide_rich:
+            del sys.modules["rich"]
+
+
 def configure_logging(log_format: str, log_level: str) -> Logger:
     """Configure structlog and the standard library's logging; return the worker's logger."""
     as_json = renders_json(log_format)
+    _import_structlog(as_json)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -4,138 +4,143 @@ Rule 1: every setting is defined once, here; its flag, its `WORKER_*` variable a
         all derive from the field's name.
 Rule 2: precedence is flag > environment > TOML file > default.
 Rule 3: an unknown key, a bad value or a bad file is a `UsageError` (exit 2) naming the setting.
+
+Standard library only: `run` pays for every import at start-up, and a validation library cost
+it more than everything else the worker imports together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import tomllib
-from contextvars import ContextVar
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from typing import Any, Literal, get_args
 
 from .errors import UsageError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings", "split_address"]
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "setting_fields", "split_address"]
 
 ENV_PREFIX = "WORKER_"
-_config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
+
+OnBadRecord = Literal["skip", "fail"]
+OnInputChange = Literal["fail", "restart"]
+LogFormat = Literal["json", "console", "auto"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+SourceKind = Literal["file", "kafka"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+Convert = Callable[
+    [Any], Any
+]  # a raw value (flag, variable or TOML) to the setting's, or ValueError
 
 
-class Settings(BaseSettings):
-    """Every setting of the worker, with its default."""
+def _number(*, gt: float | None = None, ge: float | None = None) -> Convert:
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError("expected a number")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not math.isfinite(number):
+            raise ValueError("expected a finite number")
+        if gt is not None and not number > gt:
+            raise ValueError(f"must be greater than {gt:g}")
+        if ge is not None and not number >= ge:
+            raise ValueError(f"must be at least {ge:g}")
+        return number
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False
-    )
+    return convert
 
-    # A path, a glob (`**` allowed) or a list of them; `WORKER_INPUT` takes a JSON list too.
-    input: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("numbers.txt",), description="the numbers file: a path, a glob, or a list of them"
-    )
-    checkpoint: Path = Field(Path("checkpoint.json"), description="the checkpoint file")
-    result: Path = Field(Path("result.json"), description="the result file")
-    checkpoint_interval: float = Field(1.0, gt=0, description="seconds between checkpoints")
-    follow: bool = Field(False, description="keep reading as the input grows")
-    poll_interval: float = Field(0.5, gt=0, description="seconds between looks at a followed input")
-    max_rate: float = Field(0, ge=0, description="numbers per second, 0 = unlimited")
-    on_bad_record: Literal["skip", "fail"] = Field("skip", description="skip or fail on a bad line")
-    max_line_bytes: int = Field(4096, ge=1, description="longest line accepted, in bytes")
-    on_input_change: Literal["fail", "restart"] = Field(
-        "fail", description="when the input no longer matches the checkpoint"
-    )
-    shutdown_timeout: float = Field(5.0, gt=0, description="graceful shutdown limit, seconds")
-    log_format: Literal["json", "console", "auto"] = Field("auto", description="log format")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
-    source: Literal["file", "kafka"] = Field("file", description="read the input file or Kafka")
-    kafka_bootstrap_servers: str = Field(
-        "localhost:9092", pattern=r"^\S+:\d+(,\S+:\d+)*$", description="host:port,... of Kafka"
-    )
-    kafka_topic: str = Field("numbers", min_length=1, description="the Kafka topic of numbers")
-    kafka_group: str = Field("checkpoint-worker", min_length=1, description="the consumer group")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="how to reach the brokers"
-    )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        "PLAIN", description="SASL mechanism (with SASL_*)"
-    )
-    kafka_sasl_username: str = Field("", description="SASL user (with SASL_*)")
-    kafka_sasl_password: str = Field("", repr=False, description="SASL password (with SASL_*)")
-    kafka_session_timeout: float = Field(
-        10.0, ge=1, description="seconds a silent group member keeps its partitions"
-    )
-    kafka_ssl_cafile: str = Field("", description="CA bundle file (with SSL, SASL_SSL)")
-    exclude: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="globs never read (the worker's own files are always excluded)"
-    )
-    close_inactive: float = Field(
-        5.0, gt=0, description="seconds a file renamed out of every pattern is still read"
-    )
-    max_open_files: int = Field(256, ge=1, description="files open at once; others wait")
-    metrics_address: str = Field(
-        "", description="HOST:PORT serving /metrics, /healthz and /readyz; empty = off"
-    )
 
-    @field_validator("input", "exclude", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        """One path or glob, a list of them, or (from the environment) a JSON list."""
-        if isinstance(value, Path):
-            return (str(value),)
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                try:
-                    return json.loads(value)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"not a JSON list of paths ({error.msg})") from None
-            return (value,)
+def _integer(*, ge: int) -> Convert:
+    def convert(value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected a whole number")
+        if value < ge:
+            raise ValueError(f"must be at least {ge}")
         return value
 
-    @field_validator("input", "exclude")
-    @classmethod
-    def _no_empty_pattern(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    return convert
+
+
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+
+
+def _switch(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if value in (0, 1) and isinstance(value, int):
+        return bool(value)
+    raise ValueError("expected true or false")
+
+
+def _choice(literal: Any) -> Convert:
+    choices = get_args(literal)
+
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(repr, choices))}")
+        return str(value)
+
+    return convert
+
+
+def _text(*, non_empty: bool = False, pattern: str | None = None, hint: str = "") -> Convert:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        if non_empty and not value:
+            raise ValueError("must not be empty")
+        if pattern is not None and not re.fullmatch(pattern, value):
+            raise ValueError(f"expected {hint}")
+        return value
+
+    return convert
+
+
+def _path(value: Any) -> Path:
+    if isinstance(value, Path):
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a path")
+    return Path(value)
+
+
+def _patterns(*, at_least_one: bool) -> Convert:
+    """One path or glob, a list of them, or (from the environment) a JSON list."""
+
+    def convert(value: Any) -> tuple[str, ...]:
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"not a JSON list of paths ({error.msg})") from None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+            raise ValueError("expected a path or glob, or a list of them")
         if any(not pattern for pattern in value):
             raise ValueError("an empty path or glob")
-        return value
-
-    @field_validator("input")
-    @classmethod
-    def _some_input(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
+        if at_least_one and not value:
             raise ValueError("no path or glob")
-        return value
+        return tuple(value)
 
-    @field_validator("metrics_address")
-    @classmethod
-    def _check_address(cls, value: str) -> str:
-        if value:
-            split_address(value)
-        return value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
-        config_file = _config_file.get()
-        if config_file is not None:
-            sources += (TomlConfigSettingsSource(settings_cls, toml_file=config_file),)
-        return sources
+    return convert
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -151,32 +156,143 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _describe(error: ErrorDetails, config_file: Path | None) -> str:
-    name = ".".join(str(part) for part in error["loc"]) or "settings"
-    if error["type"] == "extra_forbidden":
-        return f"unknown setting {name!r} in {config_file}"
-    sources = f"--{name.replace('_', '-')}, {ENV_PREFIX}{name.upper()}"
-    if config_file is not None:
-        sources += f" or {config_file}"
-    return f"invalid setting {name!r} ({sources}): {error['msg']}, got {error.get('input')!r}"
+def _address(value: Any) -> str:
+    address: str = _text()(value)
+    if address:
+        split_address(address)
+    return address
 
 
-def load_settings(flags: dict[str, Any], config_file: Path | None) -> Settings:
-    """Settings from flags, environment, the TOML file and defaults; UsageError if invalid."""
-    if config_file is not None:
-        try:
-            with config_file.open("rb") as handle:
-                tomllib.load(handle)
-        except OSError as error:
-            raise UsageError(
-                f"cannot read config file {config_file} (--config, WORKER_CONFIG): {error.strerror}"
-            ) from None
-        except tomllib.TOMLDecodeError as error:
-            raise UsageError(f"config file {config_file} is not valid TOML: {error}") from None
-    token = _config_file.set(config_file)
+def _setting(default: Any, convert: Convert, description: str, *, secret: bool = False) -> Any:
+    return dataclasses.field(
+        default=default,
+        repr=not secret,
+        metadata={"convert": convert, "description": description},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every setting of the worker, with its default. Values given are validated on creation."""
+
+    # A path, a glob (`**` allowed) or a list of them; `WORKER_INPUT` takes a JSON list too.
+    input: tuple[str, ...] = _setting(
+        ("numbers.txt",),
+        _patterns(at_least_one=True),
+        "the numbers file: a path, a glob, or a list of them",
+    )
+    checkpoint: Path = _setting(Path("checkpoint.json"), _path, "the checkpoint file")
+    result: Path = _setting(Path("result.json"), _path, "the result file")
+    checkpoint_interval: float = _setting(1.0, _number(gt=0), "seconds between checkpoints")
+    follow: bool = _setting(False, _switch, "keep reading as the input grows")
+    poll_interval: float = _setting(0.5, _number(gt=0), "seconds between looks at a followed input")
+    max_rate: float = _setting(0.0, _number(ge=0), "numbers per second, 0 = unlimited")
+    on_bad_record: OnBadRecord = _setting(
+        "skip", _choice(OnBadRecord), "skip or fail on a bad line"
+    )
+    max_line_bytes: int = _setting(4096, _integer(ge=1), "longest line accepted, in bytes")
+    on_input_change: OnInputChange = _setting(
+        "fail", _choice(OnInputChange), "when the input no longer matches the checkpoint"
+    )
+    shutdown_timeout: float = _setting(5.0, _number(gt=0), "graceful shutdown limit, seconds")
+    log_format: LogFormat = _setting("auto", _choice(LogFormat), "log format")
+    log_level: LogLevel = _setting("info", _choice(LogLevel), "log level")
+    source: SourceKind = _setting("file", _choice(SourceKind), "read the input file or Kafka")
+    kafka_bootstrap_servers: str = _setting(
+        "localhost:9092",
+        _text(pattern=r"\S+:\d+(,\S+:\d+)*", hint="host:port,... such as localhost:9092"),
+        "host:port,... of Kafka",
+    )
+    kafka_topic: str = _setting("numbers", _text(non_empty=True), "the Kafka topic of numbers")
+    kafka_group: str = _setting("checkpoint-worker", _text(non_empty=True), "the consumer group")
+    kafka_security_protocol: SecurityProtocol = _setting(
+        "PLAINTEXT",
+        _choice(SecurityProtocol),
+        "how to reach the brokers",
+    )
+    kafka_sasl_mechanism: SaslMechanism = _setting(
+        "PLAIN",
+        _choice(SaslMechanism),
+        "SASL mechanism (with SASL_*)",
+    )
+    kafka_sasl_username: str = _setting("", _text(), "SASL user (with SASL_*)")
+    kafka_sasl_password: str = _setting("", _text(), "SASL password (with SASL_*)", secret=True)
+    kafka_session_timeout: float = _setting(
+        10.0, _number(ge=1), "seconds a silent group member keeps its partitions"
+    )
+    kafka_ssl_cafile: str = _setting("", _text(), "CA bundle file (with SSL, SASL_SSL)")
+    exclude: tuple[str, ...] = _setting(
+        (),
+        _patterns(at_least_one=False),
+        "globs never read (the worker's own files are always excluded)",
+    )
+    close_inactive: float = _setting(
+        5.0, _number(gt=0), "seconds a file renamed out of every pattern is still read"
+    )
+    max_open_files: int = _setting(256, _integer(ge=1), "files open at once; others wait")
+    metrics_address: str = _setting(
+        "", _address, "HOST:PORT serving /metrics, /healthz and /readyz; empty = off"
+    )
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            try:
+                converted = field.metadata["convert"](value)
+            except ValueError as error:
+                raise _InvalidSetting(field.name, value, str(error)) from None
+            object.__setattr__(self, field.name, converted)
+
+
+def setting_fields() -> tuple[dataclasses.Field[Any], ...]:
+    """Each setting's field: its name, default and `metadata["description"]`."""
+    return dataclasses.fields(Settings)
+
+
+class _InvalidSetting(ValueError):
+    def __init__(self, name: str, value: Any, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name, self.value, self.reason = name, value, reason
+
+
+def _environment(names: set[str]) -> dict[str, str]:
+    """The `WORKER_*` variables that name a setting (case does not matter, as on most tools)."""
+    found: dict[str, str] = {}
+    for key, value in os.environ.items():
+        name = key.lower().removeprefix(ENV_PREFIX.lower())
+        if key.upper().startswith(ENV_PREFIX) and name in names:
+            found[name] = value
+    return found
+
+
+def _read_config(config_file: Path) -> dict[str, Any]:
+    import tomllib  # only when a file is given: it is not free at start-up
+
     try:
-        return Settings(**flags)
-    except ValidationError as error:
-        raise UsageError(_describe(error.errors()[0], config_file)) from None
-    finally:
-        _config_file.reset(token)
+        with config_file.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise UsageError(
+            f"cannot read config file {config_file} (--config, WORKER_CONFIG): {error.strerror}"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"config file {config_file} is not valid TOML: {error}") from None
+
+
+def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Settings:
+    """Settings from flags, environment, the TOML file and defaults; UsageError if invalid."""
+    names = {field.name for field in setting_fields()}
+    from_file = _read_config(config_file) if config_file is not None else {}
+    for key in from_file:
+        if key not in names:
+            raise UsageError(f"unknown setting {key!r} in {config_file}")
+    values = {**from_file, **_environment(names), **flags}  # later sources win
+    try:
+        return Settings(**values)
+    except _InvalidSetting as error:
+        sources = f"--{error.name.replace('_', '-')}, {ENV_PREFIX}{error.name.upper()}"
+        if config_file is not None:
+            sources += f" or {config_file}"
+        raise UsageError(
+            f"invalid setting {error.name!r} ({sources}): {error.reason}, got {error.value!r}"
+        ) from None

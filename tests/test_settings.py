@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from service.errors import UsageError
-from service.settings import Settings, load_settings, split_address
+from service.settings import Settings, load_settings, setting_fields, split_address
 from tests.processes import cli
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")
@@ -55,17 +56,18 @@ def write_config(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_are_the_contracts() -> None:
     """With no flag, variable or file, every setting has the default CONTRACT.md gives."""
-    assert load_settings({}, None).model_dump() == CONTRACT_DEFAULTS
+    assert dataclasses.asdict(load_settings({}, None)) == CONTRACT_DEFAULTS
 
 
 def test_documented_config_shows_every_setting_with_its_default() -> None:
     """config/worker.toml lists every setting, each with its default value."""
     with DOCUMENTED_CONFIG.open("rb") as handle:
         documented = tomllib.load(handle)
-    assert sorted(documented) == sorted(Settings.model_fields)
+    defaults = {field.name: field.default for field in setting_fields()}
+    assert sorted(documented) == sorted(defaults)
     assert load_settings({}, DOCUMENTED_CONFIG) == load_settings({}, None)
     for name, value in documented.items():
-        default = Settings.model_fields[name].default
+        default = defaults[name]
         if isinstance(default, tuple) and not isinstance(value, list):
             value = (value,)  # one path stands for a list of one
         elif isinstance(value, list):
@@ -156,7 +158,7 @@ def test_each_source_sets_different_keys(tmp_path: Path, monkeypatch: pytest.Mon
 def test_worker_config_variable_is_not_an_unknown_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     """WORKER_CONFIG names the file; it is not mistaken for a setting."""
     monkeypatch.setenv("WORKER_CONFIG", "somewhere.toml")
-    assert load_settings({}, None).model_dump() == CONTRACT_DEFAULTS
+    assert dataclasses.asdict(load_settings({}, None)) == CONTRACT_DEFAULTS
 
 
 @pytest.mark.parametrize(
@@ -319,3 +321,34 @@ def test_cli_bad_value_in_config_file(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert "max_line_bytes" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("1", True), ("YES", True), ("on", True), ("false", False), ("0", False)],
+)
+def test_switch_words_in_the_environment(
+    value: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WORKER_FOLLOW takes the words people write for on and off, in any case."""
+    monkeypatch.setenv("WORKER_FOLLOW", value)
+    assert load_settings({}, None).follow is expected
+
+
+def test_values_are_typed_whatever_their_source(tmp_path: Path) -> None:
+    """Text from a flag becomes the setting's type; a whole float in TOML is an integer."""
+    config = write_config(tmp_path, "max_line_bytes = 512.0\n")
+    settings = load_settings({"checkpoint_interval": "2", "checkpoint": "c.json"}, config)
+    assert (settings.checkpoint_interval, settings.max_line_bytes, settings.checkpoint) == (
+        2.0,
+        512,
+        Path("c.json"),
+    )
+    assert type(settings.max_line_bytes) is int
+
+
+def test_settings_built_in_code_are_validated_too() -> None:
+    """`Settings(...)` from Python checks its values as the command line does."""
+    assert Settings(max_line_bytes=512).max_line_bytes == 512
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        Settings(checkpoint_interval=0)
