@@ -29,7 +29,7 @@ from .checkpoint import FileState, InputIdentity, identify_input
 from .errors import InputChanged, InputUnreadable
 from .logs import Logger
 from .parsing import Batch, LineParser, Region, RegionResult
-from .partition import Progress, Step
+from .partition import Gauge, Progress, Step
 from .patterns import FileKey
 from .settings import Settings
 from .state import Position
@@ -102,6 +102,11 @@ class FilePartition:
     @property
     def position(self) -> Position:
         return self.parser.position
+
+    def gauges(self) -> list[Gauge]:
+        position = self.parser.position
+        size = max(position.offset, self.size or 0)
+        return [Gauge(self.path, position, size, size - position.offset, "bytes")]
 
     def snapshot(self, *, closed: bool = False) -> FileState:
         return FileState(self.path, self.inode, self.identity, self.parser.position, closed)

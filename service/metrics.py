@@ -8,7 +8,7 @@ Rule 2: the counters count what this process consumed since it started, without 
         resumed run starts them at 0. Totals since the very beginning are in the checkpoint.
 Rule 3: per-partition gauges carry a `partition` label (a file's path; Kafka's `topic:partition`)
         and a vanished partition's series are gone from the next scrape, not left at their last
-        value.
+        value. Lag is `lag_bytes` for files and `lag_messages` for Kafka.
 Rule 4: health is the event loop's heartbeat, read by another thread: a loop that has not beaten
         for `STALLED_AFTER` seconds is stalled, even though the process and this thread live.
 """
@@ -19,11 +19,13 @@ import bisect
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .health import STALE_AFTER
-from .state import Position
 from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .partition import Gauge
 
 __all__ = ["SAVE_BUCKETS", "SAVE_REASONS", "STALLED_AFTER", "Metrics"]
 
@@ -47,7 +49,7 @@ class Metrics(Telemetry):
         self._save_buckets = [0] * (len(SAVE_BUCKETS) + 1)  # the last one is +Inf
         self._save_seconds = 0.0
         self._last_save = 0.0
-        self._partitions: dict[str, tuple[int, int]] = {}  # label -> (position, size)
+        self._partitions: dict[str, list[Gauge]] = {}  # a lifecycle partition's label -> gauges
         self._partitions_lock = threading.Lock()  # a scrape copies what the loop changes
         self._ready = False
         self._last_beat = time.monotonic()
@@ -60,9 +62,9 @@ class Metrics(Telemetry):
         self._bad_records += bad_records
         self._bytes += nbytes
 
-    def partition_position(self, label: str, position: Position, size: int) -> None:
+    def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
         with self._partitions_lock:
-            self._partitions[label] = (position.offset, size)
+            self._partitions[label] = gauges
 
     def partition_gone(self, label: str) -> None:
         with self._partitions_lock:
@@ -132,21 +134,30 @@ class Metrics(Telemetry):
         )
         position = GaugeMetricFamily(
             _PREFIX + "position",
-            "Where the next unread record of the partition starts (a file: its byte offset)",
+            "Where the next unread record of the partition starts (a file: its byte offset; "
+            "Kafka: the next offset)",
             labels=["partition"],
         )
-        lag = GaugeMetricFamily(
-            _PREFIX + "lag_bytes",
-            "Bytes of the partition's file not consumed yet (size minus position)",
-            labels=["partition"],
-        )
+        lags = {
+            "bytes": GaugeMetricFamily(
+                _PREFIX + "lag_bytes",
+                "Bytes of the partition's file not consumed yet (size minus position)",
+                labels=["partition"],
+            ),
+            "messages": GaugeMetricFamily(
+                _PREFIX + "lag_messages",
+                "Messages of the Kafka partition past the group's last commit (log end minus "
+                "committed offset)",
+                labels=["partition"],
+            ),
+        }
         with self._partitions_lock:
-            partitions = dict(self._partitions)
-        for label, (offset, size) in sorted(partitions.items()):
-            position.add_metric([label], offset)
-            lag.add_metric([label], max(0, size - offset))
+            gauges = [gauge for listed in self._partitions.values() for gauge in listed]
+        for gauge in sorted(gauges, key=lambda gauge: gauge.label):
+            position.add_metric([gauge.label], gauge.position.offset)
+            lags[gauge.unit].add_metric([gauge.label], max(0, gauge.lag))
         yield position
-        yield lag
+        yield from lags.values()
 
     def is_ready(self) -> bool:
         return self._ready

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from .parsing import Batch
 from .state import Position
 
-__all__ = ["Partition", "Progress", "Source", "Step"]
+__all__ = ["Gauge", "Partition", "Progress", "Source", "Step"]
 
 
 class Progress(enum.Enum):
@@ -35,6 +35,21 @@ class Step:
     progress: Progress
 
 
+@dataclass(frozen=True)
+class Gauge:
+    """Where one stream stands, for metrics and the progress line: a file or a Kafka partition.
+
+    A file: `end` is its size and `lag` the bytes left. A Kafka partition: `end` is its log end
+    offset and `lag` the messages past the group's last commit, as consumer-group lag counts.
+    """
+
+    label: str  # a file's path, or `topic:partition`
+    position: Position
+    end: int
+    lag: int
+    unit: str  # what `lag` counts: "bytes" or "messages"
+
+
 class Partition(Protocol):
     @property
     def label(self) -> str:
@@ -44,9 +59,8 @@ class Partition(Protocol):
     @property
     def position(self) -> Position: ...
 
-    @property
-    def size(self) -> int | None:
-        """How many bytes it holds as last seen, when that is known."""
+    def gauges(self) -> list[Gauge]:
+        """Where each stream it reads stands: one for a file, one per owned Kafka partition."""
         ...
 
     async def next_batch(self) -> Step: ...

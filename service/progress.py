@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
 from rich.console import Console, RenderableType
 from rich.file_proxy import FileProxy
@@ -27,8 +27,10 @@ from rich.table import Table
 from rich.text import Text
 
 from .logs import Logger, route_output
-from .state import Position
 from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .partition import Gauge
 
 __all__ = ["ProgressDisplay", "ProgressLine", "RateWindow", "describe"]
 
@@ -86,20 +88,21 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def describe(
-    partitions: dict[str, tuple[Position, int]], records_rate: float, bytes_rate: float
-) -> ProgressLine:
-    """The progress line of partitions (label -> (position, size)) read at these rates."""
-    offset = sum(position.offset for position, _ in partitions.values())
-    size = sum(max(size, position.offset) for position, size in partitions.values())
-    left = size - offset
-    caught_up = sum(1 for position, size in partitions.values() if position.offset >= size)
+def describe(gauges: list[Gauge], records_rate: float, bytes_rate: float) -> ProgressLine:
+    """The progress line of the streams being read (files, or Kafka partitions) at these rates.
+
+    `bytes_rate` is in the unit of the positions: bytes for files, messages for Kafka.
+    """
+    offset = sum(gauge.position.offset for gauge in gauges)
+    end = sum(max(gauge.end, gauge.position.offset) for gauge in gauges)
+    left = end - offset
+    caught_up = sum(1 for gauge in gauges if gauge.position.offset >= gauge.end)
     return ProgressLine(
-        percent=100.0 * offset / size if size else 100.0,
+        percent=100.0 * offset / end if end else 100.0,
         rate=records_rate,
         eta=left / bytes_rate if left > 0 and bytes_rate > 0 else None,
-        sum=sum(position.sum for position, _ in partitions.values()),
-        reading=len(partitions) - caught_up,
+        sum=sum(gauge.position.sum for gauge in gauges),
+        reading=len(gauges) - caught_up,
         caught_up=caught_up,
     )
 
@@ -111,7 +114,7 @@ class ProgressDisplay(Telemetry):
         self._console = console or Console(file=sys.stderr)
         self._same_terminal = same_terminal
         self._lock = threading.Lock()  # the refresh thread reads what the event loop writes
-        self._partitions: dict[str, tuple[Position, int]] = {}
+        self._partitions: dict[str, list[Gauge]] = {}  # a lifecycle partition's label -> gauges
         self._rates = RateWindow(time.monotonic())
         self._live: Live | None = None
 
@@ -133,9 +136,9 @@ class ProgressDisplay(Telemetry):
         with self._lock:
             self._rates.add(records, nbytes, time.monotonic())
 
-    def partition_position(self, label: str, position: Position, size: int) -> None:
+    def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
         with self._lock:
-            self._partitions[label] = (position, size)
+            self._partitions[label] = gauges
 
     def partition_gone(self, label: str) -> None:
         with self._lock:
@@ -152,7 +155,8 @@ class ProgressDisplay(Telemetry):
     def line(self) -> ProgressLine:
         with self._lock:
             records_rate, bytes_rate = self._rates.rates(time.monotonic())
-            return describe(dict(self._partitions), records_rate, bytes_rate)
+            gauges = [gauge for listed in self._partitions.values() for gauge in listed]
+            return describe(gauges, records_rate, bytes_rate)
 
 
 class _Renderable:

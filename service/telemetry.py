@@ -4,19 +4,23 @@ Rule 1: the worker calls one `Telemetry` at a few plain points of its lifecycle 
         below) and knows nothing of Prometheus, HTTP or terminals.
 Rule 2: the base class does nothing: with metrics off and no terminal, the worker holds one, and
         the hot path pays a no-op method call per batch. Nothing heavy is imported for it.
-Rule 3: `consumed` takes what one batch added (the counters); `partition_position` takes where a
-        partition stands and how big it is (the gauges, the percent). A partition is a label:
-        a file's path, or Kafka's `topic:partition`.
+Rule 3: `consumed` takes what one batch added (the counters); `partition_gauges` takes where
+        each stream of a lifecycle partition stands (the gauges, the percent): one for a file,
+        one per owned Kafka partition. Each report replaces that partition's previous one, so a
+        revoked Kafka partition's series goes with the next report.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .logs import Logger, renders_json
 from .settings import Settings
-from .state import Position
+
+if TYPE_CHECKING:
+    from .partition import Gauge
 
 __all__ = ["Telemetry", "telemetry_for"]
 
@@ -33,8 +37,8 @@ class Telemetry:
     def consumed(self, records: int, bad_records: int, nbytes: int) -> None:
         """One batch was consumed: `records` valid, `bad_records` skipped, `nbytes` bytes."""
 
-    def partition_position(self, label: str, position: Position, size: int) -> None:
-        """The partition `label` stands at `position`; its input is `size` long."""
+    def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
+        """Where the streams of the partition `label` stand now (its whole list)."""
 
     def partition_gone(self, label: str) -> None:
         """The partition `label` vanished (deleted, revoked): forget it."""
@@ -67,9 +71,9 @@ class _Fanout(Telemetry):
         for part in self.parts:
             part.consumed(records, bad_records, nbytes)
 
-    def partition_position(self, label: str, position: Position, size: int) -> None:
+    def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
         for part in self.parts:
-            part.partition_position(label, position, size)
+            part.partition_gauges(label, gauges)
 
     def partition_gone(self, label: str) -> None:
         for part in self.parts:

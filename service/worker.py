@@ -205,11 +205,7 @@ class _Worker:
         self._report_position(partition)
 
     def _report_position(self, partition: Partition) -> None:
-        position = partition.position
-        size = partition.size
-        self.telemetry.partition_position(
-            partition.label, position, position.offset if size is None else size
-        )
+        self.telemetry.partition_gauges(partition.label, partition.gauges())
 
     def _report(self, partition: Partition, batch: Batch) -> None:
         """Log bad records (at most BAD_RECORD_DETAILS_PER_RUN a run); stop at a failing one."""

@@ -10,8 +10,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.metrics import STALLED_AFTER, Metrics
 from service.progress import RATE_WINDOW, ProgressLine, RateWindow, describe
 from service.settings import load_settings
+from service.partition import Gauge
 from service.state import Position
 from service.telemetry import Telemetry, _Fanout, telemetry_for
+
+
+def _file(path: str, offset: int, size: int, **position: int) -> Gauge:
+    return Gauge(path, Position(offset=offset, **position), size, size - offset, "bytes")
 
 
 def _series(metrics: Metrics) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -37,19 +42,44 @@ def test_consumed_batches_add_up_in_unlabelled_counters() -> None:
 def test_a_vanished_partition_has_its_series_dropped() -> None:
     """Gauges per partition label; partition_gone removes that label's series, no other."""
     metrics = Metrics()
-    metrics.partition_position("a.txt", Position(offset=40), 100)
-    metrics.partition_position("topic:3", Position(offset=7), 7)
+    metrics.partition_gauges("a.txt", [_file("a.txt", 40, 100)])
+    metrics.partition_gauges("b.txt", [_file("b.txt", 7, 7)])
     series = _series(metrics)
     assert series["checkpoint_worker_position"] == {
         (("partition", "a.txt"),): 40,
-        (("partition", "topic:3"),): 7,
+        (("partition", "b.txt"),): 7,
     }
     assert series["checkpoint_worker_lag_bytes"][(("partition", "a.txt"),)] == 60
     metrics.partition_gone("a.txt")
     metrics.partition_gone("never-seen")
     series = _series(metrics)
-    assert list(series["checkpoint_worker_position"]) == [(("partition", "topic:3"),)]
-    assert list(series["checkpoint_worker_lag_bytes"]) == [(("partition", "topic:3"),)]
+    assert list(series["checkpoint_worker_position"]) == [(("partition", "b.txt"),)]
+    assert list(series["checkpoint_worker_lag_bytes"]) == [(("partition", "b.txt"),)]
+
+
+def test_kafka_partitions_have_message_lag_and_a_revoked_one_is_dropped() -> None:
+    """One lifecycle partition reports each owned Kafka partition; the next report replaces the
+    list, so a revoked partition's series is gone; its lag is in messages, not bytes."""
+    metrics = Metrics()
+
+    def owned(*offsets: tuple[int, int, int]) -> list[Gauge]:
+        return [
+            Gauge(f"numbers:{n}", Position(offset=at), end, end - committed, "messages")
+            for n, (at, end, committed) in enumerate(offsets)
+        ]
+
+    metrics.partition_gauges("numbers", owned((90, 100, 80), (5, 5, 5)))
+    series = _series(metrics)
+    assert series["checkpoint_worker_lag_messages"] == {
+        (("partition", "numbers:0"),): 20,
+        (("partition", "numbers:1"),): 0,
+    }
+    assert series["checkpoint_worker_position"][(("partition", "numbers:0"),)] == 90
+    assert "checkpoint_worker_lag_bytes" not in series
+    metrics.partition_gauges("numbers", owned((100, 100, 100)))
+    series = _series(metrics)
+    assert series["checkpoint_worker_lag_messages"] == {(("partition", "numbers:0"),): 0}
+    assert list(series["checkpoint_worker_position"]) == [(("partition", "numbers:0"),)]
 
 
 def test_every_save_reason_is_a_series_from_the_start() -> None:
@@ -100,8 +130,8 @@ def test_fanout_reports_everything_to_each_part() -> None:
     both = _Fanout(list(parts))
     both.ready()
     both.consumed(4, 1, 20)
-    both.partition_position("a.txt", Position(offset=20), 30)
-    both.partition_position("b.txt", Position(offset=1), 1)
+    both.partition_gauges("a.txt", [_file("a.txt", 20, 30)])
+    both.partition_gauges("b.txt", [_file("b.txt", 1, 1)])
     both.partition_gone("b.txt")
     both.checkpoint_saved("shutdown", 0.01)
     both.loop_alive()
@@ -128,10 +158,10 @@ def test_rate_is_over_the_window_and_falls_to_0_when_nothing_comes() -> None:
 
 def test_describe_sums_partitions_into_percent_eta_and_sum() -> None:
     """Percent and ETA over all partitions' bytes; partitions at their end are caught up."""
-    partitions = {
-        "a.txt": (Position(offset=250, records=40, sum=1000), 1000),
-        "b.txt": (Position(offset=250, records=40, sum=-3), 250),
-    }
+    partitions = [
+        _file("a.txt", 250, 1000, records=40, sum=1000),
+        _file("b.txt", 250, 250, records=40, sum=-3),
+    ]
     line = describe(partitions, records_rate=80.0, bytes_rate=50.0)
     assert line == ProgressLine(percent=40.0, rate=80.0, eta=15.0, sum=997, reading=1, caught_up=1)
     assert line.text() == (
@@ -142,14 +172,14 @@ def test_describe_sums_partitions_into_percent_eta_and_sum() -> None:
 @pytest.mark.parametrize(
     ("partitions", "bytes_rate", "percent", "eta_text"),
     [
-        pytest.param({}, 0.0, 100.0, "--:--", id="no-partition"),
-        pytest.param({"a": (Position(offset=10), 10)}, 5.0, 100.0, "--:--", id="done"),
-        pytest.param({"a": (Position(offset=0), 10)}, 0.0, 0.0, "--:--", id="no-rate-yet"),
-        pytest.param({"a": (Position(), 7_200_000)}, 1000.0, 0.0, "2:00:00", id="hours"),
+        pytest.param([], 0.0, 100.0, "--:--", id="no-partition"),
+        pytest.param([_file("a", 10, 10)], 5.0, 100.0, "--:--", id="done"),
+        pytest.param([_file("a", 0, 10)], 0.0, 0.0, "--:--", id="no-rate-yet"),
+        pytest.param([_file("a", 0, 7_200_000)], 1000.0, 0.0, "2:00:00", id="hours"),
     ],
 )
 def test_describe_edges(
-    partitions: dict[str, tuple[Position, int]], bytes_rate: float, percent: float, eta_text: str
+    partitions: list[Gauge], bytes_rate: float, percent: float, eta_text: str
 ) -> None:
     """Nothing to read is 100%; without a rate or with nothing left the ETA is unknown."""
     line = describe(partitions, records_rate=0.0, bytes_rate=bytes_rate)

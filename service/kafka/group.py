@@ -35,6 +35,7 @@ from aiokafka.structs import OffsetAndMetadata
 from ..errors import BadRecordFound, UnexpectedError, WorkerError
 from ..logs import Logger
 from ..parsing import BAD_RECORD_DETAILS_PER_RUN
+from ..partition import Gauge
 from ..settings import Settings
 from ..state import Position
 from .client import KafkaUnavailable, client_options, connect, describe_error
@@ -187,6 +188,19 @@ class GroupMember:
     def changed(self) -> bool:
         """Does any owned partition's state differ from its last commit?"""
         return any(self._committed.get(tp) != p for tp, p in self.owned.items())
+
+    def gauges(self) -> list[Gauge]:
+        """Each owned partition: its position, its log end offset (the last fetch's high
+        watermark) and its lag, the messages past the group's last commit."""
+        assigned = self.consumer.assignment()
+        found = []
+        for tp, position in sorted(self.owned.items()):
+            if tp not in assigned:  # mid-rebalance: the listener drops it next
+                continue
+            end = max(position.offset, self.consumer.highwater(tp) or 0)
+            committed = self._committed.get(tp, position).offset
+            found.append(Gauge(name_of(tp), position, end, end - committed, "messages"))
+        return found
 
     def raise_fatal(self) -> None:
         if self._fatal is not None:

@@ -24,7 +24,7 @@ from ..decimal_text import decimal_of
 from ..health import heartbeat_path
 from ..logs import Logger
 from ..parsing import Batch
-from ..partition import Partition, Progress, Step
+from ..partition import Gauge, Partition, Progress, Step
 from ..settings import Settings
 from ..state import Periodic, Position
 from .client import KafkaUnavailable, connect, partitions_of
@@ -51,9 +51,8 @@ class GroupPartition:
     def position(self) -> Position:
         return total_of(list(self._source.member.owned.values()))
 
-    @property
-    def size(self) -> int | None:
-        return None
+    def gauges(self) -> list[Gauge]:
+        return self._source.member.gauges()
 
     async def next_batch(self) -> Step:
         added = await self._source.member.read(self._max_messages)
