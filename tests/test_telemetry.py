@@ -8,9 +8,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import STALLED_AFTER, Metrics
+from service.partition import Gauge
 from service.progress import RATE_WINDOW, ProgressLine, RateWindow, describe
 from service.settings import load_settings
-from service.partition import Gauge
 from service.state import Position
 from service.telemetry import Telemetry, _Fanout, telemetry_for
 
