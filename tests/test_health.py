@@ -194,7 +194,7 @@ def test_healthcheck_command(tmp_path: Path) -> None:
 
 def test_healthcheck_imports_only_the_standard_library(tmp_path: Path) -> None:
     """The healthcheck path loads none of the heavy dependencies."""
-    heavy = ("pydantic", "numpy", "anyio", "structlog", "aiofiles")
+    heavy = ("numpy", "anyio", "structlog", "aiofiles", "rich", "prometheus_client")
     code = (
         "import service.cli, service.health, sys; "
         f"sys.exit(any(m in sys.modules for m in {heavy!r}))"
