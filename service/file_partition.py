@@ -357,20 +357,27 @@ class FilePartition:
         """Each region's result: the large ones in threads at once, while the next chunk is read."""
         results: list[RegionResult | None] = [None] * len(regions)
 
-        async def parse_in_thread(index: int) -> None:
+        async def parse_in_thread(index: int, then_read_ahead: bool) -> None:
             # Parsing is pure: if shutdown cancels us, the thread's result is simply dropped.
             # Not abandoned, though: a thread that finishes while the event loop closes writes
             # to its half-closed self-pipe, and SIGPIPE (default for the CLI) kills the process
             # after the final checkpoint with 141 instead of 0. A piece parses in milliseconds.
             results[index] = await anyio.to_thread.run_sync(self.parser.parse, regions[index])
+            if then_read_ahead:
+                await self._read_ahead()
 
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._read_ahead)
+            # One thread per core parses; the read waits for the first of them to finish, as a
+            # third busy thread would only slow the parsers down (they share two cores).
+            read_ahead_left = True
             for index, region in enumerate(regions):
                 if region.parsed is None and len(region.data) >= MIN_PIECE_BYTES:
-                    tasks.start_soon(parse_in_thread, index)
+                    tasks.start_soon(parse_in_thread, index, read_ahead_left)
+                    read_ahead_left = False
                 else:
                     results[index] = self.parser.parse(region)
+            if read_ahead_left:
+                tasks.start_soon(self._read_ahead)
         return [r for r in results if r is not None]
 
     def _identify(self) -> None:
