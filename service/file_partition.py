@@ -12,8 +12,9 @@ Rule 4: at most `max_open_files` partitions hold a file open; the others wait fo
         followed file that is caught up gives its slot up while others wait (reopened by name
         later, and only if it is still the same (device, inode)). At most `READS_AT_ONCE` chunks
         are in memory at once (read, read ahead, or being parsed), so memory stays bounded.
-Rule 5: while a chunk is parsed the next one is read, when a reading slot is free right then;
-        a change of position (restart, close) drops what was read ahead.
+Rule 5: a chunk is cut into pieces that the parsing threads share out as each is free; the
+        first thread out of pieces reads the next chunk, when a reading slot is free right then.
+        A change of position (restart, close) drops what was read ahead.
 """
 
 from __future__ import annotations
@@ -38,14 +39,23 @@ __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition"]
 CHUNK_BYTES = 4 * 1024 * 1024  # held once (regions are views of it): peak RSS stays < 50 MB
 READS_AT_ONCE = 4  # chunks in memory at once, over all files: both cores stay busy
 PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
+PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together, the read included
 _PACED_BATCHES_PER_SECOND = 10
 
 
 @dataclass(eq=False)
 class _Chunk:
-    """Bytes read from the file; the chunk itself holds the reading slot it was read under."""
+    """Bytes read from the file, or why not; the chunk itself holds its reading slot."""
 
-    data: bytes
+    data: bytes = b""
+    error: OSError | None = None
+
+    def read(self, fd: int, size: int) -> None:
+        """Read from `fd` (blocking); an error is kept for when the chunk is used."""
+        try:
+            self.data = os.read(fd, size)
+        except OSError as error:
+            self.error = error
 
 
 class FilePartition:
@@ -214,9 +224,11 @@ class FilePartition:
                 return self._step(Batch(self.position), Progress.READING)
         chunk = await self._next_chunk()
         try:
+            if chunk.error is not None:
+                raise InputUnreadable(f"cannot read input {self.path}: {chunk.error.strerror}")
             if chunk.data:
                 self.last_growth = anyio.current_time()
-                regions = self.parser.split(chunk.data, PARSE_THREADS)
+                regions = self.parser.split(chunk.data, PIECES_PER_CHUNK)
                 batch = await self._parse_and_commit(regions)
                 return self._step(batch, Progress.READING)
         finally:
@@ -300,37 +312,14 @@ class FilePartition:
         if self._ahead is not None:
             ahead, self._ahead = self._ahead, None
             return ahead
-        chunk = _Chunk(b"")
+        chunk = _Chunk()
         await self.reading.acquire_on_behalf_of(chunk)  # a few chunks at once, however many files
         try:
-            chunk.data = await self._read()
+            await anyio.to_thread.run_sync(chunk.read, self._fd(), self._read_size())
         except BaseException:
             self.reading.release_on_behalf_of(chunk)
             raise
         return chunk
-
-    async def _read_ahead(self) -> None:
-        """Read the next chunk while this one is parsed, if a reading slot is free right now."""
-        chunk = _Chunk(b"")
-        try:
-            self.reading.acquire_on_behalf_of_nowait(chunk)
-        except anyio.WouldBlock:
-            return
-        try:
-            chunk.data = await self._read()
-        except BaseException:
-            self.reading.release_on_behalf_of(chunk)
-            raise
-        if chunk.data:
-            self._ahead = chunk
-        else:
-            self.reading.release_on_behalf_of(chunk)  # at the end: look again next time
-
-    async def _read(self) -> bytes:
-        try:
-            return await anyio.to_thread.run_sync(os.read, self._fd(), self._read_size())
-        except OSError as error:
-            raise InputUnreadable(f"cannot read input {self.path}: {error.strerror}") from None
 
     def _drop_read_ahead(self) -> None:
         if self._ahead is not None:
@@ -354,31 +343,47 @@ class FilePartition:
         return Batch(self.parser.position, tuple(bad), failed)
 
     async def _parse(self, regions: list[Region]) -> list[RegionResult]:
-        """Each region's result: the large ones in threads at once, while the next chunk is read."""
+        """Each region's result: small ones here, large ones in threads that read ahead too."""
+        if sum(len(r.data) for r in regions) < MIN_PIECE_BYTES:
+            return [self.parser.parse(r) for r in regions]
+        ahead = self._reserve_read_ahead()
+        to_read = iter(() if ahead is None else (ahead,))
+        pending = iter(range(len(regions)))  # next() holds the GIL: each index goes to one thread
         results: list[RegionResult | None] = [None] * len(regions)
+        fd, size = self._fd(), self._read_size()
 
-        async def parse_in_thread(index: int, then_read_ahead: bool) -> None:
-            # Parsing is pure: if shutdown cancels us, the thread's result is simply dropped.
-            # Not abandoned, though: a thread that finishes while the event loop closes writes
-            # to its half-closed self-pipe, and SIGPIPE (default for the CLI) kills the process
-            # after the final checkpoint with 141 instead of 0. A piece parses in milliseconds.
-            results[index] = await anyio.to_thread.run_sync(self.parser.parse, regions[index])
-            if then_read_ahead:
-                await self._read_ahead()
+        def share_out() -> None:
+            for index in pending:
+                results[index] = self.parser.parse(regions[index])
+            for chunk in to_read:  # the first thread out of pieces reads the next chunk
+                chunk.read(fd, size)
 
-        async with anyio.create_task_group() as tasks:
-            # One thread per core parses; the read waits for the first of them to finish, as a
-            # third busy thread would only slow the parsers down (they share two cores).
-            read_ahead_left = True
-            for index, region in enumerate(regions):
-                if region.parsed is None and len(region.data) >= MIN_PIECE_BYTES:
-                    tasks.start_soon(parse_in_thread, index, read_ahead_left)
-                    read_ahead_left = False
-                else:
-                    results[index] = self.parser.parse(region)
-            if read_ahead_left:
-                tasks.start_soon(self._read_ahead)
+        try:
+            async with anyio.create_task_group() as threads:
+                for _ in range(min(PARSE_THREADS, len(regions))):
+                    # Not abandoned if shutdown cancels us: a thread that finishes while the
+                    # event loop closes writes to its half-closed self-pipe, and SIGPIPE (default
+                    # for the CLI) kills the process after the final checkpoint with 141, not 0.
+                    threads.start_soon(anyio.to_thread.run_sync, share_out)
+        finally:
+            if ahead is not None:
+                self._keep_read_ahead(ahead)
         return [r for r in results if r is not None]
+
+    def _reserve_read_ahead(self) -> _Chunk | None:
+        """A chunk to read ahead into, holding a reading slot; None when none is free now."""
+        chunk = _Chunk()
+        try:
+            self.reading.acquire_on_behalf_of_nowait(chunk)
+        except anyio.WouldBlock:
+            return None
+        return chunk
+
+    def _keep_read_ahead(self, ahead: _Chunk) -> None:
+        if ahead.data or ahead.error is not None:
+            self._ahead = ahead
+        else:
+            self.reading.release_on_behalf_of(ahead)  # at the end, or never read: look again
 
     def _identify(self) -> None:
         """The identity of the consumed prefix, from the page cache: it was just read."""
