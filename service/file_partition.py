@@ -13,7 +13,7 @@ Rule 4: at most `max_open_files` partitions hold a file open; the others wait fo
         later, and only if it is still the same (device, inode)). At most `READS_AT_ONCE` chunks
         are in memory at once (read, read ahead, or being parsed), so memory stays bounded.
 Rule 5: a chunk is cut into pieces that the parsing threads share out as each is free; the
-        first thread out of pieces reads the next chunk, when a reading slot is free right then.
+        first thread reads the next chunk meanwhile, when a reading slot is free right then.
         A change of position (restart, close) drops what was read ahead.
 """
 
@@ -353,10 +353,10 @@ class FilePartition:
         fd, size = self._fd(), self._read_size()
 
         def share_out() -> None:
+            for chunk in to_read:  # the first thread reads the next chunk while others parse
+                chunk.read(fd, size)
             for index in pending:
                 results[index] = self.parser.parse(regions[index])
-            for chunk in to_read:  # the first thread out of pieces reads the next chunk
-                chunk.read(fd, size)
 
         try:
             async with anyio.create_task_group() as threads:
