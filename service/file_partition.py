@@ -37,7 +37,7 @@ from .state import Position
 __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition"]
 
 CHUNK_BYTES = 4 * 1024 * 1024  # held once (regions are views of it): peak RSS stays < 50 MB
-READS_AT_ONCE = 4  # chunks in memory at once, over all files: both cores stay busy
+READS_AT_ONCE = 2  # chunks in memory at once, over all files: one parsed while the next is read
 PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
 PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together, the read included
 _PACED_BATCHES_PER_SECOND = 10
