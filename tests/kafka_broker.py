@@ -15,6 +15,7 @@ Rules:
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +118,16 @@ class Broker:
         self.process = _launch(self.command, self.directory)
         port = int(self.plaintext.rsplit(":", 1)[1])
         _wait_listening(port, self.process, self.directory / "broker.log")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The JVM stopped (SIGSTOP) inside the block: connections stay open, nothing answers."""
+        assert self.process is not None, "a broker started here, not one named from outside"
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop the JVM (SIGTERM, then SIGKILL) and remove its directory."""

@@ -374,3 +374,37 @@ def test_a_broker_restart_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> N
         assert _totals(_result(tmp_path)) == _oracle(data)
     finally:
         broker.stop()
+
+
+def test_a_stop_while_the_broker_does_not_answer_exits_0_in_time(tmp_path: Path) -> None:
+    """SIGTERM while the broker (its own, for this test) is frozen: the final commit is given up
+    within shutdown_timeout instead of the watchdog ending the process with exit 1, and the next
+    run resumes from the last accepted commit with the exact total."""
+    broker = start_broker()
+    try:
+        topic = create_topic(broker, 3)
+        env = kafka_env(
+            broker,
+            topic,
+            f"group-{topic}",
+            WORKER_CHECKPOINT_INTERVAL="0.2",
+            WORKER_SHUTDOWN_TIMEOUT="5",
+        )
+        data = noisy_numbers(30_000, seed=12)
+        (tmp_path / "numbers.txt").write_bytes(data)
+        _publish(tmp_path, env, "--lines-per-message", "100")
+        worker = WorkerProcess([], tmp_path, {**env, "WORKER_MAX_RATE": "3000"})
+        worker.wait_for("checkpoint_saved", timeout=30)
+        with broker.frozen():
+            sent = worker.signal(signal.SIGTERM)
+            code = worker.finish(timeout=30)
+            took = time.monotonic() - sent
+        assert code == 0, "".join(worker.raw)
+        assert took < 5
+        assert worker.named("commit_rejected", reason="shutdown")
+        assert not worker.named("fatal_error")
+        rerun = WorkerProcess([], tmp_path, env)
+        assert rerun.finish(timeout=120) == 0, "".join(rerun.raw)
+        assert _totals(_result(tmp_path)) == _oracle(data)
+    finally:
+        broker.stop()

@@ -338,6 +338,11 @@ class GroupMember:
         )
         return True
 
+    def give_up(self, reason: str, cause: str) -> None:
+        """Drop every owned state uncommitted: its next owner resumes from the last accepted
+        commit, which is exact (Rule 3)."""
+        self._drop(list(self.owned), reason, cause)
+
     def _drop(self, changed: Iterable[TopicPartition], reason: str, cause: str) -> None:
         """Fenced (Rule 2): these states are no longer ours to save."""
         self._epoch += 1

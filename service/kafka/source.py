@@ -33,6 +33,11 @@ from .group_state import GroupState, read_group_state
 
 __all__ = ["KafkaSource"]
 
+# Stopping, the final commit and leaving the group each get this share of shutdown_timeout, so
+# both fit before the watchdog ends the process (`worker.py`). Mid-rebalance either can wait on
+# the group far longer; a final commit that does not fit is given up as a fenced one is.
+_SHUTDOWN_SHARE = 0.4
+
 
 class GroupPartition:
     """All the Kafka partitions this member owns, as one partition of the lifecycle."""
@@ -133,7 +138,12 @@ class KafkaSource:
 
     async def save(self, reason: str, *, completed: bool = False) -> bool:
         # The final and the completion commits cover every owned partition, changed or not.
-        return await self.member.commit(reason, force=reason != "timer")
+        if reason != "shutdown":
+            return await self.member.commit(reason, force=reason != "timer")
+        with anyio.move_on_after(self.settings.shutdown_timeout * _SHUTDOWN_SHARE):
+            return await self.member.commit(reason, force=True)
+        self.member.give_up(reason, "the group did not take the final commit in time")
+        return False
 
     def heartbeat(self) -> None:
         self._heartbeat.write_text(f"{os.getpid()}\n")
@@ -162,6 +172,6 @@ class KafkaSource:
 
     async def close(self) -> None:
         """Leave the group (after the final commit), bounded; remove the heartbeat."""
-        with anyio.move_on_after(self.settings.shutdown_timeout):
+        with anyio.move_on_after(self.settings.shutdown_timeout * _SHUTDOWN_SHARE):
             await self.member.close()
         self._heartbeat.unlink(missing_ok=True)

@@ -138,7 +138,8 @@ def _run_fleet(
             code = workers[index].finish(timeout=60)
             tally.fault(f"fleet: {signal.Signals(kind).name} of a worker")
             if kind == signal.SIGTERM and code != 0:
-                tally.violation(f"fleet life {life}", f"SIGTERM exit {code}")
+                errors = [e.get("message", e["event"]) for e in workers[index].named("fatal_error")]
+                tally.violation(f"fleet life {life}", f"SIGTERM exit {code}: {errors}")
             if "Traceback" in workers[index].stderr:
                 tally.violation(f"fleet life {life}", workers[index].stderr[-2000:])
             workers[index] = WorkerProcess([], homes[index], env)
