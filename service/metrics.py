@@ -16,13 +16,12 @@ Rule 4: health is the event loop's heartbeat, read by another thread: a loop tha
 from __future__ import annotations
 
 import bisect
-import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .health import STALE_AFTER
-from .telemetry import Telemetry
+from .telemetry import GaugeBoard, Telemetry
 
 if TYPE_CHECKING:
     from .partition import Gauge
@@ -49,8 +48,7 @@ class Metrics(Telemetry):
         self._save_buckets = [0] * (len(SAVE_BUCKETS) + 1)  # the last one is +Inf
         self._save_seconds = 0.0
         self._last_save = 0.0
-        self._partitions: dict[str, list[Gauge]] = {}  # a lifecycle partition's label -> gauges
-        self._partitions_lock = threading.Lock()  # a scrape copies what the loop changes
+        self._gauges = GaugeBoard()
         self._ready = False
         self._last_beat = time.monotonic()
         self._registry: Any = None
@@ -63,12 +61,10 @@ class Metrics(Telemetry):
         self._bytes += nbytes
 
     def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
-        with self._partitions_lock:
-            self._partitions[label] = gauges
+        self._gauges.report(label, gauges)
 
     def partition_gone(self, label: str) -> None:
-        with self._partitions_lock:
-            self._partitions.pop(label, None)
+        self._gauges.forget(label)
 
     def checkpoint_saved(self, reason: str, seconds: float) -> None:
         self._saves[reason] = self._saves.get(reason, 0) + 1
@@ -151,9 +147,7 @@ class Metrics(Telemetry):
                 labels=["partition"],
             ),
         }
-        with self._partitions_lock:
-            gauges = [gauge for listed in self._partitions.values() for gauge in listed]
-        for gauge in sorted(gauges, key=lambda gauge: gauge.label):
+        for gauge in sorted(self._gauges.all(), key=lambda gauge: gauge.label):
             position.add_metric([gauge.label], gauge.position.offset)
             lags[gauge.unit].add_metric([gauge.label], max(0, gauge.lag))
         yield position

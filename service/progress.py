@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .logs import Logger, route_output
-from .telemetry import Telemetry
+from .telemetry import GaugeBoard, Telemetry
 
 if TYPE_CHECKING:
     from .partition import Gauge
@@ -114,7 +114,7 @@ class ProgressDisplay(Telemetry):
         self._console = console or Console(file=sys.stderr)
         self._same_terminal = same_terminal
         self._lock = threading.Lock()  # the refresh thread reads what the event loop writes
-        self._partitions: dict[str, list[Gauge]] = {}  # a lifecycle partition's label -> gauges
+        self._gauges = GaugeBoard()
         self._rates = RateWindow(time.monotonic())
         self._live: Live | None = None
 
@@ -137,12 +137,10 @@ class ProgressDisplay(Telemetry):
             self._rates.add(records, nbytes, time.monotonic())
 
     def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
-        with self._lock:
-            self._partitions[label] = gauges
+        self._gauges.report(label, gauges)
 
     def partition_gone(self, label: str) -> None:
-        with self._lock:
-            self._partitions.pop(label, None)
+        self._gauges.forget(label)
 
     def close(self) -> None:
         if self._live is None:
@@ -155,8 +153,7 @@ class ProgressDisplay(Telemetry):
     def line(self) -> ProgressLine:
         with self._lock:
             records_rate, bytes_rate = self._rates.rates(time.monotonic())
-            gauges = [gauge for listed in self._partitions.values() for gauge in listed]
-            return describe(gauges, records_rate, bytes_rate)
+        return describe(self._gauges.all(), records_rate, bytes_rate)
 
 
 class _Renderable:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 from .logs import Logger, renders_json
@@ -22,7 +23,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .partition import Gauge
 
-__all__ = ["Telemetry", "telemetry_for"]
+__all__ = ["GaugeBoard", "Telemetry", "telemetry_for"]
 
 
 class Telemetry:
@@ -51,6 +52,27 @@ class Telemetry:
 
     def close(self) -> None:
         """Stop serving and take the progress line off the terminal; safe to call twice."""
+
+
+class GaugeBoard:
+    """The latest gauges of each lifecycle partition, written by the event loop and read by
+    another thread (a scrape, a redraw): each report replaces that partition's list."""
+
+    def __init__(self) -> None:
+        self._by_partition: dict[str, list[Gauge]] = {}
+        self._lock = threading.Lock()
+
+    def report(self, label: str, gauges: list[Gauge]) -> None:
+        with self._lock:
+            self._by_partition[label] = gauges
+
+    def forget(self, label: str) -> None:
+        with self._lock:
+            self._by_partition.pop(label, None)
+
+    def all(self) -> list[Gauge]:
+        with self._lock:
+            return [gauge for listed in self._by_partition.values() for gauge in listed]
 
 
 class _Fanout(Telemetry):
