@@ -69,9 +69,9 @@ def _present_files(settings: Settings, saved: tuple[FileState, ...]) -> list[dic
         state = next((s for s in saved if s.path == str(plain)), saved[0] if saved else None)
         pairs = [(str(plain), state.position if state else Position(), size)]
     else:
-        resumed, _gone, new = match_saved_files(saved, patterns.scan())
-        pairs = [(m.path, s.position, m.size) for _k, m, s in resumed]
-        pairs += [(m.path, Position(), m.size) for m in new.values()]
+        pairing = match_saved_files(saved, patterns.scan())
+        pairs = [(m.path, s.position, m.size) for _k, m, s in pairing.resumed]
+        pairs += [(m.path, Position(), m.size) for m in pairing.new.values()]
     return [file_entry(path, p, size) for path, p, size in sorted(pairs, key=lambda pair: pair[0])]
 
 

@@ -2,8 +2,9 @@
 
 Rule 1: a file is a partition keyed by (device, inode) while the worker runs, so a rename keeps
         its position (`file_rotated`). Across restarts a saved file is found again by its inode
-        and its first bytes; one not found under any pattern is gone, and its counts are folded
-        into `gone`, so the checkpoint does not grow without bound.
+        and its first bytes (read through the very inode the scan found, so a rotation in that
+        instant is looked at again, never read twice); one not found under any pattern is gone,
+        and its counts are folded into `gone`, so the checkpoint does not grow without bound.
 Rule 2: following, the patterns are scanned every `poll_interval`: a new file starts at 0
         (`file_discovered`); one renamed out of every pattern is read until it has not grown for
         `close_inactive`, then closed and kept, closed, so it is never read twice; one deleted is
@@ -18,7 +19,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -34,9 +35,10 @@ from .patterns import FileKey, InputPatterns, Match
 from .settings import Settings
 from .state import Position
 
-__all__ = ["FileSource", "file_entry", "input_patterns", "match_saved_files"]
+__all__ = ["FileSource", "Pairing", "file_entry", "input_patterns", "match_saved_files"]
 
-_SECOND_LOOK_DELAY = 0.05  # seconds between the two scans that must both miss a gone file
+_LOOK_AGAIN_DELAY = 0.05  # seconds between the scans that must all miss a gone file
+_LOOKS_WHILE_MOVING = 5  # scans at most while files move under the start-up scan
 
 
 def input_patterns(settings: Settings) -> InputPatterns:
@@ -45,15 +47,27 @@ def input_patterns(settings: Settings) -> InputPatterns:
     )
 
 
-def _head_matches(path: str, state: FileState) -> bool:
-    """Whether the file at `path` starts with the bytes `state` consumed first (blocking)."""
+class _Moved(Exception):
+    """The file a scan found under a name is no longer under it: ask again at the next scan."""
+
+
+def _head_matches(match: Match, state: FileState) -> bool:
+    """Whether the file found as `match` starts with the bytes `state` consumed first (blocking).
+
+    Raises `_Moved` when the name no longer holds that file (renamed since the scan), so a
+    rename in that instant is never taken for a file that does not start the same.
+    """
     if state.identity is None:
         return True
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(match.path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise _Moved from None
     except OSError:
         return False
     try:
+        if os.fstat(fd).st_ino != match.inode:
+            raise _Moved
         head = os.pread(fd, min(state.position.offset, IDENTITY_WINDOW), 0)
     except OSError:
         return False
@@ -62,32 +76,46 @@ def _head_matches(path: str, state: FileState) -> bool:
     return hashlib.sha256(head).hexdigest() == state.identity.head_sha256
 
 
-def match_saved_files(
-    saved: Iterable[FileState], found: dict[FileKey, Match]
-) -> tuple[list[tuple[FileKey, Match, FileState]], list[FileState], dict[FileKey, Match]]:
-    """Pair saved states with the files found now (blocking): (resumed, gone, new files).
+@dataclass
+class Pairing:
+    """Saved states paired with the files a scan found (`match_saved_files`)."""
+
+    resumed: list[tuple[FileKey, Match, FileState]] = field(default_factory=list)
+    gone: list[FileState] = field(default_factory=list)  # no file found is theirs
+    new: dict[FileKey, Match] = field(default_factory=dict)  # no saved state is theirs
+    moving: set[FileKey] = field(default_factory=set)  # renamed while checked: neither, yet
+
+
+def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -> Pairing:
+    """Pair saved states with the files found now (blocking).
 
     A state of format 1 has no inode and is found by its path; any other by its inode and its
     first bytes, the same path first, so a reused inode or a remount is never confused.
     """
     unclaimed = dict(found)
-    resumed: list[tuple[FileKey, Match, FileState]] = []
-    gone: list[FileState] = []
+    pairing = Pairing()
     for state in saved:
         if state.inode is None:
             candidates = [k for k, m in unclaimed.items() if m.path == state.path]
         else:
-            candidates = sorted(
+            same_inode = sorted(
                 (k for k, m in unclaimed.items() if m.inode == state.inode),
                 key=lambda k: unclaimed[k].path != state.path,
             )
-            candidates = [k for k in candidates if _head_matches(unclaimed[k].path, state)]
+            candidates = []
+            for key in same_inode:
+                try:
+                    if _head_matches(unclaimed[key], state):
+                        candidates.append(key)
+                except _Moved:
+                    pairing.moving.add(key)
         if candidates:
             key = candidates[0]
-            resumed.append((key, unclaimed.pop(key), state))
+            pairing.resumed.append((key, unclaimed.pop(key), state))
         else:
-            gone.append(state)
-    return resumed, gone, unclaimed
+            pairing.gone.append(state)
+    pairing.new = {k: m for k, m in unclaimed.items() if k not in pairing.moving}
+    return pairing
 
 
 class FileSource:
@@ -150,32 +178,42 @@ class FileSource:
         return partition
 
     async def _start_patterns(self, saved: tuple[FileState, ...]) -> list[Partition]:
-        found = await anyio.to_thread.run_sync(self.patterns.scan)
-        resumed, gone, new = await anyio.to_thread.run_sync(match_saved_files, saved, found)
-        if gone:
-            # A rename between a scan's listing and its look at the file hides the file from
-            # that scan; folding its state then would read it again from 0. A second look
-            # tells a file that is gone from one that was moving.
-            await anyio.sleep(_SECOND_LOOK_DELAY)
-            again = await anyio.to_thread.run_sync(self.patterns.scan)
-            claimed = {key for key, _match, _state in resumed} | set(new)
-            unclaimed = {k: m for k, m in again.items() if k not in claimed}
-            found_again, gone, new_again = await anyio.to_thread.run_sync(
-                match_saved_files, gone, unclaimed
-            )
-            resumed += found_again
-            new |= {k: m for k, m in new_again.items() if k not in found}
-        for state in gone:
+        pairing = await self._pair_at_start(saved)
+        for state in pairing.gone:
             self._fold(state.position)
             self.log.info(
                 "file_removed", path=state.path, reason="missing", **asdict(state.position)
             )
-        partitions = self._adopt(resumed, new)
+        partitions = self._adopt(pairing.resumed, pairing.new)
         if not self.active:
             if not self.settings.follow:
                 raise InputUnreadable(f"no file matches the input {self.describe()}")
             self._log_waiting()
         return partitions
+
+    async def _pair_at_start(self, saved: tuple[FileState, ...]) -> Pairing:
+        """Pair the saved states with the files here, looking again while any seem to move.
+
+        A rename between a scan's listing and its look at a file hides the file from that scan,
+        or shows another file under its old name; folding its state then would read it again
+        from 0. Another look tells a file that is gone from one that was moving.
+        """
+        scanned = await anyio.to_thread.run_sync(self.patterns.scan)
+        pairing = await anyio.to_thread.run_sync(match_saved_files, saved, scanned)
+        looks = 1
+        while (pairing.gone and looks == 1) or (pairing.moving and looks < _LOOKS_WHILE_MOVING):
+            await anyio.sleep(_LOOK_AGAIN_DELAY)
+            scanned = await anyio.to_thread.run_sync(self.patterns.scan)
+            claimed = {key for key, _match, _state in pairing.resumed} | set(pairing.new)
+            unclaimed = {k: m for k, m in scanned.items() if k not in claimed}
+            later = await anyio.to_thread.run_sync(match_saved_files, pairing.gone, unclaimed)
+            pairing.resumed += later.resumed
+            pairing.gone, pairing.moving = later.gone, later.moving
+            pairing.new |= later.new
+            looks += 1
+        for key in pairing.moving:  # still moving: read from 0 rather than never
+            pairing.new[key] = scanned[key]
+        return pairing
 
     def _adopt(
         self, resumed: list[tuple[FileKey, Match, FileState]], new: dict[FileKey, Match]
@@ -227,10 +265,11 @@ class FileSource:
         for key, partition in by_key.items():
             if key not in found:
                 partition.renamed_out = True
-        reopened, _, new = await anyio.to_thread.run_sync(match_saved_files, self.dormant, fresh)
-        for _key, _match, state in reopened:
+        # A file renamed while it is checked (`moving`) is neither: the next scan tells.
+        pairing = await anyio.to_thread.run_sync(match_saved_files, self.dormant, fresh)
+        for _key, _match, state in pairing.resumed:
             self.dormant.remove(state)
-        partitions = self._adopt(reopened, new)
+        partitions = self._adopt(pairing.resumed, pairing.new)
         if not self.active:
             self._log_waiting()
         return partitions

@@ -1,0 +1,110 @@
+"""The file source pairs saved states with the files it finds, even while files are renamed.
+
+A rotation (rename the live file, create a new one under its name) can fall between a scan's
+listing and its look at a file. These tests make that rename happen at exactly that instant,
+on real files, and check that the renamed file resumes where it was: read again from 0, it
+would be counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from service.checkpoint import Checkpoint, CheckpointStore, FileState, identify_input
+from service.file_partition import FilePartition
+from service.file_source import FileSource, match_saved_files
+from service.logs import configure_logging
+from service.patterns import FileKey, InputPatterns, Match
+from service.settings import Settings
+from service.state import Position
+
+CONSUMED = b"1\n2\n3\n"
+
+
+def _state_of(path: Path, consumed: bytes) -> FileState:
+    """What a checkpoint holds for `path` once `consumed` (its first bytes) was read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        identity = identify_input(fd, len(consumed))
+    finally:
+        os.close(fd)
+    lines = consumed.count(b"\n")
+    position = Position(
+        offset=len(consumed),
+        lines=lines,
+        records=lines,
+        sum=sum(int(n) for n in consumed.split()),
+    )
+    return FileState(str(path), path.stat().st_ino, identity, position)
+
+
+def _rotate(live: Path, renamed: Path) -> None:
+    """What logrotate's default does: rename the live file, create a new one in its place."""
+    live.rename(renamed)
+    live.write_bytes(b"100\n")
+
+
+def test_a_file_renamed_while_its_head_is_checked_is_neither_resumed_nor_new(
+    tmp_path: Path,
+) -> None:
+    live = tmp_path / "numbers.txt"
+    live.write_bytes(CONSUMED + b"4\n")
+    state = _state_of(live, CONSUMED)
+    patterns = InputPatterns((str(tmp_path / "*.txt*"),))
+    found = patterns.scan()
+    _rotate(live, tmp_path / "numbers.txt.1")  # after the scan, before the look
+
+    pairing = match_saved_files([state], found)
+
+    (key,) = found
+    assert pairing.moving == {key}
+    assert key not in pairing.new, "the renamed file would be read again from 0"
+    again = match_saved_files([state], patterns.scan())
+    (resumed_key, match, resumed) = again.resumed[0]
+    assert (resumed_key, match.path, resumed) == (key, str(tmp_path / "numbers.txt.1"), state)
+    assert not again.gone
+
+
+def test_a_rotation_during_the_start_up_scan_resumes_the_renamed_file_where_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = tmp_path / "in" / "numbers.txt"
+    live.parent.mkdir()
+    live.write_bytes(CONSUMED + b"4\n")
+    state = _state_of(live, CONSUMED)
+    settings = Settings(
+        input=(str(tmp_path / "in" / "*.txt*"),),
+        checkpoint=tmp_path / "checkpoint.json",
+        result=tmp_path / "result.json",
+        follow=True,
+    )
+    checkpoint = Checkpoint(
+        state.position, "in/*.txt*", None, False, files=(state,), gone=Position()
+    )
+    CheckpointStore(settings.checkpoint).save(checkpoint)
+
+    real_scan = InputPatterns.scan
+    scans = 0
+
+    def scan_then_rotate(self: InputPatterns) -> dict[FileKey, Match]:
+        nonlocal scans
+        found = real_scan(self)
+        scans += 1
+        if scans == 1:
+            _rotate(live, live.with_name("numbers.txt.1"))
+        return found
+
+    monkeypatch.setattr(InputPatterns, "scan", scan_then_rotate)
+    source = FileSource(settings, configure_logging("json", "error"))
+
+    partitions = anyio.run(source.start)
+
+    by_path = {p.path: p for p in partitions if isinstance(p, FilePartition)}
+    assert by_path[str(live.with_name("numbers.txt.1"))].position == state.position
+    assert by_path[str(live)].position == Position(), "the new live file starts at 0"
+    assert source.gone == Position(), "nothing was folded as gone"
+    assert source.totals() == state.position
