@@ -10,25 +10,25 @@ Rule 3: a change below the position (shorter, rewritten, or for a plain path rep
         contribution out of the totals.
 Rule 4: at most `max_open_files` partitions hold a file open; the others wait for a slot, and a
         followed file that is caught up gives its slot up while others wait (reopened by name
-        later, and only if it is still the same (device, inode)). At most `READS_AT_ONCE` read
-        and parse a chunk at once, so memory stays bounded.
+        later, and only if it is still the same (device, inode)). At most `READS_AT_ONCE` chunks
+        are in memory at once (read, read ahead, or being parsed), so memory stays bounded.
+Rule 5: a chunk is cut into pieces that the parsing threads share out as each is free; the
+        first thread reads the next chunk meanwhile, when a reading slot is free right then.
+        A change of position (restart, close) drops what was read ahead.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass
 
-import aiofiles
 import anyio
-from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from .checkpoint import FileState, InputIdentity, identify_input
 from .errors import InputChanged, InputUnreadable
 from .logs import Logger
-from .parsing import Batch, LineParser, Region, RegionResult
+from .parsing import MIN_PIECE_BYTES, BadRecord, Batch, LineParser, Region, RegionResult
 from .partition import Gauge, Progress, Step
 from .patterns import FileKey
 from .settings import Settings
@@ -36,28 +36,26 @@ from .state import Position
 
 __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition"]
 
-CHUNK_BYTES = 1024 * 1024  # each chunk is held about three times over: peak RSS stays < 50 MB
-READS_AT_ONCE = 4  # chunks being read or parsed at once, over all files: both cores stay busy
+CHUNK_BYTES = 4 * 1024 * 1024  # held once (regions are views of it): peak RSS stays < 50 MB
+READS_AT_ONCE = 2  # chunks in memory at once, over all files: one parsed while the next is read
 PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
-_PARALLEL_MIN_BYTES = 65536
+PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together, the read included
 _PACED_BATCHES_PER_SECOND = 10
 
 
-def _split_for_threads(region: Region, parts: int) -> list[Region]:
-    """Cut a region of whole lines into up to `parts` regions of whole lines."""
-    data = region.data
-    if parts < 2 or len(data) < 2 * _PARALLEL_MIN_BYTES:
-        return [region]
-    pieces: list[Region] = []
-    start = 0
-    for part in range(1, parts):
-        cut = data.find(b"\n", len(data) * part // parts)
-        if cut < 0 or cut + 1 >= len(data):
-            break
-        pieces.append(Region(data[start : cut + 1], region.offset + start))
-        start = cut + 1
-    pieces.append(Region(data[start:], region.offset + start))
-    return pieces
+@dataclass(eq=False)
+class _Chunk:
+    """Bytes read from the file, or why not; the chunk itself holds its reading slot."""
+
+    data: bytes = b""
+    error: OSError | None = None
+
+    def read(self, fd: int, size: int) -> None:
+        """Read from `fd` (blocking); an error is kept for when the chunk is used."""
+        try:
+            self.data = os.read(fd, size)
+        except OSError as error:
+            self.error = error
 
 
 class FilePartition:
@@ -86,7 +84,8 @@ class FilePartition:
         self.resume = resume if resume and resume.position.offset > 0 else None
         self.parser = self._new_parser(resume.position if resume else Position())
         self.identity: InputIdentity | None = resume.identity if resume else None
-        self.handle: AsyncBufferedReader | None = None
+        self.fd: int | None = None
+        self._ahead: _Chunk | None = None  # the next chunk, read while the last one was parsed
         self.holds_slot = False
         self.size: int | None = None
         self.renamed_out = False  # no pattern matches its name any more
@@ -144,21 +143,21 @@ class FilePartition:
                 return False  # following after a restart: wait until a file is there again
             raise InputUnreadable(f"input {self.path} is not a regular file")
         try:
-            handle = await aiofiles.open(self.path, "rb")
+            fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
         except OSError as error:
             raise InputUnreadable(f"cannot open input {self.path}: {error.strerror}") from None
-        opened = os.fstat(handle.fileno())
+        opened = os.fstat(fd)
         key = (opened.st_dev, opened.st_ino)
         if not stat.S_ISREG(opened.st_mode) or (self.key is not None and key != self.key):
-            await handle.close()  # renamed since the scan: the next scan gives its new name
+            os.close(fd)  # renamed since the scan: the next scan gives its new name
             return False
-        self.handle, self.key, self.inode = handle, key, opened.st_ino
+        self.fd, self.key, self.inode = fd, key, opened.st_ino
         self.size = opened.st_size
         self._reopen_when_present = False
         if self.resume is not None:
             await self._verify_resume(self.resume, opened.st_size)
             self.resume = None
-        await handle.seek(self.parser.split_offset)
+        self._seek(self.parser.split_offset)
         return True
 
     async def _verify_resume(self, resume: FileState, size: int) -> None:
@@ -180,8 +179,12 @@ class FilePartition:
             )
 
     def _fd(self) -> int:
-        assert self.handle is not None
-        return self.handle.fileno()
+        assert self.fd is not None
+        return self.fd
+
+    def _seek(self, offset: int) -> None:
+        self._drop_read_ahead()
+        os.lseek(self._fd(), offset, os.SEEK_SET)
 
     async def _changed(self, message: str, reason: str) -> None:
         """Log the change; raise under `fail`, read again from 0 under `restart`."""
@@ -201,13 +204,13 @@ class FilePartition:
             await self._close_handle()  # the path names another file now, or none yet
             self._reopen_when_present = True
             self.key = self.inode = None
-        elif self.handle is not None:
-            await self.handle.seek(0)
+        elif self.fd is not None:
+            self._seek(0)
 
     # --- reading ------------------------------------------------------------------------------
 
     async def next_batch(self) -> Step:
-        if self.handle is None:
+        if self.fd is None:
             if self.renamed_out or self.deleted:
                 return self._step(Batch(self.position), Progress.CLOSED)  # never opened
             if not await self._open():
@@ -216,25 +219,25 @@ class FilePartition:
                     self.renamed_out = True
                     return self._step(Batch(self.position), Progress.CLOSED)
                 return self._step(Batch(self.position), Progress.CAUGHT_UP)
-        assert self.handle is not None
+        assert self.fd is not None
         if self.progress is Progress.CAUGHT_UP:
             # At the end last time: check what changed before reading anything new.
             progress = await self._look_at_end()
             if progress is not Progress.READING:
                 return self._step(Batch(self.position), progress)
-            if self.handle is None:  # closed by a restart: opened again at the next call
+            if self.fd is None:  # closed by a restart: opened again at the next call
                 return self._step(Batch(self.position), Progress.READING)
-        async with self.reading:  # a few chunks in memory at once, however many files
-            try:
-                chunk = await self.handle.read(self._read_size())
-            except OSError as error:
-                raise InputUnreadable(f"cannot read input {self.path}: {error.strerror}") from None
-            if chunk:
+        chunk = await self._next_chunk()
+        try:
+            if chunk.error is not None:
+                raise InputUnreadable(f"cannot read input {self.path}: {chunk.error.strerror}")
+            if chunk.data:
                 self.last_growth = anyio.current_time()
-                regions = self.parser.split(chunk)
-                del chunk  # its whole lines are in the regions: free it before they are parsed
+                regions = self.parser.split(chunk.data, PIECES_PER_CHUNK)
                 batch = await self._parse_and_commit(regions)
                 return self._step(batch, Progress.READING)
+        finally:
+            self.reading.release_on_behalf_of(chunk)
         if not self.settings.follow:
             batch = self.parser.finish()
             self._identify()
@@ -244,7 +247,7 @@ class FilePartition:
 
     async def _park_if_others_wait(self) -> None:
         """Caught up, with files waiting for a slot: close and queue again, so all take turns."""
-        if self.handle is not None and self.slots.statistics().tasks_waiting > 0:
+        if self.fd is not None and self.slots.statistics().tasks_waiting > 0:
             await self.close()
 
     def _step(self, batch: Batch, progress: Progress) -> Step:
@@ -309,43 +312,88 @@ class FilePartition:
         batch = self.settings.max_rate * bytes_per_record / _PACED_BATCHES_PER_SECOND
         return max(64, min(CHUNK_BYTES, int(batch)))
 
+    async def _next_chunk(self) -> _Chunk:
+        """The next chunk, holding a reading slot: the one read ahead, or one read now."""
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            return ahead
+        chunk = _Chunk()
+        await self.reading.acquire_on_behalf_of(chunk)  # a few chunks at once, however many files
+        try:
+            await anyio.to_thread.run_sync(chunk.read, self._fd(), self._read_size())
+        except BaseException:
+            self.reading.release_on_behalf_of(chunk)
+            raise
+        return chunk
+
+    def _drop_read_ahead(self) -> None:
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            self.reading.release_on_behalf_of(ahead)
+
     async def _parse_and_commit(self, regions: list[Region]) -> Batch:
-        """Parse whole-line regions (in threads when large), commit in order, stop at a failure."""
-        bad: list[Any] = []
-        for region in regions:
-            pieces = _split_for_threads(region, PARSE_THREADS)
-            results = await self._parse(pieces)
-            for piece, result in zip(pieces, results, strict=True):
-                batch = self.parser.commit(piece, result)
-                # Right away, before the next await: a stop may come at any await, and a
-                # snapshot must pair this position with the identity of this very prefix.
-                self._identify()
-                bad.extend(batch.bad)
-                if batch.failed is not None:
-                    return replace(batch, bad=tuple(bad))
-        return Batch(self.parser.position, tuple(bad))
+        """Parse whole-line regions (reading ahead meanwhile); commit in order up to a failure."""
+        results = await self._parse(regions)
+        bad: list[BadRecord] = []
+        failed = None
+        for region, result in zip(regions, results, strict=True):
+            batch = self.parser.commit(region, result)
+            bad.extend(batch.bad)
+            if batch.failed is not None:
+                failed = batch.failed
+                break
+        # Right away, before the next await: a stop may come at any await, and a snapshot
+        # must pair this position with the identity of this very prefix.
+        self._identify()
+        return Batch(self.parser.position, tuple(bad), failed)
 
     async def _parse(self, regions: list[Region]) -> list[RegionResult]:
-        if len(regions) == 1 and (regions[0].parsed or len(regions[0].data) < _PARALLEL_MIN_BYTES):
-            return [self.parser.parse(regions[0])]
+        """Each region's result: small ones here, large ones in threads that read ahead too."""
+        if sum(len(r.data) for r in regions) < MIN_PIECE_BYTES:
+            return [self.parser.parse(r) for r in regions]
+        ahead = self._reserve_read_ahead()
+        to_read = iter(() if ahead is None else (ahead,))
+        pending = iter(range(len(regions)))  # next() holds the GIL: each index goes to one thread
         results: list[RegionResult | None] = [None] * len(regions)
+        fd, size = self._fd(), self._read_size()
 
-        async def parse_one(index: int) -> None:
-            # Parsing is pure: if shutdown cancels us, the thread's result is simply dropped.
-            # Not abandoned, though: a thread that finishes while the event loop closes writes
-            # to its half-closed self-pipe, and SIGPIPE (default for the CLI) kills the process
-            # after the final checkpoint with 141 instead of 0. A piece parses in milliseconds.
-            results[index] = await anyio.to_thread.run_sync(self.parser.parse, regions[index])
+        def share_out() -> None:
+            for chunk in to_read:  # the first thread reads the next chunk while others parse
+                chunk.read(fd, size)
+            for index in pending:
+                results[index] = self.parser.parse(regions[index])
 
-        async with anyio.create_task_group() as parsers:
-            for index in range(len(regions)):
-                parsers.start_soon(parse_one, index)
+        try:
+            async with anyio.create_task_group() as threads:
+                for _ in range(min(PARSE_THREADS, len(regions))):
+                    # Not abandoned if shutdown cancels us: a thread that finishes while the
+                    # event loop closes writes to its half-closed self-pipe, and SIGPIPE (default
+                    # for the CLI) kills the process after the final checkpoint with 141, not 0.
+                    threads.start_soon(anyio.to_thread.run_sync, share_out)
+        finally:
+            if ahead is not None:
+                self._keep_read_ahead(ahead)
         return [r for r in results if r is not None]
+
+    def _reserve_read_ahead(self) -> _Chunk | None:
+        """A chunk to read ahead into, holding a reading slot; None when none is free now."""
+        chunk = _Chunk()
+        try:
+            self.reading.acquire_on_behalf_of_nowait(chunk)
+        except anyio.WouldBlock:
+            return None
+        return chunk
+
+    def _keep_read_ahead(self, ahead: _Chunk) -> None:
+        if ahead.data or ahead.error is not None:
+            self._ahead = ahead
+        else:
+            self.reading.release_on_behalf_of(ahead)  # at the end, or never read: look again
 
     def _identify(self) -> None:
         """The identity of the consumed prefix, from the page cache: it was just read."""
         offset = self.parser.position.offset
-        if self.handle is None or offset == 0:
+        if self.fd is None or offset == 0:
             self.identity = None if offset == 0 else self.identity
             return
         try:
@@ -356,10 +404,10 @@ class FilePartition:
     # --- closing ------------------------------------------------------------------------------
 
     async def _close_handle(self) -> None:
-        if self.handle is not None:
-            handle, self.handle = self.handle, None
-            with anyio.CancelScope(shield=True):
-                await handle.close()
+        self._drop_read_ahead()
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
     async def close(self) -> None:
         await self._close_handle()

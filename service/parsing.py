@@ -46,6 +46,9 @@ _RECORD = re.compile(rb"[ \t]*([+-]?[0-9]+)[ \t]*\r?")
 _BLANK = re.compile(rb"[ \t]*\r?")
 _REASONS = {_kernel.NOT_AN_INTEGER: NOT_AN_INTEGER, _kernel.LINE_TOO_LONG: LINE_TOO_LONG}
 _implementation = _kernel.BEST  # AVX2 where the CPU has it; the tests also pin the scalar path
+MIN_PIECE_BYTES = 65536  # a smaller region is parsed at once: a thread hop would cost more
+
+Buffer = bytes | memoryview  # a region is often a view of a larger chunk, never a copy
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class RegionResult:
 class Region:
     """Whole lines cut from the input at `offset`, or a result already known (`parsed`)."""
 
-    data: bytes
+    data: Buffer
     offset: int
     parsed: RegionResult | None = None
 
@@ -101,7 +104,7 @@ def _classify(line: bytes, max_line_bytes: int) -> int | str | None:
 
 
 def parse_region(
-    region: bytes, max_line_bytes: int, *, stop_at_bad: bool, bad_details: int
+    region: Buffer, max_line_bytes: int, *, stop_at_bad: bool, bad_details: int
 ) -> RegionResult:
     """Parse whole lines (`region` ends in '\\n'); keep up to `bad_details` bad records."""
     start = lines = records = bad_records = total = 0
@@ -128,7 +131,7 @@ def parse_region(
             failed = BadRecord(lines + 1, end, _REASONS[reason])
             return RegionResult(end, lines, records, bad_records, total, (), failed)
         if stop == _kernel.STOP_LONG_NUMBER:  # past 38 digits: Python's exact conversion
-            value = _classify(region[end:newline], max_line_bytes)
+            value = _classify(bytes(region[end:newline]), max_line_bytes)
             assert isinstance(value, int), "the kernel hands back only well-formed numbers"
             lines += 1
             records += 1
@@ -162,14 +165,30 @@ def parse_region_reference(
 
 
 def parse_values(
-    region: bytes, offset: int, max_line_bytes: int
+    region: Buffer, offset: int, max_line_bytes: int
 ) -> Iterator[tuple[int, int | str]]:
     """Each non-blank line of a region of whole lines: (offset after it, value or bad reason)."""
-    for line in region.split(b"\n")[:-1]:
+    for line in bytes(region).split(b"\n")[:-1]:
         offset += len(line) + 1
         kind = _classify(line, max_line_bytes)
         if kind is not None:
             yield offset, kind
+
+
+def _cut(chunk: bytes, start: int, end: int, chunk_offset: int, parts: int) -> list[Region]:
+    """The whole lines `chunk[start:end]` as up to `parts` views of about equal size."""
+    view = memoryview(chunk)
+    parts = max(1, min(parts, (end - start) // MIN_PIECE_BYTES))
+    regions: list[Region] = []
+    for part in range(1, parts):
+        cut = chunk.find(b"\n", start + (end - start) // (parts - part + 1), end)
+        if cut < 0 or cut + 1 >= end:
+            break
+        regions.append(Region(view[start : cut + 1], chunk_offset + start))
+        start = cut + 1
+    if start < end:
+        regions.append(Region(view[start:end], chunk_offset + start))
+    return regions
 
 
 class LineParser:
@@ -200,11 +219,16 @@ class LineParser:
         """The input offset just past the last byte handed to `split`."""
         return self._split_offset
 
-    def split(self, chunk: bytes) -> list[Region]:
-        """Cut the next chunk of input into regions of whole lines, in input order."""
+    def split(self, chunk: bytes, parts: int = 1) -> list[Region]:
+        """Cut the next chunk of input into regions of whole lines, in input order.
+
+        The chunk is not copied: its whole lines become up to `parts` views of it (for threads
+        to parse at once), and a line begun in an earlier chunk a small region of its own.
+        """
         regions: list[Region] = []
         chunk_offset = self._split_offset
         self._split_offset += len(chunk)
+        begin = 0
         if self._dropped:
             end = chunk.find(b"\n")
             if end < 0:
@@ -213,26 +237,23 @@ class LineParser:
             line_start = chunk_offset - self._dropped
             regions.append(self._too_long(line_start, consumed=self._dropped + end + 1))
             self._dropped = 0
-            chunk_offset += end + 1
-            chunk = chunk[end + 1 :]
-        line_start = chunk_offset - len(self._held)
-        last = chunk.rfind(b"\n")  # the held start of a line never holds one
+            begin = end + 1
+        last = chunk.rfind(b"\n", begin)  # the held start of a line never holds one
         if last < 0:
-            tail = self._held + chunk
+            tail = self._held + chunk[begin:]
         else:
-            # One copy of the chunk, not two: the held bytes and the chunk's whole lines.
             if self._held:
-                data = b"".join((self._held, memoryview(chunk)[: last + 1]))
-            else:
-                data = chunk[: last + 1]  # the chunk itself when it ends with a line
-            regions.append(Region(data, line_start))
-            line_start += len(data)
+                first = chunk.find(b"\n", begin)
+                line_start = chunk_offset + begin - len(self._held)
+                regions.append(Region(self._held + chunk[begin : first + 1], line_start))
+                begin = first + 1
+            regions.extend(_cut(chunk, begin, last + 1, chunk_offset, parts))
             tail = chunk[last + 1 :]
         if len(tail) > self.max_line_bytes:
             # Known bad before its end arrives: under "fail" that stops the run right here.
             self._held, self._dropped = b"", len(tail)
             if self.stop_at_bad:
-                regions.append(self._too_long(line_start, consumed=0))
+                regions.append(self._too_long(self._split_offset - len(tail), consumed=0))
         else:
             self._held = tail
         return regions

@@ -17,13 +17,11 @@ from hypothesis import strategies as st
 
 import service.parsing
 from service import _kernel
-from service.file_partition import _split_for_threads
 from service.parsing import (
     LINE_TOO_LONG,
     NOT_AN_INTEGER,
     BadRecord,
     LineParser,
-    Region,
     RegionResult,
     parse_region,
     parse_region_reference,
@@ -156,9 +154,9 @@ def test_regions_split_for_threads_give_the_oracle(
     adds up to the oracle's answer for the whole (cuts land in every kind of line)."""
     block = b"".join(line + b"\n" for line in lines)
     data = b"7\n" * shift + block * (2 * 65536 // len(block) + 2)
-    pieces = _split_for_threads(Region(data, 0), parts)
-    assert len(pieces) > 1
     parser = LineParser(Position(), max_line_bytes=4096, stop_at_bad=False, bad_details=UNLIMITED)
+    pieces = parser.split(data, parts)
+    assert len(pieces) > 1
     bad: list[BadRecord] = []
     with pinned(implementation):
         for piece in pieces:
