@@ -143,6 +143,23 @@ def test_publish_to_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
 
+def test_a_drain_commits_and_ends_when_its_partitions_reach_the_target_not_on_the_timer(
+    published: tuple[dict[str, str], bytes], tmp_path: Path
+) -> None:
+    """Not following, a member whose partitions are all read commits them at once and ends:
+    with a 60 s checkpoint interval, no timer commit comes before the completion."""
+    env, data = published
+    done = cli(["run"], tmp_path, {**env, "WORKER_CHECKPOINT_INTERVAL": "60"})
+    assert done.returncode == 0, done.stdout
+    events = events_of(done.stdout)
+    names = [e["event"] for e in events]
+    saves = [e["reason"] for e in events if e["event"] == "checkpoint_saved"]
+    assert saves[0] == "targets_reached", saves
+    assert "timer" not in saves
+    assert names.index("completed") > names.index("checkpoint_saved")
+    assert _totals(_result(tmp_path)) == _oracle(data)
+
+
 def test_two_workers_share_the_partitions_and_the_total_is_exact(
     published: tuple[dict[str, str], bytes], tmp_path: Path
 ) -> None:

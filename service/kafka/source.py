@@ -8,7 +8,8 @@ Rule 2: `save` is the group commit of every changed owned partition (every one, 
         and completion saves); the state is in the broker, never in a local file.
 Rule 3: not following, the run's target is the topic's end offsets at start-up; the partition
         is DONE once the group's committed offsets reached them (whoever committed them), and
-        the result then holds the group's totals.
+        the result then holds the group's totals. A member whose own partitions reached their
+        targets commits them at once and looks at the group, rather than wait for the timer.
 """
 
 from __future__ import annotations
@@ -60,8 +61,15 @@ class GroupPartition:
         return self._source.member.gauges()
 
     async def next_batch(self) -> Step:
-        added = await self._source.member.read(self._max_messages)
-        if self._checks.due(anyio.current_time()) and await self._source.group_done():
+        source = self._source
+        if source.own_targets_reached():
+            # Nothing of this run is left to read here: commit it now, not on the timer, and
+            # look at the group at once (then every poll_interval while others still read).
+            await source.member.commit("targets_reached")
+            done = await source.group_done()
+            return Step(Batch(self.position), Progress.DONE if done else Progress.CAUGHT_UP)
+        added = await source.member.read(self._max_messages)
+        if self._checks.due(anyio.current_time()) and await source.group_done():
             return Step(Batch(self.position), Progress.DONE)
         return Step(Batch(self.position), Progress.READING if added else Progress.CAUGHT_UP)
 
@@ -99,6 +107,14 @@ class KafkaSource:
             self._targets = dict(ends)
             self.log.info("target_offsets", partitions={name_of(tp): e for tp, e in ends.items()})
         return [GroupPartition(self)]
+
+    def own_targets_reached(self) -> bool:
+        """Not following: does this member own partitions, each read up to its target?"""
+        owned = self.member.owned
+        targets = self._targets
+        if targets is None or not owned:
+            return False
+        return all(position.offset >= targets.get(tp, 0) for tp, position in owned.items())
 
     async def group_done(self) -> bool:
         """Not following: have the group's commits reached this run's target?"""
