@@ -129,6 +129,34 @@ def _oracle(tmp_path: Path) -> tuple[int, int, int]:
     return expected.sum, expected.records, expected.bad_records
 
 
+def _owns_partitions(container: str) -> bool:
+    """Whether the worker's log shows it holding partitions now and committing them."""
+    owned = committed = False
+    for line in _docker("logs", container).splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "partitions_assigned":
+            owned, committed = bool(event["partitions"]), False
+        elif event.get("event") in ("partitions_revoked", "commit_rejected"):
+            owned = False
+        elif event.get("event") == "checkpoint_saved":
+            committed = True
+    return owned and committed
+
+
+def _a_worker_owning_partitions(stack: Compose) -> str:
+    """A worker holding partitions (a final commit to show), waiting out a rebalance."""
+    deadline = time.monotonic() + 120
+    while True:
+        owning = [worker for worker in _workers(stack) if _owns_partitions(worker)]
+        if owning:
+            return owning[0]
+        assert time.monotonic() < deadline, "no worker held partitions and committed them"
+        time.sleep(0.5)
+
+
 def test_the_fleet_publishes_no_port_and_shares_no_volume(fleet: Compose) -> None:
     """Scaled workers have no published port and no named volume; each has its own /data."""
     config = json.loads(fleet("--profile", "fleet", "config", "--format", "json").stdout)
@@ -149,7 +177,9 @@ def test_a_restarted_and_a_killed_worker_leave_the_group_total_exact(
     while (report := _status(fleet)) is None or report["records"] == 0:
         assert time.monotonic() < deadline, "the fleet never committed anything"
         time.sleep(1)
-    restarted, killed, *_ = _workers(fleet)
+    # One holding partitions, so its final commit shows; mid-rebalance a worker may hold none.
+    restarted = _a_worker_owning_partitions(fleet)
+    killed = next(worker for worker in _workers(fleet) if worker != restarted)
     _docker("restart", restarted)
     _docker("kill", killed)
     _docker("start", killed)
