@@ -12,7 +12,8 @@ goal is missed.
 
 Read it: each line is one measurement, `worker` against `baseline`, their `ratio`, the `goal` and
 PASS/FAIL. Figures are whole-process wall times (start-up included) or peak RSS; timed rows take
-the best of several interleaved runs, so a busy moment on a shared machine hits both sides.
+the best of several interleaved runs, so a busy moment on a shared machine hits both sides
+(rows 5 and 11, a cost of a few percent, the median ratio of back-to-back pairs).
 Compare ratios, which hold from one machine to the next; the absolute figures do not.
 
 1. throughput on 50M numbers (checkpoint every 1 s, JSON logs to a file) against the Python
