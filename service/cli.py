@@ -125,15 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         _remember_stop_signals(early_signals)
     args = _build_parser().parse_args(argv)
 
-    import os
-
+    from .environment import worker_environment
     from .errors import UsageError, WorkerError
     from .settings import load_settings, setting_fields
 
     sys.set_int_max_str_digits(0)  # sums and numbers are exact at any length
     names = {field.name for field in setting_fields()}
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
-    config = args.config or os.environ.get("WORKER_CONFIG")
+    config = args.config or worker_environment({"config"}).get("config")
     try:
         settings = load_settings(flags, Path(config) if config else None)
     except UsageError as error:

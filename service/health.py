@@ -18,6 +18,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from .environment import worker_environment
 from .lock import HEARTBEAT_INTERVAL, lock_path_for, read_holder
 
 __all__ = [
@@ -36,9 +37,10 @@ def _setting(name: str, flag: str | None, config: str | None) -> str | None:
     """A string setting: flag > WORKER_<NAME> > config file; None when none sets it."""
     if flag:
         return flag
-    if os.environ.get(f"WORKER_{name.upper()}"):
-        return os.environ[f"WORKER_{name.upper()}"]
-    config = config or os.environ.get("WORKER_CONFIG")
+    environment = worker_environment({name, "config"})
+    if environment.get(name):
+        return environment[name]
+    config = config or environment.get("config")
     if config:
         try:
             with open(config, "rb") as handle:

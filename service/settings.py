@@ -14,17 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from .environment import ENV_PREFIX, worker_environment
 from .errors import UsageError
 
 __all__ = ["ENV_PREFIX", "Settings", "load_settings", "setting_fields", "split_address"]
 
-ENV_PREFIX = "WORKER_"
 
 OnBadRecord = Literal["skip", "fail"]
 OnInputChange = Literal["fail", "restart"]
@@ -255,16 +254,6 @@ class _InvalidSetting(ValueError):
         self.name, self.value, self.reason = name, value, reason
 
 
-def _environment(names: set[str]) -> dict[str, str]:
-    """The `WORKER_*` variables that name a setting (case does not matter, as on most tools)."""
-    found: dict[str, str] = {}
-    for key, value in os.environ.items():
-        name = key.lower().removeprefix(ENV_PREFIX.lower())
-        if key.upper().startswith(ENV_PREFIX) and name in names:
-            found[name] = value
-    return found
-
-
 def _read_config(config_file: Path) -> dict[str, Any]:
     import tomllib  # only when a file is given: it is not free at start-up
 
@@ -286,7 +275,7 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
     for key in from_file:
         if key not in names:
             raise UsageError(f"unknown setting {key!r} in {config_file}")
-    values = {**from_file, **_environment(names), **flags}  # later sources win
+    values = {**from_file, **worker_environment(names), **flags}  # later sources win
     try:
         return Settings(**values)
     except _InvalidSetting as error:

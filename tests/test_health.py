@@ -172,6 +172,20 @@ def test_checkpoint_path_precedence(
     assert checkpoint_path(flag, config_arg) == Path(expected)
 
 
+@pytest.mark.parametrize("name", ["worker_checkpoint", "Worker_Checkpoint"])
+def test_checkpoint_path_from_a_variable_in_any_case(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`healthcheck` reads the variables as `run` does: whatever their case."""
+    monkeypatch.chdir(tmp_path)
+    Path("c.toml").write_text('checkpoint = "from-c.json"\n')
+    monkeypatch.setenv(name, "e.json")
+    assert checkpoint_path(None, None) == Path("e.json")
+    monkeypatch.delenv(name)
+    monkeypatch.setenv("worker_config", "c.toml")
+    assert checkpoint_path(None, None) == Path("from-c.json")
+
+
 # --- the command -------------------------------------------------------------------------
 
 
