@@ -29,7 +29,10 @@ $(BIN)/.kernel: $(BIN)/.installed service/_kernel.c setup.py
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# The package's bytecode, written here (only what changed): where PYTHONDONTWRITEBYTECODE is set,
+# as on some machines, every worker would otherwise compile service/ again at each start.
 setup: $(BIN)/.installed $(BIN)/.kernel
+	@$(BIN)/python -m compileall -q service
 
 ## run: set up, generate the input if missing, run the worker (Ctrl+C stops it; run again resumes)
 run: setup
