@@ -374,6 +374,46 @@ def test_healthcheck_reads_each_workers_own_heartbeat(
     assert cli(["healthcheck"], tmp_path, env).returncode == 1
 
 
+def test_publish_to_a_missing_topic_where_the_broker_creates_topics_on_first_use(
+    tmp_path: Path,
+) -> None:
+    """A broker with auto.create.topics.enable (its own, for this test) creates the topic at
+    publish's first use, with its default partition count, as a producer's first send would;
+    the run then reads every line of it. Workers started first would create it the same way,
+    so publish must not depend on which comes first."""
+    broker = start_broker({"auto.create.topics.enable": "true", "num.partitions": "3"})
+    try:
+        topic = f"created-{time.monotonic_ns()}"
+        env = kafka_env(broker, topic, f"group-{topic}")
+        data = noisy_numbers(3_000, seed=5)
+        (tmp_path / "numbers.txt").write_bytes(data)
+        _publish(tmp_path, env, "--lines-per-message", "10")
+        done = cli(["run"], tmp_path, env)
+        assert done.returncode == 0, done.stdout
+        assert _totals(_result(tmp_path)) == _oracle(data)
+        assert sorted(_result(tmp_path)["partitions"]) == [f"{topic}:{n}" for n in range(3)]
+    finally:
+        broker.stop()
+
+
+def test_publish_to_a_missing_topic_the_broker_does_not_create_is_one_line(
+    kafka: Broker, tmp_path: Path
+) -> None:
+    """Where the broker does not create topics on first use, a missing topic is one error line
+    that says so, and nothing is published."""
+    topic = f"missing-{time.monotonic_ns()}"
+    env = kafka_env(kafka, topic, f"group-{topic}")
+    (tmp_path / "numbers.txt").write_bytes(noisy_numbers(100, seed=1))
+    started = time.monotonic()
+    done = cli(["publish"], tmp_path, env)
+    assert done.returncode == 1, done.stdout
+    (message,) = _fatal_lines(done.stdout)
+    assert f"Kafka topic {topic!r} does not exist" in message
+    assert "create it first" in message
+    assert "Traceback" not in done.stdout + done.stderr
+    assert time.monotonic() - started < 40
+
+
 def test_a_broker_restart_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
     """The broker (its own, for this test) restarted while a worker reads and commits: the
     worker waits it out, and the total is exact."""

@@ -24,6 +24,7 @@ from ..settings import Settings
 __all__ = [
     "CONNECT_TIMEOUT",
     "KafkaUnavailable",
+    "TopicMissing",
     "admin_client",
     "client_options",
     "describe_error",
@@ -37,6 +38,10 @@ T = TypeVar("T")
 
 class KafkaUnavailable(WorkerError):
     """The brokers cannot be reached or refuse this client."""
+
+
+class TopicMissing(KafkaUnavailable):
+    """`kafka_topic` does not exist on the brokers."""
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -136,5 +141,5 @@ async def partitions_of(admin: AIOKafkaAdminClient, settings: Settings) -> list[
     found = await connect(describe, settings, "describe the Kafka topic")
     if not found:
         servers = settings.kafka_bootstrap_servers
-        raise KafkaUnavailable(f"Kafka topic {topic!r} does not exist at {servers}")
+        raise TopicMissing(f"Kafka topic {topic!r} does not exist at {servers}")
     return found

@@ -9,16 +9,22 @@ Rule 2: messages are sent in transactions; each transaction also commits, as an 
         the topic once, and readers with `read_committed` never see an aborted copy.
 Rule 3: a line longer than `max_line_bytes` is cut to `max_line_bytes + 1` bytes: still a bad
         record by the input rules, and a message stays bounded.
+Rule 4: a missing topic is asked for as a producer's first send asks for it: a broker with
+        `auto.create.topics.enable` creates it (its default partition count), so a publish
+        started before the workers, or after, finds the same topic; any other broker's answer
+        is the one-line error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import anyio
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -29,6 +35,7 @@ from ..logs import Logger
 from ..settings import Settings
 from .client import (
     KafkaUnavailable,
+    TopicMissing,
     admin_client,
     client_options,
     connect,
@@ -43,6 +50,7 @@ MAX_MESSAGE_BYTES = 900_000  # under the broker's default message.max.bytes (1 M
 PROGRESS_SUFFIX = ".publish"
 _MESSAGES_PER_TRANSACTION = 200
 _TRANSACTION_TIMEOUT_MS = 10_000  # how long a killed publish can hold back read_committed readers
+_AUTO_CREATE_WAIT = 10.0  # seconds for a broker that creates topics on first use to do it
 
 
 def _messages(
@@ -111,7 +119,6 @@ async def publish(settings: Settings, lines_per_message: int, log: Logger) -> in
     marker = TopicPartition(topic, 0)
     files = _input_files(settings)
     async with admin_client(settings) as admin:
-        partitions = await partitions_of(admin, settings)
         producer = AIOKafkaProducer(
             **client_options(settings),
             transactional_id=f"checkpoint-worker-publish:{topic}",
@@ -124,6 +131,10 @@ async def publish(settings: Settings, lines_per_message: int, log: Logger) -> in
         # so the position read next is final.
         await connect(producer.start, settings, "start a transactional producer on Kafka")
         try:
+            try:
+                partitions = await partitions_of(admin, settings)
+            except TopicMissing as missing:
+                partitions = await _created_on_first_use(producer, settings, missing)
             committed = await connect(
                 lambda: admin.list_consumer_group_offsets(group, partitions=[marker]),
                 settings,
@@ -154,6 +165,20 @@ async def publish(settings: Settings, lines_per_message: int, log: Logger) -> in
             ) from None
         finally:
             await producer.stop()
+
+
+async def _created_on_first_use(
+    producer: AIOKafkaProducer, settings: Settings, missing: TopicMissing
+) -> list[int]:
+    """The partitions of a missing topic once the broker creates it on first use, as a
+    producer's first send makes it do where `auto.create.topics.enable` is on (the broker's
+    default partition count); else the one-line error, saying so."""
+    with anyio.move_on_after(_AUTO_CREATE_WAIT), contextlib.suppress(KafkaError):
+        return sorted(await producer.partitions_for(settings.kafka_topic))
+    raise KafkaUnavailable(
+        f"{missing.message}, and the broker did not create it on first use "
+        "(auto.create.topics.enable=false there?): create it first"
+    )
 
 
 async def _send_file(
