@@ -129,6 +129,12 @@ def _oracle(tmp_path: Path) -> tuple[int, int, int]:
     return expected.sum, expected.records, expected.bad_records
 
 
+def _tails(stack: Compose) -> str:
+    """The last log lines of the publish container and of every worker, for a failure."""
+    logs = stack("--profile", "fleet", "logs", "--no-color", "--tail", "15", check=False)
+    return (logs.stdout + logs.stderr)[-6000:]
+
+
 def _owns_partitions(container: str) -> bool:
     """Whether the worker's log shows it holding partitions now and committing them."""
     owned = committed = False
@@ -175,7 +181,7 @@ def test_a_restarted_and_a_killed_worker_leave_the_group_total_exact(
     mid-way: the group's committed totals end equal to the oracle's."""
     deadline = time.monotonic() + 180
     while (report := _status(fleet)) is None or report["records"] == 0:
-        assert time.monotonic() < deadline, "the fleet never committed anything"
+        assert time.monotonic() < deadline, f"the fleet never committed anything:\n{_tails(fleet)}"
         time.sleep(1)
     # One holding partitions, so its final commit shows; mid-rebalance a worker may hold none.
     restarted = _a_worker_owning_partitions(fleet)
