@@ -130,20 +130,17 @@ class FilePartition:
             self.holds_slot = True
         try:
             info = os.stat(self.path)
-        except FileNotFoundError:
+            if not stat.S_ISREG(info.st_mode):  # checked before open: a FIFO's open would block
+                if self._reopen_when_present:
+                    return False  # following after a restart: wait until a file is there again
+                raise InputUnreadable(f"input {self.path} is not a regular file")
+            fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
+        except FileNotFoundError:  # not there, or renamed away between the look and the open
             if self._reopen_when_present or not self.plain:
                 return False
             raise InputUnreadable(
                 f"input {self.path} not found; create it with `checkpoint-worker generate`"
             ) from None
-        except OSError as error:
-            raise InputUnreadable(f"cannot open input {self.path}: {error.strerror}") from None
-        if not stat.S_ISREG(info.st_mode):  # checked before open: a FIFO's open would block
-            if self._reopen_when_present:
-                return False  # following after a restart: wait until a file is there again
-            raise InputUnreadable(f"input {self.path} is not a regular file")
-        try:
-            fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
         except OSError as error:
             raise InputUnreadable(f"cannot open input {self.path}: {error.strerror}") from None
         opened = os.fstat(fd)

@@ -108,3 +108,46 @@ def test_a_rotation_during_the_start_up_scan_resumes_the_renamed_file_where_it_w
     assert by_path[str(live)].position == Position(), "the new live file starts at 0"
     assert source.gone == Position(), "nothing was folded as gone"
     assert source.totals() == state.position
+
+
+def test_a_file_renamed_between_its_look_and_its_open_waits_for_the_next_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation between the partition's stat of the name and its open: not a fatal 'cannot
+    open input'; the file is read under its new name from where it was, after the next scan."""
+    live = tmp_path / "in" / "numbers.txt"
+    live.parent.mkdir()
+    live.write_bytes(CONSUMED)
+    rotated = live.with_name("numbers.txt.1")
+    settings = Settings(
+        input=(str(tmp_path / "in" / "*.txt*"),),
+        checkpoint=tmp_path / "checkpoint.json",
+        result=tmp_path / "result.json",
+        follow=True,
+    )
+    source = FileSource(settings, configure_logging("json", "error"))
+    real_stat = os.stat
+
+    def stat_then_rename(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        found = real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+        if str(path) == str(live) and not rotated.exists():
+            live.rename(rotated)  # gone from the name before the open, no new file yet
+        return found
+
+    async def scenario() -> list[Position]:
+        (partition,) = await source.start()
+        assert isinstance(partition, FilePartition)
+        monkeypatch.setattr(os, "stat", stat_then_rename)
+        first = await partition.next_batch()
+        monkeypatch.setattr(os, "stat", real_stat)
+        positions = [first.batch.position]
+        await source.discover()  # finds the same inode under its new name
+        assert partition.path == str(rotated)
+        for _ in range(3):
+            positions.append((await partition.next_batch()).batch.position)
+        await source.close()
+        return positions
+
+    positions = anyio.run(scenario)
+    assert positions[0] == Position()
+    assert (positions[-1].records, positions[-1].sum) == (3, 6)

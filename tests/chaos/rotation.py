@@ -123,7 +123,8 @@ def part(tally: Tally, work: Path, rng: random.Random, short: bool) -> None:
             tally.restart()
             label = f"rotation life {life}"
             if kind == signal.SIGTERM and code != 0:
-                tally.violation(label, f"SIGTERM exit {code}: {worker.stderr[-500:]}")
+                said = "".join(worker.raw[-5:])[-1500:]
+                tally.violation(label, f"SIGTERM exit {code}: {said}{worker.stderr[-500:]}")
             if "Traceback" in worker.stderr:
                 tally.violation(label, worker.stderr[-2000:])
             try:
