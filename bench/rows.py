@@ -7,7 +7,7 @@ Rule 1: every figure is compared with a baseline or with its own variant measure
         than the spread of whole runs here: they take the median of the pairs' ratios, each pair
         run back to back, so neither side is credited with the luckiest moment of the run.
 Rule 2: a figure counts only if the run was right: exit code, exact sum, the log events and
-        checkpoint the contract promises. A wrong run is a FAIL, however fast.
+        checkpoint the worker promises. A wrong run is a FAIL, however fast.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""An independent oracle for the input rules of CONTRACT.md, written plainly, line by line.
+"""An independent oracle for the input rules, written plainly, line by line.
 
-It shares no code with `service`: a test that compares the worker with it compares two readings
-of the contract.
+A line is a record when it is optional spaces or tabs, an optional sign, ASCII digits, optional
+spaces or tabs and an optional '\\r'; blank lines count for nothing; everything else, and any line
+longer than the limit, is a bad record. It shares no code with `service`: a test that compares
+the worker with it compares two independent readings of those rules.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The parsing core against the input rules of CONTRACT.md and against the independent oracle."""
+"""The parsing core against the input rules, line by line, and against the independent oracle."""
 
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ BAD_LINES = [
 
 @pytest.mark.parametrize(("line", "value"), RECORD_LINES)
 def test_record_line(line: bytes, value: int) -> None:
-    """A line the contract calls an integer counts once, with exactly its value."""
+    """A line the input rules call an integer counts once, with exactly its value."""
     data = b"1\n" + line + b"\n"
     run = run_parser([data])
     assert run == Run(Position(len(data), lines=2, records=2, sum=1 + value), (), None)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("no_worker_env")
 
 DOCUMENTED_CONFIG = Path(__file__).parent.parent / "config" / "worker.toml"
 
-CONTRACT_DEFAULTS: dict[str, Any] = {
+DOCUMENTED_DEFAULTS: dict[str, Any] = {
     "input": ("numbers.txt",),
     "checkpoint": Path("checkpoint.json"),
     "result": Path("result.json"),
@@ -54,9 +54,9 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_are_the_contracts() -> None:
-    """With no flag, variable or file, every setting has the default CONTRACT.md gives."""
-    assert dataclasses.asdict(load_settings({}, None)) == CONTRACT_DEFAULTS
+def test_defaults_are_the_documented_ones() -> None:
+    """With no flag, variable or file, every setting has the default docs/settings.md gives."""
+    assert dataclasses.asdict(load_settings({}, None)) == DOCUMENTED_DEFAULTS
 
 
 def test_documented_config_shows_every_setting_with_its_default() -> None:
@@ -158,7 +158,7 @@ def test_each_source_sets_different_keys(tmp_path: Path, monkeypatch: pytest.Mon
 def test_worker_config_variable_is_not_an_unknown_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     """WORKER_CONFIG names the file; it is not mistaken for a setting."""
     monkeypatch.setenv("WORKER_CONFIG", "somewhere.toml")
-    assert dataclasses.asdict(load_settings({}, None)) == CONTRACT_DEFAULTS
+    assert dataclasses.asdict(load_settings({}, None)) == DOCUMENTED_DEFAULTS
 
 
 @pytest.mark.parametrize(

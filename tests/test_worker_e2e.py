@@ -1,4 +1,4 @@
-"""The contract, end to end: real worker processes, real signals, real files."""
+"""Every promise, end to end: real worker processes, real signals, real files."""
 
 from __future__ import annotations
 

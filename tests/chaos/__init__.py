@@ -2,8 +2,9 @@
 
 Every part drives real `python -m service run` processes (tests/processes.py) through one family
 of faults and holds each outcome to two references that share no code with the worker: the
-oracle of the input rules (tests/oracle.py) and the promises of CONTRACT.md. The campaign counts
-(tally.py says what); it never assumes. `short` is the version `make test` runs
+oracle of the input rules (tests/oracle.py) and the worker's promises (docs/guarantees.md): exact
+sums, exit codes, one error line, files left untouched. The campaign counts (tally.py says
+what); it never assumes. `short` is the version `make test` runs
 (tests/test_chaos.py); the full one is `make chaos`. Faults that need root (tmpfs, mounts) or
 strace are reported as skipped when unavailable, never as passed.
 

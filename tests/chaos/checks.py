@@ -1,7 +1,7 @@
 """The checks every part makes of a worker and of the files it left, each counted in the tally.
 
-`check_*` hold a file on disk to the oracle; `expect_*` hold a finished worker to a promise of
-CONTRACT.md (its exit code, its one error line, no traceback, its last checkpoint).
+`check_*` hold a file on disk to the oracle; `expect_*` hold a finished worker to what it
+promises (its exit code, its one error line, no traceback, its last checkpoint).
 """
 
 from __future__ import annotations

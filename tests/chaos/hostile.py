@@ -26,7 +26,7 @@ __all__ = ["part"]
 
 @st.composite
 def hostile_files(draw: st.DrawFn) -> tuple[bytes, int]:
-    """An input file exercising every rule of CONTRACT.md's Input, and its line limit."""
+    """An input file exercising every input rule, and its line limit."""
     max_line = draw(st.sampled_from([8, 32, 128, 4096]))
     pad = st.text(alphabet=" \t", max_size=3).map(str.encode)
     digits = st.one_of(

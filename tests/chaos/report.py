@@ -1,4 +1,4 @@
-"""The campaign's table, as printed by `python -m tests.chaos` and pasted into the README."""
+"""The campaign's table, as printed by `python -m tests.chaos` and shown in docs/chaos.md."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _ROWS = [
 
 
 def render(report: dict[str, Any]) -> str:
-    """The campaign's table, as printed and as pasted into the README."""
+    """The campaign's table, as printed and as shown in docs/chaos.md."""
     labels = [*report["faults"], *report["observed"], *report["peaks"]]
     width = max(60, *(len(label) + 4 for label in labels))
     lines = [

@@ -33,7 +33,7 @@ PACED = ["--max-rate", str(RATE), "--checkpoint-interval", "0.01", "--max-line-b
 FOLLOW = ["--follow", "--poll-interval", "0.05", "--max-line-bytes", str(MAX_LINE)]
 MB = 1024 * 1024
 RSS_LIMIT_MB = 150.0
-SHUTDOWN_TIMEOUT = 5.0  # the contract's default, itself far inside Docker's 10 s grace
+SHUTDOWN_TIMEOUT = 5.0  # the setting's default, itself far inside Docker's 10 s grace
 
 
 def _env() -> dict[str, str]:
