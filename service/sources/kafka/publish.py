@@ -29,11 +29,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from ..errors import InputUnreadable, UsageError
-from ..file_source import input_patterns
-from ..logs import Logger
-from ..settings import Settings
-from .client import (
+from service.errors import InputUnreadable, UsageError
+from service.settings import Settings
+from service.sources.files.source import input_patterns
+from service.sources.kafka.client import (
     KafkaUnavailable,
     TopicMissing,
     admin_client,
@@ -42,6 +41,7 @@ from .client import (
     describe_error,
     partitions_of,
 )
+from service.telemetry.logs import Logger
 
 __all__ = ["DEFAULT_LINES_PER_MESSAGE", "PROGRESS_SUFFIX", "publish"]
 
