@@ -16,10 +16,10 @@ _EXPORTS = {
     "load_checkpoint": "library",
     "number_stream": "library",
     "save_checkpoint": "library",
-    "Checkpoint": "checkpoint",
-    "CheckpointStore": "checkpoint",
-    "LineParser": "parsing",
-    "Position": "state",
+    "Checkpoint": "storage.checkpoint",
+    "CheckpointStore": "storage.checkpoint",
+    "LineParser": "core.parsing",
+    "Position": "core.position",
     "Settings": "settings",
 }
 
