@@ -82,7 +82,7 @@ fuzz-smoke: $(FUZZER)
 docker-test: setup
 	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker $(PYTEST_ARGS)
 
-## kafka-jars: resolve the test broker's jars from Maven Central once (kafka/pom.xml, cached)
+## kafka-jars: resolve the test broker's jars from Maven Central once (deploy/kafka/pom.xml, cached)
 kafka-jars: setup
 	$(BIN)/python -m tests.kafka_broker fetch
 

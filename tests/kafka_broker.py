@@ -1,8 +1,9 @@
 """A real Apache Kafka broker (KRaft, one node) for the tests, from Maven Central's jars.
 
 Rules:
-1. The jars are resolved once by Maven (`kafka/pom.xml`, `mvn dependency:copy-dependencies`) into
-   a cache directory git ignores (`kafka/.jars`, or KAFKA_JARS_DIR); later starts reuse them.
+1. The jars are resolved once by Maven (`deploy/kafka/pom.xml`, `mvn
+   dependency:copy-dependencies`) into a cache directory git ignores (`deploy/kafka/.jars`, or
+   KAFKA_JARS_DIR); later starts reuse them.
 2. Every broker has its own temporary directory and free ports, so several checkouts can run
    brokers at the same time on one machine.
 3. Two client listeners: PLAINTEXT, and SASL_PLAINTEXT with SCRAM-SHA-256 for the user created at
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
-POM = REPO / "kafka" / "pom.xml"
+POM = REPO / "deploy" / "kafka" / "pom.xml"
 SASL_USER = "worker"
 SASL_PASSWORD = "worker-secret"
 START_TIMEOUT = 120.0
@@ -50,7 +51,7 @@ class BrokerUnavailable(RuntimeError):
 
 
 def jars_dir() -> Path:
-    return Path(os.environ.get("KAFKA_JARS_DIR", REPO / "kafka" / ".jars"))
+    return Path(os.environ.get("KAFKA_JARS_DIR", REPO / "deploy" / "kafka" / ".jars"))
 
 
 def fetch_jars() -> Path:

@@ -1,9 +1,9 @@
 """The compose profile `fleet` on a real Docker engine: a Kafka broker, a one-shot publish and
 three workers of one group, run with the compose file users run.
 
-The broker image is the offline stand-in (`kafka/Dockerfile`: the stand-in base image, Debian's
-Java 17, the Maven jars), swapped in through KAFKA_IMAGE as PYTHON_IMAGE swaps the base. One
-project for the module, removed with its volumes at the end. Without an engine the tests skip,
+The broker image is the offline stand-in (`deploy/kafka/Dockerfile`: the stand-in base image,
+Debian's Java 17, the Maven jars), swapped in through KAFKA_IMAGE as PYTHON_IMAGE swaps the base.
+One project for the module, removed with its volumes at the end. Without an engine the tests skip,
 unless REQUIRE_DOCKER=1 makes that a failure.
 """
 
@@ -55,7 +55,7 @@ def fleet() -> Iterator[Compose]:
         f"PYTHON_IMAGE={base}",
         "-t",
         tag,
-        str(REPO / "kafka"),
+        str(REPO / "deploy" / "kafka"),
         timeout=900,
     )
     settings = {
