@@ -1,0 +1,265 @@
+"""The world around a running worker: closed pipes, SIGHUP, paused processes, hostile HTTP clients.
+
+Every test runs a real worker process and meets it as the world would: a real pipe whose reader
+goes away, real signals, real sockets that hang up, reset or say nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.http_probe import READ_TIMEOUT
+from tests.oracle import expected_of
+from tests.processes import RUN, WorkerProcess, cli, worker_env
+from tests.scrape import get
+
+SEED = 20261204
+
+
+def _numbers(count: int) -> bytes:
+    rng = random.Random(SEED)
+    return b"".join(f"{rng.randrange(-(10**6), 10**6)}\n".encode() for _ in range(count))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "numbers.txt").write_bytes(_numbers(200_000))
+    return tmp_path
+
+
+@pytest.fixture
+def running() -> Iterator[list[WorkerProcess]]:
+    """Worker processes a test starts; any still running at its end is killed."""
+    workers: list[WorkerProcess] = []
+    yield workers
+    for worker in workers:
+        worker.kill()
+
+
+def _start(running: list[WorkerProcess], cwd: Path, *args: str) -> WorkerProcess:
+    env = worker_env(WORKER_METRICS_ADDRESS="127.0.0.1:0")
+    worker = WorkerProcess(["--checkpoint-interval", "0.2", *args], cwd, env=env)
+    running.append(worker)
+    return worker
+
+
+def _address(worker: WorkerProcess) -> tuple[str, int]:
+    host, port = worker.wait_for("metrics_listening")["address"].rsplit(":", 1)
+    return host, int(port)
+
+
+def _assert_resumes_to_the_exact_sum(workdir: Path) -> None:
+    """The next run finishes the input from the saved checkpoint with the oracle's sum."""
+    assert cli(["run"], workdir).returncode == 0
+    result = json.loads((workdir / "result.json").read_text())
+    expected = expected_of((workdir / "numbers.txt").read_bytes())
+    assert (result["sum"], result["records"]) == (expected.sum, expected.records)
+
+
+def _stop_cleanly(worker: WorkerProcess) -> None:
+    """SIGTERM: exit 0 after the final checkpoint, and nothing but JSON lines, no traceback."""
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0, worker.tail()
+    worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert worker.noise == []
+    assert "Traceback" not in worker.stderr
+
+
+# --- a closed stdout ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_closed_stdout_stops_run_with_its_final_checkpoint_and_exit_0(
+    workdir: Path, follow: bool
+) -> None:
+    """`run | head`: when the reader of stdout goes away, run saves its position and exits 0."""
+    args = ["--max-rate", "50000", "--checkpoint-interval", "0.1"]
+    worker = subprocess.Popen(
+        [*RUN, *args, "--follow" if follow else "--no-follow"],
+        cwd=workdir,
+        env=worker_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert worker.stdout is not None
+    saved = 0
+    while saved == 0:  # read until a timer save, like `head` reading its lines
+        event = json.loads(worker.stdout.readline())
+        if event["event"] == "checkpoint_saved":
+            saved = event["offset"]
+    worker.stdout.close()  # the reader goes away
+    _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert b"Traceback" not in stderr
+    checkpoint = json.loads((workdir / "checkpoint.json").read_text())
+    assert checkpoint["offset"] >= saved
+    assert not checkpoint["completed"]
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
+def test_run_piped_into_head_returns_and_saves_a_checkpoint(workdir: Path) -> None:
+    """`run --follow | head -1` in a real shell returns, the worker exits 0 and saves."""
+    command = f"{sys.executable} -m service run --follow --max-rate 50000 | head -1; "
+    command += 'echo "worker=${PIPESTATUS[0]}" >&2'
+    shell = subprocess.run(
+        ["bash", "-c", command], cwd=workdir, env=worker_env(), capture_output=True, timeout=30
+    )
+    assert json.loads(shell.stdout)["event"] == "worker_started"
+    assert shell.stderr.decode().strip().splitlines()[-1] == "worker=0"
+    assert (workdir / "checkpoint.json").exists()
+
+
+# --- SIGHUP ------------------------------------------------------------------------------------
+
+
+def test_sighup_is_a_graceful_stop_like_sigterm(workdir: Path) -> None:
+    """SIGHUP (a closed terminal, an ssh drop): final checkpoint, exit 0, exact resume."""
+    worker = WorkerProcess(["--max-rate", "50000", "--checkpoint-interval", "0.2"], workdir)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    worker.signal(signal.SIGHUP)
+    assert worker.finish() == 0
+    worker.wait_for("shutdown_requested", signal="SIGHUP")
+    final = worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert json.loads((workdir / "checkpoint.json").read_text())["offset"] == final["offset"]
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
+def test_sighup_counts_as_a_stop_signal_at_start_up(workdir: Path) -> None:
+    """A SIGHUP as soon as the worker catches it still stops it gracefully with exit 0."""
+    worker = WorkerProcess(["--max-rate", "50000"], workdir)
+    assert worker.wait_catching(signal.SIGHUP)
+    worker.signal(signal.SIGHUP)
+    assert worker.finish() == 0
+    assert worker.noise == []
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(signal.SIGHUP, signal.SIGTERM), (signal.SIGTERM, signal.SIGHUP)]
+)
+def test_a_second_stop_signal_with_sighup_exits_at_once(
+    workdir: Path, first: signal.Signals, second: signal.Signals
+) -> None:
+    """SIGHUP is a stop signal like the others: a second one during shutdown exits 128 + its
+    number at once (or 0 if the shutdown had finished), and the checkpoint is whole."""
+    data = (workdir / "numbers.txt").read_bytes()
+    for _ in range(3):
+        worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.1"], workdir)
+        worker.wait_for("checkpoint_saved", reason="timer")
+        worker.signal(first)
+        worker.wait_for("shutdown_requested")
+        worker.signal(second)
+        assert worker.finish() in (0, 128 + second)
+        saved = json.loads((workdir / "checkpoint.json").read_text())
+        assert saved["sum"] == expected_of(data[: saved["offset"]]).sum
+
+
+# --- HTTP clients ------------------------------------------------------------------------------
+
+
+def _hang_up(address: tuple[str, int], *, reset: bool) -> None:
+    """Ask for /metrics and go away before the answer: closed, or reset (RST)."""
+    client = socket.create_connection(address, timeout=5)
+    client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    if reset:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+def test_scrapers_that_hang_up_or_reset_never_hurt_the_worker(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """Clients closing or resetting before the answer: the worker runs on, logs no traceback."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    address = _address(worker)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    for index in range(40):
+        _hang_up(address, reset=index % 2 == 1)
+    status, _ = get(f"http://{address[0]}:{address[1]}/healthz")
+    assert status == 200
+    last = worker.named("checkpoint_saved")[-1]["offset"]
+    worker.wait_for("checkpoint_saved", offset=lambda offset: offset > last)
+    _stop_cleanly(worker)
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
+def test_a_probe_timing_out_while_the_worker_is_paused_does_not_end_it(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """SIGSTOP (a throttled container), probes that give up, SIGCONT: the worker runs on."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    host, port = _address(worker)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    worker.signal(signal.SIGSTOP)
+    for _ in range(4):
+        with pytest.raises(TimeoutError):  # a timeout: nobody answers a stopped process
+            urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=0.3)
+    worker.signal(signal.SIGCONT)
+    last = worker.named("checkpoint_saved")[-1]["offset"]
+    worker.wait_for("checkpoint_saved", offset=lambda offset: offset > last)
+    assert get(f"http://{host}:{port}/healthz")[0] == 200
+    _stop_cleanly(worker)
+
+
+def test_head_is_answered_without_a_body(workdir: Path, running: list[WorkerProcess]) -> None:
+    """HEAD on each path: the GET's status and headers, no body (not 501)."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    host, port = _address(worker)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    for path in ("/metrics", "/healthz", "/readyz"):
+        request = urllib.request.Request(f"http://{host}:{port}{path}", method="HEAD")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+            assert int(response.headers["Content-Length"]) > 0
+            assert response.read() == b""
+    _stop_cleanly(worker)
+
+
+def test_a_burst_of_500_concurrent_scrapes_is_answered(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """500 scrapes at once, each with a 10 s timeout: every one is answered with 200."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    host, port = _address(worker)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    statuses: list[int | str] = []
+    start = threading.Barrier(500)
+
+    def scrape() -> None:
+        start.wait()
+        try:
+            statuses.append(get(f"http://{host}:{port}/metrics")[0])
+        except OSError as error:
+            statuses.append(repr(error))
+
+    clients = [threading.Thread(target=scrape) for _ in range(500)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    assert statuses == [200] * 500
+    _stop_cleanly(worker)
+
+
+def test_a_silent_client_is_dropped_after_the_read_timeout(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """A connection that never sends its request is closed by the worker, which runs on."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    address = _address(worker)
+    with socket.create_connection(address, timeout=READ_TIMEOUT + 10) as silent:
+        assert silent.recv(1) == b""  # closed by the worker, not by our own timeout
+    assert get(f"http://{address[0]}:{address[1]}/healthz")[0] == 200
+    _stop_cleanly(worker)
