@@ -23,7 +23,7 @@ from typing import Any
 
 from .decimal_text import decimal_of, int_of
 from .errors import CheckpointCorrupt, CheckpointWriteFailed
-from .files import atomic_write
+from .files import atomic_write, read_regular_file
 from .state import Position
 
 __all__ = [
@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 CHECKPOINT_VERSION = 2
+# A checkpoint of 100,000 files is about 21 MB; anything far beyond is not one.
+MAX_CHECKPOINT_BYTES = 256 << 20
 READABLE_VERSIONS = (1, 2)
 IDENTITY_WINDOW = 1024
 _CHECKSUM_KEY = b'"checksum": "sha256:'
@@ -273,7 +275,7 @@ class CheckpointStore:
     def load(self) -> Checkpoint | None:
         """The saved checkpoint, None if there is none; CheckpointCorrupt if it is unusable."""
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular_file(self.path, MAX_CHECKPOINT_BYTES)
         except FileNotFoundError:
             return None
         except OSError as error:

@@ -7,6 +7,7 @@ goes away, real signals, real sockets that hang up, reset or say nothing.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import socket
@@ -263,3 +264,122 @@ def test_a_silent_client_is_dropped_after_the_read_timeout(
         assert silent.recv(1) == b""  # closed by the worker, not by our own timeout
     assert get(f"http://{address[0]}:{address[1]}/healthz")[0] == 200
     _stop_cleanly(worker)
+
+
+# --- files given by the user -------------------------------------------------------------------
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single line a refused command printed (stderr or a fatal_error event), no traceback."""
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    errors = []
+    for line in lines:
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event["level"] == "error":
+                errors.append(event["message"])
+        else:
+            errors.append(line)
+    assert len(errors) == 1, lines
+    return str(errors[0])
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory", "100 MB file"])
+def test_a_config_that_is_not_a_small_regular_file_is_one_line_and_exit_2(
+    tmp_path: Path, kind: str
+) -> None:
+    """--config /dev/zero, a FIFO, a directory or a huge file: refused at once, never read."""
+    config = tmp_path / "worker.toml"
+    if kind == "device":
+        config = Path("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(config)
+    elif kind == "directory":
+        config.mkdir()
+    else:
+        with config.open("wb") as handle:
+            handle.truncate(100 << 20)
+    done = cli(["run", "--config", str(config)], tmp_path, timeout=30)
+    assert done.returncode == 2
+    assert str(config) in _one_error_line(done)
+    health = cli(["healthcheck", "--config", str(config)], tmp_path, timeout=30)
+    assert health.returncode == 1  # no worker runs; the config was not waited on
+
+
+@pytest.mark.parametrize("kind", ["fifo", "300 MB file"])
+def test_a_checkpoint_that_is_not_a_bounded_regular_file_is_refused(
+    workdir: Path, kind: str
+) -> None:
+    """A checkpoint that is a FIFO or far too large: one error line, exit 1, left untouched."""
+    checkpoint = workdir / "checkpoint.json"
+    if kind == "fifo":
+        os.mkfifo(checkpoint)
+    else:
+        with checkpoint.open("wb") as handle:
+            handle.truncate(300 << 20)
+    before = checkpoint.lstat()
+    for command in (["run"], ["status"]):
+        done = cli(command, workdir, timeout=30)
+        assert done.returncode == 1
+        assert "checkpoint" in _one_error_line(done)
+    after = checkpoint.lstat()
+    assert (after.st_mode, after.st_size, after.st_mtime_ns) == (
+        before.st_mode,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
+def test_max_line_bytes_above_1_gib_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """--max-line-bytes 99999999999999999999: exit 2 with one line naming the setting."""
+    done = cli(["run", "--max-line-bytes", "99999999999999999999"], tmp_path)
+    assert done.returncode == 2
+    assert "max_line_bytes" in _one_error_line(done)
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+SECRET = "s3cr3t-Pa55word"
+
+
+@pytest.mark.parametrize(
+    ("config", "env"),
+    [
+        (f"kafka_sasl_password = [{SECRET!r}]\n", {}),
+        ("", {"WORKER_KAFKA_SASL_PASSWORD": SECRET, "WORKER_KAFKA_SASL_PASSWORD_FILE": "pw"}),
+        ("", {"WORKER_KAFKA_SASL_PASSWORD_FILE": "missing"}),
+    ],
+)
+def test_a_bad_secret_names_the_setting_never_its_value(
+    tmp_path: Path, config: str, env: dict[str, str]
+) -> None:
+    """A malformed, doubly given or unreadable password: exit 2, the setting named, no value."""
+    (tmp_path / "pw").write_text(SECRET + "\n")
+    (tmp_path / "worker.toml").write_text(config)
+    done = cli(["run", "--config", "worker.toml"], tmp_path, worker_env(**env))
+    assert done.returncode == 2
+    line = _one_error_line(done)
+    assert "kafka_sasl_password" in line
+    assert SECRET not in done.stdout + done.stderr
+
+
+def test_a_traceback_in_the_log_never_shows_local_variables(tmp_path: Path) -> None:
+    """An unexpected error logged with its traceback: the frames are there, their locals not."""
+    script = f"""
+from service.logs import configure_logging
+log = configure_logging("json", "info")
+def connect():
+    password = {SECRET!r}
+    raise RuntimeError("broker refused")
+try:
+    connect()
+except RuntimeError as error:
+    log.error("fatal_error", message="unexpected", exc_info=error)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    [event] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert "connect" in json.dumps(event["exception"])
+    assert SECRET not in done.stdout + done.stderr
