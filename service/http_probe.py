@@ -6,7 +6,7 @@ Rule 2: it needs only the standard library until the first scrape. It binds when
         starts; an address it cannot listen on is one error line
         (`ListenFailed`, exit 1). Port 0 binds any free port; `address` says which.
 Rule 3: the world's clients cannot hurt the worker. At most `max_connections` are served at once
-        (below the descriptor limit, so a flood cannot starve the checkpoint); the others wait
+        (below the descriptor limit: see descriptors.py); the others wait
         in a listen backlog deep enough for a burst of scrapes, outside the process; a client
         that sends nothing for `READ_TIMEOUT` seconds is dropped; one that hangs up is ignored;
         any other failure is one log line, never a traceback.
@@ -21,15 +21,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .descriptors import MAX_CONNECTIONS, http_connections_allowed
 from .errors import ListenFailed
 from .logs import Logger
 from .metrics import Metrics
 from .settings import split_address
 
-__all__ = ["LISTEN_BACKLOG", "MAX_CONNECTIONS", "READ_TIMEOUT", "MetricsEndpoint", "ProbeServer"]
+__all__ = ["LISTEN_BACKLOG", "READ_TIMEOUT", "MetricsEndpoint", "ProbeServer"]
 
 LISTEN_BACKLOG = 1024  # connections the kernel holds while every slot is busy (a scrape burst)
-MAX_CONNECTIONS = 64  # served at once; lowered when the descriptor limit is low
 READ_TIMEOUT = 5.0  # seconds a client may take to send its request
 
 
@@ -160,14 +160,13 @@ class ProbeServer:
 class MetricsEndpoint(Metrics):
     """The metrics, served on `address` from the moment the worker opens it."""
 
-    def __init__(self, address: str, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, address: str) -> None:
         super().__init__()
         self._address = address
-        self._max_connections = max_connections
         self._server: ProbeServer | None = None
 
     def open(self, log: Logger) -> None:
-        self._server = ProbeServer(self._address, self, log, self._max_connections)
+        self._server = ProbeServer(self._address, self, log, http_connections_allowed())
         log.info("metrics_listening", address=self._server.address)
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ import anyio.abc
 
 from . import __version__, _kernel
 from .checkpoint import write_json
+from .descriptors import reserve_descriptors
 from .errors import BadRecordFound, UnexpectedError, WorkerError
 from .lock import HEARTBEAT_INTERVAL
 from .logs import Logger, on_output_closed
@@ -354,6 +355,7 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
     `early_signals` are stop signals received before the worker could listen for them.
     """
     _kernel.reuse_freed_memory()  # each chunk reuses the last one's pages instead of new ones
+    settings = reserve_descriptors(settings, log)
     source = _source_for(settings, log)
     worker = _Worker(settings, log, source)
     loop = asyncio.get_running_loop()

@@ -383,3 +383,46 @@ except RuntimeError as error:
     [event] = [json.loads(line) for line in done.stdout.splitlines()]
     assert "connect" in json.dumps(event["exception"])
     assert SECRET not in done.stdout + done.stderr
+
+
+# --- descriptors -------------------------------------------------------------------------------
+
+# Execs its arguments with the open-files limit given first: a real `ulimit -n`, same process.
+_WITH_ULIMIT = (
+    sys.executable,
+    "-c",
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execvp(sys.argv[2], sys.argv[2:])",
+)
+
+
+def test_idle_connections_under_a_low_ulimit_cannot_starve_the_checkpoint(tmp_path: Path) -> None:
+    """150 idle connections to the metrics port under `ulimit -n 128`, reading 300 files: the
+    worker warns once, keeps saving, and SIGTERM still exits 0 after its final checkpoint."""
+    data = tmp_path / "data"
+    data.mkdir()
+    everything = b""
+    for index in range(300):
+        numbers = b"".join(f"{index * 1000 + k}\n".encode() for k in range(200))
+        (data / f"{index:03}.txt").write_bytes(numbers)
+        everything += numbers
+    env = worker_env(WORKER_METRICS_ADDRESS="127.0.0.1:0", WORKER_INPUT="data/*.txt")
+    args = ["--follow", "--checkpoint-interval", "0.2", "--max-rate", "20000"]
+    worker = WorkerProcess(args, tmp_path, env, prefix=(*_WITH_ULIMIT, "128"))
+    try:
+        address = _address(worker)
+        [warning] = worker.named("descriptors_reserved")
+        assert 0 < warning["max_open_files"] < 128
+        idle = [socket.create_connection(address, timeout=10) for _ in range(150)]
+        last = worker.wait_for("checkpoint_saved")["offset"]
+        worker.wait_for("checkpoint_saved", offset=lambda offset: offset > last)
+        _stop_cleanly(worker)
+        for connection in idle:
+            connection.close()
+        assert worker.errors == []
+    finally:
+        worker.kill()
+    done = cli(["run", "--no-follow"], tmp_path, worker_env(WORKER_INPUT="data/*.txt"))
+    assert done.returncode == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["sum"] == expected_of(everything).sum
