@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .decimal_text import decimal_of, int_of
+from .decimal_text import exact_json, int_of
 from .errors import CheckpointCorrupt, CheckpointWriteFailed
 from .files import atomic_write, read_regular_file
 from .state import Position
@@ -212,23 +212,7 @@ class Checkpoint:
 
 def _dumps(document: dict[str, Any]) -> str:
     """JSON text of a document whose integers (at any depth) may be of any length."""
-    long_ints: dict[str, int] = {}
-
-    def shield(value: Any) -> Any:
-        if type(value) is int and value.bit_length() > 64:
-            token = f"\0{len(long_ints)}\0"
-            long_ints[token] = value
-            return token
-        if isinstance(value, dict):
-            return {k: shield(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [shield(v) for v in value]
-        return value
-
-    text = json.dumps(shield(document), indent=2)
-    for token, value in long_ints.items():
-        text = text.replace(json.dumps(token), decimal_of(value))
-    return text
+    return exact_json(document, indent=2)
 
 
 def sealed(document: dict[str, Any]) -> bytes:

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from .decimal_text import decimal_of, exact_json
+
 if TYPE_CHECKING:
     import structlog
 
@@ -76,6 +78,14 @@ class _LogStream:
             _closed_hook()
 
 
+def _long_ints_as_text(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Huge integers (a sum) as their digits, written in subquadratic time, not by repr()."""
+    return {
+        key: decimal_of(value) if type(value) is int and value.bit_length() > 64 else value
+        for key, value in event.items()
+    }
+
+
 def renders_json(log_format: str) -> bool:
     """JSON lines, or a console rendering for a person (`auto`: on a terminal)?"""
     return log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
@@ -114,8 +124,9 @@ def configure_logging(log_format: str, log_level: str) -> Logger:
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             )
         )
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(exact_json)
     else:
+        shared.append(_long_ints_as_text)
         renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     level = _LEVELS[log_level]
     structlog.configure(
