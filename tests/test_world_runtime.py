@@ -6,9 +6,11 @@ goes away, real signals, real sockets that hang up, reset or say nothing.
 
 from __future__ import annotations
 
+import decimal
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -22,9 +24,11 @@ from pathlib import Path
 import pytest
 
 from service.http_probe import READ_TIMEOUT
+from service.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
+from service.settings import MAX_LINE_BYTES
 from tests.oracle import expected_of
 from tests.processes import RUN, WorkerProcess, cli, worker_env
-from tests.scrape import get
+from tests.scrape import by_label, get, samples_of
 
 SEED = 20261204
 
@@ -426,3 +430,114 @@ def test_idle_connections_under_a_low_ulimit_cannot_starve_the_checkpoint(tmp_pa
     assert done.returncode == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["sum"] == expected_of(everything).sum
+
+
+# --- names and series --------------------------------------------------------------------------
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """A name with a byte that is not UTF-8: /metrics still parses, the log, /metrics and
+    `status` show the same escaped name, and the checkpoint keeps the exact bytes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "good.txt").write_bytes(b"10\n")
+    with open(os.fsencode(data) + b"/\xffbad.txt", "wb") as handle:
+        handle.write(b"1\n2\n3\n")
+    escaped = "data/\\xffbad.txt"
+    env = {"WORKER_INPUT": "data/*.txt", "WORKER_METRICS_ADDRESS": "127.0.0.1:0"}
+    worker = WorkerProcess(["--follow"], tmp_path, worker_env(**env))
+    running.append(worker)
+    host, port = _address(worker)
+    worker.wait_for("caught_up")
+    assert worker.named("file_discovered", path=escaped)
+    status, text = get(f"http://{host}:{port}/metrics")
+    assert status == 200
+    positions = by_label(samples_of(text), "checkpoint_worker_position", "partition")
+    assert positions == {"data/good.txt": 3, escaped: 6}
+    _stop_cleanly(worker)
+    shown = cli(["status", "--json"], tmp_path, worker_env(**env))
+    assert sorted(entry["path"] for entry in json.loads(shown.stdout)["files"]) == [
+        escaped,
+        "data/good.txt",
+    ]
+    saved = json.loads((tmp_path / "checkpoint.json").read_text())
+    paths = {os.fsencode(entry["path"]) for entry in saved["files"]}
+    assert paths == {b"data/good.txt", b"data/\xffbad.txt"}
+
+
+def test_per_file_series_are_capped_and_the_rest_folded_into_one(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """More files than MAX_PARTITION_SERIES: that many series, plus one `_other` holding the sum."""
+    data = tmp_path / "data"
+    data.mkdir()
+    count = MAX_PARTITION_SERIES + 100
+    sizes = {}
+    for index in range(count):
+        name = f"data/{index:04}.txt"
+        (tmp_path / name).write_bytes(b"7\n" * (index % 5 + 1))
+        sizes[name] = 2 * (index % 5 + 1)
+    env = {"WORKER_INPUT": "data/*.txt", "WORKER_METRICS_ADDRESS": "127.0.0.1:0"}
+    worker = WorkerProcess(["--follow"], tmp_path, worker_env(**env))
+    running.append(worker)
+    host, port = _address(worker)
+    worker.wait_for("caught_up", records=sum(sizes.values()) // 2)
+    status, text = get(f"http://{host}:{port}/metrics")
+    assert status == 200
+    positions = by_label(samples_of(text), "checkpoint_worker_position", "partition")
+    first = sorted(sizes)[:MAX_PARTITION_SERIES]
+    assert positions == {
+        **{name: sizes[name] for name in first},
+        OTHER_PARTITIONS: sum(sizes[name] for name in sorted(sizes)[MAX_PARTITION_SERIES:]),
+    }
+    _stop_cleanly(worker)
+
+
+# --- the cost of a line ------------------------------------------------------------------------
+
+
+def _decimal_total(lines: list[str]) -> str:
+    """The exact sum of integer lines by the decimal module: no int()/str() of long numbers."""
+    context = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, traps=[decimal.Inexact])
+    total = decimal.Decimal(0)
+    for line in lines:
+        total = context.add(total, decimal.Decimal(line.strip()))
+    return str(total)
+
+
+def test_a_line_of_a_million_digits_is_summed_exactly(tmp_path: Path) -> None:
+    """Numbers of about a million digits, signed and padded: the exact sum in the result, the
+    checkpoint and the log (compared as text with an oracle of the decimal module)."""
+    rng = random.Random(SEED)
+    big = "".join(rng.choice("0123456789") for _ in range(1_000_000))
+    other = "9" + "".join(rng.choice("0123456789") for _ in range(999_000))
+    lines = ["17", f"  +{big} ", f"-{other}\r", "42"]
+    (tmp_path / "numbers.txt").write_text("".join(f"{line}\n" for line in lines))
+    done = cli(["run", "--max-line-bytes", "2000000"], tmp_path)
+    assert done.returncode == 0
+    expected = _decimal_total([line.replace("\r", "") for line in lines])
+    assert len(expected) >= 999_999  # the oracle really summed the long ones
+    sum_field = re.compile(r'"sum": (-?\d+)')
+    for saved in ("result.json", "checkpoint.json"):  # the totals come first
+        assert sum_field.findall((tmp_path / saved).read_text())[0] == expected
+    completed = next(line for line in done.stdout.splitlines() if '"completed"' in line)
+    assert sum_field.findall(completed) == [expected]
+    status = cli(["status", "--json"], tmp_path)
+    assert sum_field.findall(status.stdout)[0] == expected
+
+
+def test_max_line_bytes_is_exit_2_above_its_bound_in_every_source(tmp_path: Path) -> None:
+    """1 GiB is accepted; one byte more, from a flag, the environment or a file, is exit 2."""
+    (tmp_path / "worker.toml").write_text(f"max_line_bytes = {MAX_LINE_BYTES + 1}\n")
+    over = str(MAX_LINE_BYTES + 1)
+    for args, env in [
+        (["--max-line-bytes", over], {}),
+        ([], {"WORKER_MAX_LINE_BYTES": over}),
+        (["--config", "worker.toml"], {}),
+    ]:
+        done = cli(["status", *args], tmp_path, worker_env(**env))
+        assert done.returncode == 2
+        assert "max_line_bytes" in _one_error_line(done)
+    assert cli(["status", "--max-line-bytes", str(MAX_LINE_BYTES)], tmp_path).returncode == 0
