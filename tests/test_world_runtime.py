@@ -127,6 +127,23 @@ def test_run_piped_into_head_returns_and_saves_a_checkpoint(workdir: Path) -> No
     assert (workdir / "checkpoint.json").exists()
 
 
+def test_a_log_that_cannot_be_written_never_stops_the_work(workdir: Path) -> None:
+    """stdout on a full device (/dev/full: every write fails with ENOSPC): the run completes
+    with the exact result and exit 0, and nothing is printed in the log's place."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*RUN, "--checkpoint-interval", "0.05"],
+            cwd=workdir,
+            env=worker_env(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    assert done.returncode == 0
+    assert done.stderr == b""
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
 # --- SIGHUP ------------------------------------------------------------------------------------
 
 
