@@ -18,9 +18,9 @@ import time
 import tomllib
 from pathlib import Path
 
-from .environment import worker_environment
-from .files import MAX_CONFIG_BYTES, read_regular_file
-from .lock import HEARTBEAT_INTERVAL, lock_path_for, read_holder
+from service.environment import worker_environment
+from service.storage.atomic import MAX_CONFIG_BYTES, read_regular_file
+from service.storage.lock import HEARTBEAT_INTERVAL, lock_path_for, read_holder
 
 __all__ = [
     "STALE_AFTER",

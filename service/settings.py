@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .environment import ENV_PREFIX, worker_environment
-from .errors import UsageError
-from .files import MAX_CONFIG_BYTES, read_regular_file
+from service.environment import ENV_PREFIX, worker_environment
+from service.errors import UsageError
+from service.storage.atomic import MAX_CONFIG_BYTES, read_regular_file
 
 __all__ = [
     "ENV_PREFIX",

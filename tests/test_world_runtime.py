@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from service.http_probe import READ_TIMEOUT
-from service.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
+from service.telemetry.endpoint import READ_TIMEOUT
+from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
 from service.settings import MAX_LINE_BYTES
 from tests.oracle import expected_of
 from tests.processes import RUN, WorkerProcess, cli, worker_env
@@ -388,7 +388,7 @@ def test_a_bad_secret_names_the_setting_never_its_value(
 def test_a_traceback_in_the_log_never_shows_local_variables(tmp_path: Path) -> None:
     """An unexpected error logged with its traceback: the frames are there, their locals not."""
     script = f"""
-from service.logs import configure_logging
+from service.telemetry.logs import configure_logging
 log = configure_logging("json", "info")
 def connect():
     password = {SECRET!r}

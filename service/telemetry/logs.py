@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from .decimal_text import decimal_of, exact_json
+from service.core.decimal_text import decimal_of, exact_json
 
 if TYPE_CHECKING:
     import structlog

@@ -21,11 +21,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .descriptors import MAX_CONNECTIONS, http_connections_allowed
-from .errors import ListenFailed
-from .logs import Logger
-from .metrics import Metrics
-from .settings import split_address
+from service.descriptors import MAX_CONNECTIONS, http_connections_allowed
+from service.errors import ListenFailed
+from service.telemetry.logs import Logger
+from service.telemetry.metrics import Metrics
+from service.settings import split_address
 
 __all__ = ["LISTEN_BACKLOG", "READ_TIMEOUT", "MetricsEndpoint", "ProbeServer"]
 

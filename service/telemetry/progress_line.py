@@ -26,12 +26,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .decimal_text import decimal_of
-from .logs import Logger, route_output
-from .telemetry import GaugeBoard, Telemetry
+from service.core.decimal_text import decimal_of
+from service.telemetry.logs import Logger, route_output
+from service.telemetry.port import GaugeBoard, Telemetry
 
 if TYPE_CHECKING:
-    from .partition import Gauge
+    from service.lifecycle.partition import Gauge
 
 __all__ = ["ProgressDisplay", "ProgressLine", "RateWindow", "describe"]
 
