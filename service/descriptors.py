@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import resource
 
-from service.telemetry.logs import Logger
 from service.settings import Settings
+from service.telemetry.logs import Logger
 
 __all__ = [
     "MAX_CONNECTIONS",

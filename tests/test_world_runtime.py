@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from service.settings import MAX_LINE_BYTES
 from service.telemetry.endpoint import READ_TIMEOUT
 from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
-from service.settings import MAX_LINE_BYTES
 from tests.oracle import expected_of
 from tests.processes import RUN, WorkerProcess, cli, worker_env
 from tests.scrape import by_label, get, samples_of

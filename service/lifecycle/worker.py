@@ -25,17 +25,16 @@ import anyio
 import anyio.abc
 
 from service import __version__
-
 from service.core import _kernel
-from service.storage.checkpoint import write_json
+from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN, Batch
+from service.core.position import Pacer, Periodic, Position, RateMeter
 from service.descriptors import reserve_descriptors
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
-from service.storage.lock import HEARTBEAT_INTERVAL
-from service.telemetry.logs import Logger, on_output_closed
-from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN, Batch
 from service.lifecycle.partition import Partition, Progress, Source
 from service.settings import Settings
-from service.core.position import Pacer, Periodic, Position, RateMeter
+from service.storage.checkpoint import write_json
+from service.storage.lock import HEARTBEAT_INTERVAL
+from service.telemetry.logs import Logger, on_output_closed
 from service.telemetry.port import telemetry_for
 
 __all__ = ["run_worker"]

@@ -23,9 +23,9 @@ from typing import Any
 
 from service.descriptors import MAX_CONNECTIONS, http_connections_allowed
 from service.errors import ListenFailed
+from service.settings import split_address
 from service.telemetry.logs import Logger
 from service.telemetry.metrics import Metrics
-from service.settings import split_address
 
 __all__ = ["LISTEN_BACKLOG", "READ_TIMEOUT", "MetricsEndpoint", "ProbeServer"]
 
