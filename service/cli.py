@@ -105,14 +105,16 @@ def _healthcheck(argv: list[str]) -> int:
 
 
 def _remember_stop_signals(received: list[int]) -> None:
-    """Until the worker listens, note SIGTERM/SIGINT instead of dying: it stops gracefully then."""
+    """Until the worker listens, note SIGTERM/SIGINT/SIGHUP instead of dying: it stops gracefully
+    then. A closed pipe is an error to handle (EPIPE), never a signal that kills `run`."""
     import signal
 
     def remember(signum: int, _frame: object) -> None:
         received.append(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, remember)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,16 +188,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def console() -> NoReturn:
     """The `checkpoint-worker` console script."""
+    import contextlib
     import os
     import signal
 
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends us quietly, like any CLI
+    # `status | head` ends us quietly, like any CLI (`run` ignores SIGPIPE again: it must save).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet
         code = 130
     # Every file is written and closed by now. Skipping the interpreter's teardown of anyio,
     # structlog and the rest saves time on every exit, a stop on SIGTERM included.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # its reader went away: nothing to tell
+            stream.flush()
     os._exit(code)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -10,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from service.core.decimal_text import decimal_of, exact_json
 from service.core.position import Position
 from service.errors import WorkerError
 from service.settings import Settings
@@ -115,7 +115,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
     """Print the checkpoint as a person wants it (or as JSON)."""
     report = _status_of(settings)
     if as_json:
-        print(json.dumps(report))
+        print(exact_json(report))
         return 0
     if not report["exists"]:
         print(f"no checkpoint at {report['checkpoint']}: the next run starts at the beginning")
@@ -126,7 +126,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
         ("offset", f"{report['offset']:,}"),
         ("records", f"{report['records']:,}"),
         ("bad_records", f"{report['bad_records']:,}"),
-        ("sum", str(report["sum"])),
+        ("sum", decimal_of(report["sum"])),
         ("percent", "-" if report["percent"] is None else f"{report['percent']:.2f}%"),
         ("completed", "yes" if report["completed"] else "no"),
         ("updated_at", report["updated_at"] or "-"),
@@ -139,7 +139,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
             percent = _percent(entry["offset"], entry["size"])
             print(
                 f"  {entry['path']}  {percent:.2f}%  records {entry['records']:,}  "
-                f"sum {entry['sum']}  {entry['state'].replace('_', ' ')}"
+                f"sum {decimal_of(entry['sum'])}  {entry['state'].replace('_', ' ')}"
             )
     sys.stdout.flush()
     return 0

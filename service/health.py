@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 
 from service.environment import worker_environment
+from service.storage.atomic import MAX_CONFIG_BYTES, read_regular_file
 from service.storage.lock import HEARTBEAT_INTERVAL, lock_path_for, read_holder
 
 __all__ = [
@@ -43,9 +44,10 @@ def _setting(name: str, flag: str | None, config: str | None) -> str | None:
     config = config or environment.get("config")
     if config:
         try:
-            with open(config, "rb") as handle:
-                value = tomllib.load(handle).get(name)
-        except (OSError, tomllib.TOMLDecodeError):
+            value = tomllib.loads(read_regular_file(Path(config), MAX_CONFIG_BYTES).decode()).get(
+                name
+            )
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             value = None
         if isinstance(value, str):
             return value

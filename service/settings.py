@@ -21,8 +21,18 @@ from typing import Any, Literal, get_args
 
 from service.environment import ENV_PREFIX, worker_environment
 from service.errors import UsageError
+from service.storage.atomic import MAX_CONFIG_BYTES, read_regular_file
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings", "setting_fields", "split_address"]
+__all__ = [
+    "ENV_PREFIX",
+    "MAX_LINE_BYTES",
+    "Settings",
+    "load_settings",
+    "setting_fields",
+    "split_address",
+]
+
+MAX_LINE_BYTES = 1 << 30  # the largest max_line_bytes: one line held in memory at most
 
 
 OnBadRecord = Literal["skip", "fail"]
@@ -57,7 +67,7 @@ def _number(*, gt: float | None = None, ge: float | None = None) -> Convert:
     return convert
 
 
-def _integer(*, ge: int) -> Convert:
+def _integer(*, ge: int, le: int | None = None) -> Convert:
     def convert(value: Any) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -67,6 +77,8 @@ def _integer(*, ge: int) -> Convert:
             raise ValueError("expected a whole number")
         if value < ge:
             raise ValueError(f"must be at least {ge}")
+        if le is not None and value > le:
+            raise ValueError(f"must be at most {le}")
         return value
 
     return convert
@@ -163,10 +175,11 @@ def _address(value: Any) -> str:
 
 
 def _setting(default: Any, convert: Convert, description: str, *, secret: bool = False) -> Any:
+    """A setting; a `secret` one is never shown (repr, errors), and has a `<name>_file` twin."""
     return dataclasses.field(
         default=default,
         repr=not secret,
-        metadata={"convert": convert, "description": description},
+        metadata={"convert": convert, "description": description, "secret": secret},
     )
 
 
@@ -189,7 +202,9 @@ class Settings:
     on_bad_record: OnBadRecord = _setting(
         "skip", _choice(OnBadRecord), "skip or fail on a bad line"
     )
-    max_line_bytes: int = _setting(4096, _integer(ge=1), "longest line accepted, in bytes")
+    max_line_bytes: int = _setting(
+        4096, _integer(ge=1, le=MAX_LINE_BYTES), "longest line accepted, in bytes"
+    )
     on_input_change: OnInputChange = _setting(
         "fail", _choice(OnInputChange), "when the input no longer matches the checkpoint"
     )
@@ -216,6 +231,9 @@ class Settings:
     )
     kafka_sasl_username: str = _setting("", _text(), "SASL user (with SASL_*)")
     kafka_sasl_password: str = _setting("", _text(), "SASL password (with SASL_*)", secret=True)
+    kafka_sasl_password_file: str = _setting(
+        "", _text(), "a file holding the SASL password (not visible in `ps`, unlike the flag)"
+    )
     kafka_session_timeout: float = _setting(
         10.0, _number(ge=1), "seconds a silent group member keeps its partitions"
     )
@@ -258,14 +276,34 @@ def _read_config(config_file: Path) -> dict[str, Any]:
     import tomllib  # only when a file is given: it is not free at start-up
 
     try:
-        with config_file.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(read_regular_file(config_file, MAX_CONFIG_BYTES).decode())
     except OSError as error:
         raise UsageError(
             f"cannot read config file {config_file} (--config, WORKER_CONFIG): {error.strerror}"
         ) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {config_file} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"config file {config_file} is not valid TOML: {error}") from None
+
+
+def _secrets_from_files(settings: Settings) -> Settings:
+    """Each secret given as `<name>_file`: read from that file (one trailing newline dropped)."""
+    found: dict[str, Any] = {}
+    for field in setting_fields():
+        path = getattr(settings, field.name + "_file") if field.metadata["secret"] else ""
+        if not path:
+            continue
+        if getattr(settings, field.name):
+            raise UsageError(f"give {field.name} or {field.name}_file, not both")
+        try:
+            text = read_regular_file(Path(path), MAX_CONFIG_BYTES).decode()
+        except OSError as error:
+            raise UsageError(f"cannot read {field.name}_file {path}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{field.name}_file {path} is not UTF-8 text") from None
+        found[field.name] = text.removesuffix("\n").removesuffix("\r")
+    return dataclasses.replace(settings, **found) if found else settings
 
 
 def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Settings:
@@ -277,11 +315,13 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
             raise UsageError(f"unknown setting {key!r} in {config_file}")
     values = {**from_file, **worker_environment(names), **flags}  # later sources win
     try:
-        return Settings(**values)
+        return _secrets_from_files(Settings(**values))
     except _InvalidSetting as error:
         sources = f"--{error.name.replace('_', '-')}, {ENV_PREFIX}{error.name.upper()}"
         if config_file is not None:
             sources += f" or {config_file}"
+        secret = next(f for f in setting_fields() if f.name == error.name).metadata["secret"]
+        shown = "" if secret else f", got {error.value!r}"  # a secret is never echoed
         raise UsageError(
-            f"invalid setting {error.name!r} ({sources}): {error.reason}, got {error.value!r}"
+            f"invalid setting {error.name!r} ({sources}): {error.reason}{shown}"
         ) from None

@@ -254,8 +254,9 @@ def test_a_zombie_worker_cannot_commit_after_its_partitions_moved(
 
 
 def test_the_sasl_listener_needs_the_credentials(kafka: Broker, tmp_path: Path) -> None:
-    """Over SASL_PLAINTEXT with SCRAM-SHA-256 and the right password the run is exact; with a
-    wrong one it is one error line and exit 1; with none, a usage error (exit 2)."""
+    """Over SASL_PLAINTEXT with SCRAM-SHA-256 and the right password (given, or read from a
+    file) the run is exact; with a wrong one it is one error line and exit 1; with none, a usage
+    error (exit 2)."""
     topic = create_topic(kafka, 2)
     data = noisy_numbers(2_000, seed=5)
     (tmp_path / "numbers.txt").write_bytes(data)
@@ -275,6 +276,10 @@ def test_the_sasl_listener_needs_the_credentials(kafka: Broker, tmp_path: Path) 
     assert len(_fatal_lines(wrong.stdout)) == 1
     assert "Traceback" not in wrong.stdout + wrong.stderr
     missing = {k: v for k, v in secured.items() if k != "WORKER_KAFKA_SASL_PASSWORD"}
+    (tmp_path / "password").write_text(SASL_PASSWORD + "\n")
+    from_file = {**missing, "WORKER_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "password")}
+    assert cli(["run"], tmp_path, from_file).returncode == 0
+    assert _totals(_result(tmp_path)) == _oracle(data)
     none = cli(["run"], tmp_path, missing)
     assert none.returncode == 2
     assert "kafka_sasl_password" in none.stdout + none.stderr

@@ -140,23 +140,27 @@ def test_a_scrape_mid_run_shows_partial_progress_and_probes_answer(
 def test_readyz_is_503_until_start_up_has_finished(
     tmp_path: Path, running: list[WorkerProcess]
 ) -> None:
-    """While the checkpoint is still being read (a FIFO nobody wrote yet), /readyz says 503."""
+    """While the checkpoint is still being read (its open held by strace), /readyz says 503."""
+    assert shutil.which("strace"), "strace is missing: .ci/run installs it"
     (tmp_path / "numbers.txt").write_bytes(NUMBERS)
-    fifo = tmp_path / "checkpoint.json"
-    os.mkfifo(fifo)
-    worker = _start(running, tmp_path, "--follow")
-    assert _get(worker, "/readyz") == (503, "not ready: starting up\n")
-    assert _get(worker, "/healthz")[0] == 200
-    # Start-up reads the checkpoint; the rename of the first save replaces the FIFO.
-    empty = {"version": 1, "input": "numbers.txt", "offset": 0, "lines": 0, "records": 0}
-    empty |= {"bad_records": 0, "sum": 0, "identity": None, "completed": False}
-    fifo.write_text(json.dumps(empty | {"updated_at": "2026-01-01T00:00:00Z"}))
-    worker.wait_for("checkpoint_loaded")
-    deadline = time.monotonic() + 30
-    while _get(worker, "/readyz")[0] != 200:
-        assert time.monotonic() < deadline, "never ready"
-        time.sleep(0.1)
-    _stop(worker)
+    # Start-up opens the checkpoint once, after the endpoint listens: that open waits 5 s.
+    prefix: tuple[str, ...] = ("strace", "-f", "-qq", "-o", "/dev/null", "-P", "checkpoint.json")
+    prefix += ("-e", "trace=openat", "-e", "inject=openat:delay_enter=5000000:when=1")
+    worker = _start(running, tmp_path, "--follow", prefix=prefix)
+    pid = worker.wait_for("worker_started")["pid"]  # the worker's own, not strace's
+    try:
+        assert _get(worker, "/readyz") == (503, "not ready: starting up\n")
+        assert _get(worker, "/healthz")[0] == 200
+        worker.wait_for("checkpoint_not_found")
+        deadline = time.monotonic() + 30
+        while _get(worker, "/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGTERM)
+        assert worker.finish() == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # strace does not pass a SIGKILL on
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

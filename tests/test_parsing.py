@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.core.decimal_text import decimal_of, int_of
 from service.core.parsing import (
     LINE_TOO_LONG,
     NOT_AN_INTEGER,
@@ -581,3 +582,21 @@ def test_resume_from_any_line_start_matches_one_run(
     after = run_parser([data[resume_at:]], max_line_bytes=max_line_bytes, start=before.position)
     assert after.position == whole.position
     assert before.bad + after.bad == whole.bad
+
+
+@pytest.mark.parametrize("length", [1, 2999, 3000, 3001, 6000, 9001, 9033, 40_000, 123_457])
+def test_long_numbers_convert_exactly_both_ways(length: int) -> None:
+    """int_of and decimal_of equal int() and str() at every length around their split points."""
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # the plain, quadratic conversions are the oracle here
+    try:
+        digits = "".join(str((index * 7 + length) % 10) for index in range(length))
+        digits = "8" + digits[1:]
+        for text in (digits, "-" + digits, "+" + digits):
+            assert int_of(text) == int(text) == int_of(text.encode())
+        value = int(digits)
+        for number in (value, -value, 2 ** (3 * length), 10**length, 10**length - 1):
+            assert decimal_of(number) == str(number)
+            assert decimal_of(number) == str(number)  # once more, as remembered
+    finally:
+        sys.set_int_max_str_digits(previous)

@@ -39,6 +39,7 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
     "kafka_sasl_mechanism": "PLAIN",
     "kafka_sasl_username": "",
     "kafka_sasl_password": "",
+    "kafka_sasl_password_file": "",
     "kafka_session_timeout": 10.0,
     "kafka_ssl_cafile": "",
     "exclude": (),

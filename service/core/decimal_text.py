@@ -1,15 +1,43 @@
-"""Exact conversion between integers and decimal text at any length.
+"""Exact conversion between integers and decimal text at any length, in subquadratic time.
 
 CPython refuses int()/str() of digit strings past a limit (4300 digits by default) to bound the
-cost of hostile input. A line is already bounded by `max_line_bytes` and a sum grows only with
-the log of the records, so here long values are converted in pieces under the limit instead.
+cost of hostile input: both are quadratic in the number of digits (a 2 MB number costs minutes).
+A line is bounded by `max_line_bytes` (up to 1 GiB), so long values are converted by divide and
+conquer instead, as CPython 3.12's `_pylong` does:
+- text to int: split the digits in two, convert each half, join them with one multiplication
+  by a power of ten (Karatsuba: about n**1.58);
+- int to text: split the bits in two (a shift, linear), convert each half to a `decimal.Decimal`
+  and join them with one multiplication by a power of two in decimal (libmpdec's
+  number-theoretic transform: about n log n); a Decimal's text is then linear to write.
+Pieces of at most `_DIGITS_AT_ONCE` digits go through int()/str(), under the limit.
+`exact_json` writes JSON whose integers may be of any length (a checkpoint, a log line) this way.
 """
 
 from __future__ import annotations
 
-__all__ = ["decimal_of", "int_of"]
+import decimal
+import json
+from functools import cache
+from typing import Any
 
-_DIGITS_AT_ONCE = 4000
+__all__ = ["decimal_of", "exact_json", "int_of"]
+
+_DIGITS_AT_ONCE = 3000
+_BITS_AT_ONCE = 3 * _DIGITS_AT_ONCE  # 3 bits per digit: a safe underestimate
+
+# Exact decimal arithmetic at any size: no rounding, no exponent limit.
+_EXACT = decimal.Context(
+    prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[decimal.Inexact]
+)
+
+
+def _power_of_ten(exponent: int) -> int:
+    power: int = 10**exponent
+    return power
+
+
+def _power_of_two(exponent: int) -> decimal.Decimal:
+    return _EXACT.power(decimal.Decimal(2), exponent)
 
 
 def int_of(text: bytes | str) -> int:
@@ -18,18 +46,64 @@ def int_of(text: bytes | str) -> int:
         return int(text)
     sign = -1 if text[:1] in (b"-", "-") else 1
     body = text[1:] if text[:1] in (b"-", b"+", "-", "+") else text
-    value = 0
-    for start in range(0, len(body), _DIGITS_AT_ONCE):
-        piece = body[start : start + _DIGITS_AT_ONCE]
-        value = value * 10 ** len(piece) + int(piece)
-    return sign * value
+    # Each level's halves share their powers; the cache goes with the call, so a power as large
+    # as half a 1 GiB number is not kept for the next one.
+    ten_to = cache(_power_of_ten)
+
+    def convert(digits: bytes | str) -> int:
+        if len(digits) <= _DIGITS_AT_ONCE:
+            return int(digits)
+        low = len(digits) // 2
+        return convert(digits[:-low]) * ten_to(low) + convert(digits[-low:])
+
+    return sign * convert(body)
+
+
+# The last long value written, and its text: one sum is written many times (the checkpoint, the
+# result, `checkpoint_saved`, `completed`, `worker_stopped`) and compared in linear time.
+_last_written: tuple[int, str] = (0, "0")
 
 
 def decimal_of(value: int) -> str:
     """str() of an integer of any size."""
+    global _last_written
+    if value.bit_length() <= _BITS_AT_ONCE:
+        return str(value)
+    last_value, last_text = _last_written
+    if value == last_value:
+        return last_text
     sign, value = ("-", -value) if value < 0 else ("", value)
-    pieces = []
-    while value.bit_length() > 3 * _DIGITS_AT_ONCE:  # 3 bits per digit: a safe underestimate
-        value, low = divmod(value, 10**_DIGITS_AT_ONCE)
-        pieces.append(str(low).zfill(_DIGITS_AT_ONCE))
-    return sign + str(value) + "".join(reversed(pieces))
+    two_to = cache(_power_of_two)  # per call, as in int_of
+
+    def convert(part: int, bits: int) -> decimal.Decimal:
+        if bits <= _BITS_AT_ONCE:
+            return decimal.Decimal(part)
+        low = bits // 2
+        high = part >> low
+        joined = _EXACT.multiply(convert(high, bits - low), two_to(low))
+        return _EXACT.add(joined, convert(part - (high << low), low))
+
+    text = sign + str(convert(value, value.bit_length()))
+    _last_written = (-value if sign else value, text)
+    return text
+
+
+def exact_json(document: Any, **dumps: Any) -> str:
+    """json.dumps(document, **dumps) for integers (at any depth) of any length."""
+    long_ints: dict[str, int] = {}
+
+    def shield(value: Any) -> Any:
+        if type(value) is int and value.bit_length() > 64:
+            token = f"\0{len(long_ints)}\0"
+            long_ints[token] = value
+            return token
+        if isinstance(value, dict):
+            return {k: shield(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [shield(v) for v in value]
+        return value
+
+    text = json.dumps(shield(document), **dumps)
+    for token, value in long_ints.items():
+        text = text.replace(json.dumps(token), decimal_of(value))
+    return text

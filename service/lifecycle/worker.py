@@ -5,13 +5,15 @@ Start up: the source takes its lock, loads the saved state and finds its partiti
 Run:      one task group: a reader task per partition (ask it for a batch, report bad records,
           pace, wait `poll_interval` when it is caught up), the source's rescans when following,
           the timer (checkpoint, heartbeat, progress) and the signal listener, which only asks
-          for shutdown.
+          for shutdown. SIGHUP stops like SIGTERM (no reload), and so does a closed stdout.
 Shut down: the final checkpoint, shielded from cancellation and bounded by `shutdown_timeout`;
           then one summary line. A second signal during shutdown exits at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -26,26 +28,28 @@ from service import __version__
 from service.core import _kernel
 from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN, Batch
 from service.core.position import Pacer, Periodic, Position, RateMeter
+from service.descriptors import reserve_descriptors
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.partition import Partition, Progress, Source
 from service.settings import Settings
 from service.storage.checkpoint import write_json
 from service.storage.lock import HEARTBEAT_INTERVAL
-from service.telemetry.logs import Logger
+from service.telemetry.logs import Logger, on_output_closed
 from service.telemetry.wiring import telemetry_for
 
 __all__ = ["run_worker"]
 
 PROGRESS_INTERVAL = 10.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _exit_at_next_signal() -> None:
-    """From now on SIGTERM/SIGINT end the process at once; the checkpoint on disk stays whole."""
+    """From now on a stop signal ends the process at once; the checkpoint on disk stays whole."""
 
     def _exit_now(signum: int, _frame: FrameType | None) -> None:
         os._exit(128 + signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _exit_now)
 
 
@@ -74,6 +78,7 @@ class _Worker:
         self.progress_of: dict[Partition, Progress] = {}  # the partitions being read
         self.failure: WorkerError | None = None
         self.stop_signal: int | None = None
+        self.output_closed = False
         self.started = False  # the source holds the state to resume from
         self.completed = False
         self.caught_up_at: Position | None = None
@@ -104,7 +109,7 @@ class _Worker:
                 self.telemetry.ready()
 
             await self._guarded(start, tasks.cancel_scope)
-            if self.failure is None:
+            if self.failure is None and not self.output_closed:
                 tasks.start_soon(self._guarded, self._run_timer, tasks.cancel_scope)
                 await self._guarded(lambda: self._read_all(partitions), tasks.cancel_scope)
             tasks.cancel_scope.cancel()
@@ -128,7 +133,7 @@ class _Worker:
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
                 task_status.started()
                 for signum in early_signals:  # arrived before this receiver took over
                     self._request_shutdown(signum, scope)
@@ -148,6 +153,17 @@ class _Worker:
         self._bound_shutdown()
         self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
         scope.cancel()
+
+    def stop_for_closed_output(self) -> None:
+        """Stdout's reader went away (`run | head`): stop as on SIGTERM, once start-up has
+        finished, so the final checkpoint is saved; nobody sees the log any more."""
+        if self.output_closed or self.stop_signal is not None:
+            return
+        self.output_closed = True
+        self.log.info("shutdown_requested", reason="stdout_closed")
+        if self.started:
+            self._bound_shutdown()
+            self.scope.cancel()
 
     def _bound_shutdown(self) -> None:
         if not self.shutdown_deadline_set:
@@ -337,10 +353,19 @@ def _source_for(settings: Settings, log: Logger) -> Source:
 async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) -> int:
     """Run the worker to completion or shutdown; return the process exit code.
 
-    `early_signals` are SIGTERM/SIGINT received before the worker could listen for them.
+    `early_signals` are stop signals received before the worker could listen for them.
     """
     _kernel.reuse_freed_memory()  # each chunk reuses the last one's pages instead of new ones
+    settings = reserve_descriptors(settings, log)
     source = _source_for(settings, log)
+    worker = _Worker(settings, log, source)
+    loop = asyncio.get_running_loop()
+
+    def output_closed() -> None:  # from whichever thread logged
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over anyway
+            loop.call_soon_threadsafe(worker.stop_for_closed_output)
+
+    on_output_closed(output_closed)
     log.info(
         "worker_started",
         input=source.describe(),
@@ -349,11 +374,11 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
         version=__version__,
         follow=settings.follow,
     )
-    worker = _Worker(settings, log, source)
     try:
         await worker.run(early_signals)
     finally:
         code, reason = await worker.shut_down()
+        on_output_closed(None)  # the loop closes next; the last line may go nowhere
     counters = asdict(source.totals()) if worker.started else {}
     log.info("worker_stopped", exit_code=code, reason=reason, **counters)
     return code

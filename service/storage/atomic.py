@@ -4,18 +4,30 @@ Rule 1: the new content goes to a temporary file in the same directory, is flush
         renamed over the target, and the directory is fsynced. A crash at any instant leaves the
         old file or the new one, whole, never a mix and never nothing.
 Rule 2: on any failure the temporary file is removed and the target is untouched.
+Rule 3: a file read back whole (a config, a checkpoint) must be a regular file of bounded size:
+        a FIFO, a device or a huge file is refused at once, never waited on or read into memory.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "fsync_directory", "temp_files_of"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "TEMP_SUFFIX",
+    "atomic_write",
+    "fsync_directory",
+    "read_regular_file",
+    "temp_files_of",
+]
 
 TEMP_SUFFIX = ".tmp"
+MAX_CONFIG_BYTES = 1 << 20  # a config file, or a secret's file, is small
 
 
 def _temp_prefix(target: Path) -> str:
@@ -58,3 +70,25 @@ def atomic_write(target: Path, pieces: Iterable[bytes], mode: int = 0o644) -> No
         temp.unlink(missing_ok=True)
         raise
     fsync_directory(directory)
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of `path`, a regular file of at most `limit` bytes; an OSError saying why not."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        pieces: list[bytes] = []
+        size = 0
+        while piece := os.read(fd, min(limit + 1 - size, 1 << 20) or 1):
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:  # it may have grown since fstat
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        return b"".join(pieces)
+    finally:
+        os.close(fd)

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.core.decimal_text import decimal_of, int_of
+from service.core.decimal_text import exact_json, int_of
 from service.core.position import Position
 from service.errors import CheckpointCorrupt, CheckpointWriteFailed
-from service.storage.atomic import atomic_write
+from service.storage.atomic import atomic_write, read_regular_file
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 CHECKPOINT_VERSION = 2
+# A checkpoint of 100,000 files is about 21 MB; anything far beyond is not one.
+MAX_CHECKPOINT_BYTES = 256 << 20
 READABLE_VERSIONS = (1, 2)
 IDENTITY_WINDOW = 1024
 _CHECKSUM_KEY = b'"checksum": "sha256:'
@@ -210,23 +212,7 @@ class Checkpoint:
 
 def _dumps(document: dict[str, Any]) -> str:
     """JSON text of a document whose integers (at any depth) may be of any length."""
-    long_ints: dict[str, int] = {}
-
-    def shield(value: Any) -> Any:
-        if type(value) is int and value.bit_length() > 64:
-            token = f"\0{len(long_ints)}\0"
-            long_ints[token] = value
-            return token
-        if isinstance(value, dict):
-            return {k: shield(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [shield(v) for v in value]
-        return value
-
-    text = json.dumps(shield(document), indent=2)
-    for token, value in long_ints.items():
-        text = text.replace(json.dumps(token), decimal_of(value))
-    return text
+    return exact_json(document, indent=2)
 
 
 def sealed(document: dict[str, Any]) -> bytes:
@@ -273,7 +259,7 @@ class CheckpointStore:
     def load(self) -> Checkpoint | None:
         """The saved checkpoint, None if there is none; CheckpointCorrupt if it is unusable."""
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular_file(self.path, MAX_CHECKPOINT_BYTES)
         except FileNotFoundError:
             return None
         except OSError as error:

@@ -5,26 +5,73 @@ Rule 1: it answers from its own threads, never from the event loop: that is what
 Rule 2: it needs only the standard library until the first scrape. It binds when the worker
         starts; an address it cannot listen on is one error line
         (`ListenFailed`, exit 1). Port 0 binds any free port; `address` says which.
+Rule 3: the world's clients cannot hurt the worker. At most `max_connections` are served at once
+        (below the descriptor limit: see descriptors.py); the others wait
+        in a listen backlog deep enough for a burst of scrapes, outside the process; a client
+        that sends nothing for `READ_TIMEOUT` seconds is dropped; one that hangs up is ignored;
+        any other failure is one log line, never a traceback.
 """
 
 from __future__ import annotations
 
 import socket
 import socketserver
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+from service.descriptors import MAX_CONNECTIONS, http_connections_allowed
 from service.errors import ListenFailed
 from service.settings import split_address
 from service.telemetry.logs import Logger
 from service.telemetry.metrics import Metrics
 
-__all__ = ["MetricsEndpoint", "ProbeServer"]
+__all__ = ["LISTEN_BACKLOG", "READ_TIMEOUT", "MetricsEndpoint", "ProbeServer"]
+
+LISTEN_BACKLOG = 1024  # connections the kernel holds while every slot is busy (a scrape burst)
+READ_TIMEOUT = 5.0  # seconds a client may take to send its request
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     metrics: Metrics
+    log: Logger
+
+    def __init__(self, address: tuple[str, int], max_connections: int) -> None:
+        self.slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept only when a slot is free: until then the client waits in the backlog, and
+        holds none of the worker's descriptors."""
+        self.slots.acquire()
+        try:
+            return super().get_request()
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: it will not give the slot back
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up or went silent is no event; anything else is one log line."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        self.log.warning("http_request_failed", error=f"{type(error).__name__}: {error}")
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse DNS lookup of the host (slow, or hanging, offline)."""
@@ -38,6 +85,10 @@ class _Server6(_Server):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = READ_TIMEOUT
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
 
     def do_GET(self) -> None:
         metrics = self.server.metrics
@@ -63,7 +114,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         """Scrapes and probes are not log events."""
@@ -72,11 +124,13 @@ class _Handler(BaseHTTPRequestHandler):
 class ProbeServer:
     """The endpoint, serving one `Metrics` from a background thread."""
 
-    def __init__(self, address: str, metrics: Metrics) -> None:
+    def __init__(
+        self, address: str, metrics: Metrics, log: Logger, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
         host, port = split_address(address)
         kind = _Server6 if ":" in host else _Server
         try:
-            self._server = kind((host, port), _Handler)
+            self._server = kind((host, port), max_connections)
         except OSError as error:
             reason = error.strerror or str(error)
             raise ListenFailed(
@@ -84,6 +138,7 @@ class ProbeServer:
                 f"WORKER_METRICS_ADDRESS): {reason}"
             ) from None
         self._server.metrics = metrics
+        self._server.log = log
         bound_host, bound_port = self._server.socket.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.address = f"{shown}:{bound_port}"
@@ -111,7 +166,7 @@ class MetricsEndpoint(Metrics):
         self._server: ProbeServer | None = None
 
     def open(self, log: Logger) -> None:
-        self._server = ProbeServer(self._address, self)
+        self._server = ProbeServer(self._address, self, log, http_connections_allowed())
         log.info("metrics_listening", address=self._server.address)
 
     def close(self) -> None:

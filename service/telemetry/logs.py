@@ -3,18 +3,28 @@
 Rule 1: one processor chain for structlog and for the standard library's `logging`.
 Rule 2: events are short snake_case names with fields; every line has `timestamp` (ISO 8601,
         UTC), `level` and `event`.
+Rule 3: writing a log line never raises. A line that cannot be written (EIO, ENOSPC) is lost; a
+        closed reader (`run | head`, EPIPE) sends every later line to /dev/null and tells the
+        hook given to `on_output_closed`, once: `run` then stops gracefully.
+Rule 4: tracebacks never show local variables: a secret may be one.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO, cast
+
+from service.core.decimal_text import decimal_of, exact_json
 
 if TYPE_CHECKING:
     import structlog
 
-__all__ = ["Logger", "configure_logging", "renders_json", "route_output"]
+__all__ = ["Logger", "configure_logging", "on_output_closed", "renders_json", "route_output"]
 
 Logger = Any  # structlog's bound loggers are dynamically typed
 
@@ -24,6 +34,56 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+_closed_hook: Callable[[], None] | None = None
+_closed_once = threading.Lock()
+
+
+def on_output_closed(hook: Callable[[], None] | None) -> None:
+    """Call `hook` (from whichever thread logged) when the log's reader goes away; None: nobody."""
+    global _closed_hook
+    _closed_hook = hook
+
+
+class _LogStream:
+    """A text stream for log lines whose writes never raise (Rule 3)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self._guarded(self.stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def _guarded(self, write: Callable[..., object], *args: str) -> None:
+        try:
+            write(*args)
+        except (OSError, ValueError) as error:  # ValueError: the stream was closed
+            if getattr(error, "errno", None) == errno.EPIPE:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        # What the stream still buffers, and every later line, goes nowhere instead of failing.
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+        if _closed_once.acquire(blocking=False) and _closed_hook is not None:
+            _closed_hook()
+
+
+def _long_ints_as_text(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Huge integers (a sum) as their digits, written in subquadratic time, not by repr()."""
+    return {
+        key: decimal_of(value) if type(value) is int and value.bit_length() > 64 else value
+        for key, value in event.items()
+    }
 
 
 def renders_json(log_format: str) -> bool:
@@ -59,18 +119,23 @@ def configure_logging(log_format: str, log_level: str) -> Logger:
     ]
     renderer: Any
     if as_json:
-        shared.append(structlog.processors.dict_tracebacks)
-        renderer = structlog.processors.JSONRenderer()
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+        renderer = structlog.processors.JSONRenderer(exact_json)
     else:
-        renderer = structlog.dev.ConsoleRenderer()
+        shared.append(_long_ints_as_text)
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     level = _LEVELS[log_level]
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _LogStream(sys.stdout))),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(_LogStream(sys.stdout))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -85,7 +150,8 @@ def configure_logging(log_format: str, log_level: str) -> Logger:
 
 def route_output(stream: TextIO) -> None:
     """Write log lines to `stream` from now on (the progress line's console while it shows)."""
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream))
+    output = cast(TextIO, _LogStream(stream))
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(output))
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
-            handler.setStream(stream)
+            handler.setStream(_LogStream(stream))

@@ -8,7 +8,10 @@ Rule 2: the counters count what this process consumed since it started, without 
         resumed run starts them at 0. Totals since the very beginning are in the checkpoint.
 Rule 3: per-partition gauges carry a `partition` label (a file's path; Kafka's `topic:partition`)
         and a vanished partition's series are gone from the next scrape, not left at their last
-        value. Lag is `lag_bytes` for files and `lag_messages` for Kafka.
+        value. Lag is `lag_bytes` for files and `lag_messages` for Kafka. At most
+        `MAX_PARTITION_SERIES` partitions (the first by label) have series of their own; the
+        rest are summed into one series labelled `OTHER_PARTITIONS`, so 20,000 files are not
+        40,000 series.
 Rule 4: health is the event loop's heartbeat, read by another thread: a loop that has not beaten
         for `STALLED_AFTER` seconds is stalled, even though the process and this thread live.
 """
@@ -26,7 +29,14 @@ from service.telemetry.port import GaugeBoard, Telemetry
 if TYPE_CHECKING:
     from service.lifecycle.partition import Gauge
 
-__all__ = ["SAVE_BUCKETS", "SAVE_REASONS", "STALLED_AFTER", "Metrics"]
+__all__ = [
+    "MAX_PARTITION_SERIES",
+    "OTHER_PARTITIONS",
+    "SAVE_BUCKETS",
+    "SAVE_REASONS",
+    "STALLED_AFTER",
+    "Metrics",
+]
 
 # The same threshold as `healthcheck`'s stale heartbeat: the loop beats every second.
 STALLED_AFTER = STALE_AFTER
@@ -35,6 +45,8 @@ SAVE_REASONS = ("timer", "shutdown", "completed")
 # seconds on a stalled one.
 SAVE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PREFIX = "checkpoint_worker_"
+MAX_PARTITION_SERIES = 500
+OTHER_PARTITIONS = "_other"
 
 
 class Metrics(Telemetry):
@@ -147,9 +159,17 @@ class Metrics(Telemetry):
                 labels=["partition"],
             ),
         }
-        for gauge in sorted(self._gauges.all(), key=lambda gauge: gauge.label):
+        gauges = sorted(self._gauges.all(), key=lambda gauge: gauge.label)
+        for gauge in gauges[:MAX_PARTITION_SERIES]:
             position.add_metric([gauge.label], gauge.position.offset)
             lags[gauge.unit].add_metric([gauge.label], max(0, gauge.lag))
+        others = gauges[MAX_PARTITION_SERIES:]
+        if others:
+            position.add_metric([OTHER_PARTITIONS], sum(g.position.offset for g in others))
+            for unit, lag in lags.items():
+                of_unit = [max(0, g.lag) for g in others if g.unit == unit]
+                if of_unit:
+                    lag.add_metric([OTHER_PARTITIONS], sum(of_unit))
         yield position
         yield from lags.values()
 

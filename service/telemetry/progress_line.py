@@ -26,6 +26,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from service.core.decimal_text import decimal_of
 from service.telemetry.logs import Logger, route_output
 from service.telemetry.port import GaugeBoard, Telemetry
 
@@ -77,7 +78,8 @@ class ProgressLine:
     def text(self) -> str:
         eta = "--:--" if self.eta is None else _clock(self.eta)
         return (
-            f"{self.percent:5.1f}%  {self.rate:,.0f} records/s  ETA {eta}  sum {self.sum}  "
+            f"{self.percent:5.1f}%  {self.rate:,.0f} records/s  ETA {eta}  "
+            f"sum {decimal_of(self.sum)}  "
             f"partitions: {self.reading} reading, {self.caught_up} caught up"
         )
 

@@ -38,6 +38,7 @@ from tests.chaos import (
     shutdown,
     signals,
     storage,
+    world,
 )
 from tests.chaos.shutdown import shutdown_on_a_stalled_disk
 from tests.chaos.signals import second_signal_slow_save
@@ -70,6 +71,7 @@ PARTS: dict[str, Part] = {
     "shutdown": shutdown.part,
     "rotation": rotation.part,
     "fleet": fleet.part,
+    "world": world.part,
 }
 
 

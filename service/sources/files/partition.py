@@ -29,6 +29,7 @@ from service.core.parsing import MIN_PIECE_BYTES, BadRecord, Batch, LineParser, 
 from service.core.position import Position
 from service.errors import InputChanged, InputUnreadable
 from service.lifecycle.partition import Gauge, Progress, Step
+from service.names import shown
 from service.settings import Settings
 from service.sources.files.scan import FileKey
 from service.storage.checkpoint import FileState, InputIdentity, identify_input
@@ -96,7 +97,7 @@ class FilePartition:
 
     @property
     def label(self) -> str:
-        return self.path
+        return shown(self.path)
 
     @property
     def position(self) -> Position:
@@ -105,7 +106,7 @@ class FilePartition:
     def gauges(self) -> list[Gauge]:
         position = self.parser.position
         size = max(position.offset, self.size or 0)
-        return [Gauge(self.path, position, size, size - position.offset, "bytes")]
+        return [Gauge(self.label, position, size, size - position.offset, "bytes")]
 
     def snapshot(self, *, closed: bool = False) -> FileState:
         return FileState(self.path, self.inode, self.identity, self.parser.position, closed)
@@ -133,16 +134,16 @@ class FilePartition:
             if not stat.S_ISREG(info.st_mode):  # checked before open: a FIFO's open would block
                 if self._reopen_when_present:
                     return False  # following after a restart: wait until a file is there again
-                raise InputUnreadable(f"input {self.path} is not a regular file")
+                raise InputUnreadable(f"input {self.label} is not a regular file")
             fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
         except FileNotFoundError:  # not there, or renamed away between the look and the open
             if self._reopen_when_present or not self.plain:
                 return False
             raise InputUnreadable(
-                f"input {self.path} not found; create it with `checkpoint-worker generate`"
+                f"input {self.label} not found; create it with `checkpoint-worker generate`"
             ) from None
         except OSError as error:
-            raise InputUnreadable(f"cannot open input {self.path}: {error.strerror}") from None
+            raise InputUnreadable(f"cannot open input {self.label}: {error.strerror}") from None
         opened = os.fstat(fd)
         key = (opened.st_dev, opened.st_ino)
         if not stat.S_ISREG(opened.st_mode) or (self.key is not None and key != self.key):
@@ -162,7 +163,7 @@ class FilePartition:
         offset = resume.position.offset
         if size < offset:
             await self._changed(
-                f"input {self.path} is shorter ({size} bytes) than the checkpoint's offset "
+                f"input {self.label} is shorter ({size} bytes) than the checkpoint's offset "
                 f"{offset}",
                 "truncated",
             )
@@ -170,7 +171,7 @@ class FilePartition:
         identity = await anyio.to_thread.run_sync(identify_input, self._fd(), offset)
         if identity != resume.identity:
             await self._changed(
-                f"input {self.path} differs from what the checkpoint consumed "
+                f"input {self.label} differs from what the checkpoint consumed "
                 f"(first {offset} bytes)",
                 "content_changed",
             )
@@ -188,7 +189,7 @@ class FilePartition:
         action = self.settings.on_input_change
         # A warning either way: under "fail" the one error line is the fatal_error that follows.
         self.log.warning(
-            "input_changed", path=self.path, reason=reason, action=action, message=message
+            "input_changed", path=self.label, reason=reason, action=action, message=message
         )
         if action == "fail":
             raise InputChanged(
@@ -227,7 +228,7 @@ class FilePartition:
         chunk = await self._next_chunk()
         try:
             if chunk.error is not None:
-                raise InputUnreadable(f"cannot read input {self.path}: {chunk.error.strerror}")
+                raise InputUnreadable(f"cannot read input {self.label}: {chunk.error.strerror}")
             if chunk.data:
                 self.last_growth = anyio.current_time()
                 regions = self.parser.split(chunk.data, PIECES_PER_CHUNK)
@@ -257,7 +258,7 @@ class FilePartition:
         self.size = opened.st_size
         if opened.st_size < self.parser.split_offset:
             await self._changed(
-                f"input {self.path} was truncated to {opened.st_size} bytes", "truncated"
+                f"input {self.label} was truncated to {opened.st_size} bytes", "truncated"
             )
             return Progress.READING
         if self.plain:
@@ -268,7 +269,7 @@ class FilePartition:
         if opened.st_size > self.parser.split_offset:
             if await self._consumed_prefix_rewritten():
                 await self._changed(
-                    f"input {self.path} was rewritten: its first {self.position.offset} bytes "
+                    f"input {self.label} was rewritten: its first {self.position.offset} bytes "
                     "are not the ones already consumed",
                     "content_changed",
                 )
@@ -286,11 +287,11 @@ class FilePartition:
         try:
             current = os.stat(self.path)
         except FileNotFoundError:
-            return f"input {self.path} was deleted", "deleted"
+            return f"input {self.label} was deleted", "deleted"
         except OSError as error:
-            raise InputUnreadable(f"cannot stat input {self.path}: {error.strerror}") from None
+            raise InputUnreadable(f"cannot stat input {self.label}: {error.strerror}") from None
         if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
-            return f"input {self.path} was replaced by another file", "replaced"
+            return f"input {self.label} was replaced by another file", "replaced"
         return None
 
     async def _consumed_prefix_rewritten(self) -> bool:
@@ -396,7 +397,7 @@ class FilePartition:
         try:
             self.identity = identify_input(self._fd(), offset)
         except OSError as error:
-            raise InputUnreadable(f"cannot read input {self.path}: {error.strerror}") from None
+            raise InputUnreadable(f"cannot read input {self.label}: {error.strerror}") from None
 
     # --- closing ------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import anyio
 from service.core.position import Position
 from service.errors import InputUnreadable
 from service.lifecycle.partition import Partition, Progress
+from service.names import shown
 from service.settings import Settings
 from service.sources.files.partition import READS_AT_ONCE, FilePartition
 from service.sources.files.scan import FileKey, InputPatterns, Match
@@ -188,7 +189,7 @@ class FileSource:
         for state in pairing.gone:
             self._fold(state.position)
             self.log.info(
-                "file_removed", path=state.path, reason="missing", **asdict(state.position)
+                "file_removed", path=shown(state.path), reason="missing", **asdict(state.position)
             )
         partitions = self._adopt(pairing.resumed, pairing.new)
         if not self.active:
@@ -228,10 +229,10 @@ class FileSource:
         partitions: list[Partition] = []
         for key, match, state in resumed:
             if match.path != state.path:
-                self.log.info("file_rotated", path=match.path, old_path=state.path)
+                self.log.info("file_rotated", path=shown(match.path), old_path=shown(state.path))
             partitions.append(self._add(match.path, key, replace_closed(state)))
         for key, match in new.items():
-            self.log.info("file_discovered", path=match.path, size=match.size)
+            self.log.info("file_discovered", path=shown(match.path), size=match.size)
             partitions.append(self._add(match.path, key, None))
         return partitions
 
@@ -263,7 +264,7 @@ class FileSource:
             if partition is None:
                 fresh[key] = match
             elif partition.path != match.path:
-                self.log.info("file_rotated", path=match.path, old_path=partition.path)
+                self.log.info("file_rotated", path=shown(match.path), old_path=partition.label)
                 partition.path = match.path
                 partition.renamed_out = False
             else:
@@ -292,7 +293,7 @@ class FileSource:
         else:
             self.dormant.append(partition.snapshot(closed=True))
             reason = "inactive"
-        self.log.info("file_removed", path=partition.path, reason=reason, **asdict(position))
+        self.log.info("file_removed", path=partition.label, reason=reason, **asdict(position))
 
     # --- state --------------------------------------------------------------------------------
 
@@ -356,7 +357,7 @@ def replace_closed(state: FileState) -> FileState:
 def file_entry(path: str, position: Position, size: int | None) -> dict[str, Any]:
     """One file as `result.json` and `status --json` list it."""
     return {
-        "path": path,
+        "path": shown(path),
         "offset": position.offset,
         "size": size,
         "records": position.records,

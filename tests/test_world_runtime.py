@@ -1,0 +1,560 @@
+"""The world around a running worker: closed pipes, SIGHUP, paused processes, hostile HTTP clients.
+
+Every test runs a real worker process and meets it as the world would: a real pipe whose reader
+goes away, real signals, real sockets that hang up, reset or say nothing.
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.settings import MAX_LINE_BYTES
+from service.telemetry.endpoint import READ_TIMEOUT
+from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
+from tests.oracle import expected_of
+from tests.processes import RUN, WorkerProcess, cli, worker_env
+from tests.scrape import by_label, get, samples_of
+
+SEED = 20261204
+
+
+def _numbers(count: int) -> bytes:
+    rng = random.Random(SEED)
+    return b"".join(f"{rng.randrange(-(10**6), 10**6)}\n".encode() for _ in range(count))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "numbers.txt").write_bytes(_numbers(200_000))
+    return tmp_path
+
+
+@pytest.fixture
+def running() -> Iterator[list[WorkerProcess]]:
+    """Worker processes a test starts; any still running at its end is killed."""
+    workers: list[WorkerProcess] = []
+    yield workers
+    for worker in workers:
+        worker.kill()
+
+
+def _start(running: list[WorkerProcess], cwd: Path, *args: str) -> WorkerProcess:
+    env = worker_env(WORKER_METRICS_ADDRESS="127.0.0.1:0")
+    worker = WorkerProcess(["--checkpoint-interval", "0.2", *args], cwd, env=env)
+    running.append(worker)
+    return worker
+
+
+def _address(worker: WorkerProcess) -> tuple[str, int]:
+    host, port = worker.wait_for("metrics_listening")["address"].rsplit(":", 1)
+    return host, int(port)
+
+
+def _assert_resumes_to_the_exact_sum(workdir: Path) -> None:
+    """The next run finishes the input from the saved checkpoint with the oracle's sum."""
+    assert cli(["run"], workdir).returncode == 0
+    result = json.loads((workdir / "result.json").read_text())
+    expected = expected_of((workdir / "numbers.txt").read_bytes())
+    assert (result["sum"], result["records"]) == (expected.sum, expected.records)
+
+
+def _stop_cleanly(worker: WorkerProcess) -> None:
+    """SIGTERM: exit 0 after the final checkpoint, and nothing but JSON lines, no traceback."""
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0, worker.tail()
+    worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert worker.noise == []
+    assert "Traceback" not in worker.stderr
+
+
+# --- a closed stdout ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_closed_stdout_stops_run_with_its_final_checkpoint_and_exit_0(
+    workdir: Path, follow: bool
+) -> None:
+    """`run | head`: when the reader of stdout goes away, run saves its position and exits 0."""
+    args = ["--max-rate", "50000", "--checkpoint-interval", "0.1"]
+    worker = subprocess.Popen(
+        [*RUN, *args, "--follow" if follow else "--no-follow"],
+        cwd=workdir,
+        env=worker_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert worker.stdout is not None
+    saved = 0
+    while saved == 0:  # read until a timer save, like `head` reading its lines
+        event = json.loads(worker.stdout.readline())
+        if event["event"] == "checkpoint_saved":
+            saved = event["offset"]
+    worker.stdout.close()  # the reader goes away
+    _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert b"Traceback" not in stderr
+    checkpoint = json.loads((workdir / "checkpoint.json").read_text())
+    assert checkpoint["offset"] >= saved
+    assert not checkpoint["completed"]
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
+def test_run_piped_into_head_returns_and_saves_a_checkpoint(workdir: Path) -> None:
+    """`run --follow | head -1` in a real shell returns, the worker exits 0 and saves."""
+    command = f"{sys.executable} -m service run --follow --max-rate 50000 | head -1; "
+    command += 'echo "worker=${PIPESTATUS[0]}" >&2'
+    shell = subprocess.run(
+        ["bash", "-c", command], cwd=workdir, env=worker_env(), capture_output=True, timeout=30
+    )
+    assert json.loads(shell.stdout)["event"] == "worker_started"
+    assert shell.stderr.decode().strip().splitlines()[-1] == "worker=0"
+    assert (workdir / "checkpoint.json").exists()
+
+
+def test_a_log_that_cannot_be_written_never_stops_the_work(workdir: Path) -> None:
+    """stdout on a full device (/dev/full: every write fails with ENOSPC): the run completes
+    with the exact result and exit 0, and nothing is printed in the log's place."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*RUN, "--checkpoint-interval", "0.05"],
+            cwd=workdir,
+            env=worker_env(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    assert done.returncode == 0
+    assert done.stderr == b""
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
+# --- SIGHUP ------------------------------------------------------------------------------------
+
+
+def test_sighup_is_a_graceful_stop_like_sigterm(workdir: Path) -> None:
+    """SIGHUP (a closed terminal, an ssh drop): final checkpoint, exit 0, exact resume."""
+    worker = WorkerProcess(["--max-rate", "50000", "--checkpoint-interval", "0.2"], workdir)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    worker.signal(signal.SIGHUP)
+    assert worker.finish() == 0
+    worker.wait_for("shutdown_requested", signal="SIGHUP")
+    final = worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert json.loads((workdir / "checkpoint.json").read_text())["offset"] == final["offset"]
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
+def test_sighup_counts_as_a_stop_signal_at_start_up(workdir: Path) -> None:
+    """A SIGHUP as soon as the worker catches it still stops it gracefully with exit 0."""
+    worker = WorkerProcess(["--max-rate", "50000"], workdir)
+    assert worker.wait_catching(signal.SIGHUP)
+    worker.signal(signal.SIGHUP)
+    assert worker.finish() == 0
+    assert worker.noise == []
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(signal.SIGHUP, signal.SIGTERM), (signal.SIGTERM, signal.SIGHUP)]
+)
+def test_a_second_stop_signal_with_sighup_exits_at_once(
+    workdir: Path, first: signal.Signals, second: signal.Signals
+) -> None:
+    """SIGHUP is a stop signal like the others: a second one during shutdown exits 128 + its
+    number at once (or 0 if the shutdown had finished), and the checkpoint is whole."""
+    data = (workdir / "numbers.txt").read_bytes()
+    for _ in range(3):
+        worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.1"], workdir)
+        worker.wait_for("checkpoint_saved", reason="timer")
+        worker.signal(first)
+        worker.wait_for("shutdown_requested")
+        worker.signal(second)
+        assert worker.finish() in (0, 128 + second)
+        saved = json.loads((workdir / "checkpoint.json").read_text())
+        assert saved["sum"] == expected_of(data[: saved["offset"]]).sum
+
+
+# --- HTTP clients ------------------------------------------------------------------------------
+
+
+def _hang_up(address: tuple[str, int], *, reset: bool) -> None:
+    """Ask for /metrics and go away before the answer: closed, or reset (RST)."""
+    client = socket.create_connection(address, timeout=5)
+    client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    if reset:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+def test_scrapers_that_hang_up_or_reset_never_hurt_the_worker(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """Clients closing or resetting before the answer: the worker runs on, logs no traceback."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    address = _address(worker)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    for index in range(40):
+        _hang_up(address, reset=index % 2 == 1)
+    status, _ = get(f"http://{address[0]}:{address[1]}/healthz")
+    assert status == 200
+    last = worker.named("checkpoint_saved")[-1]["offset"]
+    worker.wait_for("checkpoint_saved", offset=lambda offset: offset > last)
+    _stop_cleanly(worker)
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
+def test_a_probe_timing_out_while_the_worker_is_paused_does_not_end_it(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """SIGSTOP (a throttled container), probes that give up, SIGCONT: the worker runs on."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    host, port = _address(worker)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    worker.signal(signal.SIGSTOP)
+    for _ in range(4):
+        with pytest.raises(TimeoutError):  # a timeout: nobody answers a stopped process
+            urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=0.3)
+    worker.signal(signal.SIGCONT)
+    last = worker.named("checkpoint_saved")[-1]["offset"]
+    worker.wait_for("checkpoint_saved", offset=lambda offset: offset > last)
+    assert get(f"http://{host}:{port}/healthz")[0] == 200
+    _stop_cleanly(worker)
+
+
+def test_head_is_answered_without_a_body(workdir: Path, running: list[WorkerProcess]) -> None:
+    """HEAD on each path: the GET's status and headers, no body (not 501)."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    host, port = _address(worker)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    for path in ("/metrics", "/healthz", "/readyz"):
+        request = urllib.request.Request(f"http://{host}:{port}{path}", method="HEAD")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+            assert int(response.headers["Content-Length"]) > 0
+            assert response.read() == b""
+    _stop_cleanly(worker)
+
+
+def test_a_burst_of_500_concurrent_scrapes_is_answered(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """500 scrapes at once, each with a 10 s timeout: every one is answered with 200."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    host, port = _address(worker)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    statuses: list[int | str] = []
+    start = threading.Barrier(500)
+
+    def scrape() -> None:
+        start.wait()
+        try:
+            statuses.append(get(f"http://{host}:{port}/metrics")[0])
+        except OSError as error:
+            statuses.append(repr(error))
+
+    clients = [threading.Thread(target=scrape) for _ in range(500)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    assert statuses == [200] * 500
+    _stop_cleanly(worker)
+
+
+def test_a_silent_client_is_dropped_after_the_read_timeout(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """A connection that never sends its request is closed by the worker, which runs on."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    address = _address(worker)
+    with socket.create_connection(address, timeout=READ_TIMEOUT + 10) as silent:
+        assert silent.recv(1) == b""  # closed by the worker, not by our own timeout
+    assert get(f"http://{address[0]}:{address[1]}/healthz")[0] == 200
+    _stop_cleanly(worker)
+
+
+# --- files given by the user -------------------------------------------------------------------
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single line a refused command printed (stderr or a fatal_error event), no traceback."""
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    errors = []
+    for line in lines:
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event["level"] == "error":
+                errors.append(event["message"])
+        else:
+            errors.append(line)
+    assert len(errors) == 1, lines
+    return str(errors[0])
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory", "100 MB file"])
+def test_a_config_that_is_not_a_small_regular_file_is_one_line_and_exit_2(
+    tmp_path: Path, kind: str
+) -> None:
+    """--config /dev/zero, a FIFO, a directory or a huge file: refused at once, never read."""
+    config = tmp_path / "worker.toml"
+    if kind == "device":
+        config = Path("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(config)
+    elif kind == "directory":
+        config.mkdir()
+    else:
+        with config.open("wb") as handle:
+            handle.truncate(100 << 20)
+    done = cli(["run", "--config", str(config)], tmp_path, timeout=30)
+    assert done.returncode == 2
+    assert str(config) in _one_error_line(done)
+    health = cli(["healthcheck", "--config", str(config)], tmp_path, timeout=30)
+    assert health.returncode == 1  # no worker runs; the config was not waited on
+
+
+@pytest.mark.parametrize("kind", ["fifo", "300 MB file"])
+def test_a_checkpoint_that_is_not_a_bounded_regular_file_is_refused(
+    workdir: Path, kind: str
+) -> None:
+    """A checkpoint that is a FIFO or far too large: one error line, exit 1, left untouched."""
+    checkpoint = workdir / "checkpoint.json"
+    if kind == "fifo":
+        os.mkfifo(checkpoint)
+    else:
+        with checkpoint.open("wb") as handle:
+            handle.truncate(300 << 20)
+    before = checkpoint.lstat()
+    for command in (["run"], ["status"]):
+        done = cli(command, workdir, timeout=30)
+        assert done.returncode == 1
+        assert "checkpoint" in _one_error_line(done)
+    after = checkpoint.lstat()
+    assert (after.st_mode, after.st_size, after.st_mtime_ns) == (
+        before.st_mode,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
+def test_max_line_bytes_above_1_gib_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """--max-line-bytes 99999999999999999999: exit 2 with one line naming the setting."""
+    done = cli(["run", "--max-line-bytes", "99999999999999999999"], tmp_path)
+    assert done.returncode == 2
+    assert "max_line_bytes" in _one_error_line(done)
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+SECRET = "s3cr3t-Pa55word"
+
+
+@pytest.mark.parametrize(
+    ("config", "env"),
+    [
+        (f"kafka_sasl_password = [{SECRET!r}]\n", {}),
+        ("", {"WORKER_KAFKA_SASL_PASSWORD": SECRET, "WORKER_KAFKA_SASL_PASSWORD_FILE": "pw"}),
+        ("", {"WORKER_KAFKA_SASL_PASSWORD_FILE": "missing"}),
+    ],
+)
+def test_a_bad_secret_names_the_setting_never_its_value(
+    tmp_path: Path, config: str, env: dict[str, str]
+) -> None:
+    """A malformed, doubly given or unreadable password: exit 2, the setting named, no value."""
+    (tmp_path / "pw").write_text(SECRET + "\n")
+    (tmp_path / "worker.toml").write_text(config)
+    done = cli(["run", "--config", "worker.toml"], tmp_path, worker_env(**env))
+    assert done.returncode == 2
+    line = _one_error_line(done)
+    assert "kafka_sasl_password" in line
+    assert SECRET not in done.stdout + done.stderr
+
+
+def test_a_traceback_in_the_log_never_shows_local_variables(tmp_path: Path) -> None:
+    """An unexpected error logged with its traceback: the frames are there, their locals not."""
+    script = f"""
+from service.telemetry.logs import configure_logging
+log = configure_logging("json", "info")
+def connect():
+    password = {SECRET!r}
+    raise RuntimeError("broker refused")
+try:
+    connect()
+except RuntimeError as error:
+    log.error("fatal_error", message="unexpected", exc_info=error)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    [event] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert "connect" in json.dumps(event["exception"])
+    assert SECRET not in done.stdout + done.stderr
+
+
+# --- descriptors -------------------------------------------------------------------------------
+
+# Execs its arguments with the open-files limit given first: a real `ulimit -n`, same process.
+_WITH_ULIMIT = (
+    sys.executable,
+    "-c",
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execvp(sys.argv[2], sys.argv[2:])",
+)
+
+
+def test_idle_connections_under_a_low_ulimit_cannot_starve_the_checkpoint(tmp_path: Path) -> None:
+    """150 idle connections to the metrics port under `ulimit -n 128`, reading 300 files: the
+    worker warns once, keeps saving, and SIGTERM still exits 0 after its final checkpoint."""
+    data = tmp_path / "data"
+    data.mkdir()
+    everything = b""
+    for index in range(300):
+        numbers = b"".join(f"{index * 1000 + k}\n".encode() for k in range(200))
+        (data / f"{index:03}.txt").write_bytes(numbers)
+        everything += numbers
+    env = worker_env(WORKER_METRICS_ADDRESS="127.0.0.1:0", WORKER_INPUT="data/*.txt")
+    args = ["--follow", "--checkpoint-interval", "0.2", "--max-rate", "20000"]
+    worker = WorkerProcess(args, tmp_path, env, prefix=(*_WITH_ULIMIT, "128"))
+    try:
+        address = _address(worker)
+        [warning] = worker.named("descriptors_reserved")
+        assert 0 < warning["max_open_files"] < 128
+        idle = [socket.create_connection(address, timeout=10) for _ in range(150)]
+        last = worker.wait_for("checkpoint_saved")["offset"]
+        worker.wait_for("checkpoint_saved", offset=lambda offset: offset > last)
+        _stop_cleanly(worker)
+        for connection in idle:
+            connection.close()
+        assert worker.errors == []
+    finally:
+        worker.kill()
+    done = cli(["run", "--no-follow"], tmp_path, worker_env(WORKER_INPUT="data/*.txt"))
+    assert done.returncode == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["sum"] == expected_of(everything).sum
+
+
+# --- names and series --------------------------------------------------------------------------
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """A name with a byte that is not UTF-8: /metrics still parses, the log, /metrics and
+    `status` show the same escaped name, and the checkpoint keeps the exact bytes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "good.txt").write_bytes(b"10\n")
+    with open(os.fsencode(data) + b"/\xffbad.txt", "wb") as handle:
+        handle.write(b"1\n2\n3\n")
+    escaped = "data/\\xffbad.txt"
+    env = {"WORKER_INPUT": "data/*.txt", "WORKER_METRICS_ADDRESS": "127.0.0.1:0"}
+    worker = WorkerProcess(["--follow"], tmp_path, worker_env(**env))
+    running.append(worker)
+    host, port = _address(worker)
+    worker.wait_for("caught_up")
+    assert worker.named("file_discovered", path=escaped)
+    status, text = get(f"http://{host}:{port}/metrics")
+    assert status == 200
+    positions = by_label(samples_of(text), "checkpoint_worker_position", "partition")
+    assert positions == {"data/good.txt": 3, escaped: 6}
+    _stop_cleanly(worker)
+    shown = cli(["status", "--json"], tmp_path, worker_env(**env))
+    assert sorted(entry["path"] for entry in json.loads(shown.stdout)["files"]) == [
+        escaped,
+        "data/good.txt",
+    ]
+    saved = json.loads((tmp_path / "checkpoint.json").read_text())
+    paths = {os.fsencode(entry["path"]) for entry in saved["files"]}
+    assert paths == {b"data/good.txt", b"data/\xffbad.txt"}
+
+
+def test_per_file_series_are_capped_and_the_rest_folded_into_one(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """More files than MAX_PARTITION_SERIES: that many series, plus one `_other` holding the sum."""
+    data = tmp_path / "data"
+    data.mkdir()
+    count = MAX_PARTITION_SERIES + 100
+    sizes = {}
+    for index in range(count):
+        name = f"data/{index:04}.txt"
+        (tmp_path / name).write_bytes(b"7\n" * (index % 5 + 1))
+        sizes[name] = 2 * (index % 5 + 1)
+    env = {"WORKER_INPUT": "data/*.txt", "WORKER_METRICS_ADDRESS": "127.0.0.1:0"}
+    worker = WorkerProcess(["--follow"], tmp_path, worker_env(**env))
+    running.append(worker)
+    host, port = _address(worker)
+    worker.wait_for("caught_up", records=sum(sizes.values()) // 2)
+    status, text = get(f"http://{host}:{port}/metrics")
+    assert status == 200
+    positions = by_label(samples_of(text), "checkpoint_worker_position", "partition")
+    first = sorted(sizes)[:MAX_PARTITION_SERIES]
+    assert positions == {
+        **{name: sizes[name] for name in first},
+        OTHER_PARTITIONS: sum(sizes[name] for name in sorted(sizes)[MAX_PARTITION_SERIES:]),
+    }
+    _stop_cleanly(worker)
+
+
+# --- the cost of a line ------------------------------------------------------------------------
+
+
+def _decimal_total(lines: list[str]) -> str:
+    """The exact sum of integer lines by the decimal module: no int()/str() of long numbers."""
+    context = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, traps=[decimal.Inexact])
+    total = decimal.Decimal(0)
+    for line in lines:
+        total = context.add(total, decimal.Decimal(line.strip()))
+    return str(total)
+
+
+def test_a_line_of_a_million_digits_is_summed_exactly(tmp_path: Path) -> None:
+    """Numbers of about a million digits, signed and padded: the exact sum in the result, the
+    checkpoint and the log (compared as text with an oracle of the decimal module)."""
+    rng = random.Random(SEED)
+    big = "".join(rng.choice("0123456789") for _ in range(1_000_000))
+    other = "9" + "".join(rng.choice("0123456789") for _ in range(999_000))
+    lines = ["17", f"  +{big} ", f"-{other}\r", "42"]
+    (tmp_path / "numbers.txt").write_text("".join(f"{line}\n" for line in lines))
+    done = cli(["run", "--max-line-bytes", "2000000"], tmp_path)
+    assert done.returncode == 0
+    expected = _decimal_total([line.replace("\r", "") for line in lines])
+    assert len(expected) >= 999_999  # the oracle really summed the long ones
+    sum_field = re.compile(r'"sum": (-?\d+)')
+    for saved in ("result.json", "checkpoint.json"):  # the totals come first
+        assert sum_field.findall((tmp_path / saved).read_text())[0] == expected
+    completed = next(line for line in done.stdout.splitlines() if '"completed"' in line)
+    assert sum_field.findall(completed) == [expected]
+    status = cli(["status", "--json"], tmp_path)
+    assert sum_field.findall(status.stdout)[0] == expected
+
+
+def test_max_line_bytes_is_exit_2_above_its_bound_in_every_source(tmp_path: Path) -> None:
+    """1 GiB is accepted; one byte more, from a flag, the environment or a file, is exit 2."""
+    (tmp_path / "worker.toml").write_text(f"max_line_bytes = {MAX_LINE_BYTES + 1}\n")
+    over = str(MAX_LINE_BYTES + 1)
+    for args, env in [
+        (["--max-line-bytes", over], {}),
+        ([], {"WORKER_MAX_LINE_BYTES": over}),
+        (["--config", "worker.toml"], {}),
+    ]:
+        done = cli(["status", *args], tmp_path, worker_env(**env))
+        assert done.returncode == 2
+        assert "max_line_bytes" in _one_error_line(done)
+    assert cli(["status", "--max-line-bytes", str(MAX_LINE_BYTES)], tmp_path).returncode == 0
