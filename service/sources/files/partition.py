@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import anyio
 
+from service.core.names import shown
 from service.core.parsing import MIN_PIECE_BYTES, BadRecord, Batch, LineParser, Region, RegionResult
 from service.core.position import Position
 from service.errors import InputChanged, InputUnreadable
 from service.lifecycle.partition import Gauge, Progress, Step
-from service.names import shown
 from service.settings import Settings
 from service.sources.files.scan import FileKey
 from service.storage.checkpoint import FileState, InputIdentity, identify_input

@@ -24,10 +24,10 @@ from typing import Any
 
 import anyio
 
+from service.core.names import shown
 from service.core.position import Position
 from service.errors import InputUnreadable
 from service.lifecycle.partition import Partition, Progress
-from service.names import shown
 from service.settings import Settings
 from service.sources.files.partition import READS_AT_ONCE, FilePartition
 from service.sources.files.scan import FileKey, InputPatterns, Match
