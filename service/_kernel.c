@@ -529,7 +529,7 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
         CLASSIFY(buf + base, &m);                                                           \
         if (m.newline == 0) { /* a line longer than a step */                              \
             const uint8_t *e = memchr(buf + base + CK_BLOCK, '\n', len - base - CK_BLOCK);  \
-            if (e == NULL) break;                                                           \
+            if (e == NULL) break; /* no '\n' up to the end: nothing more to take */         \
             stop = ck_exact_block(buf, (size_t)(e - buf), 1, &s, o, &st, r);                \
         } else if (base < CK_LOOKBACK) {                                                    \
             stop = ck_exact_block(buf, base, m.newline, &s, o, &st, r);                     \
@@ -551,7 +551,7 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
     }                                                                                       \
     _mm256_storeu_si256((__m256i *)lanes, sums);                                            \
     ck_add_lanes(&st.positive, lanes);                                                      \
-    if (stop == CK_STOP_END && s < len)                                                     \
+    if (stop == CK_STOP_END && len - s < CK_BLOCK)                                          \
         stop = ck_exact_block(buf, s, ck_mask_tail(buf + s, len - s), &s, o, &st, r);       \
     ck_finish(&st, s, stop, r);
 
