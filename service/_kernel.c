@@ -305,30 +305,38 @@ typedef struct {
     uint64_t digit, odd, hundreds, ten_thousands;
 } ck_places;
 
-/* The step's places if every line ending in it (the last at bit `last`) is a record of at
- * most 8 digits or a blank line; `runs` gets how many records. 0 if a line is anything else. */
-CK_AVX2_TARGET static inline int ck_places_of(const ck_masks *m, unsigned last,
-                                              ck_places *p, uint64_t *runs) {
-    uint64_t lines = last == 63 ? ~0ULL : (2ULL << last) - 1;
+/* The bits up to the highest set bit of `newlines` (not 0), that included: a step's lines. */
+static inline uint64_t ck_through(uint64_t newlines) {
+    return ~0ULL >> __builtin_clzll(newlines);
+}
+
+/* What a step's lines (`lines`: the bits up to its last '\n') are, from its masks. */
+enum { CK_STEP_LINES, CK_STEP_RUNS, CK_STEP_PLACES };
+
+/* CK_STEP_PLACES if every line is a record of at most 8 digits, none negative, or a blank
+ * line (`p` gets the places); CK_STEP_RUNS if every line is a record of at most 38 digits or
+ * a blank line; CK_STEP_LINES if a line is anything else. */
+CK_AVX2_TARGET static inline int ck_step_kind(const ck_masks *m, uint64_t lines, ck_places *p) {
     uint64_t d = m->digit;
     uint64_t ends = d & ~(d >> 1) & lines; /* a run's last digit */
     uint64_t other = ~(d | m->newline | m->sign | m->blank | m->cr);
-    uint64_t loose_sign = m->sign & ~(d >> 1); /* a sign is right before the digits */
-    uint64_t loose_cr = m->cr & ~(m->newline >> 1);   /* a '\r' is right before the '\n' */
+    uint64_t loose_sign = m->sign & ~(d >> 1);      /* a sign is right before the digits */
+    uint64_t loose_cr = m->cr & ~(m->newline >> 1); /* a '\r' is right before the '\n' */
     /* A second run in a line: adding a run's end to the non-'\n' bits carries up to the line's
      * '\n', flipping every bit on the way, except the end of a later run in the same line. */
     uint64_t inner = ~m->newline;
     uint64_t second_run = ends & ~((inner + ends) ^ inner);
     /* g[k]: digits followed by at least k more digits. */
-    uint64_t g1 = d & (d >> 1), g2 = g1 & (g1 >> 1), g3 = g2 & (g1 >> 2), g4 = g2 & (g2 >> 2);
-    uint64_t g5 = g4 & (g1 >> 4), g6 = g4 & (g2 >> 4), g7 = g4 & (g3 >> 4), g8 = g4 & (g4 >> 4);
-    if (((other | loose_sign | loose_cr | g8 | m->minus) & lines) | second_run) return 0;
+    uint64_t g1 = d & (d >> 1), g2 = g1 & (g1 >> 1), g4 = g2 & (g2 >> 2), g8 = g4 & (g4 >> 4);
+    uint64_t g38 = g8 & (g8 >> 8) & (g8 >> 16) & (g8 >> 24) & (g4 >> 32) & (g2 >> 36);
+    if (((other | loose_sign | loose_cr | g38) & lines) | second_run) return CK_STEP_LINES;
+    if ((g8 | m->minus) & lines) return CK_STEP_RUNS;
+    uint64_t g3 = g2 & (g1 >> 2), g5 = g4 & (g1 >> 4), g6 = g4 & (g2 >> 4), g7 = g4 & (g3 >> 4);
     p->digit = d & lines;
     p->odd = ((g1 & ~g2) | (g3 & ~g4) | (g5 & ~g6) | g7) & lines;
     p->hundreds = ((g2 & ~g4) | g6) & lines;
     p->ten_thousands = g4 & lines;
-    *runs = (uint64_t)__builtin_popcountll(ends);
-    return 1;
+    return CK_STEP_PLACES;
 }
 
 /* Per 16-byte lane: each digit 0..9 times ten. */
@@ -403,7 +411,7 @@ static const uint8_t ck_keep[64] = {
     0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
 };
 
-/* The value of the n (1..16) digits ending at q[-1], all known to be digits (q - 16 readable).
+/* The value of the n (0..16) digits ending at q[-1], all known to be digits (q - 16 readable).
  * Digits to 0..9, the lanes before them zeroed, then pairs, quads and octets multiply-added. */
 CK_AVX2_TARGET static inline uint64_t ck_digits16(const uint8_t *q, size_t n) {
     __m128i x = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)(q - 16)), _mm_set1_epi8('0'));
@@ -419,7 +427,7 @@ CK_AVX2_TARGET static inline uint64_t ck_digits16(const uint8_t *q, size_t n) {
 /* The value of the n (1..38) digits ending at q[-1], all known to be digits (q - 48 readable). */
 CK_AVX2_TARGET static inline unsigned __int128 ck_digits38(const uint8_t *q, size_t n) {
     if (n <= 16) return ck_digits16(q, n);
-    size_t wide = n < 32 ? n : 32;
+    size_t wide = n < 32 ? n : 32, front = n - wide; /* no branch on the width: it varies */
     __m256i x = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)(q - 32)),
                                 _mm256_set1_epi8('0'));
     x = _mm256_and_si256(x, _mm256_loadu_si256((const __m256i *)(ck_keep + wide)));
@@ -433,11 +441,25 @@ CK_AVX2_TARGET static inline unsigned __int128 ck_digits38(const uint8_t *q, siz
         (unsigned __int128)((high & 0xFFFFFFFF) * 100000000ULL + (high >> 32)) *
             10000000000000000ULL +
         ((low & 0xFFFFFFFF) * 100000000ULL + (low >> 32));
-    if (n > 32) { /* 1 to 6 more digits in front: 10^6 * 10^32 < 2^127 */
-        unsigned __int128 top = ck_digits16(q - 32, n - 32);
-        value += top * ((unsigned __int128)10000000000000000ULL * 10000000000000000ULL);
+    /* 0 to 6 more digits in front: 10^6 * 10^32 < 2^127 */
+    unsigned __int128 top = ck_digits16(q - 32, front);
+    return value + top * ((unsigned __int128)10000000000000000ULL * 10000000000000000ULL);
+}
+
+/* The records of a CK_STEP_RUNS step at `base`, each run of digits converted on its own. */
+CK_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_step_runs(const uint8_t *buf, size_t base, const ck_masks *m, uint64_t lines, ck_state *st) {
+    uint64_t d = m->digit & lines;
+    uint64_t starts = d & ~(d << 1), ends = d & ~(d >> 1);
+    uint64_t negative = starts & (m->minus << 1); /* runs right after a '-' */
+    while (ends) {
+        unsigned a = (unsigned)__builtin_ctzll(starts), b = (unsigned)__builtin_ctzll(ends);
+        starts &= starts - 1;
+        ends &= ends - 1;
+        unsigned __int128 value = ck_digits38(buf + base + b + 1, b + 1 - a);
+        ck_add((negative >> a) & 1 ? &st->negative : &st->positive, value);
+        st->records++;
     }
-    return value;
 }
 
 /* Take the line buf[s..s+len) if it is a record the masks (bit 0: buf[s]) vouch for: 1 if it
@@ -522,7 +544,6 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
     while (stop == CK_STOP_END && len - s >= CK_BLOCK) {                                    \
         ck_masks m;                                                                         \
         ck_places w;                                                                        \
-        uint64_t runs;                                                                      \
         size_t base = s;                                                                    \
         /* The next step's address depends on this one's bytes: fetch ahead, not on demand. */ \
         __builtin_prefetch(buf + base + CK_PREFETCH);                                       \
@@ -533,11 +554,21 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
             stop = ck_exact_block(buf, (size_t)(e - buf), 1, &s, o, &st, r);                \
         } else if (base < CK_LOOKBACK) {                                                    \
             stop = ck_exact_block(buf, base, m.newline, &s, o, &st, r);                     \
-        } else if (o->max_line >= CK_BLOCK - 1 &&                                           \
-                   ck_places_of(&m, 63 - (unsigned)__builtin_clzll(m.newline), &w, &runs)) { \
-            sums = _mm256_add_epi64(sums, SUM(buf + base, &w));                             \
+        } else {                                                                            \
+            uint64_t lines = ck_through(m.newline);                                         \
+            int kind = o->max_line >= CK_BLOCK - 1 ? ck_step_kind(&m, lines, &w)            \
+                                                   : CK_STEP_LINES;                         \
+            if (kind == CK_STEP_LINES) {                                                    \
+                stop = ck_vector_lines(buf, base, m.newline, &m, &s, o, &st, r);            \
+                continue;                                                                   \
+            }                                                                               \
+            if (kind == CK_STEP_PLACES) {                                                   \
+                sums = _mm256_add_epi64(sums, SUM(buf + base, &w));                         \
+                st.records += (size_t)__builtin_popcountll(w.digit & ~(w.digit >> 1));      \
+            } else {                                                                        \
+                ck_step_runs(buf, base, &m, lines, &st);                                    \
+            }                                                                               \
             st.lines += (size_t)__builtin_popcountll(m.newline);                            \
-            st.records += runs;                                                             \
             s = base + 64 - (size_t)__builtin_clzll(m.newline);                             \
             if (++steps == CK_FLUSH_STEPS) {                                                \
                 _mm256_storeu_si256((__m256i *)lanes, sums);                                \
@@ -545,8 +576,6 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
                 sums = _mm256_setzero_si256();                                              \
                 steps = 0;                                                                  \
             }                                                                               \
-        } else {                                                                            \
-            stop = ck_vector_lines(buf, base, m.newline, &m, &s, o, &st, r);                \
         }                                                                                   \
     }                                                                                       \
     _mm256_storeu_si256((__m256i *)lanes, sums);                                            \
