@@ -328,9 +328,14 @@ CK_AVX2_TARGET static inline int ck_step_kind(const ck_masks *m, uint64_t lines,
     uint64_t second_run = ends & ~((inner + ends) ^ inner);
     /* g[k]: digits followed by at least k more digits. */
     uint64_t g1 = d & (d >> 1), g2 = g1 & (g1 >> 1), g4 = g2 & (g2 >> 2), g8 = g4 & (g4 >> 4);
-    uint64_t g38 = g8 & (g8 >> 8) & (g8 >> 16) & (g8 >> 24) & (g4 >> 32) & (g2 >> 36);
-    if (((other | loose_sign | loose_cr | g38) & lines) | second_run) return CK_STEP_LINES;
-    if ((g8 | m->minus) & lines) return CK_STEP_RUNS;
+    /* Lines of digits alone (the common step) have nothing else to check. */
+    if ((d | m->newline) != ~0ULL && (((other | loose_sign | loose_cr) & lines) | second_run))
+        return CK_STEP_LINES;
+    if (g8 & lines) { /* a number of 9 digits or more: one of 39 or more takes the exact path */
+        uint64_t g38 = g8 & (g8 >> 8) & (g8 >> 16) & (g8 >> 24) & (g4 >> 32) & (g2 >> 36);
+        return g38 & lines ? CK_STEP_LINES : CK_STEP_RUNS;
+    }
+    if (m->minus & lines) return CK_STEP_RUNS;
     uint64_t g3 = g2 & (g1 >> 2), g5 = g4 & (g1 >> 4), g6 = g4 & (g2 >> 4), g7 = g4 & (g3 >> 4);
     p->digit = d & lines;
     p->odd = ((g1 & ~g2) | (g3 & ~g4) | (g5 & ~g6) | g7) & lines;
@@ -602,6 +607,10 @@ ck_classify_avx2(const uint8_t *p, ck_masks *m) {
     m->digit = ck_movemask2(_mm256_cmpeq_epi8(_mm256_min_epu8(dx, nine), dx),
                             _mm256_cmpeq_epi8(_mm256_min_epu8(dy, nine), dy));
     m->newline = ck_movemask2(CK_EQ2(x, '\n'), CK_EQ2(y, '\n'));
+    if ((m->digit | m->newline) == ~0ULL) { /* digits and '\n's: the other masks are empty */
+        m->sign = m->minus = m->blank = m->cr = 0;
+        return;
+    }
     m->minus = ck_movemask2(CK_EQ2(x, '-'), CK_EQ2(y, '-'));
     m->sign = m->minus | ck_movemask2(CK_EQ2(x, '+'), CK_EQ2(y, '+'));
     m->blank = ck_movemask2(_mm256_or_si256(CK_EQ2(x, ' '), CK_EQ2(x, '\t')),
