@@ -550,13 +550,14 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
         ck_masks m;                                                                         \
         ck_places w;                                                                        \
         size_t base = s;                                                                    \
-        /* The next step's address depends on this one's bytes: fetch ahead, not on demand. */ \
+        /* The next step's address depends on this one's bytes: fetch ahead, not on demand \
+         * (a prefetch never faults, past the buffer's end included). */                   \
         __builtin_prefetch(buf + base + CK_PREFETCH);                                       \
         CLASSIFY(buf + base, &m);                                                           \
         if (m.newline == 0) { /* a line longer than a step */                              \
             const uint8_t *e = memchr(buf + base + CK_BLOCK, '\n', len - base - CK_BLOCK);  \
             if (e == NULL) break; /* no '\n' up to the end: nothing more to take */         \
-            stop = ck_exact_block(buf, (size_t)(e - buf), 1, &s, o, &st, r);                \
+            stop = ck_exact_block(buf, (size_t)(e - buf), 1, &s, o, &st, r); /* '\n' at e */ \
         } else if (base < CK_LOOKBACK) {                                                    \
             stop = ck_exact_block(buf, base, m.newline, &s, o, &st, r);                     \
         } else {                                                                            \
