@@ -115,7 +115,7 @@ def _scan_rates(samples: dict[str, bytes], path: str, turns: int = 5) -> dict[st
     Timed in the thread's CPU time: on a shared machine a scan descheduled for a moment would
     otherwise count another process's time as its own.
     """
-    from service import _kernel
+    from service.core import _kernel
 
     before = _kernel.path()
     _kernel.set_path(path)
@@ -133,7 +133,7 @@ def _scan_rates(samples: dict[str, bytes], path: str, turns: int = 5) -> dict[st
 
 def _kernel_alone(source: Input) -> list[Measurement]:
     """The kernel itself in this process, one thread, on the file held in memory, every path."""
-    from service import _kernel
+    from service.core import _kernel
 
     data = source.path.read_bytes()
     rates: dict[str, float] = {}
@@ -212,7 +212,7 @@ def shapes(bench: Bench) -> list[Measurement]:
 
 def _shapes_in_memory(plain: Input, shaped: dict[str, Input]) -> Measurement:
     """The same comparison for the kernel alone (no start-up, no reading): 32 MB of each."""
-    from service import _kernel
+    from service.core import _kernel
 
     def head(source: Input) -> bytes:
         with open(source.path, "rb") as handle:

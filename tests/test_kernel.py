@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import _kernel
-from service.parsing import (
+from service.core import _kernel
+from service.core.parsing import (
     LINE_TOO_LONG,
     NOT_AN_INTEGER,
     BadRecord,
@@ -25,7 +25,7 @@ from service.parsing import (
     parse_region,
     parse_region_reference,
 )
-from service.state import Position
+from service.core.position import Position
 from tests.oracle import expected_of
 from tests.test_parsing import cuts_of, expected_summary, line_starts, run_parser, summary
 
