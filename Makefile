@@ -75,7 +75,7 @@ fuzz-smoke: $(FUZZER)
 	@echo "fuzz: 30 s of $(FUZZER) (ASan + UBSan)"
 	@$(FUZZER) -max_total_time=30 -print_final_stats=1 -artifact_prefix=$(<D)/ \
 	  $(<D)/corpus tests/fuzz/seeds > $(<D)/smoke.log 2>&1 \
-	  && grep -E '^stat::(number_of_executed_units|new_units_added)' $(<D)/smoke.log \
+	  && grep -E '^(kernel_fuzz: path|stat::(number_of_executed_units|new_units_added))' $(<D)/smoke.log \
 	  || { tail -n 40 $(<D)/smoke.log; echo "fuzz: the kernel failed under the fuzzer;" \
 	       "the input is in $(<D)/ (crash-*), the log in $(<D)/smoke.log" >&2; exit 1; }
 

@@ -1,7 +1,7 @@
 """The native kernel against the Python reference and the independent oracle, on every shape.
 
-Each test runs once per implementation this CPU has (`scalar` always, `avx2` where present), so
-both paths are held to the same answers.
+Each test runs once per path this CPU has (`scalar` always, `avx2` and `avx512` where present),
+so every path is held to the same answers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import service.core.parsing
 from service.core import _kernel
 from service.core.parsing import (
     LINE_TOO_LONG,
@@ -30,27 +29,28 @@ from service.core.position import Position
 from tests.oracle import expected_of
 from tests.test_parsing import cuts_of, expected_summary, line_starts, run_parser, summary
 
-IMPLEMENTATIONS = {"scalar": _kernel.SCALAR, "avx2": _kernel.AVX2}
-AVAILABLE = [IMPLEMENTATIONS[name] for name in _kernel.IMPLEMENTATIONS]
-IDS = list(_kernel.IMPLEMENTATIONS)
+PATHS = list(_kernel.PATHS)
 UNLIMITED = 10**9
 
 
 @contextmanager
-def pinned(implementation: int) -> Iterator[None]:
-    """parse_region (and so LineParser) on one kernel implementation."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(service.core.parsing, "_implementation", implementation)
+def pinned(path: str) -> Iterator[None]:
+    """parse_region (and so LineParser) on one kernel path."""
+    before = _kernel.path()
+    _kernel.set_path(path)
+    try:
         yield
+    finally:
+        _kernel.set_path(before)
 
 
 def both(
-    region: bytes, implementation: int, max_line_bytes: int = 4096, **options: bool | int
+    region: bytes, path: str, max_line_bytes: int = 4096, **options: bool | int
 ) -> RegionResult:
     """The kernel's answer, after checking that the Python reference gives the same one."""
     stop_at_bad = bool(options.get("stop_at_bad", False))
     details = int(options.get("bad_details", UNLIMITED))
-    with pinned(implementation):
+    with pinned(path):
         kernel = parse_region(region, max_line_bytes, stop_at_bad=stop_at_bad, bad_details=details)
     reference = parse_region_reference(
         region, max_line_bytes, stop_at_bad=stop_at_bad, bad_details=details
@@ -92,34 +92,45 @@ ODD_LINES = st.one_of(
     st.sampled_from([b"", b" ", b"\r", b"\t\r", b"1 2", b"1_0", "\u0663".encode()]),
 )
 LINE = st.one_of(NUMBER_LINES, NUMBER_LINES, ODD_LINES).map(lambda line: line.replace(b"\n", b""))
-REGIONS = st.lists(LINE, max_size=60).map(lambda lines: b"".join(line + b"\n" for line in lines))
+# The vector paths take lines 64 bytes at a time past the first 128: lines of numbers in front
+# put the lines drawn after them at every place of a step, near the buffer's start or not.
+LEAD = st.builds(
+    lambda count, width: b"7\n" * count + b"8" * width + b"\n",
+    st.integers(0, 90),
+    st.integers(0, 63),
+)
+REGIONS = st.builds(
+    lambda lead, lines: lead + b"".join(line + b"\n" for line in lines),
+    LEAD,
+    st.lists(LINE, max_size=60),
+)
 LIMITS = st.one_of(st.just(4096), st.integers(min_value=1, max_value=40))
 
 
-@pytest.mark.parametrize("implementation", AVAILABLE, ids=IDS)
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=300, deadline=None)
 @given(region=REGIONS, max_line_bytes=LIMITS, tail=st.binary(max_size=6))
 def test_kernel_equals_reference_and_oracle(
-    implementation: int, region: bytes, max_line_bytes: int, tail: bytes
+    path: str, region: bytes, max_line_bytes: int, tail: bytes
 ) -> None:
     """Every shape of line gives the reference's and the oracle's counts, sum and bad lines."""
     tail = tail.replace(b"\n", b"")  # an unfinished last line is left for the caller
-    result = both(region + tail, implementation, max_line_bytes)
+    result = both(region + tail, path, max_line_bytes)
     matches_oracle(region + tail, result, max_line_bytes)
 
 
-@pytest.mark.parametrize("implementation", AVAILABLE, ids=IDS)
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=150, deadline=None)
 @given(region=REGIONS, max_line_bytes=LIMITS, details=st.integers(min_value=0, max_value=70))
 def test_kernel_stops_and_details_equal_the_reference(
-    implementation: int, region: bytes, max_line_bytes: int, details: int
+    path: str, region: bytes, max_line_bytes: int, details: int
 ) -> None:
     """Under fail, and with any cap on details, the kernel stops and reports as the reference."""
-    both(region, implementation, max_line_bytes, stop_at_bad=True, bad_details=details)
-    both(region, implementation, max_line_bytes, bad_details=details)
+    both(region, path, max_line_bytes, stop_at_bad=True, bad_details=details)
+    both(region, path, max_line_bytes, bad_details=details)
 
 
-@pytest.mark.parametrize("implementation", AVAILABLE, ids=IDS)
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=100, deadline=None)
 @given(
     region=REGIONS,
@@ -128,11 +139,11 @@ def test_kernel_stops_and_details_equal_the_reference(
     finish=st.booleans(),
 )
 def test_any_chunking_gives_the_oracle(
-    implementation: int, region: bytes, cuts: list[int], max_line_bytes: int, finish: bool
+    path: str, region: bytes, cuts: list[int], max_line_bytes: int, finish: bool
 ) -> None:
     """Cut into chunks anywhere, every shape sums to the oracle's answer through LineParser."""
     chunks = cuts_of(region, [cut % (len(region) + 1) for cut in cuts])
-    with pinned(implementation):
+    with pinned(path):
         run = run_parser(chunks, max_line_bytes=max_line_bytes, finish=finish)
     expected = expected_of(region, max_line_bytes=max_line_bytes, following=not finish)
     assert summary(run.position) == expected_summary(expected)
@@ -140,7 +151,7 @@ def test_any_chunking_gives_the_oracle(
     assert [(b.line, b.offset) for b in run.bad] == [(n, starts[n - 1]) for n in expected.bad_lines]
 
 
-@pytest.mark.parametrize("implementation", AVAILABLE, ids=IDS)
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=25, deadline=None)
 @given(
     lines=st.lists(LINE, min_size=1, max_size=40),
@@ -148,7 +159,7 @@ def test_any_chunking_gives_the_oracle(
     shift=st.integers(min_value=0, max_value=200),
 )
 def test_regions_split_for_threads_give_the_oracle(
-    implementation: int, lines: list[bytes], parts: int, shift: int
+    path: str, lines: list[bytes], parts: int, shift: int
 ) -> None:
     """A region cut into pieces for the parsing threads, each parsed and committed in order,
     adds up to the oracle's answer for the whole (cuts land in every kind of line)."""
@@ -158,7 +169,7 @@ def test_regions_split_for_threads_give_the_oracle(
     pieces = parser.split(data, parts)
     assert len(pieces) > 1
     bad: list[BadRecord] = []
-    with pinned(implementation):
+    with pinned(path):
         for piece in pieces:
             bad.extend(parser.commit(piece, parser.parse(piece)).bad)
     expected = expected_of(data, following=True)
@@ -187,19 +198,19 @@ EDGES = [
 ]
 
 
-@pytest.mark.parametrize("implementation", AVAILABLE, ids=IDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("region", EDGES)
 @pytest.mark.parametrize("max_line_bytes", [4096, 9, 38])
-def test_edges(implementation: int, region: bytes, max_line_bytes: int) -> None:
+def test_edges(path: str, region: bytes, max_line_bytes: int) -> None:
     """Widths, carries, limits and positions where a kernel is most likely to be wrong."""
-    result = both(region, implementation, max_line_bytes)
+    result = both(region, path, max_line_bytes)
     matches_oracle(region, result, max_line_bytes)
-    both(region, implementation, max_line_bytes, stop_at_bad=True)
+    both(region, path, max_line_bytes, stop_at_bad=True)
 
 
-@pytest.mark.parametrize("implementation", AVAILABLE, ids=IDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("width", [1, 7, 8, 9, 16, 17, 38])
-def test_every_byte_in_every_place_of_a_number(implementation: int, width: int) -> None:
+def test_every_byte_in_every_place_of_a_number(path: str, width: int) -> None:
     """A number with any byte in its first, middle or last place is what the oracle says."""
     lines = []
     for byte in set(range(256)) - {ord("\n")}:
@@ -208,7 +219,7 @@ def test_every_byte_in_every_place_of_a_number(implementation: int, width: int) 
             digits[place] = byte
             lines.append(bytes(digits))
     region = b"".join(line + b"\n" for line in lines)
-    matches_oracle(region, both(region, implementation), 4096)
+    matches_oracle(region, both(region, path), 4096)
 
 
 def test_sum_of_wide_numbers_is_exact_with_sign() -> None:
@@ -244,18 +255,32 @@ def test_bad_arguments_raise_value_error(
         _kernel.scan(*arguments)
 
 
-def test_an_unknown_implementation_is_refused() -> None:
-    """Asking for an implementation the CPU lacks (or that does not exist) is a ValueError."""
+@pytest.mark.parametrize("name", ["avx9", "", "SCALAR"])
+def test_an_unknown_path_is_refused(name: str) -> None:
+    """Forcing a path that does not exist (or that this CPU lacks) is one ValueError."""
     with pytest.raises(ValueError, match="not available"):
-        _kernel.scan(b"1\n", 0, 10, False, 0, implementation=99)
+        _kernel.set_path(name)
+    assert _kernel.path() == _kernel.BEST
 
 
-def test_the_best_implementation_is_chosen_at_run_time() -> None:
-    """The default is AVX2 exactly when this CPU has it, read from the CPU, not the build."""
+def test_the_fastest_path_is_chosen_at_run_time() -> None:
+    """The default path is the fastest this CPU has, read from the CPU, not the build."""
     with open("/proc/cpuinfo") as cpuinfo:
-        has_avx2 = " avx2" in cpuinfo.read()
-    assert (_kernel.BEST == _kernel.AVX2) == has_avx2
-    assert ("avx2" in _kernel.IMPLEMENTATIONS) == has_avx2
+        flags = set(cpuinfo.read().split())
+    avx2 = {"avx2", "bmi1", "bmi2", "popcnt"} <= flags
+    avx512 = avx2 and {"avx512f", "avx512bw"} <= flags
+    expected = ("scalar",) + ("avx2",) * avx2 + ("avx512",) * avx512
+    assert expected == _kernel.PATHS
+    assert _kernel.BEST == _kernel.PATHS[-1] == _kernel.path()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_forced_path_is_the_one_scanned_with(path: str) -> None:
+    """set_path makes every later scan take that path until another is set."""
+    with pinned(path):
+        assert _kernel.path() == path
+        assert _kernel.scan(b"1\n-2\n" * 100, 0, 4096, False, 0)[4] == -100
+    assert _kernel.path() == _kernel.BEST
 
 
 def test_the_scan_releases_the_gil() -> None:

@@ -13,9 +13,11 @@
  *         A longer number stops the scan at its line (`CK_STOP_LONG_NUMBER`), and the caller
  *         converts it exactly and scans on. So do a bad line under `stop_at_bad` and a bad line
  *         whose detail would not fit in the result's fixed table (`CK_STOP_DETAILS_FULL`).
- * Rule 4: line ends are found 64 bytes at a time, as a bit mask: by SWAR words in the scalar
- *         path, always built, or by AVX2 when the CPU has it (chosen at run time, never at
- *         build time). Both paths share the per-line code, so they cannot disagree.
+ * Rule 4: three paths, one chosen at run time from what the CPU has (never at build time), or
+ *         forced by `set_path`: scalar (always built: line ends found by SWAR words, each line
+ *         by `ck_line`), AVX2 and AVX-512 (whole steps of lines checked by bit masks and summed
+ *         by vector multiply-adds). The vector paths hand every line they cannot vouch for to
+ *         the scalar path's own per-line code, so all paths agree; the fuzzer holds them to it.
  * Rule 5: the Python glue at the end holds the buffer, releases the GIL around the scan only,
  *         and turns the result struct into Python values in one place.
  */
@@ -24,7 +26,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)
 #include <immintrin.h>
 #define CK_HAVE_AVX2 1
 #else
@@ -273,45 +275,405 @@ static void ck_scan_scalar(const uint8_t *buf, size_t len, size_t start, const c
     CK_SCAN_BODY(ck_mask_scalar)
 }
 
+/* --- the vector paths ------------------------------------------------------------------------
+ *
+ * Each step takes the whole lines in the 64 bytes at a line start. AVX2 or AVX-512 classifies
+ * the bytes into bit masks (digit, '\n', sign, blank, '\r'). When the masks show that every
+ * line of the step is a record of at most 8 digits or a blank line (the common case, CRLF,
+ * '+' and padding included), the step's digits are summed at once by place value: each
+ * digit's place is the number of digits after it in its run, and a vector multiply-add
+ * weighs every digit by its power of ten. Otherwise each line of the step is checked on its
+ * own against its slice of the masks; its digits (up to 38) are combined by multiply-adds,
+ * and a line the masks cannot vouch for (bad, blank, too long, wider) goes to `ck_take`, the
+ * scalar path's own code, so every path reports bad lines, stops and details alike.
+ */
+
 #if CK_HAVE_AVX2
-__attribute__((target("avx2"))) static inline uint64_t ck_mask_avx2(const uint8_t *p) {
-    const __m256i newline = _mm256_set1_epi8('\n');
-    __m256i low = _mm256_loadu_si256((const __m256i *)p);
-    __m256i high = _mm256_loadu_si256((const __m256i *)(p + 32));
-    uint32_t a = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(low, newline));
-    uint32_t b = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(high, newline));
-    return (uint64_t)a | (uint64_t)b << 32;
+#define CK_AVX2_TARGET __attribute__((target("avx2,bmi,bmi2,popcnt")))
+#define CK_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx2,bmi,bmi2,popcnt")))
+#define CK_LOOKBACK 128 /* vector lines read up to 48 bytes before their end: start past that */
+#define CK_PREFETCH 2048 /* bytes ahead: this far, the bytes arrive before they are needed */
+#define CK_FLUSH_STEPS (1u << 20) /* steps summed in 64-bit lanes before they are added up */
+
+typedef struct {
+    uint64_t digit, newline, sign, minus, blank, cr;
+} ck_masks;
+
+/* A step's digits by place (bit i: byte i): every digit, those in an odd place, those in
+ * places 2, 3, 6, 7 and those in places 4 to 7. */
+typedef struct {
+    uint64_t digit, odd, hundreds, ten_thousands;
+} ck_places;
+
+/* The bits up to the highest set bit of `newlines` (not 0), that included: a step's lines. */
+static inline uint64_t ck_through(uint64_t newlines) {
+    return ~0ULL >> __builtin_clzll(newlines);
 }
 
-__attribute__((target("avx2"))) static void ck_scan_avx2(const uint8_t *buf, size_t len,
-                                                         size_t start, const ck_options *o,
-                                                         ck_result *r) {
-    CK_SCAN_BODY(ck_mask_avx2)
+/* What a step's lines (`lines`: the bits up to its last '\n') are, from its masks. */
+enum { CK_STEP_LINES, CK_STEP_RUNS, CK_STEP_PLACES };
+
+/* CK_STEP_PLACES if every line is a record of at most 8 digits, none negative, or a blank
+ * line (`p` gets the places); CK_STEP_RUNS if every line is a record of at most 38 digits or
+ * a blank line; CK_STEP_LINES if a line is anything else. */
+CK_AVX2_TARGET static inline int ck_step_kind(const ck_masks *m, uint64_t lines, ck_places *p) {
+    uint64_t d = m->digit;
+    uint64_t ends = d & ~(d >> 1) & lines; /* a run's last digit */
+    uint64_t other = ~(d | m->newline | m->sign | m->blank | m->cr);
+    uint64_t loose_sign = m->sign & ~(d >> 1);      /* a sign is right before the digits */
+    uint64_t loose_cr = m->cr & ~(m->newline >> 1); /* a '\r' is right before the '\n' */
+    /* A second run in a line: adding a run's end to the non-'\n' bits carries up to the line's
+     * '\n', flipping every bit on the way, except the end of a later run in the same line. */
+    uint64_t inner = ~m->newline;
+    uint64_t second_run = ends & ~((inner + ends) ^ inner);
+    /* g[k]: digits followed by at least k more digits. */
+    uint64_t g1 = d & (d >> 1), g2 = g1 & (g1 >> 1), g4 = g2 & (g2 >> 2), g8 = g4 & (g4 >> 4);
+    /* Lines of digits alone (the common step) have nothing else to check. */
+    if ((d | m->newline) != ~0ULL && (((other | loose_sign | loose_cr) & lines) | second_run))
+        return CK_STEP_LINES;
+    if (g8 & lines) { /* a number of 9 digits or more: one of 39 or more takes the exact path */
+        uint64_t g38 = g8 & (g8 >> 8) & (g8 >> 16) & (g8 >> 24) & (g4 >> 32) & (g2 >> 36);
+        return g38 & lines ? CK_STEP_LINES : CK_STEP_RUNS;
+    }
+    if (m->minus & lines) return CK_STEP_RUNS;
+    uint64_t g3 = g2 & (g1 >> 2), g5 = g4 & (g1 >> 4), g6 = g4 & (g2 >> 4), g7 = g4 & (g3 >> 4);
+    p->digit = d & lines;
+    p->odd = ((g1 & ~g2) | (g3 & ~g4) | (g5 & ~g6) | g7) & lines;
+    p->hundreds = ((g2 & ~g4) | g6) & lines;
+    p->ten_thousands = g4 & lines;
+    return CK_STEP_PLACES;
+}
+
+/* Per 16-byte lane: each digit 0..9 times ten. */
+#define CK_TENS 0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 0, 0, 0, 0, 0, 0
+
+/* 32 byte lanes, all ones where `bits` has a 1. */
+CK_AVX2_TARGET static inline __attribute__((always_inline)) __m256i ck_lanes(uint32_t bits) {
+    const __m256i select = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
+                                    _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1,
+                                                     1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+                                                     3, 3));
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, select), select);
+}
+
+/* The sum of 32 digits weighed by place, in four 64-bit lanes: a digit times 1 or 10 (odd
+ * places), pairs times 1 or 100, then quads times 1 or 10000. */
+CK_AVX2_TARGET static inline __attribute__((always_inline)) __m256i
+ck_weigh_avx2(const uint8_t *p, uint32_t digit, uint32_t odd, uint32_t hundreds, uint32_t high) {
+    __m256i x = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi8('0'));
+    x = _mm256_and_si256(x, ck_lanes(digit));
+    x = _mm256_blendv_epi8(x, _mm256_shuffle_epi8(_mm256_setr_epi8(CK_TENS, CK_TENS), x),
+                           ck_lanes(odd));
+    __m256i weight = _mm256_blendv_epi8(_mm256_set1_epi8(1), _mm256_set1_epi8(100),
+                                        ck_lanes(hundreds));
+    __m256i top = ck_lanes(high);
+    __m256i low = _mm256_maddubs_epi16(_mm256_andnot_si256(top, x), weight); /* <= 18000 */
+    __m256i upper = _mm256_maddubs_epi16(_mm256_and_si256(top, x), weight);
+    __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(low, _mm256_set1_epi16(1)),
+                                   _mm256_madd_epi16(upper, _mm256_set1_epi16(10000)));
+    return _mm256_add_epi64(_mm256_unpacklo_epi32(sum, _mm256_setzero_si256()),
+                            _mm256_unpackhi_epi32(sum, _mm256_setzero_si256()));
+}
+
+CK_AVX2_TARGET static inline __attribute__((always_inline)) __m256i
+ck_sum_avx2(const uint8_t *p, const ck_places *w) {
+    return _mm256_add_epi64(
+        ck_weigh_avx2(p, (uint32_t)w->digit, (uint32_t)w->odd, (uint32_t)w->hundreds,
+                      (uint32_t)w->ten_thousands),
+        ck_weigh_avx2(p + 32, (uint32_t)(w->digit >> 32), (uint32_t)(w->odd >> 32),
+                      (uint32_t)(w->hundreds >> 32), (uint32_t)(w->ten_thousands >> 32)));
+}
+
+CK_AVX512_TARGET static inline __attribute__((always_inline)) __m256i
+ck_sum_avx512(const uint8_t *p, const ck_places *w) {
+    __m512i x = _mm512_maskz_sub_epi8(w->digit, _mm512_loadu_si512((const void *)p),
+                                      _mm512_set1_epi8('0'));
+    __m512i tens = _mm512_shuffle_epi8(
+        _mm512_broadcast_i32x4(_mm_setr_epi8(CK_TENS)), x);
+    x = _mm512_mask_blend_epi8(w->odd, x, tens);
+    __m512i weight = _mm512_mask_blend_epi8(w->hundreds, _mm512_set1_epi8(1),
+                                            _mm512_set1_epi8(100));
+    __m512i low = _mm512_maddubs_epi16(_mm512_maskz_mov_epi8(~w->ten_thousands, x), weight);
+    __m512i upper = _mm512_maddubs_epi16(_mm512_maskz_mov_epi8(w->ten_thousands, x), weight);
+    __m512i sum = _mm512_add_epi32(_mm512_madd_epi16(low, _mm512_set1_epi16(1)),
+                                   _mm512_madd_epi16(upper, _mm512_set1_epi16(10000)));
+    sum = _mm512_add_epi64(_mm512_unpacklo_epi32(sum, _mm512_setzero_si512()),
+                           _mm512_unpackhi_epi32(sum, _mm512_setzero_si512()));
+    return _mm256_add_epi64(_mm512_castsi512_si256(sum), _mm512_extracti64x4_epi64(sum, 1));
+}
+
+static inline void ck_add_lanes(ck_sum *sum, const uint64_t lanes[4]) {
+    ck_add(sum, (unsigned __int128)lanes[0] + lanes[1] + lanes[2] + lanes[3]);
+}
+
+/* 32 zero bytes then 32 0xFF: the 16 bytes at `ck_keep + 16 + n`, or the 32 at `ck_keep + n`,
+ * keep the last n lanes of a vector and zero the others. */
+static const uint8_t ck_keep[64] = {
+    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,
+    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+};
+
+/* The value of the n (0..16) digits ending at q[-1], all known to be digits (q - 16 readable).
+ * Digits to 0..9, the lanes before them zeroed, then pairs, quads and octets multiply-added. */
+CK_AVX2_TARGET static inline uint64_t ck_digits16(const uint8_t *q, size_t n) {
+    __m128i x = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)(q - 16)), _mm_set1_epi8('0'));
+    x = _mm_and_si128(x, _mm_loadu_si128((const __m128i *)(ck_keep + 16 + n)));
+    x = _mm_maddubs_epi16(x, _mm_set1_epi16(0x010A)); /* bytes 10, 1 */
+    x = _mm_madd_epi16(x, _mm_set1_epi32(0x00010064)); /* words 100, 1 */
+    x = _mm_packus_epi32(x, x);
+    x = _mm_madd_epi16(x, _mm_set1_epi32(0x00012710)); /* words 10000, 1 */
+    uint64_t octets = (uint64_t)_mm_cvtsi128_si64(x); /* the first 8 digits low, the last 8 high */
+    return (octets & 0xFFFFFFFF) * 100000000ULL + (octets >> 32);
+}
+
+/* The value of the n (1..38) digits ending at q[-1], all known to be digits (q - 48 readable). */
+CK_AVX2_TARGET static inline unsigned __int128 ck_digits38(const uint8_t *q, size_t n) {
+    if (n <= 16) return ck_digits16(q, n);
+    size_t wide = n < 32 ? n : 32, front = n - wide; /* no branch on the width: it varies */
+    __m256i x = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)(q - 32)),
+                                _mm256_set1_epi8('0'));
+    x = _mm256_and_si256(x, _mm256_loadu_si256((const __m256i *)(ck_keep + wide)));
+    x = _mm256_maddubs_epi16(x, _mm256_set1_epi16(0x010A));
+    x = _mm256_madd_epi16(x, _mm256_set1_epi32(0x00010064));
+    x = _mm256_packus_epi32(x, x);
+    x = _mm256_madd_epi16(x, _mm256_set1_epi32(0x00012710));
+    uint64_t high = (uint64_t)_mm_cvtsi128_si64(_mm256_castsi256_si128(x));
+    uint64_t low = (uint64_t)_mm_cvtsi128_si64(_mm256_extracti128_si256(x, 1));
+    unsigned __int128 value =
+        (unsigned __int128)((high & 0xFFFFFFFF) * 100000000ULL + (high >> 32)) *
+            10000000000000000ULL +
+        ((low & 0xFFFFFFFF) * 100000000ULL + (low >> 32));
+    /* 0 to 6 more digits in front: 10^6 * 10^32 < 2^127 */
+    unsigned __int128 top = ck_digits16(q - 32, front);
+    return value + top * ((unsigned __int128)10000000000000000ULL * 10000000000000000ULL);
+}
+
+/* The records of a CK_STEP_RUNS step at `base`, each run of digits converted on its own. */
+CK_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_step_runs(const uint8_t *buf, size_t base, const ck_masks *m, uint64_t lines, ck_state *st) {
+    uint64_t d = m->digit & lines;
+    uint64_t starts = d & ~(d << 1), ends = d & ~(d >> 1);
+    uint64_t negative = starts & (m->minus << 1); /* runs right after a '-' */
+    while (ends) {
+        unsigned a = (unsigned)__builtin_ctzll(starts), b = (unsigned)__builtin_ctzll(ends);
+        starts &= starts - 1;
+        ends &= ends - 1;
+        unsigned __int128 value = ck_digits38(buf + base + b + 1, b + 1 - a);
+        ck_add((negative >> a) & 1 ? &st->negative : &st->positive, value);
+        st->records++;
+    }
+}
+
+/* Take the line buf[s..s+len) if it is a record the masks (bit 0: buf[s]) vouch for: 1 if it
+ * was counted and added, 0 if it must go to the exact path. Requires s >= CK_LOOKBACK. */
+CK_AVX2_TARGET static inline int ck_vector_line(const uint8_t *buf, size_t s, size_t len,
+                                                const ck_masks *m, size_t max_line,
+                                                ck_state *st) {
+    if (len - 1 >= 63 || len > max_line) return 0; /* blank (len 0), long, or too long */
+    uint64_t line = (1ULL << len) - 1;
+    uint64_t digits = m->digit & line;
+    if (digits == 0) return 0;
+    unsigned a = (unsigned)__builtin_ctzll(digits), b = 64 - (unsigned)__builtin_clzll(digits);
+    uint64_t before = (1ULL << a) - 1, through = (1ULL << b) - 1;
+    if (digits != (through & ~before) || b - a > CK_MAX_DIGITS) return 0; /* not one run */
+    uint64_t sign = m->sign & (before ^ (before >> 1)); /* only right before the digits */
+    uint64_t cr = m->cr & (1ULL << (len - 1));          /* only as the last byte */
+    if ((before & ~(m->blank | sign)) | (line & ~through & ~(m->blank | cr))) return 0;
+    ck_add((m->minus & sign) ? &st->negative : &st->positive, ck_digits38(buf + s + b, b - a));
+    st->records++;
+    st->lines++;
+    return 1;
+}
+
+/* The lines of one step (at `base`, masks `m`, '\n's `newlines`) one by one: by their masks,
+ * or by the exact path. */
+CK_AVX2_TARGET static inline int ck_vector_lines(const uint8_t *buf, size_t base, uint64_t newlines,
+                                                 const ck_masks *m, size_t *line_start,
+                                                 const ck_options *o, ck_state *st,
+                                                 ck_result *r) {
+    while (newlines) {
+        size_t s = *line_start, e = base + (size_t)__builtin_ctzll(newlines);
+        newlines &= newlines - 1;
+        unsigned shift = (unsigned)(s - base);
+        ck_masks line = {m->digit >> shift, 0,           m->sign >> shift, m->minus >> shift,
+                         m->blank >> shift, m->cr >> shift};
+        if (!ck_vector_line(buf, s, e - s, &line, o->max_line, st)) {
+            int stop = ck_take(buf, s, e, o, st, r);
+            if (stop != CK_STOP_END) return stop;
+        }
+        *line_start = e + 1;
+    }
+    return CK_STOP_END;
+}
+
+/* The lines ending at the '\n's of `newlines` (block at `base`), by the exact path alone. */
+static inline int ck_exact_block(const uint8_t *buf, size_t base, uint64_t newlines,
+                                 size_t *line_start, const ck_options *o, ck_state *st,
+                                 ck_result *r) {
+    while (newlines) {
+        size_t e = base + (size_t)__builtin_ctzll(newlines);
+        newlines &= newlines - 1;
+        int stop = ck_take(buf, *line_start, e, o, st, r);
+        if (stop != CK_STOP_END) return stop;
+        *line_start = e + 1;
+    }
+    return CK_STOP_END;
+}
+
+static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck_result *r) {
+    r->stop = stop;
+    r->end = line_start;
+    r->lines = st->lines;
+    r->records = st->records;
+    r->bad_records = st->bad_records;
+    r->details = st->details;
+    ck_store(&st->positive, r->positive);
+    ck_store(&st->negative, r->negative);
+}
+
+/* The scan loop of a vector path: CLASSIFY makes a step's masks, SUM weighs its digits. The
+ * lines too near the buffer's start for the look-back loads, a line longer than a step, and
+ * the last bytes (less than a step) take the exact path. */
+#define CK_VECTOR_SCAN(CLASSIFY, SUM)                                                       \
+    ck_state st = {{0, 0}, {0, 0}, 0, 0, 0, 0};                                             \
+    size_t s = start;                                                                       \
+    int stop = CK_STOP_END;                                                                 \
+    __m256i sums = _mm256_setzero_si256();                                                  \
+    unsigned steps = 0;                                                                     \
+    uint64_t lanes[4];                                                                      \
+    r->stop_newline = 0;                                                                    \
+    r->stop_reason = 0;                                                                     \
+    while (stop == CK_STOP_END && len - s >= CK_BLOCK) {                                    \
+        ck_masks m;                                                                         \
+        ck_places w;                                                                        \
+        size_t base = s;                                                                    \
+        /* The next step's address depends on this one's bytes: fetch ahead, not on demand \
+         * (a prefetch never faults, past the buffer's end included). */                   \
+        __builtin_prefetch(buf + base + CK_PREFETCH);                                       \
+        CLASSIFY(buf + base, &m);                                                           \
+        if (m.newline == 0) { /* a line longer than a step */                              \
+            const uint8_t *e = memchr(buf + base + CK_BLOCK, '\n', len - base - CK_BLOCK);  \
+            if (e == NULL) break; /* no '\n' up to the end: nothing more to take */         \
+            stop = ck_exact_block(buf, (size_t)(e - buf), 1, &s, o, &st, r); /* '\n' at e */ \
+        } else if (base < CK_LOOKBACK) {                                                    \
+            stop = ck_exact_block(buf, base, m.newline, &s, o, &st, r);                     \
+        } else {                                                                            \
+            uint64_t lines = ck_through(m.newline);                                         \
+            int kind = o->max_line >= CK_BLOCK - 1 ? ck_step_kind(&m, lines, &w)            \
+                                                   : CK_STEP_LINES;                         \
+            if (kind == CK_STEP_LINES) {                                                    \
+                stop = ck_vector_lines(buf, base, m.newline, &m, &s, o, &st, r);            \
+                continue;                                                                   \
+            }                                                                               \
+            if (kind == CK_STEP_PLACES) {                                                   \
+                sums = _mm256_add_epi64(sums, SUM(buf + base, &w));                         \
+                st.records += (size_t)__builtin_popcountll(w.digit & ~(w.digit >> 1));      \
+            } else {                                                                        \
+                ck_step_runs(buf, base, &m, lines, &st);                                    \
+            }                                                                               \
+            st.lines += (size_t)__builtin_popcountll(m.newline);                            \
+            s = base + 64 - (size_t)__builtin_clzll(m.newline);                             \
+            if (++steps == CK_FLUSH_STEPS) {                                                \
+                _mm256_storeu_si256((__m256i *)lanes, sums);                                \
+                ck_add_lanes(&st.positive, lanes);                                          \
+                sums = _mm256_setzero_si256();                                              \
+                steps = 0;                                                                  \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+    _mm256_storeu_si256((__m256i *)lanes, sums);                                            \
+    ck_add_lanes(&st.positive, lanes);                                                      \
+    if (stop == CK_STOP_END && len - s < CK_BLOCK)                                          \
+        stop = ck_exact_block(buf, s, ck_mask_tail(buf + s, len - s), &s, o, &st, r);       \
+    ck_finish(&st, s, stop, r);
+
+#define CK_EQ2(x, c) _mm256_cmpeq_epi8(x, _mm256_set1_epi8(c))
+#define CK_EQ512(x, c) _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(c))
+
+CK_AVX2_TARGET static inline __attribute__((always_inline)) uint64_t
+ck_movemask2(__m256i low, __m256i high) {
+    return (uint32_t)_mm256_movemask_epi8(low) |
+           (uint64_t)(uint32_t)_mm256_movemask_epi8(high) << 32;
+}
+
+CK_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_classify_avx2(const uint8_t *p, ck_masks *m) {
+    __m256i x = _mm256_loadu_si256((const __m256i *)p);
+    __m256i y = _mm256_loadu_si256((const __m256i *)(p + 32));
+    __m256i nine = _mm256_set1_epi8(9), zero = _mm256_set1_epi8('0');
+    __m256i dx = _mm256_sub_epi8(x, zero), dy = _mm256_sub_epi8(y, zero);
+    m->digit = ck_movemask2(_mm256_cmpeq_epi8(_mm256_min_epu8(dx, nine), dx),
+                            _mm256_cmpeq_epi8(_mm256_min_epu8(dy, nine), dy));
+    m->newline = ck_movemask2(CK_EQ2(x, '\n'), CK_EQ2(y, '\n'));
+    if ((m->digit | m->newline) == ~0ULL) { /* digits and '\n's: the other masks are empty */
+        m->sign = m->minus = m->blank = m->cr = 0;
+        return;
+    }
+    m->minus = ck_movemask2(CK_EQ2(x, '-'), CK_EQ2(y, '-'));
+    m->sign = m->minus | ck_movemask2(CK_EQ2(x, '+'), CK_EQ2(y, '+'));
+    m->blank = ck_movemask2(_mm256_or_si256(CK_EQ2(x, ' '), CK_EQ2(x, '\t')),
+                            _mm256_or_si256(CK_EQ2(y, ' '), CK_EQ2(y, '\t')));
+    m->cr = ck_movemask2(CK_EQ2(x, '\r'), CK_EQ2(y, '\r'));
+}
+
+CK_AVX512_TARGET static inline __attribute__((always_inline)) void
+ck_classify_avx512(const uint8_t *p, ck_masks *m) {
+    __m512i x = _mm512_loadu_si512((const void *)p);
+    m->digit = _mm512_cmplt_epu8_mask(_mm512_sub_epi8(x, _mm512_set1_epi8('0')),
+                                      _mm512_set1_epi8(10));
+    m->newline = CK_EQ512(x, '\n');
+    m->minus = CK_EQ512(x, '-');
+    m->sign = m->minus | CK_EQ512(x, '+');
+    m->blank = CK_EQ512(x, ' ') | CK_EQ512(x, '\t');
+    m->cr = CK_EQ512(x, '\r');
+}
+
+CK_AVX2_TARGET static void ck_scan_avx2(const uint8_t *buf, size_t len, size_t start,
+                                        const ck_options *o, ck_result *r) {
+    CK_VECTOR_SCAN(ck_classify_avx2, ck_sum_avx2)
+}
+
+CK_AVX512_TARGET static void ck_scan_avx512(const uint8_t *buf, size_t len, size_t start,
+                                            const ck_options *o, ck_result *r) {
+    CK_VECTOR_SCAN(ck_classify_avx512, ck_sum_avx512)
 }
 #endif
 
-enum { CK_SCALAR = 0, CK_AVX2 = 1 };
+enum { CK_SCALAR = 0, CK_AVX2 = 1, CK_AVX512 = 2, CK_PATHS = 3 };
+static const char *const ck_path_names[CK_PATHS] = {"scalar", "avx2", "avx512"};
 
-static int ck_has_avx2(void) {
+/* Whether this CPU (and its OS) can run a path; read from the CPU at run time. */
+static int ck_has_path(int path) {
+    if (path == CK_SCALAR) return 1;
 #if CK_HAVE_AVX2
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
-#else
-    return 0;
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi") &&
+               __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+    if (path == CK_AVX2) return avx2;
+    if (path == CK_AVX512)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 #endif
+    return 0;
 }
 
-/* Scan the lines of buf[start..len) with the chosen implementation (CK_SCALAR or CK_AVX2). */
+/* Scan the lines of buf[start..len) with `path`, one this CPU has (ck_has_path). */
 static void ck_scan(const uint8_t *buf, size_t len, size_t start, const ck_options *o,
-                    int implementation, ck_result *r) {
+                    int path, ck_result *r) {
     if (start > len) start = len;
 #if CK_HAVE_AVX2
-    if (implementation == CK_AVX2) {
+    if (path == CK_AVX2) {
         ck_scan_avx2(buf, len, start, o, r);
         return;
     }
+    if (path == CK_AVX512) {
+        ck_scan_avx512(buf, len, start, o, r);
+        return;
+    }
 #else
-    (void)implementation;
+    (void)path;
 #endif
     ck_scan_scalar(buf, len, start, o, r);
 }
@@ -325,7 +687,7 @@ static void ck_scan(const uint8_t *buf, size_t len, size_t start, const ck_optio
 #include <malloc.h>
 #endif
 
-static int ck_best = CK_SCALAR;
+static int ck_path = CK_SCALAR; /* the path `scan` takes: the fastest this CPU has, or forced */
 
 /* A signed Python int from a 192-bit two's-complement value, least significant limb first. */
 static PyObject *ck_int192(const uint64_t limbs[3]) {
@@ -375,32 +737,53 @@ static PyObject *ck_result_to_python(const ck_result *r) {
 
 static PyObject *ck_py_scan(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *keywords[] = {"data", "start", "max_line_bytes", "stop_at_bad", "details",
-                               "implementation", NULL};
+    static char *keywords[] = {"data", "start", "max_line_bytes", "stop_at_bad", "details", NULL};
     Py_buffer view;
     Py_ssize_t start, max_line, details;
-    int stop_at_bad, implementation = ck_best;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nnpn|$i", keywords, &view, &start,
-                                     &max_line, &stop_at_bad, &details, &implementation))
+    int stop_at_bad;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nnpn", keywords, &view, &start, &max_line,
+                                     &stop_at_bad, &details))
         return NULL;
     const char *problem = NULL;
     if (start < 0 || start > view.len) problem = "start outside the data";
     else if (max_line < 0 || details < 0) problem = "max_line_bytes and details must be >= 0";
-    else if (implementation != CK_SCALAR && !(implementation == CK_AVX2 && ck_has_avx2()))
-        problem = "implementation not available on this CPU";
     if (problem != NULL) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, problem);
         return NULL;
     }
     ck_options options = {(size_t)max_line, stop_at_bad, (size_t)details};
+    int path = ck_path; /* read with the GIL held: a set_path meanwhile takes the next scan */
     ck_result result;
     Py_BEGIN_ALLOW_THREADS
-    ck_scan((const uint8_t *)view.buf, (size_t)view.len, (size_t)start, &options,
-            implementation, &result);
+    ck_scan((const uint8_t *)view.buf, (size_t)view.len, (size_t)start, &options, path, &result);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     return ck_result_to_python(&result);
+}
+
+static PyObject *ck_py_path(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(ck_path_names[ck_path]);
+}
+
+static PyObject *ck_py_set_path(PyObject *self, PyObject *name) {
+    (void)self;
+    const char *wanted = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+    if (wanted == NULL) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "set_path() takes a path's name");
+        return NULL;
+    }
+    for (int path = 0; path < CK_PATHS; path++) {
+        if (strcmp(wanted, ck_path_names[path]) == 0 && ck_has_path(path)) {
+            ck_path = path;
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "kernel path %R is not available on this CPU", name);
+    return NULL;
 }
 
 /* The reader allocates a few MB per chunk, in several threads. glibc hands blocks that large
@@ -426,9 +809,15 @@ static PyMethodDef ck_methods[] = {
      "Keep freed chunk-sized blocks in the process (glibc) instead of faulting them in again;\n"
      "False where the C library is not glibc. For a process that streams a large input."},
     {"scan", (PyCFunction)(void (*)(void))ck_py_scan, METH_VARARGS | METH_KEYWORDS,
-     "scan(data, start, max_line_bytes, stop_at_bad, details, *, implementation=best)\n"
-     "Classify and sum the whole lines of data[start:]: (end, lines, records, bad_records,\n"
-     "sum, stop, stop_newline, stop_reason, bad), bad as (line, offset, reason) tuples."},
+     "scan(data, start, max_line_bytes, stop_at_bad, details)\n"
+     "Classify and sum the whole lines of data[start:] on the current path: (end, lines,\n"
+     "records, bad_records, sum, stop, stop_newline, stop_reason, bad), bad as (line, offset,\n"
+     "reason) tuples."},
+    {"path", ck_py_path, METH_NOARGS,
+     "path() -> str\nThe path scan() takes: 'scalar', 'avx2' or 'avx512'."},
+    {"set_path", ck_py_set_path, METH_O,
+     "set_path(name)\nMake scan() take the named path, one of PATHS (ValueError otherwise);\n"
+     "for tests and benchmarks: the default, BEST, is the fastest this CPU has."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -440,15 +829,23 @@ static struct PyModuleDef ck_module = {
 PyMODINIT_FUNC PyInit__kernel(void) {
     PyObject *module = PyModule_Create(&ck_module);
     if (module == NULL) return NULL;
-    ck_best = ck_has_avx2() ? CK_AVX2 : CK_SCALAR;
-    PyObject *available = ck_has_avx2() ? Py_BuildValue("(ss)", "scalar", "avx2")
-                                        : Py_BuildValue("(s)", "scalar");
-    int failed = available == NULL || PyModule_AddObjectRef(module, "IMPLEMENTATIONS", available) < 0;
-    Py_XDECREF(available);
+    const char *names[CK_PATHS];
+    Py_ssize_t count = 0;
+    for (int path = 0; path < CK_PATHS; path++) {
+        if (!ck_has_path(path)) continue;
+        names[count++] = ck_path_names[path];
+        ck_path = path; /* the last one this CPU has: the fastest */
+    }
+    PyObject *paths = PyTuple_New(count);
+    for (Py_ssize_t i = 0; paths != NULL && i < count; i++) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        if (name == NULL) Py_CLEAR(paths);
+        else PyTuple_SET_ITEM(paths, i, name);
+    }
+    int failed = paths == NULL || PyModule_AddObjectRef(module, "PATHS", paths) < 0;
+    Py_XDECREF(paths);
     if (failed ||
-        PyModule_AddIntConstant(module, "SCALAR", CK_SCALAR) < 0 ||
-        PyModule_AddIntConstant(module, "AVX2", CK_AVX2) < 0 ||
-        PyModule_AddIntConstant(module, "BEST", ck_best) < 0 ||
+        PyModule_AddStringConstant(module, "BEST", ck_path_names[ck_path]) < 0 ||
         PyModule_AddIntConstant(module, "DETAILS", CK_DETAILS) < 0 ||
         PyModule_AddIntConstant(module, "MAX_DIGITS", CK_MAX_DIGITS) < 0 ||
         PyModule_AddIntConstant(module, "NOT_AN_INTEGER", CK_NOT_AN_INTEGER) < 0 ||

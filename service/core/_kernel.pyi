@@ -2,10 +2,8 @@
 
 from typing_extensions import Buffer
 
-IMPLEMENTATIONS: tuple[str, ...]
-SCALAR: int
-AVX2: int
-BEST: int
+PATHS: tuple[str, ...]
+BEST: str
 DETAILS: int
 MAX_DIGITS: int
 NOT_AN_INTEGER: int
@@ -21,7 +19,7 @@ def scan(
     max_line_bytes: int,
     stop_at_bad: bool,
     details: int,
-    *,
-    implementation: int = ...,
 ) -> tuple[int, int, int, int, int, int, int, int, tuple[tuple[int, int, int], ...]]: ...
+def path() -> str: ...
+def set_path(name: str) -> None: ...
 def reuse_freed_memory() -> bool: ...

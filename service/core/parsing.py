@@ -45,7 +45,6 @@ BAD_RECORD_DETAILS_PER_RUN = 100
 _RECORD = re.compile(rb"[ \t]*([+-]?[0-9]+)[ \t]*\r?")
 _BLANK = re.compile(rb"[ \t]*\r?")
 _REASONS = {_kernel.NOT_AN_INTEGER: NOT_AN_INTEGER, _kernel.LINE_TOO_LONG: LINE_TOO_LONG}
-_implementation = _kernel.BEST  # AVX2 where the CPU has it; the tests also pin the scalar path
 MIN_PIECE_BYTES = 65536  # a smaller region is parsed at once: a thread hop would cost more
 
 Buffer = bytes | memoryview  # a region is often a view of a larger chunk, never a copy
@@ -116,7 +115,6 @@ def parse_region(
             max_line_bytes,
             stop_at_bad,
             bad_details - len(bad),
-            implementation=_implementation,
         )
         bad.extend(
             BadRecord(lines + line, offset, _REASONS[code]) for line, offset, code in details
