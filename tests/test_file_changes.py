@@ -1,0 +1,381 @@
+"""What happened to a followed file, and what its partition does about it, tested in-process.
+
+The classifier and the state machine are plain values: facts in, an event out; a state and an
+event in, the next state out. The model test at the end drives a real file source over real
+files in a temporary directory with random operations and compares its totals with a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from service.sources.files.changes import Change, Look, classify, classify_scan
+from service.sources.files.life import (
+    BY_IDENTITY,
+    BY_NAME,
+    ENDED,
+    Action,
+    Event,
+    FileLife,
+    ImpossibleEvent,
+    State,
+)
+from service.storage.checkpoint import InputIdentity
+
+A = InputIdentity("a" * 64, "a" * 64)
+B = InputIdentity("b" * 64, "b" * 64)
+KEY, OTHER_KEY = (1, 10), (1, 11)
+
+# A glob's file read to byte 6, its prefix consumed as A, seen again the same size.
+CAUGHT_UP = Look(read_to=6, consumed=A, size=6, key=KEY)
+# The one plain path, its name still leading to the file read.
+PLAIN = replace(CAUGHT_UP, by_name=True, at_name=KEY)
+RENAMED_OUT = replace(CAUGHT_UP, in_patterns=False, close_inactive=5.0)
+
+
+@pytest.mark.parametrize(
+    ("look", "expected"),
+    [
+        (CAUGHT_UP, Change.UNCHANGED),
+        (replace(CAUGHT_UP, size=10, prefix=A), Change.GREW),
+        (Look(read_to=0, consumed=None, size=5), Change.GREW),
+        (replace(CAUGHT_UP, size=3), Change.TRUNCATED),
+        (replace(CAUGHT_UP, size=5, prefix=B, links=0), Change.TRUNCATED),
+        (replace(CAUGHT_UP, size=10, prefix=B), Change.REWRITTEN),
+        (replace(CAUGHT_UP, prefix=B), Change.REWRITTEN),
+        (replace(CAUGHT_UP, size=10), Change.GREW),
+        (PLAIN, Change.UNCHANGED),
+        (replace(PLAIN, size=10, prefix=A), Change.GREW),
+        (replace(PLAIN, at_name=OTHER_KEY), Change.REPLACED),
+        (replace(PLAIN, at_name=OTHER_KEY, size=10, prefix=B), Change.REPLACED),
+        (replace(PLAIN, at_name=None), Change.DELETED),
+        (replace(PLAIN, at_name=None, size=2), Change.TRUNCATED),
+        (replace(CAUGHT_UP, links=0), Change.DELETED),
+        (replace(CAUGHT_UP, links=0, size=10, prefix=A), Change.GREW),
+        (replace(CAUGHT_UP, at_name=OTHER_KEY), Change.UNCHANGED),
+        (replace(RENAMED_OUT, idle=4.9), Change.UNCHANGED),
+        (replace(RENAMED_OUT, idle=5.0), Change.INACTIVE),
+        (replace(RENAMED_OUT, idle=60.0, size=10, prefix=A), Change.GREW),
+        (replace(RENAMED_OUT, idle=60.0, links=0), Change.DELETED),
+        (replace(CAUGHT_UP, idle=60.0, close_inactive=5.0), Change.UNCHANGED),
+    ],
+    ids=[
+        "same size: caught up",
+        "longer, prefix as consumed: grew",
+        "nothing consumed yet, longer: grew",
+        "shorter than what was read: truncated",
+        "shorter wins over everything else",
+        "longer, other prefix: rewritten",
+        "same size, other prefix (a saved state checked): rewritten",
+        "longer, prefix not read: grew",
+        "plain path, same file, same size: caught up",
+        "plain path grew",
+        "plain path leads to another file: replaced",
+        "replaced wins over rewritten",
+        "plain path leads to no file: deleted",
+        "truncated wins over a plain path's deletion",
+        "a glob's file with no name left, read to its end: deleted",
+        "a deleted file that grew is read on first",
+        "a glob's file is not its name: a new file there changes nothing",
+        "renamed out, idle below close_inactive: caught up",
+        "renamed out, idle close_inactive: inactive",
+        "renamed out but grew: read on",
+        "renamed out and deleted: deleted",
+        "under a pattern, idle for long: caught up",
+    ],
+)
+def test_classify_names_what_happened_to_a_file(look: Look, expected: Change) -> None:
+    """Each combination of facts is one event, the one that decides what the worker does."""
+    assert classify(look) is expected
+
+
+@pytest.mark.parametrize(
+    ("look", "change", "expected"),
+    [
+        (CAUGHT_UP, Change.TRUNCATED, True),
+        (CAUGHT_UP, Change.REWRITTEN, True),
+        (PLAIN, Change.REPLACED, True),
+        (PLAIN, Change.DELETED, True),
+        (CAUGHT_UP, Change.DELETED, False),
+        (CAUGHT_UP, Change.GREW, False),
+        (CAUGHT_UP, Change.INACTIVE, False),
+        (PLAIN, Change.UNCHANGED, False),
+    ],
+)
+def test_input_changes_are_the_ones_below_the_position_and_a_plain_paths_file(
+    look: Look, change: Change, expected: bool
+) -> None:
+    """A cut or rewritten prefix is `input_changed` for any file; a deletion only for a plain
+    path, whose name is the input (a glob's deleted file is finished through its descriptor)."""
+    assert look.is_input_change(change) is expected
+
+
+@pytest.mark.parametrize(
+    ("in_patterns", "found_as", "expected"),
+    [
+        (True, None, Change.RENAMED_OUT),
+        (False, None, Change.RENAMED_OUT),
+        (True, "in/a.txt.1", Change.RENAMED),
+        (False, "in/a.txt.1", Change.RENAMED),
+        (False, "in/a.txt", Change.RENAMED),
+        (True, "in/a.txt", Change.UNCHANGED),
+    ],
+)
+def test_classify_scan_tells_renamed_from_renamed_out(
+    in_patterns: bool, found_as: str | None, expected: Change
+) -> None:
+    """A file no pattern finds is renamed out; found under another name, or found again after
+    it was out, it is renamed; found where it was, nothing happened."""
+    assert classify_scan("in/a.txt", in_patterns, found_as) is expected
+
+
+_A, _C, _S = Action, Change, State
+
+# Lives a user would recognise, one event at a time, with the state after each.
+JOURNEYS: dict[str, tuple[bool, list[tuple[Event, State]]]] = {
+    "read to its end, not followed": (
+        False,
+        [(_A.OPENED, _S.OPEN), (_C.GREW, _S.OPEN), (_A.ENDED, _S.DONE)],
+    ),
+    "followed: caught up, grows, read on": (
+        False,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.GREW, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+        ],
+    ),
+    "renamed between the scan and the open: opened under its new name": (
+        False,
+        [(_A.MISSED, _S.WAITING_FOR_SLOT), (_C.RENAMED, _S.WAITING_FOR_SLOT), (_A.OPENED, _S.OPEN)],
+    ),
+    "renamed out before it had a slot: closed and kept": (
+        False,
+        [
+            (_C.RENAMED_OUT, _S.CLOSED),
+            (_C.RENAMED, _S.CLOSED),
+            (_C.RENAMED_OUT, _S.CLOSED),
+        ],
+    ),
+    "renamed out while read: read until inactive, then closed": (
+        False,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.RENAMED_OUT, _S.RENAMED_OUT),
+            (_C.GREW, _S.RENAMED_OUT),
+            (_C.UNCHANGED, _S.RENAMED_OUT),
+            (_C.RENAMED_OUT, _S.RENAMED_OUT),
+            (_C.INACTIVE, _S.CLOSED),
+        ],
+    ),
+    "renamed out and back under a pattern": (
+        False,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.RENAMED_OUT, _S.RENAMED_OUT),
+            (_C.RENAMED, _S.CAUGHT_UP),
+        ],
+    ),
+    "rotated within the patterns while read and while caught up": (
+        False,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.RENAMED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.RENAMED, _S.CAUGHT_UP),
+        ],
+    ),
+    "parked for waiting files, reopened by name when its new name is known": (
+        False,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_A.PARKED, _S.PARKED),
+            (_A.MISSED, _S.PARKED),
+            (_C.RENAMED, _S.PARKED),
+            (_A.OPENED, _S.CAUGHT_UP),
+        ],
+    ),
+    "parked, then renamed out: closed": (
+        False,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_A.PARKED, _S.PARKED),
+            (_C.RENAMED_OUT, _S.CLOSED),
+        ],
+    ),
+    "renamed out, then its slot given up: closed": (
+        False,
+        [(_A.OPENED, _S.OPEN), (_C.RENAMED_OUT, _S.RENAMED_OUT), (_A.PARKED, _S.CLOSED)],
+    ),
+    "deleted at the end of its reading: finished": (
+        False,
+        [(_A.OPENED, _S.OPEN), (_C.DELETED, _S.DELETED), (_C.RENAMED_OUT, _S.DELETED)],
+    ),
+    "deleted while caught up": (
+        False,
+        [(_A.OPENED, _S.OPEN), (_C.UNCHANGED, _S.CAUGHT_UP), (_C.DELETED, _S.DELETED)],
+    ),
+    "deleted after it was renamed out": (
+        False,
+        [(_A.OPENED, _S.OPEN), (_C.RENAMED_OUT, _S.RENAMED_OUT), (_C.DELETED, _S.DELETED)],
+    ),
+    "cut or rewritten under restart: read again from 0": (
+        False,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.TRUNCATED, _S.OPEN),
+            (_C.REWRITTEN, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.TRUNCATED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.REWRITTEN, _S.OPEN),
+        ],
+    ),
+    "renamed out, cut under restart: read again from 0, still out": (
+        False,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.RENAMED_OUT, _S.RENAMED_OUT),
+            (_C.TRUNCATED, _S.RENAMED_OUT),
+            (_C.REWRITTEN, _S.RENAMED_OUT),
+        ],
+    ),
+    "plain path: read to its end": (
+        True,
+        [(_A.OPENED, _S.OPEN), (_C.GREW, _S.OPEN), (_A.ENDED, _S.DONE)],
+    ),
+    "plain path: not there or not regular at the open, then opened": (
+        True,
+        [(_A.MISSED, _S.WAITING_FOR_SLOT), (_A.OPENED, _S.OPEN)],
+    ),
+    "plain path, not followed: gone from its name before the open": (
+        True,
+        [(_C.RENAMED_OUT, _S.CLOSED)],
+    ),
+    "plain path followed: cut and rewritten under restart": (
+        True,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.TRUNCATED, _S.OPEN),
+            (_C.REWRITTEN, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.GREW, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.TRUNCATED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.REWRITTEN, _S.OPEN),
+        ],
+    ),
+    "plain path replaced, then deleted: each next file read from 0": (
+        True,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.REPLACED, _S.WAITING_FOR_FILE),
+            (_A.MISSED, _S.WAITING_FOR_FILE),
+            (_A.OPENED, _S.OPEN),
+            (_C.REPLACED, _S.WAITING_FOR_FILE),
+            (_A.OPENED, _S.OPEN),
+            (_C.DELETED, _S.WAITING_FOR_FILE),
+            (_A.OPENED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_C.DELETED, _S.WAITING_FOR_FILE),
+        ],
+    ),
+    "plain path parked and reopened": (
+        True,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_A.PARKED, _S.PARKED),
+            (_A.MISSED, _S.PARKED),
+            (_A.OPENED, _S.CAUGHT_UP),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(JOURNEYS))
+def test_a_file_partitions_life_follows_the_table(name: str) -> None:
+    """Each step of a file's life lands in the state the worker relies on next (open by name,
+    look first, read, or end)."""
+    by_name, steps = JOURNEYS[name]
+    life = FileLife(by_name=by_name)
+    assert life.state is State.WAITING_FOR_SLOT
+    for event, expected in steps:
+        assert life.on(event) is expected, f"after {event}"
+        assert life.state is expected
+
+
+@pytest.mark.parametrize("by_name", [False, True])
+def test_every_allowed_transition_is_in_a_journey(by_name: bool) -> None:
+    """The journeys above walk every transition the table allows, so none is there unexplained."""
+    walked: set[tuple[State, Event]] = set()
+    for journey_by_name, steps in JOURNEYS.values():
+        if journey_by_name is by_name:
+            state = State.WAITING_FOR_SLOT
+            for event, after in steps:
+                walked.add((state, event))
+                state = after
+    table = BY_NAME if by_name else BY_IDENTITY
+    assert walked == set(table)
+
+
+def _reach(state: State, by_name: bool) -> FileLife:
+    """A life in `state`, reached through the table from the start."""
+    for journey_by_name, steps in JOURNEYS.values():
+        if journey_by_name is not by_name:
+            continue
+        life = FileLife(by_name=by_name)
+        for event, _after in steps:
+            if life.state is state:
+                return life
+            life.on(event)
+        if life.state is state:
+            return life
+    raise AssertionError(f"no journey reaches {state}")
+
+
+_ALL_EVENTS: list[Event] = [*Action, *Change]
+
+
+@pytest.mark.parametrize("by_name", [False, True], ids=["by identity", "by name"])
+def test_an_impossible_event_raises_at_once_and_changes_nothing(by_name: bool) -> None:
+    """An event the table does not list for a state is a defect: it raises, it never passes
+    unseen, and the state stays what it was."""
+    table = BY_NAME if by_name else BY_IDENTITY
+    reachable = {state for state, _event in table} | set(table.values())
+    for state in reachable:
+        for event in _ALL_EVENTS:
+            if (state, event) in table:
+                continue
+            life = _reach(state, by_name)
+            with pytest.raises(ImpossibleEvent):
+                life.on(event)
+            assert life.state is state
+
+
+@pytest.mark.parametrize("by_name", [False, True], ids=["by identity", "by name"])
+def test_an_ended_life_never_starts_again(by_name: bool) -> None:
+    """Done, closed or deleted is final: no event leads out of it, so a file is never read
+    twice once its reading ended."""
+    table = BY_NAME if by_name else BY_IDENTITY
+    for (state, _event), after in table.items():
+        if state in ENDED:
+            assert after is state
+
+
+def test_a_plain_path_is_never_renamed_and_a_glob_never_replaced() -> None:
+    """A plain path is its name (no scan renames it); a glob's file is its identity (another
+    file under its name changes nothing)."""
+    assert not any(event in (Change.RENAMED, Change.INACTIVE) for _state, event in BY_NAME)
+    assert not any(event is Change.REPLACED for _state, event in BY_IDENTITY)
+    assert State.WAITING_FOR_FILE not in set(BY_IDENTITY.values())
