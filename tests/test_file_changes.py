@@ -7,10 +7,18 @@ files in a temporary directory with random operations and compares its totals wi
 
 from __future__ import annotations
 
-from dataclasses import replace
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
+import anyio
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
+from service.lifecycle.partition import Progress
+from service.settings import Settings
 from service.sources.files.changes import Change, Look, classify, classify_scan
 from service.sources.files.life import (
     BY_IDENTITY,
@@ -22,7 +30,10 @@ from service.sources.files.life import (
     ImpossibleEvent,
     State,
 )
+from service.sources.files.partition import FilePartition
+from service.sources.files.source import FileSource
 from service.storage.checkpoint import InputIdentity
+from service.telemetry.logs import configure_logging
 
 A = InputIdentity("a" * 64, "a" * 64)
 B = InputIdentity("b" * 64, "b" * 64)
@@ -379,3 +390,235 @@ def test_a_plain_path_is_never_renamed_and_a_glob_never_replaced() -> None:
     assert not any(event in (Change.RENAMED, Change.INACTIVE) for _state, event in BY_NAME)
     assert not any(event is Change.REPLACED for _state, event in BY_IDENTITY)
     assert State.WAITING_FOR_FILE not in set(BY_IDENTITY.values())
+
+
+# --- the model test -----------------------------------------------------------------------------
+#
+# Random operations on real files in a temporary directory, a real file source reading them
+# in-process after each one, as the worker's reader tasks would, and a model that says what
+# exactly once means: a file under a pattern, or renamed out and still read, counts its complete
+# lines as they are now; a file closed (renamed out and idle, or found missing after a restart)
+# or deleted keeps what it counted then. A rewrite changes a file's first line and its size, so
+# the change is one the worker is promised to see.
+
+CLOSE_INACTIVE = 5.0
+_STEPS_TO_CATCH_UP = 20  # a few small files: a handful of batches each at most
+Counted = tuple[int, int, int]  # offset, records, sum
+
+
+def _complete_lines(content: bytes) -> Counted:
+    end = content.rfind(b"\n") + 1
+    numbers = [int(line) for line in content[:end].split(b"\n") if line.strip()]
+    return end, len(numbers), sum(numbers)
+
+
+@dataclass
+class _ModelFile:
+    path: Path
+    content: bytes
+    status: str = "in"  # "in", "out" (renamed out, still read), "closed", "deleted"
+    counted: Counted = (0, 0, 0)
+    known_as: str = ""  # the name the worker knows it by: the last one under a pattern
+    read: bytes | None = None  # what the worker read of it; None: not since it (re)started
+    grew_at: float = 0.0  # when the worker last read something new of it
+
+    def __post_init__(self) -> None:
+        self.known_as = str(self.path)
+
+
+class _Clock:
+    """The worker's clock, moved by the test: `close_inactive` passes in no time at all."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+_numbers = st.lists(st.integers(0, 10**6), max_size=6)
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(0, 9), _numbers),
+        st.tuples(st.just("partial"), st.integers(0, 9), st.integers(0, 999)),
+        st.tuples(st.just("truncate"), st.integers(0, 9), st.floats(0, 0.99)),
+        st.tuples(st.just("rewrite"), st.integers(0, 9), _numbers),
+        st.tuples(st.just("rename"), st.integers(0, 9), st.none()),
+        st.tuples(st.just("rename_out"), st.integers(0, 9), st.none()),
+        st.tuples(st.just("delete"), st.integers(0, 9), st.none()),
+        st.tuples(st.just("create"), st.none(), _numbers),
+        st.tuples(st.just("wait"), st.none(), st.none()),
+        st.tuples(st.just("restart"), st.none(), st.none()),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+class _Model:
+    """The files as the test made them, and what each must have counted."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files: list[_ModelFile] = []
+        self.serial = 0
+
+    def _fresh(self, suffix: str) -> Path:
+        self.serial += 1
+        return self.directory / f"f{self.serial}{suffix}"
+
+    def _first_line(self) -> bytes:
+        # Unique first bytes: a new file that reuses a deleted file's inode is still new.
+        self.serial += 1
+        return b"%d\n" % (10**7 + self.serial)
+
+    def apply(self, operation: tuple[str, Any, Any]) -> None:
+        kind, index, argument = operation
+        present = [f for f in self.files if f.status != "deleted"]
+        if kind == "create":
+            content = self._first_line() + b"".join(b"%d\n" % n for n in argument)
+            model = _ModelFile(self._fresh(".txt"), content)
+            model.path.write_bytes(content)
+            self.files.append(model)
+            return
+        if kind == "restart":
+            for model in present:
+                model.read = None  # a new partition: idle from now on
+                if model.status == "out":
+                    model.status = "closed"  # found under no pattern at start-up
+            return
+        if kind == "wait":
+            return
+        if not present:
+            return
+        model = present[index % len(present)]
+        if kind == "append":
+            model.content += b"".join(b"%d\n" % n for n in argument)
+        elif kind == "partial":
+            model.content += b"%d" % argument
+        elif kind == "truncate" and model.content:
+            model.content = model.content[: int(len(model.content) * argument)]
+        elif kind == "rewrite" and b"\n" in model.content:
+            content = self._first_line() + b"".join(b"%d\n" % n for n in argument)
+            if len(content) == len(model.content):
+                content += b"1\n"
+            model.content = content
+        elif kind == "rename" and model.status == "in":
+            target = self._fresh(".txt")
+            model.path.rename(target)
+            model.path, model.known_as = target, str(target)
+            return
+        elif kind == "rename_out" and model.status == "in":
+            target = self._fresh(".old")
+            model.path.rename(target)
+            model.path, model.status = target, "out"
+            return
+        elif kind == "delete":
+            model.path.unlink()
+            model.status = "deleted"
+            return
+        else:
+            return
+        with model.path.open("r+b") as file:  # in place: the same inode, as a writer does it
+            file.truncate(0)
+            file.write(model.content)
+
+    def caught_up(self, now: float) -> None:
+        """What the worker has read once it caught up with every file it still reads."""
+        for model in self.files:
+            if model.status not in ("in", "out"):
+                continue
+            if model.read is None or (model.content != model.read and model.content):
+                model.grew_at = now  # grown, or read again from 0 after a change
+            model.read = model.content
+            model.counted = _complete_lines(model.content)
+            if model.status == "out" and now - model.grew_at >= CLOSE_INACTIVE:
+                model.status = "closed"
+
+    def totals(self) -> Counted:
+        counted = [f.counted for f in self.files]
+        return sum(c[0] for c in counted), sum(c[1] for c in counted), sum(c[2] for c in counted)
+
+    def read(self) -> dict[str, Counted]:
+        return {f.known_as: f.counted for f in self.files if f.status in ("in", "out")}
+
+
+async def _catch_up(source: FileSource, partitions: list[FilePartition]) -> None:
+    """Scan, then ask every partition for batches until it is caught up, as the worker does."""
+    for partition in await source.discover():
+        assert isinstance(partition, FilePartition)
+        partitions.append(partition)
+    for partition in list(partitions):
+        for _ in range(_STEPS_TO_CATCH_UP):
+            step = await partition.next_batch()
+            if step.progress in (Progress.DONE, Progress.CLOSED):
+                await partition.close()
+                source.retire(partition)
+                partitions.remove(partition)
+                break
+            if step.progress is Progress.CAUGHT_UP:
+                break
+        else:
+            pytest.fail(f"{partition.path} never caught up ({partition.state})")
+
+
+async def _start(settings: Settings) -> tuple[FileSource, list[FilePartition]]:
+    source = FileSource(settings, configure_logging("json", "error"))
+    source.acquire()
+    partitions = [p for p in await source.start() if isinstance(p, FilePartition)]
+    return source, partitions
+
+
+@pytest.mark.anyio
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(operations=_operations)
+# The lives the worker is promised to handle, tried first every time.
+@hypothesis.example([("rename_out", 0, None), ("append", 0, [5]), ("wait", None, None)])
+@hypothesis.example([("rename_out", 0, None), ("wait", None, None), ("append", 0, [5])])
+@hypothesis.example([("partial", 0, 7), ("truncate", 0, 0.5), ("append", 0, [1, 2, 3])])
+@hypothesis.example([("rewrite", 0, [8, 9]), ("append", 0, [4]), ("restart", None, None)])
+@hypothesis.example([("rename", 0, None), ("create", None, [3]), ("delete", 0, None)])
+@hypothesis.example([("rename_out", 0, None), ("restart", None, None), ("append", 0, [6])])
+async def test_random_file_operations_keep_the_totals_exactly_once(
+    operations: list[tuple[str, Any, Any]],
+) -> None:
+    """Whatever is appended, cut, rewritten, renamed, renamed out, deleted or created, and
+    however the worker restarts, its totals count every complete line of every file it still
+    reads once, and keep what closed and deleted files counted."""
+    clock = _Clock()
+    with tempfile.TemporaryDirectory() as work, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(anyio, "current_time", clock)
+        directory = Path(work)
+        (directory / "in").mkdir()
+        settings = Settings(
+            input=(str(directory / "in" / "*.txt"),),
+            checkpoint=directory / "checkpoint.json",
+            result=directory / "result.json",
+            follow=True,
+            on_input_change="restart",
+            close_inactive=CLOSE_INACTIVE,
+        )
+        model = _Model(directory / "in")
+        model.apply(("create", None, [1, 2]))
+        source, partitions = await _start(settings)
+        try:
+            await _catch_up(source, partitions)
+            model.caught_up(clock.now)
+            for operation in operations:
+                model.apply(operation)
+                if operation[0] == "wait":
+                    clock.now += CLOSE_INACTIVE
+                elif operation[0] == "restart":
+                    await source.save("shutdown")
+                    await source.close()
+                    source, partitions = await _start(settings)
+                await _catch_up(source, partitions)
+                model.caught_up(clock.now)
+                total = source.totals()
+                assert (total.offset, total.records, total.sum) == model.totals(), operation
+                read = {p.path: p.position for p in partitions}
+                assert {path: (p.offset, p.records, p.sum) for path, p in read.items()} == (
+                    model.read()
+                ), operation
+        finally:
+            await source.close()
