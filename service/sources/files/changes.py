@@ -39,7 +39,7 @@ class Change(enum.Enum):
     INACTIVE = "inactive"  # renamed out, and it has not grown for `close_inactive`
 
 
-INPUT_CHANGES = frozenset({Change.TRUNCATED, Change.REWRITTEN, Change.REPLACED})
+_INPUT_CHANGES = frozenset({Change.TRUNCATED, Change.REWRITTEN, Change.REPLACED})
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Look:
 
     def is_input_change(self, change: Change) -> bool:
         """Whether `change` means the input is no longer what was consumed (`input_changed`)."""
-        return change in INPUT_CHANGES or (self.by_name and change is Change.DELETED)
+        return change in _INPUT_CHANGES or (self.by_name and change is Change.DELETED)
 
 
 def classify(look: Look) -> Change:
