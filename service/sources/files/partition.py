@@ -175,16 +175,16 @@ class FilePartition:
             if not stat.S_ISREG(info.st_mode):  # checked before open: a FIFO's open would block
                 if waiting:
                     return None  # following after a restart: wait until a file is there again
-                raise InputUnreadable(f"input {self.path} is not a regular file")
+                raise InputUnreadable(f"input {self.label} is not a regular file")
             fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
         except FileNotFoundError:  # not there, or renamed away between the look and the open
             if waiting or not self.plain:
                 return None
             raise InputUnreadable(
-                f"input {self.path} not found; create it with `checkpoint-worker generate`"
+                f"input {self.label} not found; create it with `checkpoint-worker generate`"
             ) from None
         except OSError as error:
-            raise InputUnreadable(f"cannot open input {self.path}: {error.strerror}") from None
+            raise InputUnreadable(f"cannot open input {self.label}: {error.strerror}") from None
         opened = os.fstat(fd)
         key = (opened.st_dev, opened.st_ino)
         if not stat.S_ISREG(opened.st_mode) or (self.key is not None and key != self.key):
@@ -202,10 +202,10 @@ class FilePartition:
         change = classify(look)
         if change is Change.TRUNCATED:
             message = f"is shorter ({size} bytes) than the checkpoint's offset {offset}"
-            await self._changed(change, f"input {self.path} {message}")
+            await self._changed(change, f"input {self.label} {message}")
         elif change is Change.REWRITTEN:
             message = f"differs from what the checkpoint consumed (first {offset} bytes)"
-            await self._changed(change, f"input {self.path} {message}")
+            await self._changed(change, f"input {self.label} {message}")
 
     def _fd(self) -> int:
         assert self.fd is not None
@@ -220,7 +220,7 @@ class FilePartition:
         action, reason = self.settings.on_input_change, change.value
         # A warning either way: under "fail" the one error line is the fatal_error that follows.
         self.log.warning(
-            "input_changed", path=self.path, reason=reason, action=action, message=message
+            "input_changed", path=self.label, reason=reason, action=action, message=message
         )
         if action == "fail":
             raise InputChanged(
@@ -296,8 +296,8 @@ class FilePartition:
         )
         change = classify(look)
         if look.is_input_change(change):
-            message = _CHANGE_MESSAGES[change].format(path=self.path, size=look.size, offset=offset)
-            await self._changed(change, message)
+            details = {"path": self.label, "size": look.size, "offset": offset}
+            await self._changed(change, _CHANGE_MESSAGES[change].format(**details))
             return Progress.READING
         self.life.on(change)
         if change is Change.UNCHANGED and self.slots.statistics().tasks_waiting > 0:
@@ -313,7 +313,7 @@ class FilePartition:
         except FileNotFoundError:
             return None
         except OSError as error:
-            raise InputUnreadable(f"cannot stat input {self.path}: {error.strerror}") from None
+            raise InputUnreadable(f"cannot stat input {self.label}: {error.strerror}") from None
         return (current.st_dev, current.st_ino)
 
     def _read_size(self) -> int:

@@ -266,7 +266,7 @@ class FileSource:
             change = classify_scan(partition.path, partition.in_patterns, found_as)
             if change is Change.RENAMED and found_as is not None:
                 if found_as != partition.path:
-                    self.log.info("file_rotated", path=found_as, old_path=partition.path)
+                    self.log.info("file_rotated", path=found_as, old_path=partition.label)
                 partition.renamed_to(found_as)
             elif change is Change.RENAMED_OUT:
                 partition.renamed_out()
@@ -291,7 +291,7 @@ class FileSource:
         else:
             self.dormant.append(partition.snapshot(closed=True))
             reason = "inactive"
-        self.log.info("file_removed", path=partition.path, reason=reason, **asdict(position))
+        self.log.info("file_removed", path=partition.label, reason=reason, **asdict(position))
 
     # --- state --------------------------------------------------------------------------------
 
