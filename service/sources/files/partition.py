@@ -3,8 +3,11 @@
 Rule 1: the partition's state is its parser's `Position` and the identity of the consumed prefix
         (inode, hashes of the first and last KiB before the position), updated at every commit,
         so a snapshot is taken at once, in memory, without touching the file.
-Rule 2: a file found by a scan is opened by name and must still be the same (device, inode)
-        when opened; a rename in between waits for the next scan to learn the new name.
+Rule 2: where the partition stands is one `FileLife` (`life.py`), moved only by events; what
+        happened to its file is `classify` (`changes.py`) of the facts gathered here; a scan
+        reaches it through `renamed_to` and `renamed_out`. A file found by a scan is opened by
+        name and must still be the same (device, inode) when opened; a rename in between waits
+        for the next scan to learn the new name.
 Rule 3: a change below the position (shorter, rewritten, or for a plain path replaced or deleted)
         is `input_changed`: `fail` raises; `restart` reads the file again from 0, which takes its
         contribution out of the totals.
@@ -31,6 +34,8 @@ from service.core.position import Position
 from service.errors import InputChanged, InputUnreadable
 from service.lifecycle.partition import Gauge, Progress, Step
 from service.settings import Settings
+from service.sources.files.changes import Change, Look, classify
+from service.sources.files.life import LOOK_FIRST, NOT_OPEN, Action, FileLife, State
 from service.sources.files.scan import FileKey
 from service.storage.checkpoint import FileState, InputIdentity, identify_input
 from service.telemetry.logs import Logger
@@ -82,18 +87,13 @@ class FilePartition:
         self.key = key  # (device, inode) as this process sees it; None until known
         self.plain = plain
         self.inode = resume.inode if resume else None
-        self.resume = resume if resume and resume.position.offset > 0 else None
         self.parser = self._new_parser(resume.position if resume else Position())
         self.identity: InputIdentity | None = resume.identity if resume else None
-        self.fd: int | None = None
+        self.fd: int | None = None  # open while it holds a slot
         self._ahead: _Chunk | None = None  # the next chunk, read while the last one was parsed
-        self.holds_slot = False
         self.size: int | None = None
-        self.renamed_out = False  # no pattern matches its name any more
-        self.deleted = False
         self.last_growth = anyio.current_time()
-        self.progress = Progress.READING
-        self._reopen_when_present = False
+        self.life = FileLife(by_name=plain)
 
     @property
     def label(self) -> str:
@@ -111,6 +111,24 @@ class FilePartition:
     def snapshot(self, *, closed: bool = False) -> FileState:
         return FileState(self.path, self.inode, self.identity, self.parser.position, closed)
 
+    @property
+    def state(self) -> State:
+        return self.life.state
+
+    @property
+    def in_patterns(self) -> bool:
+        """Whether the last scan found it under a pattern."""
+        return self.life.state is not State.RENAMED_OUT
+
+    def renamed_to(self, path: str) -> None:
+        """A scan found it under `path`: another name, or a name a pattern matches again."""
+        self.life.on(Change.RENAMED)
+        self.path = path
+
+    def renamed_out(self) -> None:
+        """A scan found it under no pattern: read on until idle, or closed if it is not open."""
+        self.life.on(Change.RENAMED_OUT)
+
     def _new_parser(self, start: Position) -> LineParser:
         return LineParser(
             start,
@@ -125,20 +143,44 @@ class FilePartition:
         await self._open()
 
     async def _open(self) -> bool:
-        """Open the file (taking a slot); False when it is not there to open right now."""
-        if not self.holds_slot:
-            await self.slots.acquire_on_behalf_of(self)
-            self.holds_slot = True
+        """Open the file by its name, taking a slot; False when it is not there to open now."""
+        await self.slots.acquire_on_behalf_of(self)
+        try:
+            opened = await self._open_by_name()
+        except BaseException:
+            self.slots.release_on_behalf_of(self)
+            raise
+        if opened is None or self.life.state is State.CLOSED:  # CLOSED: renamed out meanwhile
+            if opened is not None:
+                os.close(opened[0])
+            self.slots.release_on_behalf_of(self)  # the slot goes to a file that can use it
+            if self.life.state is not State.CLOSED:
+                # Following, the next scan gives its new name; not following, none will.
+                self.life.on(Action.MISSED if self.settings.follow else Change.RENAMED_OUT)
+            return False
+        fd, info = opened
+        first = self.life.state is State.WAITING_FOR_SLOT
+        self.life.on(Action.OPENED)
+        self.fd, self.key, self.inode = fd, (info.st_dev, info.st_ino), info.st_ino
+        self.size = info.st_size
+        if first and self.position.offset > 0:
+            await self._check_saved_state(info.st_size)
+        self._seek(self.parser.split_offset)
+        return True
+
+    async def _open_by_name(self) -> tuple[int, os.stat_result] | None:
+        """The file its name leads to, opened, when it is the one to read; None when not."""
+        waiting = self.life.state is State.WAITING_FOR_FILE
         try:
             info = os.stat(self.path)
             if not stat.S_ISREG(info.st_mode):  # checked before open: a FIFO's open would block
-                if self._reopen_when_present:
-                    return False  # following after a restart: wait until a file is there again
+                if waiting:
+                    return None  # following after a restart: wait until a file is there again
                 raise InputUnreadable(f"input {self.label} is not a regular file")
             fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
         except FileNotFoundError:  # not there, or renamed away between the look and the open
-            if self._reopen_when_present or not self.plain:
-                return False
+            if waiting or not self.plain:
+                return None
             raise InputUnreadable(
                 f"input {self.label} not found; create it with `checkpoint-worker generate`"
             ) from None
@@ -148,33 +190,23 @@ class FilePartition:
         key = (opened.st_dev, opened.st_ino)
         if not stat.S_ISREG(opened.st_mode) or (self.key is not None and key != self.key):
             os.close(fd)  # renamed since the scan: the next scan gives its new name
-            return False
-        self.fd, self.key, self.inode = fd, key, opened.st_ino
-        self.size = opened.st_size
-        self._reopen_when_present = False
-        if self.resume is not None:
-            await self._verify_resume(self.resume, opened.st_size)
-            self.resume = None
-        self._seek(self.parser.split_offset)
-        return True
+            return None
+        return fd, opened
 
-    async def _verify_resume(self, resume: FileState, size: int) -> None:
-        """The file still holds what the checkpoint consumed of it, or it changed."""
-        offset = resume.position.offset
-        if size < offset:
-            await self._changed(
-                f"input {self.label} is shorter ({size} bytes) than the checkpoint's offset "
-                f"{offset}",
-                "truncated",
-            )
-            return
-        identity = await anyio.to_thread.run_sync(identify_input, self._fd(), offset)
-        if identity != resume.identity:
-            await self._changed(
-                f"input {self.label} differs from what the checkpoint consumed "
-                f"(first {offset} bytes)",
-                "content_changed",
-            )
+    async def _check_saved_state(self, size: int) -> None:
+        """The file still holds what the saved state consumed of it, or it changed."""
+        offset = self.position.offset
+        prefix = None
+        if size >= offset:
+            prefix = await anyio.to_thread.run_sync(identify_input, self._fd(), offset)
+        look = Look(read_to=offset, consumed=self.identity, size=size, prefix=prefix)
+        change = classify(look)
+        if change is Change.TRUNCATED:
+            message = f"is shorter ({size} bytes) than the checkpoint's offset {offset}"
+            await self._changed(change, f"input {self.label} {message}")
+        elif change is Change.REWRITTEN:
+            message = f"differs from what the checkpoint consumed (first {offset} bytes)"
+            await self._changed(change, f"input {self.label} {message}")
 
     def _fd(self) -> int:
         assert self.fd is not None
@@ -184,9 +216,9 @@ class FilePartition:
         self._drop_read_ahead()
         os.lseek(self._fd(), offset, os.SEEK_SET)
 
-    async def _changed(self, message: str, reason: str) -> None:
+    async def _changed(self, change: Change, message: str) -> None:
         """Log the change; raise under `fail`, read again from 0 under `restart`."""
-        action = self.settings.on_input_change
+        action, reason = self.settings.on_input_change, change.value
         # A warning either way: under "fail" the one error line is the fatal_error that follows.
         self.log.warning(
             "input_changed", path=self.label, reason=reason, action=action, message=message
@@ -197,33 +229,26 @@ class FilePartition:
             )
         self.parser = self._new_parser(Position())
         self.identity = None
-        self.resume = None
-        if self.plain and reason in ("deleted", "replaced"):
-            await self._close_handle()  # the path names another file now, or none yet
-            self._reopen_when_present = True
+        if self.life.on(change) is State.WAITING_FOR_FILE:
+            await self.close()  # the path names another file now, or none yet
             self.key = self.inode = None
-        elif self.fd is not None:
+        else:
             self._seek(0)
 
     # --- reading ------------------------------------------------------------------------------
 
     async def next_batch(self) -> Step:
-        if self.fd is None:
-            if self.renamed_out or self.deleted:
-                return self._step(Batch(self.position), Progress.CLOSED)  # never opened
-            if not await self._open():
-                await self.close()  # the slot goes to a file that can use it
-                if not self.settings.follow:  # renamed or gone since the scan: kept, closed
-                    self.renamed_out = True
-                    return self._step(Batch(self.position), Progress.CLOSED)
-                return self._step(Batch(self.position), Progress.CAUGHT_UP)
+        if self.life.state is State.CLOSED:  # renamed out before it was opened: kept, closed
+            return self._step(Batch(self.position), Progress.CLOSED)
+        if self.life.state in NOT_OPEN and not await self._open():
+            return self._step(Batch(self.position), _progress_of(self.life.state, read_on=False))
         assert self.fd is not None
-        if self.progress is Progress.CAUGHT_UP:
-            # At the end last time: check what changed before reading anything new.
+        if self.life.state in LOOK_FIRST:
+            # At the end last time, or renamed out: check what changed before reading anything.
             progress = await self._look_at_end()
             if progress is not Progress.READING:
                 return self._step(Batch(self.position), progress)
-            if self.fd is None:  # closed by a restart: opened again at the next call
+            if self.life.state in NOT_OPEN:  # closed by a restart: opened again at the next call
                 return self._step(Batch(self.position), Progress.READING)
         chunk = await self._next_chunk()
         try:
@@ -240,67 +265,57 @@ class FilePartition:
             batch = self.parser.finish()
             self._identify()
             self.size = os.fstat(self._fd()).st_size
+            self.life.on(Action.ENDED)
             return self._step(batch, Progress.DONE)
         return self._step(Batch(self.position), await self._look_at_end())
 
-    async def _park_if_others_wait(self) -> None:
-        """Caught up, with files waiting for a slot: close and queue again, so all take turns."""
-        if self.fd is not None and self.slots.statistics().tasks_waiting > 0:
-            await self.close()
-
     def _step(self, batch: Batch, progress: Progress) -> Step:
-        self.progress = progress
         return Step(batch, progress)
 
     async def _look_at_end(self) -> Progress:
         """At the end of what was there (following): grown, changed, gone, or caught up."""
         opened = os.fstat(self._fd())
         self.size = opened.st_size
-        if opened.st_size < self.parser.split_offset:
-            await self._changed(
-                f"input {self.label} was truncated to {opened.st_size} bytes", "truncated"
-            )
+        at_name = self._key_at_name() if self.plain else None
+        offset = self.position.offset
+        prefix = None
+        if opened.st_size > self.parser.split_offset and offset > 0:
+            # Grown: a rewrite of what was already consumed would read as growth too.
+            prefix = await anyio.to_thread.run_sync(identify_input, self._fd(), offset)
+        look = Look(
+            read_to=self.parser.split_offset,
+            consumed=self.identity,
+            size=opened.st_size,
+            prefix=prefix,
+            links=opened.st_nlink,
+            by_name=self.plain,
+            key=self.key,
+            at_name=at_name,
+            in_patterns=self.in_patterns,
+            idle=anyio.current_time() - self.last_growth,
+            close_inactive=self.settings.close_inactive,
+        )
+        change = classify(look)
+        if look.is_input_change(change):
+            details = {"path": self.label, "size": look.size, "offset": offset}
+            await self._changed(change, _CHANGE_MESSAGES[change].format(**details))
             return Progress.READING
-        if self.plain:
-            replaced = await self._plain_path_replaced(opened)
-            if replaced is not None:
-                await self._changed(*replaced)
-                return Progress.READING
-        if opened.st_size > self.parser.split_offset:
-            if await self._consumed_prefix_rewritten():
-                await self._changed(
-                    f"input {self.label} was rewritten: its first {self.position.offset} bytes "
-                    "are not the ones already consumed",
-                    "content_changed",
-                )
-            return Progress.READING
-        if not self.plain and opened.st_nlink == 0:
-            self.deleted = True  # finished through the open descriptor: nothing more comes
-            return Progress.CLOSED
-        inactive = anyio.current_time() - self.last_growth >= self.settings.close_inactive
-        if self.renamed_out and inactive:
-            return Progress.CLOSED
-        await self._park_if_others_wait()
-        return Progress.CAUGHT_UP
+        self.life.on(change)
+        if change is Change.UNCHANGED and self.slots.statistics().tasks_waiting > 0:
+            # Caught up, with files waiting for a slot: close and queue again, so all take turns.
+            await self.close()
+            self.life.on(Action.PARKED)
+        return _progress_of(self.life.state, read_on=change is Change.GREW)
 
-    async def _plain_path_replaced(self, opened: os.stat_result) -> tuple[str, str] | None:
+    def _key_at_name(self) -> FileKey | None:
+        """The (device, inode) of the file its name leads to now; None when none."""
         try:
             current = os.stat(self.path)
         except FileNotFoundError:
-            return f"input {self.label} was deleted", "deleted"
+            return None
         except OSError as error:
             raise InputUnreadable(f"cannot stat input {self.label}: {error.strerror}") from None
-        if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
-            return f"input {self.label} was replaced by another file", "replaced"
-        return None
-
-    async def _consumed_prefix_rewritten(self) -> bool:
-        """Growth is fine; a rewrite of what was already consumed (same file) is not."""
-        offset = self.position.offset
-        if offset == 0:
-            return False
-        now = await anyio.to_thread.run_sync(identify_input, self._fd(), offset)
-        return now != self.identity
+        return (current.st_dev, current.st_ino)
 
     def _read_size(self) -> int:
         if self.settings.max_rate <= 0:
@@ -408,7 +423,23 @@ class FilePartition:
             os.close(fd)
 
     async def close(self) -> None:
-        await self._close_handle()
-        if self.holds_slot:
-            self.holds_slot = False
+        """Close the file and give its slot back; where it stands is the state's to say."""
+        if self.fd is not None:
+            await self._close_handle()
             self.slots.release_on_behalf_of(self)
+
+
+_CHANGE_MESSAGES = {  # of a change seen while following
+    Change.TRUNCATED: "input {path} was truncated to {size} bytes",
+    Change.REWRITTEN: "input {path} was rewritten: its first {offset} bytes are not the ones "
+    "already consumed",
+    Change.REPLACED: "input {path} was replaced by another file",
+    Change.DELETED: "input {path} was deleted",
+}
+
+
+def _progress_of(state: State, *, read_on: bool) -> Progress:
+    """What the lifecycle is told after a look: read on, wait `poll_interval`, or closed."""
+    if state in (State.CLOSED, State.DELETED):
+        return Progress.CLOSED
+    return Progress.READING if read_on or state is State.OPEN else Progress.CAUGHT_UP

@@ -27,8 +27,10 @@ import anyio
 from service.core.names import shown
 from service.core.position import Position
 from service.errors import InputUnreadable
-from service.lifecycle.partition import Partition, Progress
+from service.lifecycle.partition import Partition
 from service.settings import Settings
+from service.sources.files.changes import Change, classify_scan
+from service.sources.files.life import State
 from service.sources.files.partition import READS_AT_ONCE, FilePartition
 from service.sources.files.scan import FileKey, InputPatterns, Match
 from service.storage.atomic import temp_files_of
@@ -258,20 +260,17 @@ class FileSource:
             return []
         found = await anyio.to_thread.run_sync(self.patterns.scan)
         by_key = {p.key: p for p in self.active if p.key is not None}
-        fresh: dict[FileKey, Match] = {}
-        for key, match in found.items():
-            partition = by_key.get(key)
-            if partition is None:
-                fresh[key] = match
-            elif partition.path != match.path:
-                self.log.info("file_rotated", path=shown(match.path), old_path=partition.label)
-                partition.path = match.path
-                partition.renamed_out = False
-            else:
-                partition.renamed_out = False
+        fresh = {key: match for key, match in found.items() if key not in by_key}
         for key, partition in by_key.items():
-            if key not in found:
-                partition.renamed_out = True
+            match = found.get(key)
+            found_as = None if match is None else match.path
+            change = classify_scan(partition.path, partition.in_patterns, found_as)
+            if change is Change.RENAMED and found_as is not None:
+                if found_as != partition.path:
+                    self.log.info("file_rotated", path=shown(found_as), old_path=partition.label)
+                partition.renamed_to(found_as)
+            elif change is Change.RENAMED_OUT:
+                partition.renamed_out()
         # A file renamed while it is checked (`moving`) is neither: the next scan tells.
         pairing = await anyio.to_thread.run_sync(match_saved_files, self.dormant, fresh)
         for _key, _match, state in pairing.resumed:
@@ -283,11 +282,11 @@ class FileSource:
 
     def retire(self, partition: Partition) -> None:
         assert isinstance(partition, FilePartition)
-        if partition.progress is not Progress.CLOSED:
+        if partition.state not in (State.CLOSED, State.DELETED):
             return  # done, not followed: its state stays as it is
         self.active.remove(partition)
         position = partition.position
-        if partition.deleted:
+        if partition.state is State.DELETED:
             self._fold(position)
             reason = "deleted"
         else:
