@@ -201,10 +201,12 @@ class _Worker:
                 await anyio.sleep(delay)
             if step.progress in (Progress.DONE, Progress.CLOSED):
                 await partition.close()
+                if step.progress is Progress.CLOSED:
+                    # Its series goes before the source logs `file_removed`: a scrape after that
+                    # line never shows it.
+                    self.telemetry.partition_gone(partition.label)
                 self.source.retire(partition)
                 del self.progress_of[partition]
-                if step.progress is Progress.CLOSED:
-                    self.telemetry.partition_gone(partition.label)
                 await self._catch_up()
                 return
             if step.progress is Progress.CAUGHT_UP:
