@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from service.core.decimal_text import decimal_of, exact_json
-from service.core.position import Position
+from service.core.position import Position, percent_done
 from service.errors import WorkerError
 from service.settings import Settings
 from service.sources.files.source import file_entry, input_patterns, match_saved_files
@@ -76,9 +76,7 @@ def _present_files(settings: Settings, saved: tuple[FileState, ...]) -> list[dic
 
 
 def _percent(offset: int, size: int | None) -> float | None:
-    if size is None:
-        return None
-    return round(100.0 * offset / size, 2) if size else 100.0
+    return None if size is None else round(percent_done(offset, size), 2)
 
 
 def _status_of(settings: Settings) -> dict[str, Any]:

@@ -115,3 +115,12 @@ def test_rate_meter() -> None:
     assert meter.rate(1500, now=13.0) == 0.0
     assert meter.rate(1600, now=13.0) == 0.0  # no time passed: no rate, no division by zero
     assert meter.rate(1700, now=14.0) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    ("offset", "size", "expected"),
+    [(0, 200, 0.0), (50, 200, 25.0), (200, 200, 100.0), (0, 0, 100.0)],
+)
+def test_percent_done_is_the_share_of_bytes_consumed(offset: int, size: int, expected: float) -> None:
+    """Percent done is the consumed bytes over the input's size, and an empty input is done."""
+    assert percent_done(offset, size) == expected

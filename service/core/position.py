@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-__all__ = ["Pacer", "Periodic", "Position", "RateMeter"]
+__all__ = ["Pacer", "Periodic", "Position", "RateMeter", "percent_done"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,9 @@ class RateMeter:
         value = (records - self._records) / elapsed if elapsed > 0 else 0.0
         self._records, self._time = records, now
         return value
+
+
+def percent_done(offset: int, size: int) -> float:
+    """How much of an input of `size` bytes the bytes before `offset` are, in percent; an empty
+    input is done. The one formula of the logs, `status` and the progress line."""
+    return 100.0 * offset / size if size else 100.0

@@ -27,7 +27,7 @@ import anyio.abc
 from service import __version__
 from service.core import _kernel
 from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN, Batch
-from service.core.position import Pacer, Periodic, Position, RateMeter
+from service.core.position import Pacer, Periodic, Position, RateMeter, percent_done
 from service.descriptors import reserve_descriptors
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.partition import Partition, Progress, Source
@@ -300,7 +300,7 @@ class _Worker:
             offset=total.offset,
             records=total.records,
             bad_records=total.bad_records,
-            percent=round(100.0 * total.offset / size, 2) if size else 100.0,
+            percent=round(percent_done(total.offset, size or 0), 2),
             rate=round(self.rate.rate(total.records, anyio.current_time()), 1),
             partitions=len(self.progress_of),
         )

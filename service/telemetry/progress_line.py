@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from service.core.decimal_text import decimal_of
+from service.core.position import percent_done
 from service.telemetry.logs import Logger, route_output
 from service.telemetry.port import GaugeBoard, Telemetry
 
@@ -100,7 +101,7 @@ def describe(gauges: list[Gauge], records_rate: float, bytes_rate: float) -> Pro
     left = end - offset
     caught_up = sum(1 for gauge in gauges if gauge.position.offset >= gauge.end)
     return ProgressLine(
-        percent=100.0 * offset / end if end else 100.0,
+        percent=percent_done(offset, end),
         rate=records_rate,
         eta=left / bytes_rate if left > 0 and bytes_rate > 0 else None,
         sum=sum(gauge.position.sum for gauge in gauges),
