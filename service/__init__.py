@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 __version__ = "1.0.0"
 
 _EXPORTS = {
-    "async_number_stream": "library",
     "load_checkpoint": "library",
     "number_stream": "library",
     "save_checkpoint": "library",
@@ -30,7 +29,6 @@ __all__ = [
     "Position",
     "Settings",
     "__version__",
-    "async_number_stream",
     "load_checkpoint",
     "number_stream",
     "save_checkpoint",
@@ -38,7 +36,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointStore
-    from .library import async_number_stream, load_checkpoint, number_stream, save_checkpoint
+    from .library import load_checkpoint, number_stream, save_checkpoint
     from .parsing import LineParser
     from .settings import Settings
     from .state import Position
