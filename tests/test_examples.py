@@ -55,11 +55,12 @@ class Script:
 
 
 def run_to_end(name: str, cwd: Path) -> list[str]:
-    """Run an example to its end; its output lines."""
+    """Run an example to its end; its output lines (untraced: coverage's tracer would slow
+    the library's line-by-line loop several times over)."""
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
         cwd=cwd,
-        env=worker_env(),
+        env=unmeasured(worker_env()),
         capture_output=True,
         text=True,
         timeout=300,
