@@ -83,7 +83,7 @@ def load_checkpoint(
         return SavedCheckpoint()
     state = _state_of(checkpoint, Path(path), input)
     if state is None:  # a file the checkpoint does not hold yet starts at 0
-        return SavedCheckpoint(input=str(input), checkpoint=checkpoint)
+        return SavedCheckpoint(input=None if input is None else str(input), checkpoint=checkpoint)
     filename = state.path if input is None else input
     _check_unchanged(filename, state, Path(path))
     p = state.position

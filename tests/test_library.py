@@ -310,6 +310,8 @@ def test_a_checkpoint_of_several_files_needs_the_file_named(tmp_path: Path) -> N
     with pytest.raises(CheckpointOfSeveralFiles, match=r"2 files .*a\.txt.*load_checkpoint\(input"):
         load_checkpoint(checkpoint)
     assert tuple(load_checkpoint(checkpoint, input=tmp_path / "b.txt")) == (3, 10)
+    new = load_checkpoint(checkpoint, input=tmp_path / "c.txt")  # not in it yet: from 0
+    assert (tuple(new), new.input) == ((0, 0), str(tmp_path / "c.txt"))
     save_checkpoint(6, 6, checkpoint, input=tmp_path / "a.txt")
     assert tuple(load_checkpoint(checkpoint, input=tmp_path / "a.txt")) == (6, 6)
     assert tuple(load_checkpoint(checkpoint, input=tmp_path / "b.txt")) == (3, 10)
