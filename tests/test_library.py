@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,8 @@ import service
 from service import aio, library
 from service.errors import CheckpointCorrupt, CheckpointOfSeveralFiles, InputChanged, LockHeld
 from service.library import load_checkpoint, number_stream, save_checkpoint
-from service.lock import WorkerLock
 from tests.oracle import expected_of
+from tests.processes import WorkerProcess
 
 Pairs = list[tuple[int, int]]
 
@@ -331,19 +332,20 @@ def test_load_reports_an_input_that_changed(numbers: Path, tmp_path: Path, chang
         load_checkpoint(checkpoint)
 
 
-def test_save_refuses_while_a_worker_holds_the_checkpoint(numbers: Path, tmp_path: Path) -> None:
+def test_save_refuses_while_a_worker_runs_on_the_checkpoint(numbers: Path, tmp_path: Path) -> None:
     """A save while a worker runs on the checkpoint is LockHeld, and the checkpoint is kept."""
     checkpoint = tmp_path / "checkpoint.json"
-    save_checkpoint(0, 0, checkpoint, input=numbers)
-    before = checkpoint.read_bytes()
-    worker = WorkerLock(checkpoint)
-    worker.acquire()
+    args = ["--follow", "--input", str(numbers), "--checkpoint-interval", "0.1"]
+    worker = WorkerProcess(args, tmp_path)
     try:
+        worker.wait_for("checkpoint_saved")
+        before = checkpoint.read_bytes()
         with pytest.raises(LockHeld, match="refusing to save a checkpoint"):
             save_checkpoint(2, 1, checkpoint, input=numbers)
+        assert checkpoint.read_bytes() == before
     finally:
-        worker.release()
-    assert checkpoint.read_bytes() == before
+        worker.signal(signal.SIGTERM)
+        assert worker.finish() == 0
 
 
 def test_the_async_forms_are_coroutines_and_an_async_generator() -> None:
