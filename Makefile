@@ -44,8 +44,8 @@ run: setup
 test: lint typecheck fuzz-smoke kafka-jars unit
 
 lint: setup
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff check service tests bench examples
+	$(BIN)/ruff format --check service tests bench examples
 
 typecheck: setup
 	$(BIN)/mypy

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 __version__ = "1.0.0"
 
 _EXPORTS = {
-    "async_number_stream": "library",
     "load_checkpoint": "library",
     "number_stream": "library",
     "save_checkpoint": "library",
@@ -30,7 +29,6 @@ __all__ = [
     "Position",
     "Settings",
     "__version__",
-    "async_number_stream",
     "load_checkpoint",
     "number_stream",
     "save_checkpoint",
@@ -39,7 +37,7 @@ __all__ = [
 if TYPE_CHECKING:
     from service.core.parsing import LineParser
     from service.core.position import Position
-    from service.library import async_number_stream, load_checkpoint, number_stream, save_checkpoint
+    from service.library import load_checkpoint, number_stream, save_checkpoint
     from service.settings import Settings
     from service.storage.checkpoint import Checkpoint, CheckpointStore
 

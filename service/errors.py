@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BadRecordFound",
     "CheckpointCorrupt",
+    "CheckpointOfSeveralFiles",
     "CheckpointWriteFailed",
     "InputChanged",
     "InputUnreadable",
@@ -38,6 +39,10 @@ class BadRecordFound(WorkerError):
 
 class CheckpointCorrupt(WorkerError):
     """The checkpoint file exists but cannot be trusted; it is left untouched."""
+
+
+class CheckpointOfSeveralFiles(WorkerError):
+    """The library was asked where to resume a checkpoint of several files without naming one."""
 
 
 class CheckpointWriteFailed(WorkerError):

@@ -1,46 +1,145 @@
-"""The seed's `checkpoint_stream` functions, over the same store and parsing core as the worker.
+"""The seed's `checkpoint_stream` library, over the worker's checkpoint file and input rules.
 
-    >>> from service import load_checkpoint, save_checkpoint, number_stream
-    >>> checkpoint = load_checkpoint()
-    >>> offset, running_sum = (checkpoint.offset, checkpoint.sum) if checkpoint else (0, 0)
-    >>> for offset, number in number_stream("numbers.txt", offset):
-    ...     running_sum += number
-    >>> save_checkpoint(offset, running_sum)
+    from service import load_checkpoint, save_checkpoint, number_stream
 
-`number_stream` yields (offset after the line, number) for each record, skipping blank lines and
-bad records; `async_number_stream` does the same through aiofiles.
+    offset, running_sum = load_checkpoint()
+    for offset, number in number_stream("numbers.txt", offset):
+        running_sum += number
+        save_checkpoint(offset, running_sum)  # now and then
+
+`service.aio` has the same three for coroutines.
+
+Rule 1: one checkpoint file for the library and the worker: each resumes what the other saved,
+        and a save is atomic and durable like the worker's (temp file, fsync, rename).
+Rule 2: the counts travel with the sum inside a process. `load_checkpoint` hands a file's lines,
+        records and bad records to the `number_stream` that starts at its offset, the stream
+        counts on, and `save_checkpoint(pos, ...)` saves what the stream had counted when it
+        yielded `pos`. A save at a position no stream of this process yielded saves the counts
+        passed to it (zero by default); a stream that starts at an offset no loaded checkpoint
+        named counts from zero there. Files are told apart by their absolute path.
+Rule 3: a checkpoint of several files (the worker's, of a glob) must be told which file:
+        `load_checkpoint(input=...)` gives that file's own offset and sum, and `save_checkpoint`
+        replaces that file's entry alone, keeping the others.
+Rule 4: a save takes the worker's lock for its instant, so never while a worker runs on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from service.core.parsing import LineParser, parse_values
+from service.core.parsing import LineParser, Region, line_values
 from service.core.position import Position
-from service.storage.checkpoint import Checkpoint, CheckpointStore, identify_input
+from service.errors import CheckpointOfSeveralFiles, InputChanged
+from service.storage.checkpoint import (
+    Checkpoint,
+    CheckpointStore,
+    FileState,
+    identify_input,
+    total_of,
+)
+from service.storage.lock import WorkerLock
 
-__all__ = ["async_number_stream", "load_checkpoint", "number_stream", "save_checkpoint"]
+__all__ = ["SavedCheckpoint", "load_checkpoint", "number_stream", "save_checkpoint"]
 
 STREAM_CHUNK_BYTES = 256 * 1024
-_DEFAULT_MAX_LINE_BYTES = 4096
+DEFAULT_MAX_LINE_BYTES = 4096
+
+Counts = tuple[int, int, int, int]  # offset, lines, records, bad_records: counted at that offset
+
+# What this process counted of each file (by absolute path), at the last position it knows.
+_counted: dict[str, Counts] = {}
 
 
+def _key(filename: str | Path) -> str:
+    return os.path.abspath(filename)
+
+
+@dataclass(frozen=True)
 class SavedCheckpoint:
-    """What `load_checkpoint` returns: the checkpoint's fields, flat."""
+    """Where to resume one file: unpacks as `offset, running_sum`; the rest are attributes."""
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        self.checkpoint = checkpoint
-        self.offset = checkpoint.position.offset
-        self.sum = checkpoint.position.sum
-        self.records = checkpoint.position.records
-        self.bad_records = checkpoint.position.bad_records
+    offset: int = 0
+    sum: int = 0
+    lines: int = 0
+    records: int = 0
+    bad_records: int = 0
+    input: str | None = None  # the file it is the state of; None without a checkpoint
+    completed: bool = False
+    updated_at: str | None = None
+    checkpoint: Checkpoint | None = None  # the whole checkpoint, every file in it
+
+    def __iter__(self) -> Iterator[int]:
+        return iter((self.offset, self.sum))
 
 
-def load_checkpoint(path: str | Path = "checkpoint.json") -> SavedCheckpoint | None:
-    """The saved checkpoint, or None; CheckpointCorrupt if it exists but is unusable."""
+def load_checkpoint(
+    path: str | Path = "checkpoint.json", *, input: str | Path | None = None
+) -> SavedCheckpoint:
+    """Where `input` (the checkpoint's one file, when not given) was left; (0, 0) when nowhere.
+
+    Raises CheckpointCorrupt for a checkpoint that cannot be trusted (left untouched),
+    CheckpointOfSeveralFiles when `input` is needed to choose, and InputChanged when the file no
+    longer holds what the checkpoint consumed of it.
+    """
     checkpoint = CheckpointStore(Path(path)).load()
-    return SavedCheckpoint(checkpoint) if checkpoint else None
+    if checkpoint is None:
+        return SavedCheckpoint()
+    state = _state_of(checkpoint, Path(path), input)
+    if state is None:  # a file the checkpoint does not hold yet starts at 0
+        return SavedCheckpoint(input=None if input is None else str(input), checkpoint=checkpoint)
+    filename = state.path if input is None else input
+    _check_unchanged(filename, state, Path(path))
+    p = state.position
+    _counted[_key(filename)] = (p.offset, p.lines, p.records, p.bad_records)
+    return SavedCheckpoint(
+        p.offset,
+        p.sum,
+        p.lines,
+        p.records,
+        p.bad_records,
+        state.path,
+        checkpoint.completed,
+        checkpoint.updated_at,
+        checkpoint,
+    )
+
+
+def _state_of(checkpoint: Checkpoint, path: Path, input: str | Path | None) -> FileState | None:
+    files = checkpoint.files
+    if input is not None:
+        return next((f for f in files if _key(f.path) == _key(input)), None)
+    if checkpoint.gone == Position() and len(files) <= 1:
+        return files[0] if files else None
+    names = ", ".join(f.path for f in files[:3]) + (", ..." if len(files) > 3 else "")
+    gone = " and of files now gone" if checkpoint.gone != Position() else ""
+    raise CheckpointOfSeveralFiles(
+        f"checkpoint {path} holds the state of {len(files)} files ({names}){gone}; "
+        "name the one to resume: load_checkpoint(input=...)"
+    )
+
+
+def _check_unchanged(filename: str | Path, state: FileState, path: Path) -> None:
+    """Raise InputChanged unless the file still starts with what the checkpoint consumed."""
+    offset = state.position.offset
+    try:
+        fd = os.open(filename, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # nothing to resume wrongly: reading it will say it is missing
+    try:
+        size = os.fstat(fd).st_size
+        identity = state.identity
+        same = size >= offset and (identity is None or identify_input(fd, offset) == identity)
+    finally:
+        os.close(fd)
+    if not same:
+        raise InputChanged(
+            f"input {filename} no longer holds the {offset} bytes checkpoint {path} consumed "
+            f"of it; delete {path} to start over",
+            "truncated" if size < offset else "content_changed",
+        )
 
 
 def save_checkpoint(
@@ -49,67 +148,125 @@ def save_checkpoint(
     path: str | Path = "checkpoint.json",
     *,
     input: str | Path = "numbers.txt",
-    records: int = 0,
-    bad_records: int = 0,
+    records: int | None = None,
+    bad_records: int | None = None,
     lines: int | None = None,
 ) -> None:
-    """Atomically save a checkpoint at `offset` of `input` (which must exist), like the worker."""
-    with open(input, "rb") as handle:
-        identity = identify_input(handle.fileno(), offset)
-    position = Position(
-        offset=offset,
-        lines=records + bad_records if lines is None else lines,
-        records=records,
-        bad_records=bad_records,
-        sum=running_sum,
-    )
-    CheckpointStore(Path(path)).save(Checkpoint(position, str(input), identity))
+    """Save atomically and durably that `input` was consumed up to `offset`, summing to
+    `running_sum`, with the counts this process's `number_stream` reached there (or those given).
+
+    Raises LockHeld while a worker runs on the checkpoint, ValueError for counts that cannot be.
+    """
+    position = position_at(input, offset, running_sum, records, bad_records, lines)
+    write_position(Path(path), input, position)
 
 
-def _records(parser: LineParser, chunks: Iterable[bytes]) -> Iterator[tuple[int, int]]:
-    for chunk in chunks:
-        for region in parser.split(chunk):
-            for end, value in parse_values(region.data, region.offset, parser.max_line_bytes):
-                if isinstance(value, int):
-                    yield end, value
+def position_at(
+    input: str | Path,
+    offset: int,
+    running_sum: int,
+    records: int | None = None,
+    bad_records: int | None = None,
+    lines: int | None = None,
+) -> Position:
+    """The position to save: the counts given, else those a stream of this process reached."""
+    known = _counted.get(_key(input))
+    counted = known[1:] if known is not None and known[0] == offset else (0, 0, 0)
+    records = counted[1] if records is None else records
+    bad_records = counted[2] if bad_records is None else bad_records
+    lines = max(counted[0], records + bad_records) if lines is None else lines
+    if min(offset, records, bad_records) < 0 or not records + bad_records <= lines <= offset:
+        raise ValueError(
+            f"cannot save offset {offset} with {lines} lines, {records} records and "
+            f"{bad_records} bad records: counts must be >= 0, and lines hold the records and "
+            "fit in the bytes"
+        )
+    return Position(offset, lines, records, bad_records, running_sum)
 
 
-def _last_record(parser: LineParser) -> Iterator[tuple[int, int]]:
-    unfinished = parser.take_unfinished()
-    if unfinished is not None:
-        offset, line = unfinished
-        for end, value in parse_values(line + b"\n", offset, parser.max_line_bytes):
+def write_position(path: Path, input: str | Path, position: Position) -> None:
+    """Replace `input`'s entry in the checkpoint at `path` (blocking, atomic, durable)."""
+    lock = WorkerLock(path)
+    lock.acquire(purpose="save a checkpoint")
+    try:
+        fd = os.open(input, os.O_RDONLY)
+        try:
+            info = os.fstat(fd)
+            if position.offset > info.st_size:
+                raise ValueError(
+                    f"offset {position.offset} is past the end of {input} ({info.st_size} bytes)"
+                )
+            identity = identify_input(fd, position.offset) if position.offset else None
+        finally:
+            os.close(fd)
+        store = CheckpointStore(path)
+        existing = store.load()
+        state = FileState(str(input), info.st_ino, identity, position)
+        files: tuple[FileState, ...] = (state,)
+        gone, described = Position(), str(input)
+        if existing is not None:
+            others = tuple(f for f in existing.files if _key(f.path) != _key(input))
+            files, gone, described = (*others, state), existing.gone, existing.input
+        total = total_of([gone, *(f.position for f in files)])
+        store.save(Checkpoint(total, described, None, False, files=files, gone=gone))
+    finally:
+        lock.release()
+
+
+class Stream:
+    """The heart of `number_stream`, without I/O: chunks in, (position, number) out, and the
+    counts at each yielded position kept for `save_checkpoint`."""
+
+    def __init__(self, filename: str | Path, offset: int, max_line_bytes: int) -> None:
+        self.key = _key(filename)
+        known = _counted.get(self.key)
+        if known is None or known[0] != offset:
+            known = (offset, 0, 0, 0)
+        _, self.lines, self.records, self.bad_records = known
+        self.parser = LineParser(
+            Position(offset=offset), max_line_bytes=max_line_bytes, stop_at_bad=False
+        )
+
+    def feed(self, chunk: bytes) -> Iterator[tuple[int, int]]:
+        """The records that the next chunk of the file completes."""
+        for region in self.parser.split(chunk):
+            yield from self._records(region)
+
+    def end(self) -> Iterator[tuple[int, int]]:
+        """The file ended: its last line, without a '\\n', is a line all the same."""
+        unfinished = self.parser.take_unfinished()
+        if unfinished is not None:
+            offset, line = unfinished
+            yield from self._records(Region(line + b"\n", offset), added_newline=True)
+
+    def _records(self, region: Region, *, added_newline: bool = False) -> Iterator[tuple[int, int]]:
+        if region.parsed is not None:  # an over-long line, known bad without its bytes
+            self.lines += region.parsed.lines
+            self.bad_records += region.parsed.bad_records
+            return
+        offset = region.offset
+        for length, value in line_values(region.data, self.parser.max_line_bytes):
+            offset += length
+            self.lines += 1
             if isinstance(value, int):
-                yield end - 1, value  # the input has no '\n' after its last line
-
-
-def _parser(offset: int, max_line_bytes: int) -> LineParser:
-    return LineParser(Position(offset=offset), max_line_bytes=max_line_bytes, stop_at_bad=False)
+                self.records += 1
+                end = offset - 1 if added_newline else offset
+                _counted[self.key] = (end, self.lines, self.records, self.bad_records)
+                yield end, value
+            elif value is not None:
+                self.bad_records += 1
 
 
 def number_stream(
-    filename: str | Path, offset: int = 0, *, max_line_bytes: int = _DEFAULT_MAX_LINE_BYTES
+    filename: str | Path, offset: int = 0, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 ) -> Iterator[tuple[int, int]]:
-    """Yield (offset after the line, number) for each record from byte `offset` on."""
-    parser = _parser(offset, max_line_bytes)
-    with open(filename, "rb") as handle:
+    """Yield (offset after the line, number) for each record from byte `offset` on.
+
+    Blank lines and bad records are skipped (and counted), by the worker's input rules.
+    """
+    stream = Stream(filename, offset, max_line_bytes)
+    with open(filename, "rb", buffering=0) as handle:
         handle.seek(offset)
-        chunks = iter(lambda: handle.read(STREAM_CHUNK_BYTES), b"")
-        yield from _records(parser, chunks)
-    yield from _last_record(parser)
-
-
-async def async_number_stream(
-    filename: str | Path, offset: int = 0, *, max_line_bytes: int = _DEFAULT_MAX_LINE_BYTES
-) -> AsyncIterator[tuple[int, int]]:
-    """The same as `number_stream`, reading through aiofiles, one thread hop per chunk."""
-    import aiofiles
-
-    parser = _parser(offset, max_line_bytes)
-    async with aiofiles.open(filename, "rb") as handle:
-        await handle.seek(offset)
-        while chunk := await handle.read(STREAM_CHUNK_BYTES):
-            for record in _records(parser, [chunk]):
-                yield record
-    for record in _last_record(parser):
-        yield record
+        while chunk := handle.read(STREAM_CHUNK_BYTES):
+            yield from stream.feed(chunk)
+    yield from stream.end()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +14,11 @@ from pathlib import Path
 import pytest
 
 import service
-from service import library
-from service.errors import CheckpointCorrupt
-from service.library import async_number_stream, load_checkpoint, number_stream, save_checkpoint
+from service import aio, library
+from service.errors import CheckpointCorrupt, CheckpointOfSeveralFiles, InputChanged, LockHeld
+from service.library import load_checkpoint, number_stream, save_checkpoint
 from tests.oracle import expected_of
+from tests.processes import WorkerProcess
 
 Pairs = list[tuple[int, int]]
 
@@ -35,11 +39,12 @@ def expected_pairs(data: bytes) -> Pairs:
 
 
 @functools.cache
-def mixed_input(seed: int) -> bytes:
-    """Some 600 KB of records, blanks, CRLFs, bad and over-long lines, no final '\\n'."""
+def mixed_input(seed: int, count: int = 30_000) -> bytes:
+    """`count` lines (30,000: some 600 KB) of records, blanks, CRLFs, bad and over-long lines, no
+    final '\\n'."""
     rng = random.Random(seed)
     lines = []
-    for _ in range(30_000):
+    for _ in range(count):
         kind = rng.random()
         if kind < 0.9:
             lines.append(b"%d" % rng.randint(-(10**9), 10**9))
@@ -76,8 +81,8 @@ def test_stream_yields_each_record_with_the_offset_after_it(numbers: Path) -> No
 
 @pytest.mark.anyio
 async def test_async_stream_yields_the_same(numbers: Path) -> None:
-    """async_number_stream yields exactly what number_stream does."""
-    pairs = [pair async for pair in async_number_stream(numbers)]
+    """service.aio's number_stream yields exactly what number_stream does."""
+    pairs = [pair async for pair in aio.number_stream(numbers)]
     assert pairs == list(number_stream(numbers))
 
 
@@ -95,7 +100,7 @@ async def test_async_resume_from_a_yielded_offset(numbers: Path, index: int) -> 
     """The async stream resumes from a yielded offset exactly like the sync one."""
     pairs = list(number_stream(numbers))
     offset = pairs[index][0]
-    assert [p async for p in async_number_stream(numbers, offset)] == pairs[index:][1:]
+    assert [p async for p in aio.number_stream(numbers, offset)] == pairs[index:][1:]
 
 
 @pytest.mark.parametrize(
@@ -122,19 +127,16 @@ def test_seed_workflow_resumes_to_the_same_total(
 ) -> None:
     """Stream part, save_checkpoint, load_checkpoint, stream the rest: the oracle's sum."""
     checkpoint = tmp_path / "checkpoint.json"
-    assert load_checkpoint(checkpoint) is None
-    offset, running_sum = 0, 0
+    offset, running_sum = load_checkpoint(checkpoint)
+    assert (offset, running_sum) == (0, 0)
     for count, (end, number) in enumerate(number_stream(numbers), start=1):
         offset, running_sum = end, running_sum + number
         if count == stop_after:
             break
     save_checkpoint(offset, running_sum, checkpoint, input=numbers)
 
-    saved = load_checkpoint(checkpoint)
-    assert saved is not None
-    assert (saved.offset, saved.sum) == (offset, running_sum)
-    running_sum = saved.sum
-    for _, number in number_stream(numbers, saved.offset):
+    offset, running_sum = load_checkpoint(checkpoint)
+    for _, number in number_stream(numbers, offset):
         running_sum += number
     assert running_sum == expected_of(numbers.read_bytes()).sum
 
@@ -144,16 +146,15 @@ async def test_async_seed_workflow(numbers: Path, tmp_path: Path) -> None:
     """The async seed's loop, stopped and resumed through a checkpoint, gives the oracle's sum."""
     checkpoint = tmp_path / "checkpoint.json"
     data = numbers.read_bytes()  # noqa: ASYNC240 - test setup, nothing else runs
-    running_sum = 0
-    async for offset, number in async_number_stream(numbers):
-        running_sum += number
-        if offset > len(data) // 2:
-            save_checkpoint(offset, running_sum, checkpoint, input=numbers)
-            break
-    saved = load_checkpoint(checkpoint)
-    assert saved is not None
-    running_sum = saved.sum
-    async for _, number in async_number_stream(numbers, saved.offset):
+    start, running_sum = await aio.load_checkpoint(checkpoint)
+    async with contextlib.aclosing(aio.number_stream(numbers, start)) as stream:
+        async for offset, number in stream:
+            running_sum += number
+            if offset > len(data) // 2:
+                await aio.save_checkpoint(offset, running_sum, checkpoint, input=numbers)
+                break
+    offset, running_sum = await aio.load_checkpoint(checkpoint)
+    async for _, number in aio.number_stream(numbers, offset):
         running_sum += number
     assert running_sum == expected_of(data).sum
 
@@ -172,7 +173,6 @@ def test_save_checkpoint_counts(numbers: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "checkpoint.json"
     save_checkpoint(100, -7, checkpoint, input=numbers, records=20, bad_records=3)
     saved = load_checkpoint(checkpoint)
-    assert saved is not None
     assert (saved.offset, saved.sum, saved.records, saved.bad_records) == (100, -7, 20, 3)
 
 
@@ -202,3 +202,154 @@ def test_unknown_attribute() -> None:
     """A name the package does not export is an AttributeError, as for any module."""
     with pytest.raises(AttributeError, match="no_such_thing"):
         service.no_such_thing  # noqa: B018
+
+
+def counts_at(data: bytes, offset: int) -> tuple[int, int, int]:
+    """(lines, records, bad records) of the input's first `offset` bytes, by the oracle."""
+    prefix = expected_of(data[:offset])
+    return prefix.lines, prefix.records, prefix.bad_records
+
+
+def test_no_checkpoint_unpacks_as_zero(tmp_path: Path) -> None:
+    """`offset, running_sum = load_checkpoint()` gives (0, 0) when there is no checkpoint."""
+    saved = load_checkpoint(tmp_path / "checkpoint.json")
+    offset, running_sum = saved
+    assert (offset, running_sum, saved.records, saved.input, saved.checkpoint) == (
+        0,
+        0,
+        0,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize("stop_after", [1, 777, 25_000])
+def test_a_save_holds_the_counts_the_stream_reached(
+    numbers: Path, tmp_path: Path, stop_after: int
+) -> None:
+    """save_checkpoint(pos, sum) saves the lines, records and bad records read up to pos."""
+    checkpoint = tmp_path / "checkpoint.json"
+    data = numbers.read_bytes()
+    running_sum = 0
+    for count, (offset, number) in enumerate(number_stream(numbers), start=1):
+        running_sum += number
+        if count == stop_after:
+            save_checkpoint(offset, running_sum, checkpoint, input=numbers)
+            break
+    saved = load_checkpoint(checkpoint)
+    assert (saved.lines, saved.records, saved.bad_records) == counts_at(data, offset)
+    assert (saved.offset, saved.sum, saved.input) == (offset, running_sum, str(numbers))
+
+
+@pytest.mark.anyio
+async def test_the_counts_carry_on_from_a_loaded_checkpoint(numbers: Path, tmp_path: Path) -> None:
+    """A stream that starts where a loaded checkpoint left off counts on from its counts."""
+    checkpoint = tmp_path / "checkpoint.json"
+    data = numbers.read_bytes()  # noqa: ASYNC240 - test setup, nothing else runs
+    pairs = list(number_stream(numbers))
+    first, second = pairs[9_000], pairs[21_000]
+    save_checkpoint(*first, checkpoint, input=numbers, **_counted(data, first[0]))
+    list(number_stream(numbers))  # another stream of the same file reaches its end meanwhile
+    start, running_sum = await aio.load_checkpoint(checkpoint, input=numbers)
+    async with contextlib.aclosing(aio.number_stream(numbers, start)) as stream:
+        async for offset, number in stream:
+            running_sum += number
+            if offset == second[0]:
+                await aio.save_checkpoint(offset, running_sum, checkpoint, input=numbers)
+                break
+    saved = load_checkpoint(checkpoint)
+    assert (saved.lines, saved.records, saved.bad_records) == counts_at(data, second[0])
+
+
+def _counted(data: bytes, offset: int) -> dict[str, int]:
+    lines, records, bad_records = counts_at(data, offset)
+    return {"lines": lines, "records": records, "bad_records": bad_records}
+
+
+def test_a_save_where_no_stream_was_saves_the_counts_given(numbers: Path, tmp_path: Path) -> None:
+    """A save at a position no stream of this process yielded keeps the given counts, else 0."""
+    checkpoint = tmp_path / "checkpoint.json"
+    offset = numbers.read_bytes().index(b"\n", 5000) + 1
+    save_checkpoint(offset, 12, checkpoint, input=numbers)
+    saved = load_checkpoint(checkpoint)
+    assert (saved.offset, saved.sum, saved.lines, saved.records, saved.bad_records) == (
+        offset,
+        12,
+        0,
+        0,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("offset", "counts", "message"),
+    [
+        pytest.param(10**9, {}, "past the end", id="past-the-end"),
+        pytest.param(-1, {}, "counts must be", id="negative"),
+        pytest.param(10, {"records": 11}, "counts must be", id="more-records-than-bytes"),
+        pytest.param(10, {"records": 3, "lines": 2}, "counts must be", id="fewer-lines"),
+    ],
+)
+def test_a_save_that_cannot_be_resumed_is_refused(
+    numbers: Path, tmp_path: Path, offset: int, counts: dict[str, int], message: str
+) -> None:
+    """Counts or offsets no file could have are a ValueError, and nothing is written."""
+    checkpoint = tmp_path / "checkpoint.json"
+    with pytest.raises(ValueError, match=message):
+        save_checkpoint(offset, 0, checkpoint, input=numbers, **counts)
+    assert not checkpoint.exists()
+
+
+def test_a_checkpoint_of_several_files_needs_the_file_named(tmp_path: Path) -> None:
+    """Without `input=`, a checkpoint of several files is one clear error; with it, that file's
+    own offset and sum, and a save replaces that file's entry alone."""
+    checkpoint = tmp_path / "checkpoint.json"
+    for name, data in (("a.txt", b"1\n2\n3\n"), ("b.txt", b"10\n20\n")):
+        (tmp_path / name).write_bytes(data)
+    save_checkpoint(2, 1, checkpoint, input=tmp_path / "a.txt")
+    save_checkpoint(3, 10, checkpoint, input=tmp_path / "b.txt")
+    with pytest.raises(CheckpointOfSeveralFiles, match=r"2 files .*a\.txt.*load_checkpoint\(input"):
+        load_checkpoint(checkpoint)
+    assert tuple(load_checkpoint(checkpoint, input=tmp_path / "b.txt")) == (3, 10)
+    new = load_checkpoint(checkpoint, input=tmp_path / "c.txt")  # not in it yet: from 0
+    assert (tuple(new), new.input) == ((0, 0), str(tmp_path / "c.txt"))
+    save_checkpoint(6, 6, checkpoint, input=tmp_path / "a.txt")
+    assert tuple(load_checkpoint(checkpoint, input=tmp_path / "a.txt")) == (6, 6)
+    assert tuple(load_checkpoint(checkpoint, input=tmp_path / "b.txt")) == (3, 10)
+    whole = load_checkpoint(checkpoint, input=tmp_path / "b.txt").checkpoint
+    assert whole is not None
+    assert (whole.position.offset, whole.position.sum) == (9, 16)
+
+
+@pytest.mark.parametrize("change", ["rewritten", "truncated"])
+def test_load_reports_an_input_that_changed(numbers: Path, tmp_path: Path, change: str) -> None:
+    """Resuming a file that no longer holds what was consumed is InputChanged, not a wrong sum."""
+    checkpoint = tmp_path / "checkpoint.json"
+    data = numbers.read_bytes()
+    save_checkpoint(len(data) // 2, 0, checkpoint, input=numbers)
+    numbers.write_bytes(b"7" + data[1:] if change == "rewritten" else data[:100])
+    with pytest.raises(InputChanged, match="no longer holds"):
+        load_checkpoint(checkpoint)
+
+
+def test_save_refuses_while_a_worker_runs_on_the_checkpoint(numbers: Path, tmp_path: Path) -> None:
+    """A save while a worker runs on the checkpoint is LockHeld, and the checkpoint is kept."""
+    checkpoint = tmp_path / "checkpoint.json"
+    args = ["--follow", "--input", str(numbers), "--checkpoint-interval", "0.1"]
+    worker = WorkerProcess(args, tmp_path)
+    try:
+        worker.wait_for("checkpoint_saved")
+        before = checkpoint.read_bytes()
+        with pytest.raises(LockHeld, match="refusing to save a checkpoint"):
+            save_checkpoint(2, 1, checkpoint, input=numbers)
+        assert checkpoint.read_bytes() == before
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.finish() == 0
+
+
+def test_the_async_forms_are_coroutines_and_an_async_generator() -> None:
+    """service.aio has load and save as coroutines and number_stream as an async generator."""
+    assert inspect.iscoroutinefunction(aio.load_checkpoint)
+    assert inspect.iscoroutinefunction(aio.save_checkpoint)
+    assert inspect.isasyncgenfunction(aio.number_stream)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from service.core.position import Pacer, Periodic, Position, RateMeter
+from service.core.position import Pacer, Periodic, Position, RateMeter, percent_done
 
 
 def test_position_advance_adds_every_count() -> None:
@@ -121,6 +121,8 @@ def test_rate_meter() -> None:
     ("offset", "size", "expected"),
     [(0, 200, 0.0), (50, 200, 25.0), (200, 200, 100.0), (0, 0, 100.0)],
 )
-def test_percent_done_is_the_share_of_bytes_consumed(offset: int, size: int, expected: float) -> None:
+def test_percent_done_is_the_share_of_bytes_consumed(
+    offset: int, size: int, expected: float
+) -> None:
     """Percent done is the consumed bytes over the input's size, and an empty input is done."""
     assert percent_done(offset, size) == expected

@@ -33,9 +33,9 @@ __all__ = [
     "LineParser",
     "Region",
     "RegionResult",
+    "line_values",
     "parse_region",
     "parse_region_reference",
-    "parse_values",
 ]
 
 LINE_TOO_LONG = "line_too_long"
@@ -162,15 +162,11 @@ def parse_region_reference(
     return RegionResult(offset, len(lines), records, bad_records, total, tuple(bad))
 
 
-def parse_values(
-    region: Buffer, offset: int, max_line_bytes: int
-) -> Iterator[tuple[int, int | str]]:
-    """Each non-blank line of a region of whole lines: (offset after it, value or bad reason)."""
+def line_values(region: Buffer, max_line_bytes: int) -> Iterator[tuple[int, int | str | None]]:
+    """Each line of a region of whole lines: (its length with its '\\n', its value, None for a
+    blank line, or the reason it is a bad record)."""
     for line in bytes(region).split(b"\n")[:-1]:
-        offset += len(line) + 1
-        kind = _classify(line, max_line_bytes)
-        if kind is not None:
-            yield offset, kind
+        yield len(line) + 1, _classify(line, max_line_bytes)
 
 
 def _cut(chunk: bytes, start: int, end: int, chunk_offset: int, parts: int) -> list[Region]:

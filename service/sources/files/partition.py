@@ -15,16 +15,18 @@ Rule 4: at most `max_open_files` partitions hold a file open; the others wait fo
         followed file that is caught up gives its slot up while others wait (reopened by name
         later, and only if it is still the same (device, inode)). At most `READS_AT_ONCE` chunks
         are in memory at once (read, read ahead, or being parsed), so memory stays bounded.
-Rule 5: a chunk is cut into pieces that the parsing threads share out as each is free; the
-        first thread reads the next chunk meanwhile, when a reading slot is free right then.
-        A change of position (restart, close) drops what was read ahead.
+Rule 5: the bytes come from an aiofiles async generator of chunks (`read_chunks`) on the
+        partition's own descriptor, consumed with `async for`, which reads the next chunk ahead
+        while this one is parsed. A chunk is cut into pieces that the parsing threads share out
+        as each is free. A change of position (restart, close) closes the generator, which
+        drops what it read ahead.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 
 import anyio
 
@@ -36,6 +38,7 @@ from service.lifecycle.partition import Gauge, Progress, Step
 from service.settings import Settings
 from service.sources.files.changes import Change, Look, classify
 from service.sources.files.life import LOOK_FIRST, NOT_OPEN, Action, FileLife, State
+from service.sources.files.reading import Chunk, read_chunks
 from service.sources.files.scan import FileKey
 from service.storage.checkpoint import FileState, InputIdentity, identify_input
 from service.telemetry.logs import Logger
@@ -45,23 +48,8 @@ __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition"]
 CHUNK_BYTES = 4 * 1024 * 1024  # held once (regions are views of it): peak RSS stays < 50 MB
 READS_AT_ONCE = 2  # chunks in memory at once, over all files: one parsed while the next is read
 PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
-PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together, the read included
+PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together
 _PACED_BATCHES_PER_SECOND = 10
-
-
-@dataclass(eq=False)
-class _Chunk:
-    """Bytes read from the file, or why not; the chunk itself holds its reading slot."""
-
-    data: bytes = b""
-    error: OSError | None = None
-
-    def read(self, fd: int, size: int) -> None:
-        """Read from `fd` (blocking); an error is kept for when the chunk is used."""
-        try:
-            self.data = os.read(fd, size)
-        except OSError as error:
-            self.error = error
 
 
 class FilePartition:
@@ -90,7 +78,7 @@ class FilePartition:
         self.parser = self._new_parser(resume.position if resume else Position())
         self.identity: InputIdentity | None = resume.identity if resume else None
         self.fd: int | None = None  # open while it holds a slot
-        self._ahead: _Chunk | None = None  # the next chunk, read while the last one was parsed
+        self._chunks: AsyncGenerator[Chunk, None] | None = None  # reading from the position on
         self.size: int | None = None
         self.last_growth = anyio.current_time()
         self.life = FileLife(by_name=plain)
@@ -165,7 +153,7 @@ class FilePartition:
         self.size = info.st_size
         if first and self.position.offset > 0:
             await self._check_saved_state(info.st_size)
-        self._seek(self.parser.split_offset)
+        await self._seek(self.parser.split_offset)
         return True
 
     async def _open_by_name(self) -> tuple[int, os.stat_result] | None:
@@ -212,8 +200,8 @@ class FilePartition:
         assert self.fd is not None
         return self.fd
 
-    def _seek(self, offset: int) -> None:
-        self._drop_read_ahead()
+    async def _seek(self, offset: int) -> None:
+        await self._stop_reading()
         os.lseek(self._fd(), offset, os.SEEK_SET)
 
     async def _changed(self, change: Change, message: str) -> None:
@@ -233,7 +221,7 @@ class FilePartition:
             await self.close()  # the path names another file now, or none yet
             self.key = self.inode = None
         else:
-            self._seek(0)
+            await self._seek(0)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -250,17 +238,18 @@ class FilePartition:
                 return self._step(Batch(self.position), progress)
             if self.life.state in NOT_OPEN:  # closed by a restart: opened again at the next call
                 return self._step(Batch(self.position), Progress.READING)
-        chunk = await self._next_chunk()
-        try:
-            if chunk.error is not None:
-                raise InputUnreadable(f"cannot read input {self.label}: {chunk.error.strerror}")
-            if chunk.data:
+        # One chunk a call: the generator waits between calls, reading the next one ahead.
+        async for chunk in self._reader():
+            try:
+                if chunk.error is not None:
+                    raise InputUnreadable(f"cannot read input {self.label}: {chunk.error.strerror}")
                 self.last_growth = anyio.current_time()
                 regions = self.parser.split(chunk.data, PIECES_PER_CHUNK)
                 batch = await self._parse_and_commit(regions)
                 return self._step(batch, Progress.READING)
-        finally:
-            self.reading.release_on_behalf_of(chunk)
+            finally:
+                self.reading.release_on_behalf_of(chunk)
+        self._chunks = None  # read to the end as it is now: a new generator reads what comes
         if not self.settings.follow:
             batch = self.parser.finish()
             self._identify()
@@ -325,24 +314,17 @@ class FilePartition:
         batch = self.settings.max_rate * bytes_per_record / _PACED_BATCHES_PER_SECOND
         return max(64, min(CHUNK_BYTES, int(batch)))
 
-    async def _next_chunk(self) -> _Chunk:
-        """The next chunk, holding a reading slot: the one read ahead, or one read now."""
-        if self._ahead is not None:
-            ahead, self._ahead = self._ahead, None
-            return ahead
-        chunk = _Chunk()
-        await self.reading.acquire_on_behalf_of(chunk)  # a few chunks at once, however many files
-        try:
-            await anyio.to_thread.run_sync(chunk.read, self._fd(), self._read_size())
-        except BaseException:
-            self.reading.release_on_behalf_of(chunk)
-            raise
-        return chunk
+    def _reader(self) -> AsyncGenerator[Chunk, None]:
+        """The chunks from the position on (a few at once, however many files)."""
+        if self._chunks is None:
+            self._chunks = read_chunks(self._fd(), self.reading, self._read_size)
+        return self._chunks
 
-    def _drop_read_ahead(self) -> None:
-        if self._ahead is not None:
-            ahead, self._ahead = self._ahead, None
-            self.reading.release_on_behalf_of(ahead)
+    async def _stop_reading(self) -> None:
+        """Close the generator: what it read ahead is dropped and its slot freed."""
+        if self._chunks is not None:
+            chunks, self._chunks = self._chunks, None
+            await chunks.aclose()
 
     async def _parse_and_commit(self, regions: list[Region]) -> Batch:
         """Parse whole-line regions (reading ahead meanwhile); commit in order up to a failure."""
@@ -361,47 +343,23 @@ class FilePartition:
         return Batch(self.parser.position, tuple(bad), failed)
 
     async def _parse(self, regions: list[Region]) -> list[RegionResult]:
-        """Each region's result: small ones here, large ones in threads that read ahead too."""
+        """Each region's result: small ones here, large ones in threads."""
         if sum(len(r.data) for r in regions) < MIN_PIECE_BYTES:
             return [self.parser.parse(r) for r in regions]
-        ahead = self._reserve_read_ahead()
-        to_read = iter(() if ahead is None else (ahead,))
         pending = iter(range(len(regions)))  # next() holds the GIL: each index goes to one thread
         results: list[RegionResult | None] = [None] * len(regions)
-        fd, size = self._fd(), self._read_size()
 
         def share_out() -> None:
-            for chunk in to_read:  # the first thread reads the next chunk while others parse
-                chunk.read(fd, size)
             for index in pending:
                 results[index] = self.parser.parse(regions[index])
 
-        try:
-            async with anyio.create_task_group() as threads:
-                for _ in range(min(PARSE_THREADS, len(regions))):
-                    # Not abandoned if shutdown cancels us: a thread that finishes while the
-                    # event loop closes writes to its half-closed self-pipe, and SIGPIPE (default
-                    # for the CLI) kills the process after the final checkpoint with 141, not 0.
-                    threads.start_soon(anyio.to_thread.run_sync, share_out)
-        finally:
-            if ahead is not None:
-                self._keep_read_ahead(ahead)
+        async with anyio.create_task_group() as threads:
+            for _ in range(min(PARSE_THREADS, len(regions))):
+                # Not abandoned if shutdown cancels us: a thread that finishes while the event
+                # loop closes writes to its half-closed self-pipe, and SIGPIPE (default for the
+                # CLI) kills the process after the final checkpoint with 141, not 0.
+                threads.start_soon(anyio.to_thread.run_sync, share_out)
         return [r for r in results if r is not None]
-
-    def _reserve_read_ahead(self) -> _Chunk | None:
-        """A chunk to read ahead into, holding a reading slot; None when none is free now."""
-        chunk = _Chunk()
-        try:
-            self.reading.acquire_on_behalf_of_nowait(chunk)
-        except anyio.WouldBlock:
-            return None
-        return chunk
-
-    def _keep_read_ahead(self, ahead: _Chunk) -> None:
-        if ahead.data or ahead.error is not None:
-            self._ahead = ahead
-        else:
-            self.reading.release_on_behalf_of(ahead)  # at the end, or never read: look again
 
     def _identify(self) -> None:
         """The identity of the consumed prefix, from the page cache: it was just read."""
@@ -417,7 +375,7 @@ class FilePartition:
     # --- closing ------------------------------------------------------------------------------
 
     async def _close_handle(self) -> None:
-        self._drop_read_ahead()
+        await self._stop_reading()
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)

@@ -1,0 +1,71 @@
+"""The seed's coroutine library: `service`'s three functions for async code, one checkpoint file.
+
+    from service.aio import load_checkpoint, save_checkpoint, number_stream
+
+    offset, running_sum = await load_checkpoint()
+    async for offset, number in number_stream("numbers.txt", offset):
+        running_sum += number
+        await save_checkpoint(offset, running_sum)  # now and then
+
+The file reads go through aiofiles and the blocking checkpoint work (fsync, rename) runs in a
+thread, so the event loop keeps turning. aiofiles runs on asyncio only.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import aiofiles
+import anyio
+
+from service.library import (
+    DEFAULT_MAX_LINE_BYTES,
+    STREAM_CHUNK_BYTES,
+    SavedCheckpoint,
+    Stream,
+    position_at,
+    write_position,
+)
+from service.library import load_checkpoint as _load_checkpoint
+
+__all__ = ["load_checkpoint", "number_stream", "save_checkpoint"]
+
+
+async def load_checkpoint(
+    path: str | Path = "checkpoint.json", *, input: str | Path | None = None
+) -> SavedCheckpoint:
+    """`service.load_checkpoint`, read off the event loop."""
+    return await anyio.to_thread.run_sync(functools.partial(_load_checkpoint, path, input=input))
+
+
+async def save_checkpoint(
+    offset: int,
+    running_sum: int,
+    path: str | Path = "checkpoint.json",
+    *,
+    input: str | Path = "numbers.txt",
+    records: int | None = None,
+    bad_records: int | None = None,
+    lines: int | None = None,
+) -> None:
+    """`service.save_checkpoint`, written off the event loop, atomically and durably."""
+    # The counts are taken here, on the loop, before a stream can move on.
+    position = position_at(input, offset, running_sum, records, bad_records, lines)
+    await anyio.to_thread.run_sync(write_position, Path(path), input, position)
+
+
+async def number_stream(
+    filename: str | Path, offset: int = 0, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> AsyncGenerator[tuple[int, int], None]:
+    """Yield (offset after the line, number) for each record from byte `offset` on, through
+    aiofiles, one thread hop a chunk."""
+    stream = Stream(filename, offset, max_line_bytes)
+    async with aiofiles.open(filename, "rb", buffering=0) as handle:
+        await handle.seek(offset)
+        while chunk := await handle.read(STREAM_CHUNK_BYTES):
+            for record in stream.feed(chunk):
+                yield record
+    for record in stream.end():
+        yield record

@@ -1,0 +1,159 @@
+"""The worker's read path: an aiofiles async generator of chunks, bounded in memory, proven to
+carry every byte the worker consumes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from service.sources.files.reading import read_chunks
+from tests.oracle import expected_of_files
+from tests.processes import WorkerProcess, worker_env
+
+COUNTER = Path(__file__).resolve().parent / "aiofiles_counter.py"
+FAST = ["--poll-interval", "0.05", "--checkpoint-interval", "0.05"]
+
+
+def _numbers(count: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    return b"".join(b"%d\n" % rng.randrange(-(10**9), 10**9) for _ in range(count))
+
+
+def _counted(report: Path) -> int:
+    """The bytes aiofiles' reads returned in a counted worker."""
+    return sum(int(line) for line in report.read_text().split())
+
+
+def _counted_run(args: list[str], cwd: Path, report: Path) -> dict[str, object]:
+    """Run the worker to its end with aiofiles' reads counted; its result.json."""
+    done = subprocess.run(
+        [sys.executable, str(COUNTER), str(report), "run", *args],
+        cwd=cwd,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((cwd / "result.json").read_text())
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.mark.anyio
+async def test_chunks_hold_reading_slots_and_never_exceed_them(tmp_path: Path) -> None:
+    """Over two files read at once, at most the limiter's chunks exist, read-ahead included; a
+    closed generator frees its slots; every byte arrives, in order."""
+    contents = [os.urandom(700_000), os.urandom(900_000)]
+    reading = anyio.CapacityLimiter(2)
+    received: list[list[bytes]] = [[], []]
+    most = 0
+
+    async def consume(index: int, fds: list[int]) -> None:
+        nonlocal most
+        async for chunk in read_chunks(fds[index], reading, lambda: 64 * 1024):
+            most = max(most, reading.borrowed_tokens)
+            received[index].append(chunk.data)
+            await anyio.lowlevel.checkpoint()  # let the other file's reader and the read-ahead run
+            reading.release_on_behalf_of(chunk)
+
+    fds = []
+    for index, data in enumerate(contents):
+        path = tmp_path / f"{index}.bin"
+        path.write_bytes(data)
+        fds.append(os.open(path, os.O_RDONLY))
+    try:
+        async with anyio.create_task_group() as readers:
+            for index in range(2):
+                readers.start_soon(consume, index, fds)
+        assert [b"".join(r) for r in received] == contents
+        assert most == 2
+        assert reading.borrowed_tokens == 0
+
+        os.lseek(fds[0], 0, os.SEEK_SET)
+        chunks = read_chunks(fds[0], reading, lambda: 64 * 1024)
+        first = await anext(chunks)  # the next one is being read ahead meanwhile
+        assert reading.borrowed_tokens == 2
+        await chunks.aclose()
+        reading.release_on_behalf_of(first)
+        assert reading.borrowed_tokens == 0
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.anyio
+async def test_chunks_come_through_the_descriptor_of_a_deleted_file(tmp_path: Path) -> None:
+    """A file deleted after its open is read to its end through the descriptor."""
+    path = tmp_path / "gone.txt"
+    path.write_bytes(b"1\n2\n" * 100_000)
+    fd = os.open(path, os.O_RDONLY)
+    path.unlink()
+    reading = anyio.CapacityLimiter(2)
+    data = b""
+    try:
+        async with contextlib.aclosing(read_chunks(fd, reading, lambda: 256 * 1024)) as chunks:
+            async for chunk in chunks:
+                data += chunk.data
+                reading.release_on_behalf_of(chunk)
+    finally:
+        os.close(fd)
+    assert data == b"1\n2\n" * 100_000
+
+
+@pytest.mark.parametrize("kind", ["plain", "glob"])
+def test_every_byte_consumed_comes_through_aiofiles(tmp_path: Path, kind: str) -> None:
+    """A plain path and a glob: aiofiles' reads return exactly the bytes of every file, once."""
+    files = 3 if kind == "glob" else 1
+    contents = [_numbers(300_000 + index, seed=index) for index in range(files)]
+    (tmp_path / "in").mkdir()
+    for index, data in enumerate(contents):
+        (tmp_path / "in" / f"{index}.txt").write_bytes(data)
+    pattern = "in/*.txt" if kind == "glob" else "in/0.txt"
+    report = tmp_path / "aiofiles-reads"
+    result = _counted_run(["--input", pattern], tmp_path, report)
+    expected = expected_of_files(contents)
+    assert (result["sum"], result["offset"]) == (expected.sum, expected.offset)
+    assert _counted(report) == sum(len(data) for data in contents)
+
+
+def test_followed_appends_come_through_aiofiles(tmp_path: Path) -> None:
+    """Following a glob while lines are appended: every byte consumed came through aiofiles."""
+    (tmp_path / "in").mkdir()
+    paths = [tmp_path / "in" / f"{index}.txt" for index in range(2)]
+    for path in paths:
+        path.write_bytes(_numbers(1000, seed=7))
+    report = tmp_path / "aiofiles-reads"
+    worker = WorkerProcess(
+        [str(report), "run", "--input", "in/*.txt", "--follow", *FAST],
+        tmp_path,
+        worker_env(),
+        program=(sys.executable, str(COUNTER)),
+    )
+    worker.wait_for("caught_up", records=2000)
+    rng = random.Random(5)
+    for round_ in range(20):
+        data = _numbers(rng.randrange(1, 5000), seed=round_)
+        cut = rng.randrange(len(data))  # a line split across two writes
+        with paths[round_ % 2].open("ab") as handle:
+            handle.write(data[:cut])
+            handle.flush()
+            handle.write(data[cut:])
+    expected = expected_of_files([path.read_bytes() for path in paths])
+    worker.wait_for("caught_up", timeout=60, records=expected.records)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    stopped = worker.named("worker_stopped")[0]
+    assert (stopped["sum"], stopped["offset"]) == (expected.sum, expected.offset)
+    assert _counted(report) >= expected.offset
