@@ -135,6 +135,7 @@ class FileSource:
         self.saved: tuple[tuple[FileState, ...], Position] | None = None
         self.saving = anyio.Lock()
         self.waiting_logged = False
+        self.loop_logged = False
 
     def describe(self) -> str:
         return self.patterns.describe()
@@ -198,12 +199,12 @@ class FileSource:
         or shows another file under its old name; folding its state then would read it again
         from 0. Another look tells a file that is gone from one that was moving.
         """
-        scanned = await anyio.to_thread.run_sync(self.patterns.scan)
+        scanned = await self._scan()
         pairing = await anyio.to_thread.run_sync(match_saved_files, saved, scanned)
         looks = 1
         while (pairing.gone and looks == 1) or (pairing.moving and looks < _LOOKS_WHILE_MOVING):
             await anyio.sleep(_LOOK_AGAIN_DELAY)
-            scanned = await anyio.to_thread.run_sync(self.patterns.scan)
+            scanned = await self._scan()
             claimed = {key for key, _match, _state in pairing.resumed} | set(pairing.new)
             unclaimed = {k: m for k, m in scanned.items() if k not in claimed}
             later = await anyio.to_thread.run_sync(match_saved_files, pairing.gone, unclaimed)
@@ -229,6 +230,19 @@ class FileSource:
             partitions.append(self._add(match.path, key, None))
         return partitions
 
+    async def _scan(self) -> dict[FileKey, Match]:
+        """The files of the input now, off the event loop; a `**` loop is said once a run."""
+        loops: list[str] = []
+        found = await anyio.to_thread.run_sync(self.patterns.scan, loops)
+        if loops and not self.loop_logged:
+            self.loop_logged = True
+            self.log.warning(
+                "directory_loop",
+                path=loops[0],
+                message="a directory reached again through a symbolic link is walked once",
+            )
+        return found
+
     def _log_waiting(self) -> None:
         if not self.waiting_logged:
             self.waiting_logged = True
@@ -249,7 +263,7 @@ class FileSource:
     async def discover(self) -> list[Partition]:
         if self.patterns.plain_path is not None:
             return []
-        found = await anyio.to_thread.run_sync(self.patterns.scan)
+        found = await self._scan()
         by_key = {p.key: p for p in self.active if p.key is not None}
         fresh: dict[FileKey, Match] = {}
         for key, match in found.items():
