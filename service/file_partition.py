@@ -236,9 +236,14 @@ class FilePartition:
         finally:
             self.reading.release_on_behalf_of(chunk)
         if not self.settings.follow:
+            self.size = os.fstat(self._fd()).st_size
+            if self.size < self.parser.split_offset:  # cut below the position while read
+                await self._changed(
+                    f"input {self.path} was truncated to {self.size} bytes", "truncated"
+                )
+                return self._step(Batch(self.position), Progress.READING)
             batch = self.parser.finish()
             self._identify()
-            self.size = os.fstat(self._fd()).st_size
             return self._step(batch, Progress.DONE)
         return self._step(Batch(self.position), await self._look_at_end())
 
