@@ -33,6 +33,7 @@ __all__ = [
     "FileState",
     "InputIdentity",
     "identify_input",
+    "require_directory_of",
     "sealed",
     "total_of",
     "write_json",
@@ -252,6 +253,19 @@ def _verify_seal(raw: bytes) -> None:
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Atomically replace `path` with a JSON document, or raise CheckpointWriteFailed."""
     _write(path, (_dumps(document) + "\n").encode())
+
+
+def require_directory_of(path: Path) -> None:
+    """Raise CheckpointWriteFailed unless `path` could be written later: found at start-up,
+    not after the whole input was read."""
+    directory = path.parent
+    if not directory.is_dir():
+        problem = "does not exist" if not directory.exists() else "is not a directory"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        problem = "is not writable"
+    else:
+        return
+    raise CheckpointWriteFailed(f"cannot write {path}: its directory {directory} {problem}")
 
 
 def _write(path: Path, data: bytes) -> None:

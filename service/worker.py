@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 
 from . import __version__, _kernel
-from .checkpoint import write_json
+from .checkpoint import require_directory_of, write_json
 from .errors import BadRecordFound, UnexpectedError, WorkerError
 from .lock import HEARTBEAT_INTERVAL
 from .logs import Logger
@@ -94,6 +94,7 @@ class _Worker:
 
             async def start() -> None:
                 self.source.acquire()
+                require_directory_of(self.settings.result)
                 self.telemetry.open(self.log)  # /readyz says 503 until start-up is done
                 partitions.extend(await self.source.start())
                 self.rate = RateMeter(self.source.totals().records, anyio.current_time())
