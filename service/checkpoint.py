@@ -9,6 +9,9 @@ Rule 3: a file's identity is its inode (never its device number, which a remount
 Rule 4: format 2 holds every file's state as of one instant, the totals over all of them (files
         that are gone included) at the top level, and a SHA-256 of the file's own bytes: any
         changed byte makes it corrupt. Format 1 (one file, no checksum) is still read.
+Rule 5: a save costs what changed: each file's entry is one line of JSON, kept between saves
+        (`FileLines`) and encoded again only when that file's state is a new one. The text is
+        the same JSON whatever its layout, so every reader reads every checkpoint written.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +34,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "Checkpoint",
     "CheckpointStore",
+    "FileLines",
     "FileState",
     "InputIdentity",
     "identify_input",
@@ -67,18 +72,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def total_of(positions: list[Position] | tuple[Position, ...]) -> Position:
-    """The sum of positions, field by field."""
-    total = Position()
+def total_of(positions: Iterable[Position]) -> Position:
+    """The sum of positions, field by field (one pass, one new Position: cheap for 100,000)."""
+    offset = lines = records = bad_records = total = 0
     for p in positions:
-        total = total.advance(
-            consumed=p.offset,
-            lines=p.lines,
-            records=p.records,
-            bad_records=p.bad_records,
-            total=p.sum,
-        )
-    return total
+        offset += p.offset
+        lines += p.lines
+        records += p.records
+        bad_records += p.bad_records
+        total += p.sum
+    return Position(offset, lines, records, bad_records, total)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ class Checkpoint:
             single = FileState(self.input, None, self.identity, self.position)
             object.__setattr__(self, "files", (single,))
 
-    def to_json(self) -> dict[str, Any]:
+    def _head(self) -> dict[str, Any]:
         return {
             "version": CHECKPOINT_VERSION,
             "input": self.input,
@@ -172,8 +175,17 @@ class Checkpoint:
             "completed": self.completed,
             "updated_at": self.updated_at,
             "gone": asdict(self.gone),
-            "files": [f.to_json() for f in self.files],
         }
+
+    def to_json(self) -> dict[str, Any]:
+        return self._head() | {"files": [f.to_json() for f in self.files]}
+
+    def encode(self, file_lines: list[str]) -> bytes:
+        """The sealed text of this checkpoint, its files given as their lines of JSON."""
+        head = self._head() | {"files": _FILES_TOKEN} | _ZERO_CHECKSUM
+        files = "[\n    " + ",\n    ".join(file_lines) + "\n  ]" if file_lines else "[]"
+        text = _dumps(head).replace(json.dumps(_FILES_TOKEN), files, 1)
+        return _seal(text.encode() + b"\n")
 
     @classmethod
     def from_json(cls, data: object) -> Checkpoint:
@@ -209,7 +221,7 @@ class Checkpoint:
         )
 
 
-def _dumps(document: dict[str, Any]) -> str:
+def _dumps(document: Any, indent: int | None = 2) -> str:
     """JSON text of a document whose integers (at any depth) may be of any length."""
     long_ints: dict[str, int] = {}
 
@@ -224,18 +236,48 @@ def _dumps(document: dict[str, Any]) -> str:
             return [shield(v) for v in value]
         return value
 
-    text = json.dumps(shield(document), indent=2)
+    text = json.dumps(shield(document), indent=indent)
     for token, value in long_ints.items():
         text = text.replace(json.dumps(token), decimal_of(value))
     return text
 
 
-def sealed(document: dict[str, Any]) -> bytes:
-    """The document's text ending in a checksum of that very text (its digits zeroed)."""
-    text = _dumps(document | {"checksum": "sha256:" + "0" * _CHECKSUM_HEX}).encode() + b"\n"
+def _seal(text: bytes) -> bytes:
+    """`text`, whose checksum digits are zeros, with the checksum of that very text in them."""
     digest = hashlib.sha256(text).hexdigest().encode()
     at = text.rindex(_CHECKSUM_KEY) + len(_CHECKSUM_KEY)
     return text[:at] + digest + text[at + _CHECKSUM_HEX :]
+
+
+_ZERO_CHECKSUM = {"checksum": "sha256:" + "0" * _CHECKSUM_HEX}
+_FILES_TOKEN = "\0files\0"
+
+
+def sealed(document: dict[str, Any]) -> bytes:
+    """The document's text ending in a checksum of that very text (its digits zeroed)."""
+    return _seal(_dumps(document | _ZERO_CHECKSUM).encode() + b"\n")
+
+
+class FileLines:
+    """Each file's entry as one line of JSON, kept from one save to the next.
+
+    A partition hands out the same `FileState` object until its state changes, so a save
+    encodes only the entries that changed since the last one (blocking; one save at a time).
+    """
+
+    def __init__(self) -> None:
+        self._lines: dict[int, tuple[FileState, str]] = {}  # id(state) -> (state, its line)
+
+    def of(self, files: tuple[FileState, ...]) -> list[str]:
+        kept, self._lines = self._lines, {}
+        lines = []
+        for state in files:
+            entry = kept.get(id(state))
+            if entry is None or entry[0] is not state:  # the state is kept: its id is not reused
+                entry = (state, _dumps(state.to_json(), indent=None))
+            self._lines[id(state)] = entry
+            lines.append(entry[1])
+        return lines
 
 
 def _verify_seal(raw: bytes) -> None:
@@ -307,5 +349,7 @@ class CheckpointStore:
                 "fix it, or run `checkpoint-worker reset` to start over"
             ) from error
 
-    def save(self, checkpoint: Checkpoint) -> None:
-        _write(self.path, sealed(checkpoint.to_json()))
+    def save(self, checkpoint: Checkpoint, lines: FileLines | None = None) -> None:
+        """Write `checkpoint`; with `lines`, only the files that changed since are encoded."""
+        file_lines = (lines or FileLines()).of(checkpoint.files)
+        _write(self.path, checkpoint.encode(file_lines))

@@ -41,6 +41,7 @@ READS_AT_ONCE = 2  # chunks in memory at once, over all files: one parsed while 
 PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
 PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together, the read included
 _PACED_BATCHES_PER_SECOND = 10
+_SMALLEST_READ = 64 * 1024
 
 
 @dataclass(eq=False)
@@ -93,6 +94,7 @@ class FilePartition:
         self.last_growth = anyio.current_time()
         self.progress = Progress.READING
         self._reopen_when_present = False
+        self._snapshot: FileState | None = None  # the last one handed out
 
     @property
     def label(self) -> str:
@@ -108,7 +110,19 @@ class FilePartition:
         return [Gauge(self.path, position, size, size - position.offset, "bytes")]
 
     def snapshot(self, *, closed: bool = False) -> FileState:
-        return FileState(self.path, self.inode, self.identity, self.parser.position, closed)
+        """The state now: the very same object while nothing changed, so a save can tell."""
+        state = self._snapshot
+        if (
+            state is None
+            or state.position is not self.parser.position
+            or state.identity is not self.identity
+            or state.path is not self.path
+            or state.inode != self.inode
+            or state.closed != closed
+        ):
+            state = FileState(self.path, self.inode, self.identity, self.parser.position, closed)
+            self._snapshot = state
+        return state
 
     def _new_parser(self, start: Position) -> LineParser:
         return LineParser(
@@ -308,7 +322,10 @@ class FilePartition:
 
     def _read_size(self) -> int:
         if self.settings.max_rate <= 0:
-            return CHUNK_BYTES
+            # No bigger than what is left (as last seen): a small file's read does not
+            # allocate a whole chunk, which adds up over thousands of files.
+            left = (self.size or 0) - self.parser.split_offset
+            return min(CHUNK_BYTES, max(_SMALLEST_READ, left))
         position = self.parser.position
         bytes_per_record = position.offset / position.lines if position.lines else 8.0
         batch = self.settings.max_rate * bytes_per_record / _PACED_BATCHES_PER_SECOND

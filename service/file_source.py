@@ -24,7 +24,14 @@ from typing import Any
 
 import anyio
 
-from .checkpoint import IDENTITY_WINDOW, Checkpoint, CheckpointStore, FileState, total_of
+from .checkpoint import (
+    IDENTITY_WINDOW,
+    Checkpoint,
+    CheckpointStore,
+    FileLines,
+    FileState,
+    total_of,
+)
 from .errors import InputUnreadable
 from .file_partition import READS_AT_ONCE, FilePartition
 from .files import temp_files_of
@@ -87,19 +94,24 @@ class Pairing:
 
 
 def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -> Pairing:
-    """Pair saved states with the files found now (blocking).
+    """Pair saved states with the files found now (blocking; near-linear, by index).
 
     A state of format 1 has no inode and is found by its path; any other by its inode and its
     first bytes, the same path first, so a reused inode or a remount is never confused.
     """
     unclaimed = dict(found)
+    by_inode: dict[int, list[FileKey]] = {}
+    by_path: dict[str, list[FileKey]] = {}
+    for key, match in found.items():
+        by_inode.setdefault(match.inode, []).append(key)
+        by_path.setdefault(match.path, []).append(key)
     pairing = Pairing()
     for state in saved:
         if state.inode is None:
-            candidates = [k for k, m in unclaimed.items() if m.path == state.path]
+            candidates = [k for k in by_path.get(state.path, ()) if k in unclaimed]
         else:
             same_inode = sorted(
-                (k for k, m in unclaimed.items() if m.inode == state.inode),
+                (k for k in by_inode.get(state.inode, ()) if k in unclaimed),
                 key=lambda k: unclaimed[k].path != state.path,
             )
             candidates = []
@@ -129,8 +141,10 @@ class FileSource:
         self.lock = WorkerLock(settings.checkpoint)
         self.slots = anyio.CapacityLimiter(settings.max_open_files)
         self.reading = anyio.CapacityLimiter(READS_AT_ONCE)
-        self.active: list[FilePartition] = []  # being read, waiting for a slot, or done
-        self.dormant: list[FileState] = []  # renamed out of every pattern and closed
+        # Dicts for their order and their O(1) removal, however many files there are.
+        self.active: dict[FilePartition, None] = {}  # being read, waiting for a slot, or done
+        self.dormant: dict[FileState, float] = {}  # renamed out of every pattern: closed at
+        self.lines = FileLines()  # each file's line of the checkpoint, kept between saves
         self.gone = Position()  # what files that no longer exist added up to
         self.saved: tuple[tuple[FileState, ...], Position] | None = None
         self.saving = anyio.Lock()
@@ -174,7 +188,7 @@ class FileSource:
         partition = FilePartition(
             path, self.settings, self.log, self.slots, self.reading, resume=resume, plain=True
         )
-        self.active.append(partition)
+        self.active[partition] = None
         await partition.open_now()
         return partition
 
@@ -252,7 +266,7 @@ class FileSource:
         partition = FilePartition(
             path, self.settings, self.log, self.slots, self.reading, resume=resume, key=key
         )
-        self.active.append(partition)
+        self.active[partition] = None
         return partition
 
     def _fold(self, position: Position) -> None:
@@ -280,25 +294,39 @@ class FileSource:
             if key not in found:
                 partition.renamed_out = True
         # A file renamed while it is checked (`moving`) is neither: the next scan tells.
-        pairing = await anyio.to_thread.run_sync(match_saved_files, self.dormant, fresh)
+        self._forget_closed()
+        pairing = await anyio.to_thread.run_sync(match_saved_files, list(self.dormant), fresh)
         for _key, _match, state in pairing.resumed:
-            self.dormant.remove(state)
+            del self.dormant[state]
         partitions = self._adopt(pairing.resumed, pairing.new)
         if not self.active:
             self._log_waiting()
         return partitions
 
+    def _forget_closed(self) -> None:
+        """Closed files kept longer than `forget_closed_after` are folded like deleted ones:
+        the checkpoint stops growing, and such a file, back under a pattern, is read anew."""
+        keep_for = self.settings.forget_closed_after
+        if keep_for <= 0:
+            return
+        now = anyio.current_time()
+        for state, closed_at in list(self.dormant.items()):
+            if now - closed_at >= keep_for:
+                del self.dormant[state]
+                self._fold(state.position)
+                self.log.info("file_forgotten", path=state.path, **asdict(state.position))
+
     def retire(self, partition: Partition) -> None:
         assert isinstance(partition, FilePartition)
         if partition.progress is not Progress.CLOSED:
             return  # done, not followed: its state stays as it is
-        self.active.remove(partition)
+        del self.active[partition]
         position = partition.position
         if partition.deleted:
             self._fold(position)
             reason = "deleted"
         else:
-            self.dormant.append(partition.snapshot(closed=True))
+            self.dormant[partition.snapshot(closed=True)] = anyio.current_time()
             reason = "inactive"
         self.log.info("file_removed", path=partition.path, reason=reason, **asdict(position))
 
@@ -330,7 +358,7 @@ class FileSource:
                 return False
             total = total_of([gone, *(f.position for f in files)])
             checkpoint = Checkpoint(total, self.describe(), None, completed, files=files, gone=gone)
-            await anyio.to_thread.run_sync(self.store.save, checkpoint)
+            await anyio.to_thread.run_sync(self.store.save, checkpoint, self.lines)
             self.saved = (files, gone)
             self.log.info("checkpoint_saved", **asdict(total), reason=reason)
             return True
