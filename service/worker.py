@@ -12,6 +12,7 @@ Shut down: the final checkpoint, shielded from cancellation and bounded by `shut
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -71,6 +72,9 @@ class _Worker:
         self.log = log
         self.source = source
         self.progress_of: dict[Partition, Progress] = {}  # the partitions being read
+        self.first_reads = anyio.CapacityLimiter(settings.max_open_files)
+        self.first_reads_held: set[Partition] = set()
+        self.unstarted = 0  # partitions found, waiting for a turn to start reading
         self.failure: WorkerError | None = None
         self.stop_signal: int | None = None
         self.started = False  # the source holds the state to resume from
@@ -157,22 +161,42 @@ class _Worker:
     # --- run ----------------------------------------------------------------------------------
 
     async def _read_all(self, partitions: list[Partition]) -> None:
-        """Read every partition at once; following, look for new ones every poll_interval."""
+        """Read every partition; following, look for new ones every poll_interval."""
         async with anyio.create_task_group() as readers:
-            for partition in partitions:
-                self._start_reading(readers, partition)
+            readers.start_soon(self._start_reading, readers, partitions)
             while self.settings.follow:
                 await anyio.sleep(self.settings.poll_interval)
-                for partition in await self.source.discover():
-                    self._start_reading(readers, partition)
+                found = await self.source.discover()
+                readers.start_soon(self._start_reading, readers, found)
         await self._complete()
 
-    def _start_reading(self, readers: anyio.abc.TaskGroup, partition: Partition) -> None:
-        self.progress_of[partition] = Progress.READING
-        readers.start_soon(self._guarded, lambda: self._read_partition(partition), self.scope)
+    async def _start_reading(
+        self, readers: anyio.abc.TaskGroup, partitions: list[Partition]
+    ) -> None:
+        """A reader task per partition, at most `max_open_files` in their first read at once:
+        a task waiting for its turn costs kilobytes, a partition waiting in a list does not."""
+        self.unstarted += len(partitions)
+        for partition in partitions:
+            await self.first_reads.acquire_on_behalf_of(partition)
+            self.unstarted -= 1
+            self.progress_of[partition] = Progress.READING
+            reading = functools.partial(self._read_partition, partition)
+            readers.start_soon(self._guarded, reading, self.scope)
+
+    def _first_read_done(self, partition: Partition) -> None:
+        if partition in self.first_reads_held:
+            self.first_reads_held.discard(partition)
+            self.first_reads.release_on_behalf_of(partition)
 
     async def _read_partition(self, partition: Partition) -> None:
         """Ask one partition for batches until it is done or closed."""
+        self.first_reads_held.add(partition)
+        try:
+            await self._ask_until_done(partition)
+        finally:
+            self._first_read_done(partition)
+
+    async def _ask_until_done(self, partition: Partition) -> None:
         while True:
             before = partition.position
             step = await partition.next_batch()
@@ -192,6 +216,7 @@ class _Worker:
                 await self._catch_up()
                 return
             if step.progress is Progress.CAUGHT_UP:
+                self._first_read_done(partition)  # a followed partition waits cheaply now
                 await self._catch_up()
                 await anyio.sleep(self.settings.poll_interval)
 
@@ -225,7 +250,7 @@ class _Worker:
 
     async def _catch_up(self) -> None:
         """Following, when every partition is at its end: the result, and `caught_up`."""
-        if not self.settings.follow or not self.progress_of:
+        if not self.settings.follow or not self.progress_of or self.unstarted:
             return
         if any(p is not Progress.CAUGHT_UP for p in self.progress_of.values()):
             return
