@@ -7,7 +7,8 @@ Rule 1: a file is a partition keyed by (device, inode) while the worker runs, so
         and its counts are folded into `gone`, so the checkpoint does not grow without bound.
 Rule 2: following, the patterns are scanned every `poll_interval`: a new file starts at 0
         (`file_discovered`); one renamed out of every pattern is read until it has not grown for
-        `close_inactive`, then closed and kept, closed, so it is never read twice; one deleted is
+        `close_inactive`, then closed and kept, closed, so it is never read twice (for
+        `forget_closed_after`, then folded into `gone`: `file_forgotten`); one deleted is
         finished through its open descriptor and folded into `gone` (`file_removed`).
 Rule 3: a save takes every file's state in one step of the event loop (one instant), then
         writes them in one atomic checkpoint; the lock beside it doubles as the heartbeat.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import stat
 import subprocess
 import sys
@@ -169,3 +170,47 @@ def test_a_missing_result_directory_is_found_at_start_up(tmp_path: Path) -> None
     assert done.returncode == 1
     assert "missing" in _one_error(done)
     assert not [e for e in events_of(done.stdout) if e["event"] == "checkpoint_saved"]
+
+
+def test_two_thousand_files_stop_on_sigterm_in_time_and_resume_exactly(tmp_path: Path) -> None:
+    """2,000 files: SIGTERM mid-way exits 0 in time with its final checkpoint; resume is exact."""
+    data = tmp_path / "in"
+    data.mkdir()
+    parts = [_numbers(1 + index % 4, seed=index) for index in range(2000)]
+    for index, part in enumerate(parts):
+        (data / f"{index:05d}.txt").write_bytes(part)
+    args = ["--input", "in/*.txt", "--max-rate", "1500", "--max-open-files", "64", *FAST]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("checkpoint_saved", reason="timer", records=lambda r: r > 500)
+    sent = worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    assert worker.ended is not None
+    assert worker.ended - sent < 5.0  # shutdown_timeout
+    (final,) = worker.named("checkpoint_saved", reason="shutdown")
+    expected = expected_of_files(parts)
+    assert 0 < final["records"] < expected.records
+    resumed = cli(["run", "--input", "in/*.txt"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout
+    result = _json(tmp_path / "result.json")
+    got = (result["sum"], result["records"], result["offset"])
+    assert got == (expected.sum, expected.records, expected.offset)
+    assert len(result["files"]) == 2000  # type: ignore[arg-type]
+
+
+def test_a_closed_file_is_forgotten_after_forget_closed_after(tmp_path: Path) -> None:
+    """A file renamed out of every pattern and closed leaves the checkpoint after the retention;
+    the totals keep what it added up to."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1\n2\n")
+    (tmp_path / "in" / "b.txt").write_bytes(b"10\n")
+    args = ["--input", "in/*.txt", "--follow", "--close-inactive", "0.2", *FAST]
+    worker = WorkerProcess([*args, "--forget-closed-after", "0.3"], tmp_path)
+    worker.wait_for("caught_up", sum=13)
+    (tmp_path / "in" / "a.txt").rename(tmp_path / "in" / "a.old")
+    worker.wait_for("file_removed", path="in/a.txt", reason="inactive")
+    worker.wait_for("file_forgotten", path="in/a.txt", sum=3)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    saved = _json(tmp_path / "checkpoint.json")
+    assert [f["path"] for f in saved["files"]] == ["in/b.txt"]  # type: ignore[attr-defined]
+    assert (saved["sum"], saved["gone"]["sum"]) == (13, 3)  # type: ignore[index]
