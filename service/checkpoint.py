@@ -52,7 +52,7 @@ _CHECKSUM_HEX = 64
 _COUNTS = ("offset", "lines", "records", "bad_records")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputIdentity:
     """Hashes of the first and last `IDENTITY_WINDOW` bytes before a file's position."""
 
@@ -84,7 +84,7 @@ def total_of(positions: Iterable[Position]) -> Position:
     return Position(offset, lines, records, bad_records, total)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileState:
     """One file's resume state: its position, and what identifies it (derived from it alone)."""
 
@@ -102,6 +102,24 @@ class FileState:
             "identity": asdict(self.identity) if self.identity else None,
             "closed": self.closed,
         }
+
+    def to_json_line(self) -> str:
+        """`to_json()` as one line of JSON text, written directly: a save may encode thousands."""
+        p, identity = self.position, self.identity
+        inode = "null" if self.inode is None else _integer_text(self.inode)
+        hashes = (
+            "null"
+            if identity is None
+            else f'{{"head_sha256": {json.dumps(identity.head_sha256)}, '
+            f'"tail_sha256": {json.dumps(identity.tail_sha256)}}}'
+        )
+        return (
+            f'{{"path": {json.dumps(self.path)}, "inode": {inode}, '
+            f'"offset": {_integer_text(p.offset)}, "lines": {_integer_text(p.lines)}, '
+            f'"records": {_integer_text(p.records)}, '
+            f'"bad_records": {_integer_text(p.bad_records)}, "sum": {_integer_text(p.sum)}, '
+            f'"identity": {hashes}, "closed": {"true" if self.closed else "false"}}}'
+        )
 
     @classmethod
     def from_json(cls, data: object) -> FileState:
@@ -180,12 +198,18 @@ class Checkpoint:
     def to_json(self) -> dict[str, Any]:
         return self._head() | {"files": [f.to_json() for f in self.files]}
 
-    def encode(self, file_lines: list[str]) -> bytes:
-        """The sealed text of this checkpoint, its files given as their lines of JSON."""
+    def encode(self, file_lines: list[str]) -> list[bytes]:
+        """The sealed text of this checkpoint in pieces (never copied into one), its files
+        given as their lines of JSON; the checksum, the last key, covers them all."""
         head = self._head() | {"files": _FILES_TOKEN} | _ZERO_CHECKSUM
+        before, after = (_dumps(head) + "\n").encode().split(json.dumps(_FILES_TOKEN).encode())
         files = "[\n    " + ",\n    ".join(file_lines) + "\n  ]" if file_lines else "[]"
-        text = _dumps(head).replace(json.dumps(_FILES_TOKEN), files, 1)
-        return _seal(text.encode() + b"\n")
+        at = after.rindex(_CHECKSUM_KEY) + len(_CHECKSUM_KEY)
+        pieces = [before, files.encode(), after[:at]]
+        digest = hashlib.sha256()
+        for piece in (*pieces, after[at:]):  # the checksum's digits are zeros in `after`
+            digest.update(piece)
+        return [*pieces, digest.hexdigest().encode(), after[at + _CHECKSUM_HEX :]]
 
     @classmethod
     def from_json(cls, data: object) -> Checkpoint:
@@ -221,7 +245,12 @@ class Checkpoint:
         )
 
 
-def _dumps(document: Any, indent: int | None = 2) -> str:
+def _integer_text(value: int) -> str:
+    """Decimal text of an integer of any length (subquadratic beyond 64 bits)."""
+    return str(value) if value.bit_length() <= 64 else decimal_of(value)
+
+
+def _dumps(document: dict[str, Any]) -> str:
     """JSON text of a document whose integers (at any depth) may be of any length."""
     long_ints: dict[str, int] = {}
 
@@ -236,7 +265,7 @@ def _dumps(document: Any, indent: int | None = 2) -> str:
             return [shield(v) for v in value]
         return value
 
-    text = json.dumps(shield(document), indent=indent)
+    text = json.dumps(shield(document), indent=2)
     for token, value in long_ints.items():
         text = text.replace(json.dumps(token), decimal_of(value))
     return text
@@ -274,7 +303,7 @@ class FileLines:
         for state in files:
             entry = kept.get(id(state))
             if entry is None or entry[0] is not state:  # the state is kept: its id is not reused
-                entry = (state, _dumps(state.to_json(), indent=None))
+                entry = (state, state.to_json_line())
             self._lines[id(state)] = entry
             lines.append(entry[1])
         return lines
@@ -294,7 +323,7 @@ def _verify_seal(raw: bytes) -> None:
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Atomically replace `path` with a JSON document, or raise CheckpointWriteFailed."""
-    _write(path, (_dumps(document) + "\n").encode())
+    _write(path, [(_dumps(document) + "\n").encode()])
 
 
 def require_directory_of(path: Path) -> None:
@@ -310,9 +339,9 @@ def require_directory_of(path: Path) -> None:
     raise CheckpointWriteFailed(f"cannot write {path}: its directory {directory} {problem}")
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, pieces: list[bytes]) -> None:
     try:
-        atomic_write(path, [data])
+        atomic_write(path, pieces)
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise CheckpointWriteFailed(
