@@ -13,6 +13,7 @@ Shut down: the final checkpoint, shielded from cancellation and bounded by `shut
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import signal
 import threading
@@ -101,6 +102,9 @@ class _Worker:
                 require_directory_of(self.settings.result)
                 self.telemetry.open(self.log)  # /readyz says 503 until start-up is done
                 partitions.extend(await self.source.start())
+                # What start-up built (a partition per file, thousands maybe) lives as long as
+                # the run: the collector skips it, so a full collection does not stall the loop.
+                gc.freeze()
                 self.rate = RateMeter(self.source.totals().records, anyio.current_time())
                 self.started = True
                 for partition in partitions:
