@@ -9,9 +9,9 @@ Rule 3: a file's identity is its inode (never its device number, which a remount
 Rule 4: format 2 holds every file's state as of one instant, the totals over all of them (files
         that are gone included) at the top level, and a SHA-256 of the file's own bytes: any
         changed byte makes it corrupt. Format 1 (one file, no checksum) is still read.
-Rule 5: a save costs what changed: each file's entry is one line of JSON, kept between saves
-        (`FileLines`) and encoded again only when that file's state is a new one. The text is
-        the same JSON whatever its layout, so every reader reads every checkpoint written.
+Rule 5: a save costs what changed: each file's entry is one line of JSON, made once per
+        `FileState` and kept with it, so only a file whose state is a new one is encoded. The
+        text is the same JSON whatever its layout, so every reader reads every checkpoint.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "Checkpoint",
     "CheckpointStore",
-    "FileLines",
     "FileState",
     "InputIdentity",
     "identify_input",
@@ -93,6 +92,7 @@ class FileState:
     identity: InputIdentity | None  # of the consumed prefix; None when nothing is consumed
     position: Position
     closed: bool = False  # renamed out of every pattern and closed; kept so it is never reread
+    _line: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,7 +104,14 @@ class FileState:
         }
 
     def to_json_line(self) -> str:
-        """`to_json()` as one line of JSON text, written directly: a save may encode thousands."""
+        """`to_json()` as one line of JSON text, made once per state: a partition hands out the
+        same state while it is unchanged, so a save encodes only the files that changed."""
+        if self._line is None:
+            object.__setattr__(self, "_line", self._encode_line())
+        assert self._line is not None
+        return self._line
+
+    def _encode_line(self) -> str:
         p, identity = self.position, self.identity
         inode = "null" if self.inode is None else _integer_text(self.inode)
         hashes = (
@@ -287,28 +294,6 @@ def sealed(document: dict[str, Any]) -> bytes:
     return _seal(_dumps(document | _ZERO_CHECKSUM).encode() + b"\n")
 
 
-class FileLines:
-    """Each file's entry as one line of JSON, kept from one save to the next.
-
-    A partition hands out the same `FileState` object until its state changes, so a save
-    encodes only the entries that changed since the last one (blocking; one save at a time).
-    """
-
-    def __init__(self) -> None:
-        self._lines: dict[int, tuple[FileState, str]] = {}  # id(state) -> (state, its line)
-
-    def of(self, files: tuple[FileState, ...]) -> list[str]:
-        kept, self._lines = self._lines, {}
-        lines = []
-        for state in files:
-            entry = kept.get(id(state))
-            if entry is None or entry[0] is not state:  # the state is kept: its id is not reused
-                entry = (state, state.to_json_line())
-            self._lines[id(state)] = entry
-            lines.append(entry[1])
-        return lines
-
-
 def _verify_seal(raw: bytes) -> None:
     """Raise ValueError unless `raw` ends in the checksum of its own bytes."""
     at = raw.rfind(_CHECKSUM_KEY)
@@ -378,7 +363,5 @@ class CheckpointStore:
                 "fix it, or run `checkpoint-worker reset` to start over"
             ) from error
 
-    def save(self, checkpoint: Checkpoint, lines: FileLines | None = None) -> None:
-        """Write `checkpoint`; with `lines`, only the files that changed since are encoded."""
-        file_lines = (lines or FileLines()).of(checkpoint.files)
-        _write(self.path, checkpoint.encode(file_lines))
+    def save(self, checkpoint: Checkpoint) -> None:
+        _write(self.path, checkpoint.encode([f.to_json_line() for f in checkpoint.files]))

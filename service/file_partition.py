@@ -95,6 +95,7 @@ class FilePartition:
         self.progress = Progress.READING
         self._reopen_when_present = False
         self._snapshot: FileState | None = None  # the last one handed out
+        self.touched = True  # its state may differ from the last snapshot taken
 
     @property
     def label(self) -> str:
@@ -221,6 +222,15 @@ class FilePartition:
     # --- reading ------------------------------------------------------------------------------
 
     async def next_batch(self) -> Step:
+        # The state changes only in here (and by a rename the source makes, which says so):
+        # a save snapshots only the partitions touched since the last one.
+        self.touched = True
+        try:
+            return await self._next_batch()
+        finally:
+            self.touched = True
+
+    async def _next_batch(self) -> Step:
         if self.fd is None:
             if self.renamed_out or self.deleted:
                 return self._step(Batch(self.position), Progress.CLOSED)  # never opened

@@ -29,7 +29,6 @@ from .checkpoint import (
     IDENTITY_WINDOW,
     Checkpoint,
     CheckpointStore,
-    FileLines,
     FileState,
     total_of,
 )
@@ -145,7 +144,7 @@ class FileSource:
         # Dicts for their order and their O(1) removal, however many files there are.
         self.active: dict[FilePartition, None] = {}  # being read, waiting for a slot, or done
         self.dormant: dict[FileState, float] = {}  # renamed out of every pattern: closed at
-        self.lines = FileLines()  # each file's line of the checkpoint, kept between saves
+        self.states: dict[FilePartition, FileState] = {}  # each active one's, in their order
         self.gone = Position()  # what files that no longer exist added up to
         self.saved: tuple[tuple[FileState, ...], Position] | None = None
         self.saving = anyio.Lock()
@@ -190,6 +189,7 @@ class FileSource:
             path, self.settings, self.log, self.slots, self.reading, resume=resume, plain=True
         )
         self.active[partition] = None
+        self.states[partition] = partition.snapshot()
         await partition.open_now()
         return partition
 
@@ -268,6 +268,7 @@ class FileSource:
             path, self.settings, self.log, self.slots, self.reading, resume=resume, key=key
         )
         self.active[partition] = None
+        self.states[partition] = partition.snapshot()
         return partition
 
     def _fold(self, position: Position) -> None:
@@ -288,6 +289,7 @@ class FileSource:
             elif partition.path != match.path:
                 self.log.info("file_rotated", path=match.path, old_path=partition.path)
                 partition.path = match.path
+                partition.touched = True
                 partition.renamed_out = False
             else:
                 partition.renamed_out = False
@@ -322,6 +324,7 @@ class FileSource:
         if partition.progress is not Progress.CLOSED:
             return  # done, not followed: its state stays as it is
         del self.active[partition]
+        del self.states[partition]
         position = partition.position
         if partition.deleted:
             self._fold(position)
@@ -344,7 +347,12 @@ class FileSource:
         return self.gone.offset + sum(s.position.offset for s in self.dormant) + sum(sizes)
 
     def _files(self) -> tuple[FileState, ...]:
-        return tuple(p.snapshot() for p in self.active) + tuple(self.dormant)
+        """Every file's state now: new snapshots only of the partitions touched since."""
+        for partition in self.active:
+            if partition.touched:
+                partition.touched = False
+                self.states[partition] = partition.snapshot()
+        return tuple(self.states.values()) + tuple(self.dormant)
 
     def changed_since_save(self) -> bool:
         return (self._files(), self.gone) != self.saved
@@ -359,7 +367,7 @@ class FileSource:
                 return False
             total = total_of([gone, *(f.position for f in files)])
             checkpoint = Checkpoint(total, self.describe(), None, completed, files=files, gone=gone)
-            await anyio.to_thread.run_sync(self.store.save, checkpoint, self.lines)
+            await anyio.to_thread.run_sync(self.store.save, checkpoint)
             self.saved = (files, gone)
             self.log.info("checkpoint_saved", **asdict(total), reason=reason)
             return True

@@ -20,7 +20,6 @@ from service.checkpoint import (
     IDENTITY_WINDOW,
     Checkpoint,
     CheckpointStore,
-    FileLines,
     FileState,
     InputIdentity,
     identify_input,
@@ -512,9 +511,8 @@ def test_a_files_line_of_json_is_its_entry(
 
 
 def test_a_save_writes_each_files_latest_state(tmp_path: Path) -> None:
-    """Lines kept between saves never stand for a state that changed since."""
+    """Lines kept with file states never stand for a state that changed since."""
     store = CheckpointStore(tmp_path / "checkpoint.json")
-    lines = FileLines()
     files = [FileState(f"f{i}", i, None, Position()) for i in range(3)]
     for step in range(1, 4):
         consumed = InputIdentity(f"h{step}", f"t{step}")
@@ -523,5 +521,5 @@ def test_a_save_writes_each_files_latest_state(tmp_path: Path) -> None:
         checkpoint = Checkpoint(
             total_of(f.position for f in files), "f*", None, False, files=tuple(files)
         )
-        store.save(checkpoint, lines)
+        store.save(checkpoint)
         assert store.load() == checkpoint
