@@ -73,6 +73,8 @@ class _Worker:
         self.log = log
         self.source = source
         self.progress_of: dict[Partition, Progress] = {}  # the partitions being read
+        self.behind = 0  # of them, those not caught up: no pass over thousands to tell
+        self.moved = True  # something was consumed since the last `caught_up`
         self.first_reads = anyio.CapacityLimiter(settings.max_open_files)
         self.first_reads_held: set[Partition] = set()
         self.unstarted = 0  # partitions found, waiting for a turn to start reading
@@ -183,7 +185,7 @@ class _Worker:
         for partition in partitions:
             await self.first_reads.acquire_on_behalf_of(partition)
             self.unstarted -= 1
-            self.progress_of[partition] = Progress.READING
+            self._set_progress(partition, Progress.READING)
             reading = functools.partial(self._read_partition, partition)
             readers.start_soon(self._guarded, reading, self.scope)
 
@@ -206,7 +208,7 @@ class _Worker:
             step = await partition.next_batch()
             self._count(partition, before)
             self._report(partition, step.batch)
-            self.progress_of[partition] = step.progress
+            self._set_progress(partition, step.progress)
             read = max(0, step.batch.position.records - before.records)
             delay = self.pacer.delay_after(read, anyio.current_time())
             if delay > 0:
@@ -214,7 +216,7 @@ class _Worker:
             if step.progress in (Progress.DONE, Progress.CLOSED):
                 await partition.close()
                 self.source.retire(partition)
-                del self.progress_of[partition]
+                self._set_progress(partition, None)
                 if step.progress is Progress.CLOSED:
                     self.telemetry.partition_gone(partition.label)
                 await self._catch_up()
@@ -224,9 +226,18 @@ class _Worker:
                 await self._catch_up()
                 await anyio.sleep(self.settings.poll_interval)
 
+    def _set_progress(self, partition: Partition, progress: Progress | None) -> None:
+        """Where a partition being read stands (None: no longer read), counting those behind."""
+        was = self.progress_of.pop(partition, Progress.CAUGHT_UP)
+        self.behind -= was is not Progress.CAUGHT_UP
+        if progress is not None:
+            self.progress_of[partition] = progress
+            self.behind += progress is not Progress.CAUGHT_UP
+
     def _count(self, partition: Partition, before: Position) -> None:
         """Tell telemetry what one batch consumed (never less than nothing) and where it stands."""
         after = partition.position
+        self.moved = self.moved or after != before
         self.telemetry.consumed(
             max(0, after.records - before.records),
             max(0, after.bad_records - before.bad_records),
@@ -254,10 +265,11 @@ class _Worker:
 
     async def _catch_up(self) -> None:
         """Following, when every partition is at its end: the result, and `caught_up`."""
-        if not self.settings.follow or not self.progress_of or self.unstarted:
+        if not self.settings.follow or not self.progress_of or self.unstarted or self.behind:
             return
-        if any(p is not Progress.CAUGHT_UP for p in self.progress_of.values()):
-            return
+        if not self.moved:
+            return  # every partition polls while caught up: no pass over the totals each time
+        self.moved = False
         total = self.source.totals()
         if total == self.caught_up_at:
             return
