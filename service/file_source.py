@@ -365,12 +365,17 @@ class FileSource:
                 # The save this one waited for (the completion one, say) already wrote this
                 # state; writing it again would undo its flag.
                 return False
-            total = total_of([gone, *(f.position for f in files)])
-            checkpoint = Checkpoint(total, self.describe(), None, completed, files=files, gone=gone)
-            await anyio.to_thread.run_sync(self.store.save, checkpoint)
+            # Totals, encoding and writing all happen in a thread: their cost grows with files.
+            total = await anyio.to_thread.run_sync(self._write, files, gone, completed)
             self.saved = (files, gone)
             self.log.info("checkpoint_saved", **asdict(total), reason=reason)
             return True
+
+    def _write(self, files: tuple[FileState, ...], gone: Position, completed: bool) -> Position:
+        """Save the checkpoint of these states (blocking); what they add up to."""
+        total = total_of([gone, *(f.position for f in files)])
+        self.store.save(Checkpoint(total, self.describe(), None, completed, files=files, gone=gone))
+        return total
 
     def heartbeat(self) -> None:
         self.lock.heartbeat()
