@@ -18,8 +18,8 @@ import anyio
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, LeaderNotAvailableError
 
-from ..errors import UsageError, WorkerError
-from ..settings import Settings
+from service.errors import UsageError, WorkerError
+from service.settings import Settings
 
 __all__ = [
     "CONNECT_TIMEOUT",
