@@ -80,10 +80,10 @@ async def _sleep_meanwhile(costs: SaveCosts, done: anyio.Event) -> None:
 
 
 async def _measure_saves(directory: Path, workdir: Path) -> SaveCosts:
-    from service.sources.files.source import FileSource
-    from service.telemetry.logs import configure_logging
     from service.lifecycle.partition import Partition, Progress
     from service.settings import load_settings
+    from service.sources.files.source import FileSource
+    from service.telemetry.logs import configure_logging
 
     settings = load_settings(
         {

@@ -32,14 +32,14 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from service.errors import BadRecordFound, UnexpectedError, WorkerError
-from service.telemetry.logs import Logger
 from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN
+from service.core.position import Position
+from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.partition import Gauge
 from service.settings import Settings
-from service.core.position import Position
 from service.sources.kafka.client import KafkaUnavailable, client_options, connect, describe_error
 from service.sources.kafka.commit_state import StateUnreadable, apply_message, decode, encode
+from service.telemetry.logs import Logger
 
 __all__ = ["MAX_RECORDS", "GroupMember", "PartitionUnusable", "name_of"]
 
