@@ -29,6 +29,7 @@ from .inputs import Input
 from .many_files import many_files
 from .processes import WORKER, Finished, events_of, live_worker, run, worker_args
 from .report import Measurement
+from .small_files import small_files
 
 __all__ = ["ROWS", "Bench", "Plan"]
 
@@ -586,6 +587,7 @@ ROWS: dict[int, Callable[[Bench], list[Measurement]]] = {
     6: healthcheck,
     10: many_files,
     11: metrics_cost,
+    13: small_files,
 }
 
 

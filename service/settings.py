@@ -247,6 +247,9 @@ class Settings:
         5.0, _number(gt=0), "seconds a file renamed out of every pattern is still read"
     )
     max_open_files: int = _setting(256, _integer(ge=1), "files open at once; others wait")
+    forget_closed_after: float = _setting(
+        86400.0, _number(ge=0), "seconds a closed file's position is kept, 0 = forever"
+    )
     metrics_address: str = _setting(
         "", _address, "HOST:PORT serving /metrics, /healthz and /readyz; empty = off"
     )

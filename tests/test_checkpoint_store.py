@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from service.storage.checkpoint import (
     InputIdentity,
     identify_input,
     sealed,
+    total_of,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -490,3 +492,34 @@ def test_identity_cost_does_not_grow_with_the_offset(
     head = b"head\n" + bytes(IDENTITY_WINDOW - 5)
     tail = bytes(IDENTITY_WINDOW - 5) + b"tail\n"
     assert identity == InputIdentity(sha256(head).hexdigest(), sha256(tail).hexdigest())
+
+
+@given(
+    path=st.text(),
+    inode=st.none() | st.integers(0, 2**64),
+    total=st.integers(-(10**60), 10**60),
+    hashes=st.none() | st.tuples(st.text(), st.text()),
+    closed=st.booleans(),
+)
+def test_a_files_line_of_json_is_its_entry(
+    path: str, inode: int | None, total: int, hashes: tuple[str, str] | None, closed: bool
+) -> None:
+    """Each file's line in the checkpoint decodes to the very entry `to_json` describes."""
+    identity = InputIdentity(*hashes) if hashes else None
+    state = FileState(path, inode, identity, Position(9, 3, 2, 1, total), closed)
+    assert json.loads(state.to_json_line()) == state.to_json()
+
+
+def test_a_save_writes_each_files_latest_state(tmp_path: Path) -> None:
+    """Lines kept with file states never stand for a state that changed since."""
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    files = [FileState(f"f{i}", i, None, Position()) for i in range(3)]
+    for step in range(1, 4):
+        consumed = InputIdentity(f"h{step}", f"t{step}")
+        position = Position(step, 1, 1, 0, step)
+        files[step % 3] = replace(files[step % 3], identity=consumed, position=position)
+        checkpoint = Checkpoint(
+            total_of(f.position for f in files), "f*", None, False, files=tuple(files)
+        )
+        store.save(checkpoint)
+        assert store.load() == checkpoint

@@ -90,9 +90,11 @@ def test_a_rotation_during_the_start_up_scan_resumes_the_renamed_file_where_it_w
     real_scan = InputPatterns.scan
     scans = 0
 
-    def scan_then_rotate(self: InputPatterns) -> dict[FileKey, Match]:
+    def scan_then_rotate(
+        self: InputPatterns, loops: list[str] | None = None
+    ) -> dict[FileKey, Match]:
         nonlocal scans
-        found = real_scan(self)
+        found = real_scan(self, loops)
         scans += 1
         if scans == 1:
             _rotate(live, live.with_name("numbers.txt.1"))

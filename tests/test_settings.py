@@ -45,6 +45,7 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
     "exclude": (),
     "close_inactive": 5.0,
     "max_open_files": 256,
+    "forget_closed_after": 86400.0,
     "metrics_address": "",
 }
 

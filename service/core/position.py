@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 __all__ = ["Pacer", "Periodic", "Position", "RateMeter", "percent_done"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: thousands live at once, each one object
 class Position:
     """Where the next unread line starts, and what the consumed lines added up to."""
 

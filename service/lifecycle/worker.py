@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import os
 import signal
 import threading
@@ -32,7 +34,7 @@ from service.descriptors import reserve_descriptors
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.partition import Partition, Progress, Source
 from service.settings import Settings
-from service.storage.checkpoint import write_json
+from service.storage.checkpoint import require_directory_of, write_json
 from service.storage.lock import HEARTBEAT_INTERVAL
 from service.telemetry.logs import Logger, on_output_closed
 from service.telemetry.wiring import telemetry_for
@@ -76,6 +78,11 @@ class _Worker:
         self.log = log
         self.source = source
         self.progress_of: dict[Partition, Progress] = {}  # the partitions being read
+        self.behind = 0  # of them, those not caught up: no pass over thousands to tell
+        self.moved = True  # something was consumed since the last `caught_up`
+        self.first_reads = anyio.CapacityLimiter(settings.max_open_files)
+        self.first_reads_held: set[Partition] = set()
+        self.unstarted = 0  # partitions found, waiting for a turn to start reading
         self.failure: WorkerError | None = None
         self.stop_signal: int | None = None
         self.output_closed = False
@@ -100,8 +107,12 @@ class _Worker:
 
             async def start() -> None:
                 self.source.acquire()
+                require_directory_of(self.settings.result)
                 self.telemetry.open(self.log)  # /readyz says 503 until start-up is done
                 partitions.extend(await self.source.start())
+                # What start-up built (a partition per file, thousands maybe) lives as long as
+                # the run: the collector skips it, so a full collection does not stall the loop.
+                gc.freeze()
                 self.rate = RateMeter(self.source.totals().records, anyio.current_time())
                 self.started = True
                 for partition in partitions:
@@ -173,28 +184,48 @@ class _Worker:
     # --- run ----------------------------------------------------------------------------------
 
     async def _read_all(self, partitions: list[Partition]) -> None:
-        """Read every partition at once; following, look for new ones every poll_interval."""
+        """Read every partition; following, look for new ones every poll_interval."""
         async with anyio.create_task_group() as readers:
-            for partition in partitions:
-                self._start_reading(readers, partition)
+            readers.start_soon(self._start_reading, readers, partitions)
             while self.settings.follow:
                 await anyio.sleep(self.settings.poll_interval)
-                for partition in await self.source.discover():
-                    self._start_reading(readers, partition)
+                found = await self.source.discover()
+                readers.start_soon(self._start_reading, readers, found)
         await self._complete()
 
-    def _start_reading(self, readers: anyio.abc.TaskGroup, partition: Partition) -> None:
-        self.progress_of[partition] = Progress.READING
-        readers.start_soon(self._guarded, lambda: self._read_partition(partition), self.scope)
+    async def _start_reading(
+        self, readers: anyio.abc.TaskGroup, partitions: list[Partition]
+    ) -> None:
+        """A reader task per partition, at most `max_open_files` in their first read at once:
+        a task waiting for its turn costs kilobytes, a partition waiting in a list does not."""
+        self.unstarted += len(partitions)
+        for partition in partitions:
+            await self.first_reads.acquire_on_behalf_of(partition)
+            self.unstarted -= 1
+            self._set_progress(partition, Progress.READING)
+            reading = functools.partial(self._read_partition, partition)
+            readers.start_soon(self._guarded, reading, self.scope)
+
+    def _first_read_done(self, partition: Partition) -> None:
+        if partition in self.first_reads_held:
+            self.first_reads_held.discard(partition)
+            self.first_reads.release_on_behalf_of(partition)
 
     async def _read_partition(self, partition: Partition) -> None:
         """Ask one partition for batches until it is done or closed."""
+        self.first_reads_held.add(partition)
+        try:
+            await self._ask_until_done(partition)
+        finally:
+            self._first_read_done(partition)
+
+    async def _ask_until_done(self, partition: Partition) -> None:
         while True:
             before = partition.position
             step = await partition.next_batch()
             self._count(partition, before)
             self._report(partition, step.batch)
-            self.progress_of[partition] = step.progress
+            self._set_progress(partition, step.progress)
             read = max(0, step.batch.position.records - before.records)
             delay = self.pacer.delay_after(read, anyio.current_time())
             if delay > 0:
@@ -206,16 +237,26 @@ class _Worker:
                     # line never shows it.
                     self.telemetry.partition_gone(partition.label)
                 self.source.retire(partition)
-                del self.progress_of[partition]
+                self._set_progress(partition, None)
                 await self._catch_up()
                 return
             if step.progress is Progress.CAUGHT_UP:
+                self._first_read_done(partition)  # a followed partition waits cheaply now
                 await self._catch_up()
                 await anyio.sleep(self.settings.poll_interval)
+
+    def _set_progress(self, partition: Partition, progress: Progress | None) -> None:
+        """Where a partition being read stands (None: no longer read), counting those behind."""
+        was = self.progress_of.pop(partition, Progress.CAUGHT_UP)
+        self.behind -= was is not Progress.CAUGHT_UP
+        if progress is not None:
+            self.progress_of[partition] = progress
+            self.behind += progress is not Progress.CAUGHT_UP
 
     def _count(self, partition: Partition, before: Position) -> None:
         """Tell telemetry what one batch consumed (never less than nothing) and where it stands."""
         after = partition.position
+        self.moved = self.moved or after != before
         self.telemetry.consumed(
             max(0, after.records - before.records),
             max(0, after.bad_records - before.bad_records),
@@ -243,10 +284,11 @@ class _Worker:
 
     async def _catch_up(self) -> None:
         """Following, when every partition is at its end: the result, and `caught_up`."""
-        if not self.settings.follow or not self.progress_of:
+        if not self.settings.follow or not self.progress_of or self.unstarted or self.behind:
             return
-        if any(p is not Progress.CAUGHT_UP for p in self.progress_of.values()):
-            return
+        if not self.moved:
+            return  # every partition polls while caught up: no pass over the totals each time
+        self.moved = False
         total = self.source.totals()
         if total == self.caught_up_at:
             return

@@ -6,11 +6,14 @@ Rule 1: the new content goes to a temporary file in the same directory, is flush
 Rule 2: on any failure the temporary file is removed and the target is untouched.
 Rule 3: a file read back whole (a config, a checkpoint) must be a regular file of bounded size:
         a FIFO, a device or a huge file is refused at once, never waited on or read into memory.
+Rule 4: the new file gets the permissions any program's new file gets: 0o666 less the umask
+        (`mkstemp` makes it 0o600 whatever the umask, so its mode is set before the rename).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import tempfile
@@ -53,7 +56,27 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(target: Path, pieces: Iterable[bytes], mode: int = 0o644) -> None:
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux shows it in /proc since 4.7)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)  # elsewhere the only way to read it is to set it and set it back
+    os.umask(current)
+    return current
+
+
+def _new_file_mode() -> int:
+    """The mode a new file gets: 0o666 less the umask."""
+    return 0o666 & ~_umask()
+
+
+def atomic_write(target: Path, pieces: Iterable[bytes]) -> None:
     """Replace `target` with the concatenated `pieces`, atomically and durably (blocking)."""
     directory = target.parent
     fd, temp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=directory)
@@ -63,7 +86,7 @@ def atomic_write(target: Path, pieces: Iterable[bytes], mode: int = 0o644) -> No
             for piece in pieces:
                 handle.write(piece)
             handle.flush()
-            os.fchmod(handle.fileno(), mode)
+            os.fchmod(handle.fileno(), _new_file_mode())
             os.fsync(handle.fileno())
         os.replace(temp, target)
     except BaseException:

@@ -9,6 +9,9 @@ Rule 3: a file's identity is its inode (never its device number, which a remount
 Rule 4: format 2 holds every file's state as of one instant, the totals over all of them (files
         that are gone included) at the top level, and a SHA-256 of the file's own bytes: any
         changed byte makes it corrupt. Format 1 (one file, no checksum) is still read.
+Rule 5: a save costs what changed: each file's entry is one line of JSON, made once per
+        `FileState` and kept with it, so only a file whose state is a new one is encoded. The
+        text is the same JSON whatever its layout, so every reader reads every checkpoint.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.core.decimal_text import exact_json, int_of
+from service.core.decimal_text import decimal_of, exact_json, int_of
 from service.core.position import Position
 from service.errors import CheckpointCorrupt, CheckpointWriteFailed
 from service.storage.atomic import atomic_write, read_regular_file
@@ -33,6 +37,7 @@ __all__ = [
     "FileState",
     "InputIdentity",
     "identify_input",
+    "require_directory_of",
     "sealed",
     "total_of",
     "write_json",
@@ -48,7 +53,7 @@ _CHECKSUM_HEX = 64
 _COUNTS = ("offset", "lines", "records", "bad_records")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputIdentity:
     """Hashes of the first and last `IDENTITY_WINDOW` bytes before a file's position."""
 
@@ -68,21 +73,19 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def total_of(positions: list[Position] | tuple[Position, ...]) -> Position:
-    """The sum of positions, field by field."""
-    total = Position()
+def total_of(positions: Iterable[Position]) -> Position:
+    """The sum of positions, field by field (one pass, one new Position: cheap for 100,000)."""
+    offset = lines = records = bad_records = total = 0
     for p in positions:
-        total = total.advance(
-            consumed=p.offset,
-            lines=p.lines,
-            records=p.records,
-            bad_records=p.bad_records,
-            total=p.sum,
-        )
-    return total
+        offset += p.offset
+        lines += p.lines
+        records += p.records
+        bad_records += p.bad_records
+        total += p.sum
+    return Position(offset, lines, records, bad_records, total)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileState:
     """One file's resume state: its position, and what identifies it (derived from it alone)."""
 
@@ -91,6 +94,7 @@ class FileState:
     identity: InputIdentity | None  # of the consumed prefix; None when nothing is consumed
     position: Position
     closed: bool = False  # renamed out of every pattern and closed; kept so it is never reread
+    _line: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +104,31 @@ class FileState:
             "identity": asdict(self.identity) if self.identity else None,
             "closed": self.closed,
         }
+
+    def to_json_line(self) -> str:
+        """`to_json()` as one line of JSON text, made once per state: a partition hands out the
+        same state while it is unchanged, so a save encodes only the files that changed."""
+        if self._line is None:
+            object.__setattr__(self, "_line", self._encode_line())
+        assert self._line is not None
+        return self._line
+
+    def _encode_line(self) -> str:
+        p, identity = self.position, self.identity
+        inode = "null" if self.inode is None else _integer_text(self.inode)
+        hashes = (
+            "null"
+            if identity is None
+            else f'{{"head_sha256": {json.dumps(identity.head_sha256)}, '
+            f'"tail_sha256": {json.dumps(identity.tail_sha256)}}}'
+        )
+        return (
+            f'{{"path": {json.dumps(self.path)}, "inode": {inode}, '
+            f'"offset": {_integer_text(p.offset)}, "lines": {_integer_text(p.lines)}, '
+            f'"records": {_integer_text(p.records)}, '
+            f'"bad_records": {_integer_text(p.bad_records)}, "sum": {_integer_text(p.sum)}, '
+            f'"identity": {hashes}, "closed": {"true" if self.closed else "false"}}}'
+        )
 
     @classmethod
     def from_json(cls, data: object) -> FileState:
@@ -165,7 +194,7 @@ class Checkpoint:
             single = FileState(self.input, None, self.identity, self.position)
             object.__setattr__(self, "files", (single,))
 
-    def to_json(self) -> dict[str, Any]:
+    def _head(self) -> dict[str, Any]:
         return {
             "version": CHECKPOINT_VERSION,
             "input": self.input,
@@ -173,8 +202,23 @@ class Checkpoint:
             "completed": self.completed,
             "updated_at": self.updated_at,
             "gone": asdict(self.gone),
-            "files": [f.to_json() for f in self.files],
         }
+
+    def to_json(self) -> dict[str, Any]:
+        return self._head() | {"files": [f.to_json() for f in self.files]}
+
+    def encode(self, file_lines: list[str]) -> list[bytes]:
+        """The sealed text of this checkpoint in pieces (never copied into one), its files
+        given as their lines of JSON; the checksum, the last key, covers them all."""
+        head = self._head() | {"files": _FILES_TOKEN} | _ZERO_CHECKSUM
+        before, after = (_dumps(head) + "\n").encode().split(json.dumps(_FILES_TOKEN).encode())
+        files = "[\n    " + ",\n    ".join(file_lines) + "\n  ]" if file_lines else "[]"
+        at = after.rindex(_CHECKSUM_KEY) + len(_CHECKSUM_KEY)
+        pieces = [before, files.encode(), after[:at]]
+        digest = hashlib.sha256()
+        for piece in (*pieces, after[at:]):  # the checksum's digits are zeros in `after`
+            digest.update(piece)
+        return [*pieces, digest.hexdigest().encode(), after[at + _CHECKSUM_HEX :]]
 
     @classmethod
     def from_json(cls, data: object) -> Checkpoint:
@@ -210,17 +254,30 @@ class Checkpoint:
         )
 
 
+def _integer_text(value: int) -> str:
+    """Decimal text of an integer of any length (subquadratic beyond 64 bits)."""
+    return str(value) if value.bit_length() <= 64 else decimal_of(value)
+
+
 def _dumps(document: dict[str, Any]) -> str:
     """JSON text of a document whose integers (at any depth) may be of any length."""
     return exact_json(document, indent=2)
 
 
-def sealed(document: dict[str, Any]) -> bytes:
-    """The document's text ending in a checksum of that very text (its digits zeroed)."""
-    text = _dumps(document | {"checksum": "sha256:" + "0" * _CHECKSUM_HEX}).encode() + b"\n"
+def _seal(text: bytes) -> bytes:
+    """`text`, whose checksum digits are zeros, with the checksum of that very text in them."""
     digest = hashlib.sha256(text).hexdigest().encode()
     at = text.rindex(_CHECKSUM_KEY) + len(_CHECKSUM_KEY)
     return text[:at] + digest + text[at + _CHECKSUM_HEX :]
+
+
+_ZERO_CHECKSUM = {"checksum": "sha256:" + "0" * _CHECKSUM_HEX}
+_FILES_TOKEN = "\0files\0"
+
+
+def sealed(document: dict[str, Any]) -> bytes:
+    """The document's text ending in a checksum of that very text (its digits zeroed)."""
+    return _seal(_dumps(document | _ZERO_CHECKSUM).encode() + b"\n")
 
 
 def _verify_seal(raw: bytes) -> None:
@@ -237,12 +294,25 @@ def _verify_seal(raw: bytes) -> None:
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Atomically replace `path` with a JSON document, or raise CheckpointWriteFailed."""
-    _write(path, (_dumps(document) + "\n").encode())
+    _write(path, [(_dumps(document) + "\n").encode()])
 
 
-def _write(path: Path, data: bytes) -> None:
+def require_directory_of(path: Path) -> None:
+    """Raise CheckpointWriteFailed unless `path` could be written later: found at start-up,
+    not after the whole input was read."""
+    directory = path.parent
+    if not directory.is_dir():
+        problem = "does not exist" if not directory.exists() else "is not a directory"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        problem = "is not writable"
+    else:
+        return
+    raise CheckpointWriteFailed(f"cannot write {path}: its directory {directory} {problem}")
+
+
+def _write(path: Path, pieces: list[bytes]) -> None:
     try:
-        atomic_write(path, [data])
+        atomic_write(path, pieces)
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise CheckpointWriteFailed(
@@ -280,4 +350,4 @@ class CheckpointStore:
             ) from error
 
     def save(self, checkpoint: Checkpoint) -> None:
-        _write(self.path, sealed(checkpoint.to_json()))
+        _write(self.path, checkpoint.encode([f.to_json_line() for f in checkpoint.files]))

@@ -2,7 +2,10 @@
 
 Rule 1: the lock is `flock` on `<checkpoint>.lock`; the kernel drops it when the holder dies, so
         there is never a stale lock to clean up. The file holds the holder's pid, for messages.
-Rule 2: a running worker touches the lock file's mtime from its event loop every
+Rule 2: the lock file is never followed: it is opened with O_NOFOLLOW and must be a regular file
+        with one link before anything is written into it, so a symlink or hard link planted in
+        its place can never make the worker truncate another file.
+Rule 3: a running worker touches the lock file's mtime from its event loop every
         `HEARTBEAT_INTERVAL` seconds. A fresh mtime means the loop is alive, not only the process;
         `health.py` reads it without taking the lock.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from service.errors import CheckpointWriteFailed, LockHeld
@@ -25,13 +29,37 @@ def lock_path_for(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".lock")
 
 
+_HOLDER_BYTES = 32  # a pid and a newline, with room to spare
+_NEVER_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
+
+
 def read_holder(lock_path: Path) -> int | None:
-    """The pid written in the lock file, if any."""
+    """The pid written in the lock file, if any (a link or an odd file holds none)."""
     try:
-        text = lock_path.read_text().strip()
+        fd = os.open(lock_path, os.O_RDONLY | _NEVER_FOLLOW)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.pread(fd, _HOLDER_BYTES, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return int(text) if text.isdigit() else None
+
+
+def _refuse_odd_lock(fd: int, path: Path) -> None:
+    """Close `fd` and raise unless it is a regular file with one link (nothing written yet)."""
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+        return
+    os.close(fd)
+    what = "not a regular file" if not stat.S_ISREG(info.st_mode) else "a file with other links"
+    raise CheckpointWriteFailed(
+        f"lock file {path} is {what}; refusing to use it (it was left untouched): remove it"
+    )
 
 
 class WorkerLock:
@@ -48,11 +76,18 @@ class WorkerLock:
         the checkpoint's.
         """
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # 0o666: the umask decides, as for any file a program creates.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NEVER_FOLLOW, 0o666)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise CheckpointWriteFailed(
+                    f"lock file {self.path} is a symbolic link; refusing to follow it "
+                    "(it was left untouched): remove it"
+                ) from None
             raise CheckpointWriteFailed(
                 f"cannot create lock file {self.path}: {error.strerror}"
             ) from None
+        _refuse_odd_lock(fd, self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:

@@ -50,6 +50,7 @@ READS_AT_ONCE = 2  # chunks in memory at once, over all files: one parsed while 
 PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
 PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together
 _PACED_BATCHES_PER_SECOND = 10
+_SMALLEST_READ = 64 * 1024
 
 
 class FilePartition:
@@ -82,6 +83,8 @@ class FilePartition:
         self.size: int | None = None
         self.last_growth = anyio.current_time()
         self.life = FileLife(by_name=plain)
+        self._snapshot: FileState | None = None  # the last one handed out
+        self.touched = True  # its state may differ from the last snapshot taken
 
     @property
     def label(self) -> str:
@@ -97,7 +100,19 @@ class FilePartition:
         return [Gauge(self.label, position, size, size - position.offset, "bytes")]
 
     def snapshot(self, *, closed: bool = False) -> FileState:
-        return FileState(self.path, self.inode, self.identity, self.parser.position, closed)
+        """The state now: the very same object while nothing changed, so a save can tell."""
+        state = self._snapshot
+        if (
+            state is None
+            or state.position is not self.parser.position
+            or state.identity is not self.identity
+            or state.path is not self.path
+            or state.inode != self.inode
+            or state.closed != closed
+        ):
+            state = FileState(self.path, self.inode, self.identity, self.parser.position, closed)
+            self._snapshot = state
+        return state
 
     @property
     def state(self) -> State:
@@ -112,10 +127,12 @@ class FilePartition:
         """A scan found it under `path`: another name, or a name a pattern matches again."""
         self.life.on(Change.RENAMED)
         self.path = path
+        self.touched = True
 
     def renamed_out(self) -> None:
         """A scan found it under no pattern: read on until idle, or closed if it is not open."""
         self.life.on(Change.RENAMED_OUT)
+        self.touched = True
 
     def _new_parser(self, start: Position) -> LineParser:
         return LineParser(
@@ -226,6 +243,15 @@ class FilePartition:
     # --- reading ------------------------------------------------------------------------------
 
     async def next_batch(self) -> Step:
+        # The state changes only in here (and by a rename the source makes, which says so):
+        # a save snapshots only the partitions touched since the last one.
+        self.touched = True
+        try:
+            return await self._next_batch()
+        finally:
+            self.touched = True
+
+    async def _next_batch(self) -> Step:
         if self.life.state is State.CLOSED:  # renamed out before it was opened: kept, closed
             return self._step(Batch(self.position), Progress.CLOSED)
         if self.life.state in NOT_OPEN and not await self._open():
@@ -251,9 +277,13 @@ class FilePartition:
                 self.reading.release_on_behalf_of(chunk)
         self._chunks = None  # read to the end as it is now: a new generator reads what comes
         if not self.settings.follow:
+            self.size = os.fstat(self._fd()).st_size
+            if self.size < self.parser.split_offset:  # cut below the position while it was read
+                message = f"input {self.label} was truncated to {self.size} bytes"
+                await self._changed(Change.TRUNCATED, message)
+                return self._step(Batch(self.position), Progress.READING)
             batch = self.parser.finish()
             self._identify()
-            self.size = os.fstat(self._fd()).st_size
             self.life.on(Action.ENDED)
             return self._step(batch, Progress.DONE)
         return self._step(Batch(self.position), await self._look_at_end())
@@ -308,7 +338,10 @@ class FilePartition:
 
     def _read_size(self) -> int:
         if self.settings.max_rate <= 0:
-            return CHUNK_BYTES
+            # No bigger than what is left (as last seen): a small file's read does not
+            # allocate a whole chunk, which adds up over thousands of files.
+            left = (self.size or 0) - self.parser.split_offset
+            return min(CHUNK_BYTES, max(_SMALLEST_READ, left))
         position = self.parser.position
         bytes_per_record = position.offset / position.lines if position.lines else 8.0
         batch = self.settings.max_rate * bytes_per_record / _PACED_BATCHES_PER_SECOND

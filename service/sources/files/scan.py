@@ -5,7 +5,12 @@ Rule 1: one plain path (no glob character, not a list) is the input exactly as g
 Rule 2: otherwise every regular file matching a pattern (`**` included) is a file of the input,
         once however many patterns or names match it, except those matching an `exclude` glob
         and the worker's own files (checkpoint, result, lock, their temporary files).
-Rule 3: a scan reports files by (device, inode): the key that tells a rename from a new file
+Rule 3: the worker's own files are known by the (device, inode) of their directory and their
+        names (a save makes a new inode, the directory stays), and by the (device, inode) of
+        each as it is now, whatever path reaches them: a directory symlink, `..`, a link.
+Rule 4: `**` walks each directory once, by its (device, inode): a directory symlink that leads
+        back to a directory already walked (a loop) is skipped and reported, never followed.
+Rule 5: a scan reports files by (device, inode): the key that tells a rename from a new file
         while the worker runs. Across restarts identity is the inode and the first bytes
         (`checkpoint.py`), since a remount may change the device number.
 """
@@ -38,6 +43,102 @@ class Match:
 
 
 @dataclass(frozen=True)
+class _OwnFiles:
+    """The worker's own files as one scan sees them: where they live and what they are now."""
+
+    names_in: dict[FileKey, frozenset[str]]  # directory (device, inode) -> own names there
+    names: frozenset[str]  # every own name, in whichever directory
+    files: frozenset[FileKey]  # each own file that exists now, by (device, inode)
+    directories: dict[str, FileKey | None]  # a directory as a scan names it -> its identity
+
+    @classmethod
+    def look(cls, own: tuple[Path, ...]) -> _OwnFiles:
+        names_in: dict[FileKey, frozenset[str]] = {}
+        files: set[FileKey] = set()
+        for path in own:
+            directory = _identity(str(path.parent))
+            if directory is not None:
+                names_in[directory] = names_in.get(directory, frozenset()) | {path.name}
+            file = _identity(str(path))
+            if file is not None:
+                files.add(file)
+        return cls(names_in, frozenset(p.name for p in own), frozenset(files), {})
+
+    def holds(self, path: str, key: FileKey) -> bool:
+        """Whether `path`, which is the file `key`, is one of the worker's own files."""
+        if key in self.files:
+            return True
+        name = os.path.basename(path)
+        if not any(name == own or _is_temp_of(name, own) for own in self.names):
+            return False  # most names: no look at the directory at all
+        folder = os.path.dirname(path) or "."
+        if folder not in self.directories:  # one look per directory a scan
+            self.directories[folder] = _identity(folder)
+        names = self.names_in.get(self.directories[folder] or (-1, -1), frozenset())
+        return any(name == own or _is_temp_of(name, own) for own in names)
+
+
+def _identity(path: str) -> FileKey | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def _is_temp_of(name: str, own: str) -> bool:
+    return name.startswith(f".{own}.") and name.endswith(TEMP_SUFFIX)
+
+
+def _expand(pattern: str, loops: list[str]) -> list[str]:
+    """The names a glob matches, like `glob.glob(pattern, recursive=True)`, but `**` walks each
+    directory once: a directory reached again through a symlink is appended to `loops`."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern)
+    at = parts.index("**")
+    head = os.sep.join(parts[:at]) or (os.sep if pattern.startswith(os.sep) else "")
+    rest = os.sep.join(parts[at + 1 :]) or "*"  # a trailing `**`: every file below, too
+    bases = glob.glob(head) if _GLOB_CHARACTERS & set(head) else [head]
+    names: list[str] = []
+    for base in bases:
+        for directory in _directories_under(base, loops):
+            names += _expand(os.path.join(glob.escape(directory), rest), loops)
+    return names
+
+
+def _directories_under(base: str, loops: list[str]) -> list[str]:
+    """`base` and every directory below it (hidden ones aside, as glob does), each once."""
+    found: list[str] = []
+    seen: set[FileKey] = set()
+    stack = [base]
+    while stack:
+        directory = stack.pop()
+        key = _identity(directory or ".")
+        if key is None:
+            continue
+        if key in seen:
+            loops.append(directory)
+            continue
+        seen.add(key)
+        found.append(directory)
+        try:
+            with os.scandir(directory or ".") as entries:
+                below = [e.name for e in entries if not e.name.startswith(".") and _is_dir(e)]
+        except OSError:
+            continue  # unreadable or gone: nothing below it to read
+        stack += [os.path.join(directory, name) for name in sorted(below, reverse=True)]
+    return found
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows a symlink: a linked directory is walked, once
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
 class InputPatterns:
     """The `input` and `exclude` settings, and the worker's own files never to read."""
 
@@ -56,34 +157,25 @@ class InputPatterns:
         """The input as a person wrote it: the path, or the patterns joined by commas."""
         return ", ".join(self.patterns)
 
-    def _is_own(self, path: str) -> bool:
-        absolute = os.path.abspath(path)
-        name = os.path.basename(absolute)
-        for own in self.own_files:
-            own_absolute = os.path.abspath(own)
-            if absolute == own_absolute:
-                return True
-            same_directory = os.path.dirname(absolute) == os.path.dirname(own_absolute)
-            if same_directory and name.startswith(f".{own.name}.") and name.endswith(TEMP_SUFFIX):
-                return True
-        return False
-
     def _is_excluded(self, path: str) -> bool:
         name = os.path.basename(path)
         normalized = os.path.normpath(path)
         return any(
             fnmatchcase(normalized, pattern) or fnmatchcase(name, pattern)
             for pattern in self.exclude
-        ) or self._is_own(path)
+        )
 
-    def scan(self) -> dict[FileKey, Match]:
-        """Every regular file of the input now, by (device, inode); blocking, cheap."""
+    def scan(self, loops: list[str] | None = None) -> dict[FileKey, Match]:
+        """Every regular file of the input now, by (device, inode); blocking, cheap.
+
+        Directories a `**` reached a second time (loops) are appended to `loops`.
+        """
+        own = _OwnFiles.look(self.own_files)
         found: dict[FileKey, Match] = {}
+        skipped: list[str] = []
         for pattern in self.patterns:
             names = (
-                sorted(glob.glob(pattern, recursive=True))
-                if _GLOB_CHARACTERS & set(pattern)
-                else [pattern]
+                sorted(_expand(pattern, skipped)) if _GLOB_CHARACTERS & set(pattern) else [pattern]
             )
             for name in names:
                 if self._is_excluded(name):
@@ -92,10 +184,11 @@ class InputPatterns:
                     info = os.stat(name)
                 except OSError:
                     continue  # gone between the listing and the look, or unreadable
-                if stat.S_ISREG(info.st_mode):
-                    found.setdefault(
-                        (info.st_dev, info.st_ino), Match(name, info.st_ino, info.st_size)
-                    )
+                key = (info.st_dev, info.st_ino)
+                if stat.S_ISREG(info.st_mode) and not own.holds(name, key):
+                    found.setdefault(key, Match(name, info.st_ino, info.st_size))
+        if loops is not None:
+            loops.extend(skipped)
         return found
 
     @classmethod

@@ -7,7 +7,8 @@ Rule 1: a file is a partition keyed by (device, inode) while the worker runs, so
         and its counts are folded into `gone`, so the checkpoint does not grow without bound.
 Rule 2: following, the patterns are scanned every `poll_interval`: a new file starts at 0
         (`file_discovered`); one renamed out of every pattern is read until it has not grown for
-        `close_inactive`, then closed and kept, closed, so it is never read twice; one deleted is
+        `close_inactive`, then closed and kept, closed, so it is never read twice (for
+        `forget_closed_after`, then folded into `gone`: `file_forgotten`); one deleted is
         finished through its open descriptor and folded into `gone` (`file_removed`).
 Rule 3: a save takes every file's state in one step of the event loop (one instant), then
         writes them in one atomic checkpoint; the lock beside it doubles as the heartbeat.
@@ -96,19 +97,24 @@ class Pairing:
 
 
 def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -> Pairing:
-    """Pair saved states with the files found now (blocking).
+    """Pair saved states with the files found now (blocking; near-linear, by index).
 
     A state of format 1 has no inode and is found by its path; any other by its inode and its
     first bytes, the same path first, so a reused inode or a remount is never confused.
     """
     unclaimed = dict(found)
+    by_inode: dict[int, list[FileKey]] = {}
+    by_path: dict[str, list[FileKey]] = {}
+    for key, match in found.items():
+        by_inode.setdefault(match.inode, []).append(key)
+        by_path.setdefault(match.path, []).append(key)
     pairing = Pairing()
     for state in saved:
         if state.inode is None:
-            candidates = [k for k, m in unclaimed.items() if m.path == state.path]
+            candidates = [k for k in by_path.get(state.path, ()) if k in unclaimed]
         else:
             same_inode = sorted(
-                (k for k, m in unclaimed.items() if m.inode == state.inode),
+                (k for k in by_inode.get(state.inode, ()) if k in unclaimed),
                 key=lambda k: unclaimed[k].path != state.path,
             )
             candidates = []
@@ -138,12 +144,15 @@ class FileSource:
         self.lock = WorkerLock(settings.checkpoint)
         self.slots = anyio.CapacityLimiter(settings.max_open_files)
         self.reading = anyio.CapacityLimiter(READS_AT_ONCE)
-        self.active: list[FilePartition] = []  # being read, waiting for a slot, or done
-        self.dormant: list[FileState] = []  # renamed out of every pattern and closed
+        # Dicts for their order and their O(1) removal, however many files there are.
+        self.active: dict[FilePartition, None] = {}  # being read, waiting for a slot, or done
+        self.dormant: dict[FileState, float] = {}  # renamed out of every pattern: closed at
+        self.states: dict[FilePartition, FileState] = {}  # each active one's, in their order
         self.gone = Position()  # what files that no longer exist added up to
         self.saved: tuple[tuple[FileState, ...], Position] | None = None
         self.saving = anyio.Lock()
         self.waiting_logged = False
+        self.loop_logged = False
 
     def describe(self) -> str:
         return self.patterns.describe()
@@ -182,7 +191,8 @@ class FileSource:
         partition = FilePartition(
             path, self.settings, self.log, self.slots, self.reading, resume=resume, plain=True
         )
-        self.active.append(partition)
+        self.active[partition] = None
+        self.states[partition] = partition.snapshot()
         await partition.open_now()
         return partition
 
@@ -207,12 +217,12 @@ class FileSource:
         or shows another file under its old name; folding its state then would read it again
         from 0. Another look tells a file that is gone from one that was moving.
         """
-        scanned = await anyio.to_thread.run_sync(self.patterns.scan)
+        scanned = await self._scan()
         pairing = await anyio.to_thread.run_sync(match_saved_files, saved, scanned)
         looks = 1
         while (pairing.gone and looks == 1) or (pairing.moving and looks < _LOOKS_WHILE_MOVING):
             await anyio.sleep(_LOOK_AGAIN_DELAY)
-            scanned = await anyio.to_thread.run_sync(self.patterns.scan)
+            scanned = await self._scan()
             claimed = {key for key, _match, _state in pairing.resumed} | set(pairing.new)
             unclaimed = {k: m for k, m in scanned.items() if k not in claimed}
             later = await anyio.to_thread.run_sync(match_saved_files, pairing.gone, unclaimed)
@@ -238,6 +248,19 @@ class FileSource:
             partitions.append(self._add(match.path, key, None))
         return partitions
 
+    async def _scan(self) -> dict[FileKey, Match]:
+        """The files of the input now, off the event loop; a `**` loop is said once a run."""
+        loops: list[str] = []
+        found = await anyio.to_thread.run_sync(self.patterns.scan, loops)
+        if loops and not self.loop_logged:
+            self.loop_logged = True
+            self.log.warning(
+                "directory_loop",
+                path=loops[0],
+                message="a directory reached again through a symbolic link is walked once",
+            )
+        return found
+
     def _log_waiting(self) -> None:
         if not self.waiting_logged:
             self.waiting_logged = True
@@ -247,7 +270,8 @@ class FileSource:
         partition = FilePartition(
             path, self.settings, self.log, self.slots, self.reading, resume=resume, key=key
         )
-        self.active.append(partition)
+        self.active[partition] = None
+        self.states[partition] = partition.snapshot()
         return partition
 
     def _fold(self, position: Position) -> None:
@@ -258,7 +282,7 @@ class FileSource:
     async def discover(self) -> list[Partition]:
         if self.patterns.plain_path is not None:
             return []
-        found = await anyio.to_thread.run_sync(self.patterns.scan)
+        found = await self._scan()
         by_key = {p.key: p for p in self.active if p.key is not None}
         fresh = {key: match for key, match in found.items() if key not in by_key}
         for key, partition in by_key.items():
@@ -272,25 +296,40 @@ class FileSource:
             elif change is Change.RENAMED_OUT:
                 partition.renamed_out()
         # A file renamed while it is checked (`moving`) is neither: the next scan tells.
-        pairing = await anyio.to_thread.run_sync(match_saved_files, self.dormant, fresh)
+        self._forget_closed()
+        pairing = await anyio.to_thread.run_sync(match_saved_files, list(self.dormant), fresh)
         for _key, _match, state in pairing.resumed:
-            self.dormant.remove(state)
+            del self.dormant[state]
         partitions = self._adopt(pairing.resumed, pairing.new)
         if not self.active:
             self._log_waiting()
         return partitions
 
+    def _forget_closed(self) -> None:
+        """Closed files kept longer than `forget_closed_after` are folded like deleted ones:
+        the checkpoint stops growing, and such a file, back under a pattern, is read anew."""
+        keep_for = self.settings.forget_closed_after
+        if keep_for <= 0:
+            return
+        now = anyio.current_time()
+        for state, closed_at in list(self.dormant.items()):
+            if now - closed_at >= keep_for:
+                del self.dormant[state]
+                self._fold(state.position)
+                self.log.info("file_forgotten", path=state.path, **asdict(state.position))
+
     def retire(self, partition: Partition) -> None:
         assert isinstance(partition, FilePartition)
         if partition.state not in (State.CLOSED, State.DELETED):
             return  # done, not followed: its state stays as it is
-        self.active.remove(partition)
+        del self.active[partition]
+        del self.states[partition]
         position = partition.position
         if partition.state is State.DELETED:
             self._fold(position)
             reason = "deleted"
         else:
-            self.dormant.append(partition.snapshot(closed=True))
+            self.dormant[partition.snapshot(closed=True)] = anyio.current_time()
             reason = "inactive"
         self.log.info("file_removed", path=partition.label, reason=reason, **asdict(position))
 
@@ -307,7 +346,12 @@ class FileSource:
         return self.gone.offset + sum(s.position.offset for s in self.dormant) + sum(sizes)
 
     def _files(self) -> tuple[FileState, ...]:
-        return tuple(p.snapshot() for p in self.active) + tuple(self.dormant)
+        """Every file's state now: new snapshots only of the partitions touched since."""
+        for partition in self.active:
+            if partition.touched:
+                partition.touched = False
+                self.states[partition] = partition.snapshot()
+        return tuple(self.states.values()) + tuple(self.dormant)
 
     def changed_since_save(self) -> bool:
         return (self._files(), self.gone) != self.saved
@@ -320,12 +364,17 @@ class FileSource:
                 # The save this one waited for (the completion one, say) already wrote this
                 # state; writing it again would undo its flag.
                 return False
-            total = total_of([gone, *(f.position for f in files)])
-            checkpoint = Checkpoint(total, self.describe(), None, completed, files=files, gone=gone)
-            await anyio.to_thread.run_sync(self.store.save, checkpoint)
+            # Totals, encoding and writing all happen in a thread: their cost grows with files.
+            total = await anyio.to_thread.run_sync(self._write, files, gone, completed)
             self.saved = (files, gone)
             self.log.info("checkpoint_saved", **asdict(total), reason=reason)
             return True
+
+    def _write(self, files: tuple[FileState, ...], gone: Position, completed: bool) -> Position:
+        """Save the checkpoint of these states (blocking); what they add up to."""
+        total = total_of([gone, *(f.position for f in files)])
+        self.store.save(Checkpoint(total, self.describe(), None, completed, files=files, gone=gone))
+        return total
 
     def heartbeat(self) -> None:
         self.lock.heartbeat()

@@ -1,0 +1,216 @@
+"""The file system around the worker, end to end: links, the lock, truncation, umask, loops."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.oracle import expected_of, expected_of_files
+from tests.processes import WorkerProcess, cli, events_of, worker_env
+
+FAST = ["--poll-interval", "0.05", "--checkpoint-interval", "0.05"]
+
+
+def _numbers(count: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    return b"".join(b"%d\n" % rng.randrange(-(10**6), 10**6) for _ in range(count))
+
+
+def _json(path: Path) -> dict[str, object]:
+    loaded = json.loads(path.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _one_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The one error line of a finished run, which printed no traceback."""
+    (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert "Traceback" not in done.stderr + done.stdout
+    message = error["message"]
+    assert isinstance(message, str)
+    return message
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "hard link"])
+def test_a_lock_that_is_a_link_is_refused_and_never_written(tmp_path: Path, kind: str) -> None:
+    """A lock file planted as a link: exit 1, one line, and the file it leads to is unchanged."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
+    victim = tmp_path / "precious.txt"
+    lock = tmp_path / "checkpoint.json.lock"
+    if kind == "hard link":
+        victim.write_bytes(b"keep me\n")
+        os.link(victim, lock)
+    else:
+        if kind == "symlink":
+            victim.write_bytes(b"keep me\n")
+        lock.symlink_to(victim)
+    done = cli(["run"], tmp_path)
+    assert done.returncode == 1
+    assert str(lock) in _one_error(done) or "checkpoint.json.lock" in _one_error(done)
+    if kind == "dangling symlink":
+        assert not victim.exists()
+    else:
+        assert victim.read_bytes() == b"keep me\n"
+    assert not (tmp_path / "checkpoint.json").exists()
+
+
+def test_a_lock_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO in the lock's place is refused with one line, never waited on."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n")
+    os.mkfifo(tmp_path / "checkpoint.json.lock")
+    done = cli(["run"], tmp_path, timeout=30)
+    assert done.returncode == 1
+    assert "not a regular file" in _one_error(done)
+
+
+@pytest.mark.parametrize("reached", ["input through the link", "checkpoint through the link"])
+def test_own_files_are_never_read_whatever_path_reaches_them(tmp_path: Path, reached: str) -> None:
+    """A data directory reached through a symlink: `link/*` never reads the lock or checkpoint."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    parts = [_numbers(1000, seed) for seed in range(3)]
+    for index, data in enumerate(parts):
+        (real / f"part-{index}.txt").write_bytes(data)
+    inputs, state = ("link", "real") if reached == "input through the link" else ("real", "link")
+    args = ["run", "--input", f"{inputs}/*", "--on-bad-record", "fail"]
+    args += ["--checkpoint", f"{state}/checkpoint.json", "--result", f"{state}/result.json"]
+    (real / ".checkpoint.json.leftover.tmp").write_bytes(b"12345\n")  # a crashed save's temp
+    for _ in range(2):  # the second run sees the checkpoint, result and lock there
+        done = cli(args, tmp_path)
+        assert done.returncode == 0, done.stdout
+        result = _json(real / "result.json")
+        expected = expected_of_files(parts)
+        assert (result["sum"], result["records"]) == (expected.sum, expected.records)
+        assert len(result["files"]) == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", ["fail", "restart"])
+def test_a_file_truncated_below_its_position_during_a_run_is_input_changed(
+    tmp_path: Path, policy: str
+) -> None:
+    """Not following: a file cut below the position is input_changed, never 'completed' past it."""
+    data = _numbers(200_000, seed=7)
+    path = tmp_path / "numbers.txt"
+    path.write_bytes(data)
+    kept = data[: data.index(b"\n", 1000) + 1]
+    args = ["--max-rate", "50000", "--on-input-change", policy, *FAST]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("checkpoint_saved", offset=lambda o: o > len(kept))
+    os.truncate(path, len(kept))
+    changed = worker.wait_for("input_changed", reason="truncated")
+    assert changed["action"] == policy
+    if policy == "fail":
+        assert worker.finish() == 1
+        assert len(worker.errors) == 1
+        assert _json(tmp_path / "checkpoint.json")["offset"] > len(kept)  # type: ignore[operator]
+        return
+    assert worker.finish() == 0
+    expected = expected_of(kept)
+    result = _json(tmp_path / "result.json")
+    assert (result["sum"], result["records"], result["offset"]) == (
+        expected.sum,
+        expected.records,
+        expected.offset,
+    )
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o022])
+def test_files_are_created_with_the_umask_honoured(tmp_path: Path, umask: int) -> None:
+    """Checkpoint, result and lock get 0o666 less the umask of the process."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "run"],
+        cwd=tmp_path,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.umask(umask),
+    )
+    assert done.returncode == 0, done.stdout
+    for name in ("checkpoint.json", "result.json", "checkpoint.json.lock"):
+        mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+        assert mode == 0o666 & ~umask, (name, oct(mode))
+
+
+def test_a_directory_symlink_loop_under_double_star_is_walked_once(tmp_path: Path) -> None:
+    """`**` over directory links that loop: start-up ends, each file counted once, said once."""
+    data = tmp_path / "in"
+    (data / "a" / "b").mkdir(parents=True)
+    (data / "a" / "b" / "up").symlink_to("../..")
+    (data / "a" / "self").symlink_to(".")
+    (data / "a" / "b" / "also").symlink_to(data)
+    parts = [_numbers(100, seed) for seed in range(3)]
+    for directory, part in zip((data, data / "a", data / "a" / "b"), parts, strict=True):
+        (directory / "n.txt").write_bytes(part)
+    started = time.monotonic()
+    done = cli(["run", "--input", "in/**/*.txt"], tmp_path, timeout=60)
+    assert done.returncode == 0, done.stdout
+    assert time.monotonic() - started < 30
+    expected = expected_of_files(parts)
+    result = _json(tmp_path / "result.json")
+    assert (result["sum"], result["records"]) == (expected.sum, expected.records)
+    assert len([e for e in events_of(done.stdout) if e["event"] == "directory_loop"]) == 1
+
+
+def test_a_missing_result_directory_is_found_at_start_up(tmp_path: Path) -> None:
+    """`result` in a directory that does not exist: exit 1 before reading, one line naming it."""
+    (tmp_path / "numbers.txt").write_bytes(_numbers(100_000, seed=1))
+    done = cli(["run", "--result", "missing/result.json", "--max-rate", "1000"], tmp_path)
+    assert done.returncode == 1
+    assert "missing" in _one_error(done)
+    assert not [e for e in events_of(done.stdout) if e["event"] == "checkpoint_saved"]
+
+
+def test_two_thousand_files_stop_on_sigterm_in_time_and_resume_exactly(tmp_path: Path) -> None:
+    """2,000 files: SIGTERM mid-way exits 0 in time with its final checkpoint; resume is exact."""
+    data = tmp_path / "in"
+    data.mkdir()
+    parts = [_numbers(1 + index % 4, seed=index) for index in range(2000)]
+    for index, part in enumerate(parts):
+        (data / f"{index:05d}.txt").write_bytes(part)
+    args = ["--input", "in/*.txt", "--max-rate", "1500", "--max-open-files", "64", *FAST]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("checkpoint_saved", reason="timer", records=lambda r: r > 500)
+    sent = worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    assert worker.ended is not None
+    assert worker.ended - sent < 5.0  # shutdown_timeout
+    (final,) = worker.named("checkpoint_saved", reason="shutdown")
+    expected = expected_of_files(parts)
+    assert 0 < final["records"] < expected.records
+    resumed = cli(["run", "--input", "in/*.txt"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout
+    result = _json(tmp_path / "result.json")
+    got = (result["sum"], result["records"], result["offset"])
+    assert got == (expected.sum, expected.records, expected.offset)
+    assert len(result["files"]) == 2000  # type: ignore[arg-type]
+
+
+def test_a_closed_file_is_forgotten_after_forget_closed_after(tmp_path: Path) -> None:
+    """A file renamed out of every pattern and closed leaves the checkpoint after the retention;
+    the totals keep what it added up to."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1\n2\n")
+    (tmp_path / "in" / "b.txt").write_bytes(b"10\n")
+    args = ["--input", "in/*.txt", "--follow", "--close-inactive", "0.2", *FAST]
+    worker = WorkerProcess([*args, "--forget-closed-after", "0.3"], tmp_path)
+    worker.wait_for("caught_up", sum=13)
+    (tmp_path / "in" / "a.txt").rename(tmp_path / "in" / "a.old")
+    worker.wait_for("file_removed", path="in/a.txt", reason="inactive")
+    worker.wait_for("file_forgotten", path="in/a.txt", sum=3)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    saved = _json(tmp_path / "checkpoint.json")
+    assert [f["path"] for f in saved["files"]] == ["in/b.txt"]  # type: ignore[attr-defined]
+    assert (saved["sum"], saved["gone"]["sum"]) == (13, 3)  # type: ignore[index]
