@@ -33,6 +33,10 @@ class Step:
 
     batch: Batch
     progress: Progress
+    # What this step read, when the partition's position also moves for other reasons: a Kafka
+    # member's position gains a partition's committed totals on assignment, which were read
+    # before. None: the position moved by reading alone.
+    consumed: Position | None = None
 
 
 @dataclass(frozen=True)

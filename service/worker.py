@@ -175,11 +175,12 @@ class _Worker:
         while True:
             before = partition.position
             step = await partition.next_batch()
-            self._count(partition, before)
+            consumed = step.consumed or partition.position.since(before)
+            self._count(partition, consumed)
             self._report(partition, step.batch)
             self.progress_of[partition] = step.progress
-            read = max(0, step.batch.position.records - before.records)
-            delay = self.pacer.delay_after(read, anyio.current_time())
+            # Paced on what was read, never on totals that arrived with a partition.
+            delay = self.pacer.delay_after(max(0, consumed.records), anyio.current_time())
             if delay > 0:
                 await anyio.sleep(delay)
             if step.progress in (Progress.DONE, Progress.CLOSED):
@@ -194,13 +195,10 @@ class _Worker:
                 await self._catch_up()
                 await anyio.sleep(self.settings.poll_interval)
 
-    def _count(self, partition: Partition, before: Position) -> None:
+    def _count(self, partition: Partition, consumed: Position) -> None:
         """Tell telemetry what one batch consumed (never less than nothing) and where it stands."""
-        after = partition.position
         self.telemetry.consumed(
-            max(0, after.records - before.records),
-            max(0, after.bad_records - before.bad_records),
-            max(0, after.offset - before.offset),
+            max(0, consumed.records), max(0, consumed.bad_records), max(0, consumed.offset)
         )
         self._report_position(partition)
 

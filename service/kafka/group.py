@@ -32,6 +32,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
+from ..checkpoint import total_of
 from ..errors import BadRecordFound, UnexpectedError, WorkerError
 from ..logs import Logger
 from ..parsing import BAD_RECORD_DETAILS_PER_RUN
@@ -206,8 +207,9 @@ class GroupMember:
         if self._fatal is not None:
             raise self._fatal
 
-    async def read(self, max_messages: int) -> int:
-        """Fetch once and apply what came; the number of records added (for pacing)."""
+    async def read(self, max_messages: int) -> Position:
+        """Fetch once and apply what came; what that read (for pacing and the counters), which
+        never includes the totals a partition brought when it was assigned."""
         epoch = self._epoch
         try:
             batches = await self._fetch(max_messages)
@@ -223,13 +225,13 @@ class GroupMember:
         if epoch != self._epoch:
             for tp, position in self.owned.items():  # a fetch that straddled a rebalance
                 self.consumer.seek(tp, position.offset)
-            return 0
-        added = 0
+            return Position()
+        read = []
         for tp, messages in batches.items():
             before = self.owned.get(tp)
             if before is not None:
                 self.owned[tp] = self._apply(tp, before, messages)
-                added += self.owned[tp].records - before.records
+                read.append(self.owned[tp].since(before))
         # Past what getmany returned (transaction markers, aborted publishes) nothing is left to
         # count: the state's offset follows the consumer's position.
         positions = {}
@@ -245,7 +247,8 @@ class GroupMember:
                     self.owned[tp] = Position(
                         offset, state.lines, state.records, state.bad_records, state.sum
                     )
-        return added
+                    read.append(Position(offset - state.offset))
+        return total_of(read)
 
     async def _fetch(self, max_messages: int) -> dict[TopicPartition, list[Any]]:
         """Messages from the fetched buffers. A few at a time (paced), take turns among the

@@ -67,11 +67,13 @@ class GroupPartition:
             # look at the group at once (then every poll_interval while others still read).
             await source.member.commit("targets_reached")
             done = await source.group_done()
-            return Step(Batch(self.position), Progress.DONE if done else Progress.CAUGHT_UP)
-        added = await source.member.read(self._max_messages)
+            progress = Progress.DONE if done else Progress.CAUGHT_UP
+            return Step(Batch(self.position), progress, Position())
+        read = await source.member.read(self._max_messages)
         if self._checks.due(anyio.current_time()) and await source.group_done():
-            return Step(Batch(self.position), Progress.DONE)
-        return Step(Batch(self.position), Progress.READING if added else Progress.CAUGHT_UP)
+            return Step(Batch(self.position), Progress.DONE, read)
+        progress = Progress.READING if read.offset else Progress.CAUGHT_UP
+        return Step(Batch(self.position), progress, read)
 
     async def close(self) -> None:
         pass

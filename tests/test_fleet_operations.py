@@ -1,0 +1,103 @@
+"""Operating a Kafka fleet, end to end against a real broker: the hand-over after a SIGKILL,
+broker outages, rescaling.
+
+Every total is compared with the independent oracle of the input file that was published.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kafka_broker import Broker
+from tests.kafka_support import create_topic, kafka_env, noisy_numbers
+from tests.oracle import expected_of
+from tests.processes import WorkerProcess, cli
+
+pytestmark = pytest.mark.kafka
+
+SESSION_TIMEOUT = 3.0  # kafka_env's
+
+
+def _published(broker: Broker, workdir: Path, partitions: int, lines: int) -> dict[str, str]:
+    """A new topic holding `lines` noisy lines, 100 to a message; the environment to read it."""
+    topic = create_topic(broker, partitions)
+    env = kafka_env(broker, topic, f"group-{topic}", WORKER_CHECKPOINT_INTERVAL="0.2")
+    (workdir / "numbers.txt").write_bytes(noisy_numbers(lines, seed=partitions))
+    done = cli(["publish", "--lines-per-message", "100"], workdir, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return env
+
+
+def _oracle(workdir: Path) -> tuple[int, int, int, int]:
+    expected = expected_of((workdir / "numbers.txt").read_bytes())
+    return (expected.sum, expected.records, expected.bad_records, expected.lines)
+
+
+def _totals(report: dict[str, Any]) -> tuple[int, int, int, int]:
+    return (int(report["sum"]), report["records"], report["bad_records"], report["lines"])
+
+
+def _member(workdir: Path, name: str, env: dict[str, str], **settings: str) -> WorkerProcess:
+    directory = workdir / name
+    directory.mkdir()
+    return WorkerProcess([], directory, {**env, **settings})
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _first_reads(
+    worker: WorkerProcess, since: float, wanted: set[str], timeout: float
+) -> dict[str, float]:
+    """Seconds from `since` (wall clock) to `worker`'s first commit of each partition in
+    `wanted`: the timer commits only partitions that read something, so a commit follows the
+    first record read by at most one checkpoint interval."""
+    found: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(found) < len(wanted):
+        for event in worker.named("checkpoint_saved"):
+            at = datetime.fromisoformat(event["timestamp"]).timestamp()
+            for name in wanted & set(event["partitions"]):
+                if at > since and name not in found:
+                    found[name] = at - since
+        time.sleep(0.05)
+    return found
+
+
+@pytest.mark.parametrize("heir_rate", ["1000", "0"])
+def test_after_a_sigkill_the_heir_reads_the_moved_partitions_within_the_session_timeout(
+    kafka: Broker, tmp_path: Path, heir_rate: str
+) -> None:
+    """A paced or unpaced heir reads the first record of each partition a SIGKILLed member
+    owned within the session timeout + 2 s: the records those partitions had committed before
+    were read by the dead member, and never count against the heir's pace."""
+    env = _published(kafka, tmp_path, partitions=6, lines=60_000)
+    victim = _member(tmp_path, "victim", env, WORKER_MAX_RATE="3000")
+    victim.wait_for("checkpoint_saved", timeout=30)
+    heir = _member(tmp_path, "heir", env, WORKER_MAX_RATE=heir_rate)
+    try:
+        heir.wait_for("partitions_assigned", timeout=30, partitions=lambda p: len(p) > 0)
+        _wait_until(lambda: len(victim.named("partitions_assigned")) >= 2, timeout=30)
+        time.sleep(1.5)  # the moved partitions hold thousands of committed records
+        victim.signal(signal.SIGKILL)
+        killed = time.time()
+        moved = set(victim.named("partitions_assigned")[-1]["partitions"])
+        assert moved
+        found = _first_reads(heir, killed, moved, timeout=SESSION_TIMEOUT + 10)
+        assert set(found) == moved, "".join(heir.raw)
+        assert max(found.values()) <= SESSION_TIMEOUT + 2, found
+    finally:
+        victim.kill()
+        heir.signal(signal.SIGTERM)
+        assert heir.finish(timeout=30) == 0
