@@ -126,7 +126,7 @@ def _hand_overs(broker: Broker, topic: str, scratch: Path, trials: int) -> list[
     of each partition the killed one owned: one heir for every trial, a fresh victim each time,
     so a delay that grows over the trials shows too."""
     group = f"bench-kill-{time.monotonic_ns()}"
-    paced = ("--follow", "--max-rate", str(HAND_OVER_RATE), "--checkpoint-interval", "0.2")
+    paced = ("--follow", "--max-rate", str(HAND_OVER_RATE), "--checkpoint-interval", "0.1")
 
     def member(name: str) -> WorkerProcess:
         directory = scratch / f"{group}-{name}"

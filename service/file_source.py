@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -245,6 +245,9 @@ class FileSource:
         self.gone = total_of([self.gone, position])
 
     # --- following ----------------------------------------------------------------------------
+
+    async def watch(self, reachable: Callable[[bool], None]) -> None:
+        """Files are always within reach: a file that cannot be read is an error of its own."""
 
     async def discover(self) -> list[Partition]:
         if self.patterns.plain_path is not None:

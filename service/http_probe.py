@@ -51,10 +51,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._answer(503, f"stalled: no heartbeat for {stalled:.1f} s\n".encode())
         elif path == "/readyz":
-            if metrics.is_ready():
+            why = metrics.not_ready_because()
+            if why is None:
                 self._answer(200, b"ready\n")
             else:
-                self._answer(503, b"not ready: starting up\n")
+                self._answer(503, f"not ready: {why}\n".encode())
         else:
             self._answer(404, b"not found: try /metrics, /healthz or /readyz\n")
 

@@ -50,6 +50,7 @@ class Metrics(Telemetry):
         self._last_save = 0.0
         self._gauges = GaugeBoard()
         self._ready = False
+        self._unreachable = False
         self._last_beat = time.monotonic()
         self._registry: Any = None
 
@@ -77,6 +78,9 @@ class Metrics(Telemetry):
 
     def ready(self) -> None:
         self._ready = True
+
+    def reachable(self, yes: bool) -> None:
+        self._unreachable = not yes
 
     # --- what the probes read (from the HTTP threads) -----------------------------------------
 
@@ -154,7 +158,15 @@ class Metrics(Telemetry):
         yield from lags.values()
 
     def is_ready(self) -> bool:
-        return self._ready
+        return self.not_ready_because() is None
+
+    def not_ready_because(self) -> str | None:
+        """Why the worker is not ready, or None when it is."""
+        if not self._ready:
+            return "starting up"
+        if self._unreachable:
+            return "the input cannot be reached"
+        return None
 
     def stalled_for(self, now: float | None = None) -> float | None:
         """Seconds since the last heartbeat if that is longer than STALLED_AFTER, else None."""

@@ -11,6 +11,7 @@ Rule 3: all of a partition's state is its `Position` and what identifies it, der
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,6 +84,11 @@ class Source(Protocol):
 
     async def start(self) -> list[Partition]:
         """Load the saved state and return the partitions to read first."""
+        ...
+
+    async def watch(self, reachable: Callable[[bool], None]) -> None:
+        """Beside start-up and reading, until cancelled: tell `reachable` when the input can no
+        longer be reached and when it can again; raise a WorkerError to end the run."""
         ...
 
     async def discover(self) -> list[Partition]:

@@ -38,6 +38,10 @@ class Telemetry:
     def consumed(self, records: int, bad_records: int, nbytes: int) -> None:
         """One batch was consumed: `records` valid, `bad_records` skipped, `nbytes` bytes."""
 
+    def reachable(self, yes: bool) -> None:
+        """The input can (again) or cannot be reached now (a broker outage): not ready while
+        it cannot."""
+
     def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
         """Where the streams of the partition `label` stand now (its whole list)."""
 
@@ -92,6 +96,10 @@ class _Fanout(Telemetry):
     def consumed(self, records: int, bad_records: int, nbytes: int) -> None:
         for part in self.parts:
             part.consumed(records, bad_records, nbytes)
+
+    def reachable(self, yes: bool) -> None:
+        for part in self.parts:
+            part.reachable(yes)
 
     def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
         for part in self.parts:

@@ -90,6 +90,10 @@ class _Worker:
             self.scope = tasks.cancel_scope
             # Listen first, so a signal during start-up is a graceful stop too.
             await tasks.start(self._listen_for_signals, tasks.cancel_scope, early_signals)
+            # An input out of reach for too long (a broker outage) ends the run, at start-up too.
+            watch = lambda: self.source.watch(self.telemetry.reachable)  # noqa: E731
+            tasks.start_soon(self._guarded, watch, tasks.cancel_scope)
+            tasks.start_soon(self._beat_while_starting)
             partitions: list[Partition] = []
 
             async def start() -> None:
@@ -107,6 +111,12 @@ class _Worker:
                 tasks.start_soon(self._guarded, self._run_timer, tasks.cancel_scope)
                 await self._guarded(lambda: self._read_all(partitions), tasks.cancel_scope)
             tasks.cancel_scope.cancel()
+
+    async def _beat_while_starting(self) -> None:
+        """Start-up may wait long (for a broker): the loop turns meanwhile, and says so."""
+        while not self.started:
+            self.telemetry.loop_alive()
+            await anyio.sleep(HEARTBEAT_INTERVAL)
 
     async def _guarded(self, work: Any, scope: anyio.CancelScope) -> None:
         """Run `work`; a failure is kept for shutdown and stops every task."""

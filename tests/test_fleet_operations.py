@@ -6,7 +6,9 @@ Every total is compared with the independent oracle of the input file that was p
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -15,14 +17,16 @@ from typing import Any
 
 import pytest
 
-from tests.kafka_broker import Broker
+from tests.kafka_broker import Broker, start_broker
 from tests.kafka_support import create_topic, kafka_env, noisy_numbers
 from tests.oracle import expected_of
-from tests.processes import WorkerProcess, cli
+from tests.processes import WorkerProcess, cli, events_of, worker_env
+from tests.scrape import get
 
 pytestmark = pytest.mark.kafka
 
 SESSION_TIMEOUT = 3.0  # kafka_env's
+OUTAGE = 30.0
 
 
 def _published(broker: Broker, workdir: Path, partitions: int, lines: int) -> dict[str, str]:
@@ -101,3 +105,96 @@ def test_after_a_sigkill_the_heir_reads_the_moved_partitions_within_the_session_
         victim.kill()
         heir.signal(signal.SIGTERM)
         assert heir.finish(timeout=30) == 0
+
+
+def _probes(worker: WorkerProcess) -> tuple[int, int]:
+    """(the status of /readyz, the status of /healthz) of a worker serving its endpoint."""
+    address = worker.wait_for("metrics_listening")["address"]
+    return get(f"http://{address}/readyz")[0], get(f"http://{address}/healthz")[0]
+
+
+def test_three_workers_ride_out_a_broker_stopped_at_start_up_and_frozen_mid_run(
+    tmp_path: Path,
+) -> None:
+    """The broker (its own) stopped for 30 s while three workers start, then frozen for 30 s
+    while they read: no worker exits, each says `broker_unavailable` once an outage and
+    `broker_available` after it, is not ready but healthy meanwhile, and the group's total is
+    the oracle's."""
+    broker = start_broker()
+    workers: list[WorkerProcess] = []
+    try:
+        env = _published(broker, tmp_path, partitions=6, lines=60_000)
+        settings = {"WORKER_MAX_RATE": "1000", "WORKER_METRICS_ADDRESS": "127.0.0.1:0"}
+        with broker.stopped():
+            workers = [_member(tmp_path, name, env, **settings) for name in "abc"]
+            for worker in workers:
+                worker.wait_for("broker_unavailable", timeout=30)
+            time.sleep(OUTAGE - 5)
+            assert [_probes(worker) for worker in workers] == [(503, 200)] * 3
+            assert [worker.process.poll() for worker in workers] == [None] * 3
+        for worker in workers:
+            worker.wait_for("checkpoint_saved", timeout=60)
+        with broker.frozen():
+            for worker in workers:
+                worker.wait_for("broker_unavailable", timeout=30, message=lambda m: "no" in m)
+            time.sleep(OUTAGE - 5)
+            assert [_probes(worker) for worker in workers] == [(503, 200)] * 3
+        for worker in workers:
+            assert worker.finish(timeout=180) == 0, "".join(worker.raw)
+        for name, worker in zip("abc", workers, strict=True):
+            assert _totals(json.loads((tmp_path / name / "result.json").read_text())) == (
+                _oracle(tmp_path)
+            )
+            assert len(worker.named("broker_unavailable")) == 2
+            assert len(worker.named("broker_available")) == 2
+            assert not worker.errors
+    finally:
+        for worker in workers:
+            worker.kill()
+        broker.stop()
+
+
+def test_past_kafka_unavailable_timeout_without_a_broker_is_one_line_and_exit_1(
+    tmp_path: Path,
+) -> None:
+    """No broker at the address and a 3 s bound: one warning, one error line naming the
+    setting, exit 1 soon after the bound, no traceback."""
+    env = worker_env(
+        WORKER_SOURCE="kafka",
+        WORKER_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{_closed_port()}",
+        WORKER_KAFKA_UNAVAILABLE_TIMEOUT="3",
+    )
+    started = time.monotonic()
+    done = cli(["run"], tmp_path, env)
+    took = time.monotonic() - started
+    assert done.returncode == 1
+    assert 3 <= took < 10
+    events = events_of(done.stdout)
+    (error,) = [e for e in events if e["level"] == "error"]
+    assert "kafka_unavailable_timeout" in error["message"]
+    assert len([e for e in events if e["event"] == "broker_unavailable"]) == 1
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_stop_while_no_broker_answers_at_start_up_exits_0_at_once(tmp_path: Path) -> None:
+    """SIGTERM to a worker waiting for a broker (no bound): exit 0 well within
+    shutdown_timeout, with no error."""
+    env = worker_env(
+        WORKER_SOURCE="kafka",
+        WORKER_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{_closed_port()}",
+        WORKER_KAFKA_UNAVAILABLE_TIMEOUT="0",
+    )
+    worker = WorkerProcess([], tmp_path, env)
+    worker.wait_for("broker_unavailable", timeout=30)
+    time.sleep(1)
+    sent = worker.signal(signal.SIGTERM)
+    assert worker.finish(timeout=30) == 0, "".join(worker.raw)
+    assert time.monotonic() - sent < 5
+    assert not worker.errors
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

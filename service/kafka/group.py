@@ -39,7 +39,14 @@ from ..parsing import BAD_RECORD_DETAILS_PER_RUN
 from ..partition import Gauge
 from ..settings import Settings
 from ..state import Position
-from .client import KafkaUnavailable, client_options, connect, describe_error
+from .client import (
+    KafkaUnavailable,
+    client_options,
+    connect,
+    describe_error,
+    quiet_abandoned_requests,
+)
+from .outage import BrokerWatch
 from .state import StateUnreadable, apply_message, decode, encode
 
 __all__ = ["MAX_RECORDS", "GroupMember", "PartitionUnusable", "name_of"]
@@ -74,9 +81,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class GroupMember:
     """Reads the partitions the group gives this process and commits their states."""
 
-    def __init__(self, settings: Settings, log: Logger) -> None:
+    def __init__(self, settings: Settings, log: Logger, watch: BrokerWatch) -> None:
         self._settings = settings
         self._log = log
+        self._watch = watch
         options = client_options(settings)
         session_ms = int(settings.kafka_session_timeout * 1000)
         self.consumer = AIOKafkaConsumer(
@@ -86,7 +94,8 @@ class GroupMember:
             auto_offset_reset="earliest",  # only until `assigned` seeks to the committed state
             isolation_level="read_committed",  # never an aborted publish's copy
             session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(100, session_ms // 5),
+            # A tenth of the session: a survivor hears of a rebalance (a member gone) sooner.
+            heartbeat_interval_ms=max(100, session_ms // 10),
             rebalance_timeout_ms=max(session_ms, 10_000),
         )
         self.admin = AIOKafkaAdminClient(**options)
@@ -99,9 +108,12 @@ class GroupMember:
 
     async def start(self) -> None:
         """Connect, and join the group (the first assignment comes while reading)."""
-        await connect(self.admin.start, self._settings, "connect to Kafka")
+        quiet_abandoned_requests()
+        watch = self._watch
+        await connect(self.admin.start, self._settings, "connect to Kafka", watch)
+        watch.probe_with(self.admin)
         self.consumer.subscribe([self._settings.kafka_topic], listener=_Listener(self))
-        await connect(self.consumer.start, self._settings, "join the Kafka consumer group")
+        await connect(self.consumer.start, self._settings, "join the Kafka consumer group", watch)
 
     async def close(self) -> None:
         """Leave the group (after the final commit) and disconnect."""
@@ -155,10 +167,14 @@ class GroupMember:
     async def _load(self, assigned: set[TopicPartition]) -> dict[TopicPartition, Position]:
         if not assigned:
             return {}
-        committed = await self.admin.list_consumer_group_offsets(
-            self._settings.kafka_group, partitions=list(assigned)
+        group, tps = self._settings.kafka_group, list(assigned)
+        committed = await self._watch.reach(
+            lambda: self.admin.list_consumer_group_offsets(group, partitions=tps),
+            "load the committed states",
         )
-        starts = await self.consumer.beginning_offsets(list(assigned))
+        starts = await self._watch.reach(
+            lambda: self.consumer.beginning_offsets(tps), "read the log start offsets"
+        )
         states = {}
         for tp in sorted(assigned):
             entry, start = committed.get(tp), starts[tp]

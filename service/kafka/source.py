@@ -10,11 +10,14 @@ Rule 3: not following, the run's target is the topic's end offsets at start-up; 
         is DONE once the group's committed offsets reached them (whoever committed them), and
         the result then holds the group's totals. A member whose own partitions reached their
         targets commits them at once and looks at the group, rather than wait for the timer.
+Rule 4: the brokers may be away for a while (`outage.py`): start-up waits for them, timer commits
+        wait for them, and a stop meanwhile gives the final commit up at once.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -31,6 +34,7 @@ from ..state import Periodic, Position
 from .client import KafkaUnavailable, connect, partitions_of
 from .group import MAX_RECORDS, GroupMember, name_of
 from .group_state import GroupState, read_group_state
+from .outage import BrokerWatch
 
 __all__ = ["KafkaSource"]
 
@@ -38,6 +42,8 @@ __all__ = ["KafkaSource"]
 # both fit before the watchdog ends the process (`worker.py`). Mid-rebalance either can wait on
 # the group far longer; a final commit that does not fit is given up as a fenced one is.
 _SHUTDOWN_SHARE = 0.4
+# A timer commit the brokers do not answer in this time is tried again at the next tick.
+_TIMER_COMMIT_WAIT = 5.0
 
 
 class GroupPartition:
@@ -85,7 +91,8 @@ class KafkaSource:
     def __init__(self, settings: Settings, log: Logger) -> None:
         self.settings = settings
         self.log = log
-        self.member = GroupMember(settings, log)
+        self.outages = BrokerWatch(settings, log)
+        self.member = GroupMember(settings, log, self.outages)
         self._targets: dict[TopicPartition, int] | None = None
         self._group: GroupState | None = None  # once the group reached the targets
         self._heartbeat = heartbeat_path(settings.checkpoint, os.getpid())
@@ -101,14 +108,17 @@ class KafkaSource:
         await self.member.start()
         if not self.settings.follow:
             consumer = self.member.consumer
-            numbers = await partitions_of(self.member.admin, self.settings)
+            numbers = await partitions_of(self.member.admin, self.settings, self.outages)
             tps = [TopicPartition(self.settings.kafka_topic, n) for n in numbers]
-            ends = await connect(
-                lambda: consumer.end_offsets(tps), self.settings, "read Kafka end offsets"
+            ends = await self.outages.reach(
+                lambda: consumer.end_offsets(tps), "read Kafka end offsets"
             )
             self._targets = dict(ends)
             self.log.info("target_offsets", partitions={name_of(tp): e for tp, e in ends.items()})
         return [GroupPartition(self)]
+
+    async def watch(self, reachable: Callable[[bool], None]) -> None:
+        await self.outages.run(reachable)
 
     def own_targets_reached(self) -> bool:
         """Not following: does this member own partitions, each read up to its target?"""
@@ -120,7 +130,7 @@ class KafkaSource:
 
     async def group_done(self) -> bool:
         """Not following: have the group's commits reached this run's target?"""
-        if self._targets is None:
+        if self._targets is None or not self.outages.available:
             return False
         admin, partitions = self.member.admin, list(self._targets)
         try:
@@ -156,8 +166,18 @@ class KafkaSource:
 
     async def save(self, reason: str, *, completed: bool = False) -> bool:
         # The final and the completion commits cover every owned partition, changed or not.
+        if reason == "timer":
+            # Not while the brokers are away, and never long: the timer also beats the heart.
+            if not self.outages.available:
+                return False
+            with anyio.move_on_after(_TIMER_COMMIT_WAIT):
+                return await self.member.commit(reason)
+            return False
         if reason != "shutdown":
-            return await self.member.commit(reason, force=reason != "timer")
+            return await self.member.commit(reason, force=True)
+        if not self.outages.available:
+            self.member.give_up(reason, "the brokers are unavailable")
+            return False
         with anyio.move_on_after(self.settings.shutdown_timeout * _SHUTDOWN_SHARE):
             return await self.member.commit(reason, force=True)
         self.member.give_up(reason, "the group did not take the final commit in time")
