@@ -105,6 +105,8 @@ class GroupMember:
         self._fatal: WorkerError | None = None
         self._bad_details_left = BAD_RECORD_DETAILS_PER_RUN
         self._turn = 0  # whose turn it is to be read first, paced (`_fetch`)
+        self._turns: list[TopicPartition] = []  # in that order: the partitions gained first
+        self._last_revoked: set[TopicPartition] = set()
 
     async def start(self) -> None:
         """Connect, and join the group (the first assignment comes while reading)."""
@@ -133,6 +135,7 @@ class GroupMember:
         for tp in revoked:
             self.owned.pop(tp, None)
             self._committed.pop(tp, None)
+        self._last_revoked = set(revoked)
         if revoked:
             self._log.info("partitions_revoked", partitions=_names(revoked))
 
@@ -158,6 +161,10 @@ class GroupMember:
             self._committed[tp] = position
             self.consumer.seek(tp, position.offset)
         self.consumer.resume(*states)
+        # A rebalance gives a member back what it had too: a partition new to it (a dead
+        # member's) is read first, its records the longest unread.
+        kept = assigned & self._last_revoked
+        self._turns, self._turn = sorted(assigned - kept) + sorted(kept), 0
         self._log.info(
             "partitions_assigned",
             partitions=_names(assigned),
@@ -205,6 +212,12 @@ class GroupMember:
     def changed(self) -> bool:
         """Does any owned partition's state differ from its last commit?"""
         return any(self._committed.get(tp) != p for tp, p in self.owned.items())
+
+    def unsaved_records(self) -> int:
+        """Records read from the owned partitions past their last commits."""
+        return sum(
+            max(0, p.records - self._committed.get(tp, p).records) for tp, p in self.owned.items()
+        )
 
     def gauges(self) -> list[Gauge]:
         """Each owned partition: its position, its log end offset (the last fetch's high
@@ -272,7 +285,8 @@ class GroupMember:
         which would starve a partition that just arrived."""
         getmany = self.consumer.getmany
         if max_messages < MAX_RECORDS and self.owned:
-            turn = sorted(self.owned)[self._turn % len(self.owned)]
+            turns = [tp for tp in self._turns if tp in self.owned] or sorted(self.owned)
+            turn = turns[self._turn % len(turns)]
             self._turn += 1
             batches: dict[TopicPartition, list[Any]] = await getmany(
                 turn, timeout_ms=0, max_records=max_messages
