@@ -30,7 +30,7 @@ from .file_partition import READS_AT_ONCE, FilePartition
 from .files import temp_files_of
 from .lock import WorkerLock
 from .logs import Logger
-from .partition import Partition, Progress
+from .partition import Partition, Progress, Standing
 from .patterns import FileKey, InputPatterns, Match
 from .settings import Settings
 from .state import Position
@@ -133,6 +133,7 @@ class FileSource:
         self.dormant: list[FileState] = []  # renamed out of every pattern and closed
         self.gone = Position()  # what files that no longer exist added up to
         self.saved: tuple[tuple[FileState, ...], Position] | None = None
+        self.saved_records = 0  # the records the checkpoint on disk holds
         self.saving = anyio.Lock()
         self.waiting_logged = False
 
@@ -159,6 +160,7 @@ class FileSource:
                 "checkpoint_loaded", **asdict(checkpoint.position), completed=checkpoint.completed
             )
             saved, self.gone = checkpoint.files, checkpoint.gone
+            self.saved_records = checkpoint.position.records
         plain = self.patterns.plain_path
         if plain is not None:
             return [await self._start_plain(str(plain), saved)]
@@ -309,6 +311,9 @@ class FileSource:
     def changed_since_save(self) -> bool:
         return (self._files(), self.gone) != self.saved
 
+    def standing(self) -> Standing:
+        return Standing(max(0, self.totals().records - self.saved_records))
+
     async def save(self, reason: str, *, completed: bool = False) -> bool:
         """Write every file's state of this instant, off the event loop, one save at a time."""
         async with self.saving:
@@ -321,6 +326,7 @@ class FileSource:
             checkpoint = Checkpoint(total, self.describe(), None, completed, files=files, gone=gone)
             await anyio.to_thread.run_sync(self.store.save, checkpoint)
             self.saved = (files, gone)
+            self.saved_records = total.records
             self.log.info("checkpoint_saved", **asdict(total), reason=reason)
             return True
 

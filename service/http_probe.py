@@ -106,8 +106,8 @@ class ProbeServer:
 class MetricsEndpoint(Metrics):
     """The metrics, served on `address` from the moment the worker opens it."""
 
-    def __init__(self, address: str) -> None:
-        super().__init__()
+    def __init__(self, address: str, checkpoint_interval: float) -> None:
+        super().__init__(checkpoint_interval)
         self._address = address
         self._server: ProbeServer | None = None
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .health import STALE_AFTER
+from .partition import Standing
 from .telemetry import GaugeBoard, Telemetry
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ _PREFIX = "checkpoint_worker_"
 class Metrics(Telemetry):
     """The worker's numbers, its readiness and its event loop's last heartbeat."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoint_interval: float = 1.0) -> None:
+        self._checkpoint_interval = checkpoint_interval
+        self._standing = Standing(0)
         self._records = 0
         self._bad_records = 0
         self._bytes = 0
@@ -75,6 +78,9 @@ class Metrics(Telemetry):
 
     def loop_alive(self) -> None:
         self._last_beat = time.monotonic()
+
+    def standing(self, standing: Standing) -> None:
+        self._standing = standing
 
     def ready(self) -> None:
         self._ready = True
@@ -156,6 +162,28 @@ class Metrics(Telemetry):
             lags[gauge.unit].add_metric([gauge.label], max(0, gauge.lag))
         yield position
         yield from lags.values()
+        # For alerts (deploy/prometheus/alerts.yml): records at risk, the timer they wait for,
+        # readiness, and the partitions a fleet must own between its members.
+        standing = self._standing
+        yield GaugeMetricFamily(
+            _PREFIX + "uncommitted_records",
+            "Records consumed by this process and not saved (committed) yet",
+            standing.unsaved_records,
+        )
+        yield GaugeMetricFamily(
+            _PREFIX + "checkpoint_interval_seconds",
+            "The checkpoint_interval setting: seconds between timer saves",
+            self._checkpoint_interval,
+        )
+        yield GaugeMetricFamily(
+            _PREFIX + "ready", "1 when /readyz answers 200, else 0", int(self.is_ready())
+        )
+        if standing.partitions is not None:
+            yield GaugeMetricFamily(
+                _PREFIX + "topic_partitions",
+                "Partitions of the Kafka topic, as this member last saw its metadata",
+                standing.partitions,
+            )
 
     def is_ready(self) -> bool:
         return self.not_ready_because() is None

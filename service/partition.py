@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from .parsing import Batch
 from .state import Position
 
-__all__ = ["Gauge", "Partition", "Progress", "Source", "Step"]
+__all__ = ["Gauge", "Partition", "Progress", "Source", "Standing", "Step"]
 
 
 class Progress(enum.Enum):
@@ -53,6 +53,15 @@ class Gauge:
     end: int
     lag: int
     unit: str  # what `lag` counts: "bytes" or "messages"
+
+
+@dataclass(frozen=True)
+class Standing:
+    """The whole source, for metrics: records consumed but not saved yet, and how many
+    partitions the input has in all when that is known (a Kafka topic's)."""
+
+    unsaved_records: int
+    partitions: int | None = None
 
 
 class Partition(Protocol):
@@ -108,6 +117,8 @@ class Source(Protocol):
         ...
 
     def changed_since_save(self) -> bool: ...
+
+    def standing(self) -> Standing: ...
 
     async def save(self, reason: str, *, completed: bool = False) -> bool:
         """Save every partition's state as of this instant, atomically; False if not needed."""

@@ -21,7 +21,7 @@ from .logs import Logger, renders_json
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .partition import Gauge
+    from .partition import Gauge, Standing
 
 __all__ = ["GaugeBoard", "Telemetry", "telemetry_for"]
 
@@ -50,6 +50,9 @@ class Telemetry:
 
     def checkpoint_saved(self, reason: str, seconds: float) -> None:
         """A checkpoint was written for `reason`, in `seconds`."""
+
+    def standing(self, standing: Standing) -> None:
+        """Where the whole source stands now (each second)."""
 
     def loop_alive(self) -> None:
         """A beat from the event loop: it turns."""
@@ -113,6 +116,10 @@ class _Fanout(Telemetry):
         for part in self.parts:
             part.checkpoint_saved(reason, seconds)
 
+    def standing(self, standing: Standing) -> None:
+        for part in self.parts:
+            part.standing(standing)
+
     def loop_alive(self) -> None:
         for part in self.parts:
             part.loop_alive()
@@ -133,7 +140,7 @@ def telemetry_for(settings: Settings) -> Telemetry:
     if settings.metrics_address:
         from .http_probe import MetricsEndpoint
 
-        parts.append(MetricsEndpoint(settings.metrics_address))
+        parts.append(MetricsEndpoint(settings.metrics_address, settings.checkpoint_interval))
     if _shows_progress(settings):
         from .progress import ProgressDisplay
 

@@ -268,6 +268,7 @@ class _Worker:
             now = anyio.current_time()
             if heartbeats.due(now):
                 self.telemetry.loop_alive()
+                self.telemetry.standing(self.source.standing())
                 for partition in list(self.progress_of):
                     self._report_position(partition)
                 await anyio.to_thread.run_sync(self.source.heartbeat)

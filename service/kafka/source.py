@@ -28,7 +28,7 @@ from ..decimal_text import decimal_of
 from ..health import heartbeat_path
 from ..logs import Logger
 from ..parsing import Batch
-from ..partition import Gauge, Partition, Progress, Step
+from ..partition import Gauge, Partition, Progress, Standing, Step
 from ..settings import Settings
 from ..state import Periodic, Position
 from .client import KafkaUnavailable, connect, partitions_of
@@ -163,6 +163,10 @@ class KafkaSource:
 
     def changed_since_save(self) -> bool:
         return self.member.changed()
+
+    def standing(self) -> Standing:
+        known = self.member.consumer.partitions_for_topic(self.settings.kafka_topic)
+        return Standing(self.member.unsaved_records(), len(known) if known else None)
 
     async def save(self, reason: str, *, completed: bool = False) -> bool:
         # The final and the completion commits cover every owned partition, changed or not.
