@@ -6,9 +6,11 @@ Every total is compared with the independent oracle of the input file that was p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -16,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.kafka_broker import Broker, start_broker
-from tests.kafka_support import create_topic, kafka_env, noisy_numbers
+from tests.kafka_support import committed_offsets, create_topic, kafka_env, noisy_numbers
 from tests.oracle import expected_of
 from tests.processes import WorkerProcess, cli, events_of, worker_env
 from tests.scrape import get
@@ -198,3 +201,148 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class _Publisher:
+    """Appends lines to numbers.txt and publishes them, again and again, until stopped."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir, self.env = workdir, env
+        self.appended = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with (self.workdir / "numbers.txt").open("a") as numbers:
+                numbers.write("".join(f"{-n if n % 3 else n}\n" for n in range(1_000)))
+            done = cli(["publish", "--lines-per-message", "100"], self.workdir, self.env)
+            assert done.returncode == 0, done.stdout + done.stderr
+            self.appended += 1_000
+            self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def _committed_states(broker: Broker, group: str) -> dict[int, tuple[int, int, int]]:
+    """Each partition's committed (offset, records, sum), from the broker."""
+    states = {}
+    for partition, entry in committed_offsets(broker, group).items():
+        if entry.offset >= 0:
+            state = json.loads(entry.metadata)
+            states[partition] = (entry.offset, state["records"], int(state["sum"]))
+    return states
+
+
+def _prefix_totals(broker: Broker, topic: str, ends: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """(records, sum) of each partition's messages before offset `ends[partition]`, read from
+    the topic and counted by the oracle (a message's last line is whole)."""
+
+    async def read() -> dict[int, tuple[int, int]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.plaintext, isolation_level="read_committed"
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, partition) for partition in ends]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            totals = dict.fromkeys(ends, (0, 0))
+            left = {tp for tp in tps if ends[tp.partition] > 0}
+            while left:
+                for tp, messages in (await consumer.getmany(*left, timeout_ms=500)).items():
+                    for message in messages:
+                        if message.offset < ends[tp.partition]:
+                            value = (
+                                message.value
+                                if message.value.endswith(b"\n")
+                                else message.value + b"\n"
+                            )
+                            expected = expected_of(value)
+                            records, total = totals[tp.partition]
+                            totals[tp.partition] = (
+                                records + expected.records,
+                                total + expected.sum,
+                            )
+                    if await consumer.position(tp) >= ends[tp.partition]:
+                        left.discard(tp)
+            return totals
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def _settle(workers: list[WorkerProcess], partitions: int, timeout: float = 90) -> None:
+    """Until the members' latest assignments share every partition once and each member
+    committed after its latest assignment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        latest = [w.named("partitions_assigned")[-1:] for w in workers]
+        if all(latest):
+            owned = [set(found[0]["partitions"]) for found in latest]
+            shared = sum(map(len, owned)) == partitions == len(set().union(*owned))
+            committed = all(
+                _committed_since(w, found[0]) for w, found in zip(workers, latest, strict=True)
+            )
+            if shared and committed:
+                return
+        assert time.monotonic() < deadline, [w.tail() for w in workers]
+        time.sleep(0.2)
+
+
+def _committed_since(worker: WorkerProcess, assigned: dict[str, Any]) -> bool:
+    events = worker.named("checkpoint_saved")
+    return not assigned["partitions"] or any(e["timestamp"] > assigned["timestamp"] for e in events)
+
+
+def test_scaling_one_group_through_1_4_2_3_workers_keeps_every_commit_exact(
+    kafka: Broker, tmp_path: Path
+) -> None:
+    """While a publisher appends, the group goes from 1 to 4 to 2 to 3 workers: after each
+    step every partition's committed (offset, records, sum) is what its first `offset`
+    messages hold, and at the end the group's totals are the oracle's."""
+    partitions = 6
+    topic = create_topic(kafka, partitions)
+    group = f"group-{topic}"
+    env = kafka_env(kafka, topic, group, WORKER_CHECKPOINT_INTERVAL="0.2", WORKER_FOLLOW="true")
+    # Ends in '\n', so the publisher's lines are lines of their own.
+    (tmp_path / "numbers.txt").write_bytes(noisy_numbers(20_000, seed=20) + b"\n")
+    assert cli(["publish", "--lines-per-message", "100"], tmp_path, env).returncode == 0
+    publisher = _Publisher(tmp_path, env)
+    members: dict[str, WorkerProcess] = {}
+
+    def check() -> None:
+        states = _committed_states(kafka, group)
+        assert len(states) == partitions
+        prefixes = _prefix_totals(kafka, topic, {p: s[0] for p, s in states.items()})
+        assert {p: s[1:] for p, s in states.items()} == prefixes
+
+    try:
+        for step, count in enumerate((1, 4, 2, 3)):
+            while len(members) < count:
+                name = f"w{step}-{len(members)}"
+                members[name] = _member(tmp_path, name, env, WORKER_MAX_RATE="3000")
+            for name in list(members)[count:]:
+                leaving = members.pop(name)
+                leaving.signal(signal.SIGTERM)
+                assert leaving.finish(timeout=30) == 0, "".join(leaving.raw)
+            _settle(list(members.values()), partitions)
+            check()
+        publisher.stop()
+        deadline = time.monotonic() + 120
+        while (status := json.loads(cli(["status", "--json"], tmp_path, env).stdout))["lag"]:
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        check()
+        assert (int(status["sum"]), status["records"], status["bad_records"]) == _oracle(tmp_path)[
+            :3
+        ]
+    finally:
+        publisher.stop()
+        for worker in members.values():
+            worker.signal(signal.SIGTERM)
+            worker.finish(timeout=30)
