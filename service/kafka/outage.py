@@ -156,5 +156,7 @@ class BrokerWatch:
                 self.failed(f"no answer within {PROBE_TIMEOUT:g} s")
             except KafkaError as error:
                 self.failed(_reason(error))
+            except Exception as error:  # aiokafka without metadata yet: no broker answers
+                self.failed(describe_error(error))
             else:
                 self.answered()
