@@ -97,6 +97,9 @@ class GroupMember:
             # A tenth of the session: a survivor hears of a rebalance (a member gone) sooner.
             heartbeat_interval_ms=max(100, session_ms // 10),
             rebalance_timeout_ms=max(session_ms, 10_000),
+            # A caught-up member's fetch waits this long at the broker, and a partition the
+            # group gives it is fetched only after: short, so a hand-over reads at once.
+            fetch_max_wait_ms=100,
         )
         self.admin = AIOKafkaAdminClient(**options)
         self.owned: dict[TopicPartition, Position] = {}
