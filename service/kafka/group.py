@@ -108,7 +108,7 @@ class GroupMember:
         self._fatal: WorkerError | None = None
         self._bad_details_left = BAD_RECORD_DETAILS_PER_RUN
         self._turn = 0  # whose turn it is to be read first, paced (`_fetch`)
-        self._turns: list[TopicPartition] = []  # in that order: the partitions gained first
+        self._fresh: set[TopicPartition] = set()  # gained anew, not read yet: read first
         self._last_revoked: set[TopicPartition] = set()
 
     async def start(self) -> None:
@@ -166,8 +166,7 @@ class GroupMember:
         self.consumer.resume(*states)
         # A rebalance gives a member back what it had too: a partition new to it (a dead
         # member's) is read first, its records the longest unread.
-        kept = assigned & self._last_revoked
-        self._turns, self._turn = sorted(assigned - kept) + sorted(kept), 0
+        self._fresh = set(states) - self._last_revoked
         self._log.info(
             "partitions_assigned",
             partitions=_names(assigned),
@@ -285,15 +284,20 @@ class GroupMember:
     async def _fetch(self, max_messages: int) -> dict[TopicPartition, list[Any]]:
         """Messages from the fetched buffers. A few at a time (paced), take turns among the
         owned partitions first: aiokafka hands out one partition's buffer before the next's,
-        which would starve a partition that just arrived."""
+        which would starve a partition that just arrived. A partition a rebalance gave this
+        member anew is read as soon as its first fetch is in, before any turn."""
         getmany = self.consumer.getmany
+        batches: dict[TopicPartition, list[Any]]
         if max_messages < MAX_RECORDS and self.owned:
-            turns = [tp for tp in self._turns if tp in self.owned] or sorted(self.owned)
+            for tp in sorted(self._fresh & set(self.owned)):
+                batches = await getmany(tp, timeout_ms=0, max_records=max_messages)
+                if batches:
+                    self._fresh.discard(tp)
+                    return batches
+            turns = sorted(self.owned)
             turn = turns[self._turn % len(turns)]
             self._turn += 1
-            batches: dict[TopicPartition, list[Any]] = await getmany(
-                turn, timeout_ms=0, max_records=max_messages
-            )
+            batches = await getmany(turn, timeout_ms=0, max_records=max_messages)
             if batches:
                 return batches
         batches = await getmany(timeout_ms=_FETCH_TIMEOUT_MS, max_records=max_messages)
