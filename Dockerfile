@@ -6,7 +6,7 @@ FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# A C compiler for the parsing kernel (service/_kernel.c); the final stage has none.
+# A C compiler for the parsing kernel (service/core/_kernel.c); the final stage has none.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*

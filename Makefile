@@ -25,7 +25,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 # The kernel is compiled by the editable install; a changed C file is compiled again.
-$(BIN)/.kernel: $(BIN)/.installed service/_kernel.c setup.py
+$(BIN)/.kernel: $(BIN)/.installed service/core/_kernel.c setup.py
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
@@ -66,7 +66,7 @@ unit: setup
 	$(BIN)/python -m pytest --cov --cov-report=term $(if $(PYTEST_ARGS),--cov-fail-under=0) $(PYTEST_ARGS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
 
-$(FUZZER): tests/fuzz/kernel_fuzz.c service/_kernel.c
+$(FUZZER): tests/fuzz/kernel_fuzz.c service/core/_kernel.c
 	@command -v $(CLANG) >/dev/null || { \
 	  echo "fuzz: $(CLANG) not found; install it: apt-get install -y clang (.ci/run does)" >&2; \
 	  exit 1; }

@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "service._kernel",
-            sources=["service/_kernel.c"],
+            "service.core._kernel",
+            sources=["service/core/_kernel.c"],
             extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Werror=vla"],
         )
     ]

@@ -108,7 +108,7 @@ def engines(bench: Bench) -> list[Measurement]:
 
 def _scan_rate(data: bytes, implementation: int, runs: int = 3) -> float:
     """Bytes per second of the kernel alone over `data`, best of `runs`, in this process."""
-    from service import _kernel
+    from service.core import _kernel
 
     best = float("inf")
     for _ in range(runs):
@@ -120,7 +120,7 @@ def _scan_rate(data: bytes, implementation: int, runs: int = 3) -> float:
 
 def _kernel_alone(source: Input) -> Measurement:
     """The kernel itself in this process, one thread, on the file held in memory."""
-    from service import _kernel
+    from service.core import _kernel
 
     data = source.path.read_bytes()
     rates = {
@@ -175,7 +175,7 @@ def shapes(bench: Bench) -> list[Measurement]:
 
 def _shapes_in_memory(plain: Input, shaped: dict[str, Input]) -> Measurement:
     """The same comparison for the kernel alone (no start-up, no reading): 32 MB of each."""
-    from service import _kernel
+    from service.core import _kernel
 
     def head(source: Input) -> bytes:
         with open(source.path, "rb") as handle:

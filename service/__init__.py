@@ -37,11 +37,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .checkpoint import Checkpoint, CheckpointStore
-    from .library import async_number_stream, load_checkpoint, number_stream, save_checkpoint
-    from .parsing import LineParser
-    from .settings import Settings
-    from .state import Position
+    from service.storage.checkpoint import Checkpoint, CheckpointStore
+    from service.library import async_number_stream, load_checkpoint, number_stream, save_checkpoint
+    from service.core.parsing import LineParser
+    from service.settings import Settings
+    from service.core.position import Position
 
 
 def __getattr__(name: str) -> Any:

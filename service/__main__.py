@@ -1,3 +1,3 @@
-from .cli import console
+from service.cli import console
 
 console()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from service import __version__
 
 __all__ = ["console", "main"]
 
@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    from .settings import setting_fields
+    from service.settings import setting_fields
 
     group = parser.add_argument_group("settings (flag > WORKER_* environment > --config file)")
     group.add_argument("--config", metavar="FILE", help="TOML file of settings (or WORKER_CONFIG)")
@@ -89,7 +89,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _healthcheck(argv: list[str]) -> int:
     """Standard library only: Docker runs this every few seconds."""
-    from .health import check_health, check_kafka_health, checkpoint_path, source_of
+    from service.health import check_health, check_kafka_health, checkpoint_path, source_of
 
     parser = _Parser(prog=f"{PROG} healthcheck")
     parser.add_argument("--checkpoint")
@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         _remember_stop_signals(early_signals)
     args = _build_parser().parse_args(argv)
 
-    from .environment import worker_environment
-    from .errors import UsageError, WorkerError
-    from .settings import load_settings, setting_fields
+    from service.environment import worker_environment
+    from service.errors import UsageError, WorkerError
+    from service.settings import load_settings, setting_fields
 
     sys.set_int_max_str_digits(0)  # sums and numbers are exact at any length
     names = {field.name for field in setting_fields()}
@@ -139,25 +139,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {error.message}", file=sys.stderr)
         return error.exit_code
 
-    from .logs import configure_logging
+    from service.telemetry.logs import configure_logging
 
     log = configure_logging(settings.log_format, settings.log_level)
     try:
         if args.command == "publish" or (
             settings.source == "kafka" and args.command in ("status", "reset")
         ):
-            from .kafka.cli import run_kafka_command
+            from service.sources.kafka.cli import run_kafka_command
 
             return run_kafka_command(args, settings, log)
         if args.command == "run":
             import anyio
 
-            from .worker import run_worker
+            from service.lifecycle.worker import run_worker
 
             return anyio.run(run_worker, settings, log, early_signals, backend="asyncio")
         if args.command == "generate":
-            from .commands import generate
-            from .file_source import input_patterns
+            from service.commands import generate
+            from service.sources.files.source import input_patterns
 
             plain = input_patterns(settings).plain_path
             if args.output is None and plain is None:
@@ -173,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                 output, args.count, args.seed, force=args.force, if_missing=args.if_missing, log=log
             )
         if args.command == "status":
-            from .commands import status
+            from service.commands import status
 
             return status(settings, as_json=args.json)
-        from .commands import reset
+        from service.commands import reset
 
         return reset(settings, log)
     except WorkerError as error:

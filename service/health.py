@@ -18,8 +18,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from .environment import worker_environment
-from .lock import HEARTBEAT_INTERVAL, lock_path_for, read_holder
+from service.environment import worker_environment
+from service.storage.lock import HEARTBEAT_INTERVAL, lock_path_for, read_holder
 
 __all__ = [
     "STALE_AFTER",

@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .environment import ENV_PREFIX, worker_environment
-from .errors import UsageError
+from service.environment import ENV_PREFIX, worker_environment
+from service.errors import UsageError
 
 __all__ = ["ENV_PREFIX", "Settings", "load_settings", "setting_fields", "split_address"]
 

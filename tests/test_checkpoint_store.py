@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.checkpoint import (
+from service.storage.checkpoint import (
     IDENTITY_WINDOW,
     Checkpoint,
     CheckpointStore,
@@ -25,8 +25,8 @@ from service.checkpoint import (
     sealed,
 )
 from service.errors import CheckpointCorrupt, CheckpointWriteFailed
-from service.files import temp_files_of
-from service.state import Position
+from service.storage.atomic import temp_files_of
+from service.core.position import Position
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CORRUPT = sorted((FIXTURES / "checkpoints").glob("*.json"))
@@ -372,9 +372,9 @@ def test_save_into_a_read_only_directory_keeps_the_old_checkpoint(store: Checkpo
 _SAVE_PAST_FILE_SIZE_LIMIT = """
 import resource, signal, sys
 from pathlib import Path
-from service.checkpoint import Checkpoint, CheckpointStore, InputIdentity
+from service.storage.checkpoint import Checkpoint, CheckpointStore, InputIdentity
 from service.errors import CheckpointWriteFailed
-from service.state import Position
+from service.core.position import Position
 
 checkpoint = Checkpoint(Position(5, 1, 1, 0, 10**3000), "n", InputIdentity("a", "b"))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG

@@ -14,13 +14,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from service.checkpoint import Checkpoint, CheckpointStore, FileState, identify_input
-from service.file_partition import FilePartition
-from service.file_source import FileSource, match_saved_files
-from service.logs import configure_logging
-from service.patterns import FileKey, InputPatterns, Match
+from service.storage.checkpoint import Checkpoint, CheckpointStore, FileState, identify_input
+from service.sources.files.partition import FilePartition
+from service.sources.files.source import FileSource, match_saved_files
+from service.telemetry.logs import configure_logging
+from service.sources.files.scan import FileKey, InputPatterns, Match
 from service.settings import Settings
-from service.state import Position
+from service.core.position import Position
 
 CONSUMED = b"1\n2\n3\n"
 

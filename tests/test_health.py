@@ -13,7 +13,7 @@ import pytest
 
 from service.errors import LockHeld
 from service.health import STALE_AFTER, check_health, checkpoint_path
-from service.lock import WorkerLock, lock_path_for, read_holder
+from service.storage.lock import WorkerLock, lock_path_for, read_holder
 from tests.processes import cli, worker_env
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import service.parsing
-from service import _kernel
-from service.parsing import (
+import service.core.parsing
+from service.core import _kernel
+from service.core.parsing import (
     LINE_TOO_LONG,
     NOT_AN_INTEGER,
     BadRecord,
@@ -26,7 +26,7 @@ from service.parsing import (
     parse_region,
     parse_region_reference,
 )
-from service.state import Position
+from service.core.position import Position
 from tests.oracle import expected_of
 from tests.test_parsing import cuts_of, expected_summary, line_starts, run_parser, summary
 
@@ -40,7 +40,7 @@ UNLIMITED = 10**9
 def pinned(implementation: int) -> Iterator[None]:
     """parse_region (and so LineParser) on one kernel implementation."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(service.parsing, "_implementation", implementation)
+        patch.setattr(service.core.parsing, "_implementation", implementation)
         yield
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service.metrics import STALLED_AFTER
+from service.telemetry.metrics import STALLED_AFTER
 from tests.oracle import expected_of
 from tests.processes import WorkerProcess, cli, events_of, worker_env
 from tests.scrape import Samples, by_label, get, samples_of

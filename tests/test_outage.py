@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.kafka.outage import OutageClock
+from service.sources.kafka.outage import OutageClock
 
 
 def _ticks(clock: OutageClock, start: float, end: float, step: float = 0.25) -> None:

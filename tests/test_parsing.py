@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.parsing import (
+from service.core.parsing import (
     LINE_TOO_LONG,
     NOT_AN_INTEGER,
     BadRecord,
@@ -22,7 +22,7 @@ from service.parsing import (
     RegionResult,
     parse_region,
 )
-from service.state import Position
+from service.core.position import Position
 from tests.oracle import Expected, expected_of
 
 UNLIMITED = 10**9

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from service.state import Pacer, Periodic, Position, RateMeter
+from service.core.position import Pacer, Periodic, Position, RateMeter
 
 
 def test_position_advance_adds_every_count() -> None:

@@ -1,4 +1,4 @@
-/* libFuzzer target over the parsing kernel's C core (service/_kernel.c), run under
+/* libFuzzer target over the parsing kernel's C core (service/core/_kernel.c), run under
  * AddressSanitizer and UndefinedBehaviorSanitizer by `make fuzz` (and briefly by `make test`).
  *
  * The first 4 bytes of an input choose the options (line limit, stop at bad, details wanted,
@@ -8,7 +8,7 @@
  */
 
 #define CK_NO_PYTHON
-#include "../../service/_kernel.c"
+#include "../../service/core/_kernel.c"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from .files import TEMP_SUFFIX
-from .lock import lock_path_for
+from service.storage.atomic import TEMP_SUFFIX
+from service.storage.lock import lock_path_for
 
 __all__ = ["FileKey", "InputPatterns", "Match"]
 

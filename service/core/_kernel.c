@@ -3,7 +3,7 @@
  * Rule 1: the core (`ck_scan`) is plain C over a byte buffer and its length: no Python, no
  *         allocation, no global state. It reads only bytes in [0, len); every load is checked
  *         against `len` before it is made. It is what the fuzzer (tests/fuzz/) drives.
- * Rule 2: a line is what CONTRACT.md "Input" says (service/parsing.py holds the same rules in
+ * Rule 2: a line is what CONTRACT.md "Input" says (service/core/parsing.py holds the same rules in
  *         Python, the reference this kernel is tested against): optional spaces or tabs, an
  *         optional '+' or '-', ASCII digits, optional spaces or tabs, an optional '\r', '\n'.
  *         Blank lines are neither records nor bad records. A line longer than `max_line`
@@ -433,7 +433,7 @@ static PyMethodDef ck_methods[] = {
 };
 
 static struct PyModuleDef ck_module = {
-    PyModuleDef_HEAD_INIT, "_kernel", "The native parsing kernel (service/_kernel.c).", -1,
+    PyModuleDef_HEAD_INIT, "_kernel", "The native parsing kernel (service/core/_kernel.c).", -1,
     ck_methods, NULL, NULL, NULL, NULL,
 };
 

@@ -32,22 +32,22 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from ..checkpoint import total_of
-from ..errors import BadRecordFound, UnexpectedError, WorkerError
-from ..logs import Logger
-from ..parsing import BAD_RECORD_DETAILS_PER_RUN
-from ..partition import Gauge
-from ..settings import Settings
-from ..state import Position
-from .client import (
+from service.storage.checkpoint import total_of
+from service.errors import BadRecordFound, UnexpectedError, WorkerError
+from service.telemetry.logs import Logger
+from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN
+from service.lifecycle.partition import Gauge
+from service.settings import Settings
+from service.core.position import Position
+from service.sources.kafka.client import (
     KafkaUnavailable,
     client_options,
     connect,
     describe_error,
     quiet_abandoned_requests,
 )
-from .outage import BrokerWatch
-from .state import StateUnreadable, apply_message, decode, encode
+from service.sources.kafka.outage import BrokerWatch
+from service.sources.kafka.commit_state import StateUnreadable, apply_message, decode, encode
 
 __all__ = ["MAX_RECORDS", "GroupMember", "PartitionUnusable", "name_of"]
 

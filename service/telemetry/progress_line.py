@@ -26,11 +26,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .logs import Logger, route_output
-from .telemetry import GaugeBoard, Telemetry
+from service.telemetry.logs import Logger, route_output
+from service.telemetry.port import GaugeBoard, Telemetry
 
 if TYPE_CHECKING:
-    from .partition import Gauge
+    from service.lifecycle.partition import Gauge
 
 __all__ = ["ProgressDisplay", "ProgressLine", "RateWindow", "describe"]
 

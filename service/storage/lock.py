@@ -14,7 +14,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import CheckpointWriteFailed, LockHeld
+from service.errors import CheckpointWriteFailed, LockHeld
 
 __all__ = ["HEARTBEAT_INTERVAL", "WorkerLock", "lock_path_for", "read_holder"]
 

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 
 import anyio
 
-from .checkpoint import FileState, InputIdentity, identify_input
-from .errors import InputChanged, InputUnreadable
-from .logs import Logger
-from .parsing import MIN_PIECE_BYTES, BadRecord, Batch, LineParser, Region, RegionResult
-from .partition import Gauge, Progress, Step
-from .patterns import FileKey
-from .settings import Settings
-from .state import Position
+from service.storage.checkpoint import FileState, InputIdentity, identify_input
+from service.errors import InputChanged, InputUnreadable
+from service.telemetry.logs import Logger
+from service.core.parsing import MIN_PIECE_BYTES, BadRecord, Batch, LineParser, Region, RegionResult
+from service.lifecycle.partition import Gauge, Progress, Step
+from service.sources.files.scan import FileKey
+from service.settings import Settings
+from service.core.position import Position
 
 __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition"]
 

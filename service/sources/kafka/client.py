@@ -21,11 +21,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, LeaderNotAvailableError
 
-from ..errors import UsageError, WorkerError
-from ..settings import Settings
+from service.errors import UsageError, WorkerError
+from service.settings import Settings
 
 if TYPE_CHECKING:
-    from .outage import BrokerWatch
+    from service.sources.kafka.outage import BrokerWatch
 
 __all__ = [
     "CONNECT_TIMEOUT",

@@ -29,11 +29,11 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from ..errors import InputUnreadable, UsageError
-from ..file_source import input_patterns
-from ..logs import Logger
-from ..settings import Settings
-from .client import (
+from service.errors import InputUnreadable, UsageError
+from service.sources.files.source import input_patterns
+from service.telemetry.logs import Logger
+from service.settings import Settings
+from service.sources.kafka.client import (
     KafkaUnavailable,
     TopicMissing,
     admin_client,

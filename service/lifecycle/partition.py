@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .parsing import Batch
-from .state import Position
+from service.core.parsing import Batch
+from service.core.position import Position
 
 __all__ = ["Gauge", "Partition", "Progress", "Source", "Standing", "Step"]
 

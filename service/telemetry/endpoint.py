@@ -14,10 +14,10 @@ import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .errors import ListenFailed
-from .logs import Logger
-from .metrics import Metrics
-from .settings import split_address
+from service.errors import ListenFailed
+from service.telemetry.logs import Logger
+from service.telemetry.metrics import Metrics
+from service.settings import split_address
 
 __all__ = ["MetricsEndpoint", "ProbeServer"]
 

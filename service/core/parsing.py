@@ -11,7 +11,7 @@ Rule 3: memory is bounded: at most `max_line_bytes` bytes of an unfinished line 
 Rule 4: work is split in two so it can run in parallel: `split` (cheap, in order) cuts chunks
         into regions of whole lines; `parse_region` (pure, any thread) parses one region;
         `commit` (in order) applies a region's result to the position.
-Rule 5: `parse_region` runs the native kernel (service/_kernel.c), which releases the GIL and
+Rule 5: `parse_region` runs the native kernel (service/core/_kernel.c), which releases the GIL and
         sums numbers of up to 38 digits itself; a longer number is handed back and converted
         here. `parse_region_reference`, the same rules line by line in Python, is the
         reference the kernel is held to (tests/test_kernel.py).
@@ -23,9 +23,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from . import _kernel
-from .decimal_text import int_of
-from .state import Position
+from service.core import _kernel
+from service.core.decimal_text import int_of
+from service.core.position import Position
 
 __all__ = [
     "BadRecord",

@@ -22,16 +22,18 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import __version__, _kernel
-from .checkpoint import write_json
-from .errors import BadRecordFound, UnexpectedError, WorkerError
-from .lock import HEARTBEAT_INTERVAL
-from .logs import Logger
-from .parsing import BAD_RECORD_DETAILS_PER_RUN, Batch
-from .partition import Partition, Progress, Source
-from .settings import Settings
-from .state import Pacer, Periodic, Position, RateMeter
-from .telemetry import telemetry_for
+from service import __version__
+
+from service.core import _kernel
+from service.storage.checkpoint import write_json
+from service.errors import BadRecordFound, UnexpectedError, WorkerError
+from service.storage.lock import HEARTBEAT_INTERVAL
+from service.telemetry.logs import Logger
+from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN, Batch
+from service.lifecycle.partition import Partition, Progress, Source
+from service.settings import Settings
+from service.core.position import Pacer, Periodic, Position, RateMeter
+from service.telemetry.port import telemetry_for
 
 __all__ = ["run_worker"]
 
@@ -334,10 +336,10 @@ class _Worker:
 
 def _source_for(settings: Settings, log: Logger) -> Source:
     if settings.source == "kafka":
-        from .kafka.source import KafkaSource
+        from service.sources.kafka.source import KafkaSource
 
         return KafkaSource(settings, log)
-    from .file_source import FileSource
+    from service.sources.files.source import FileSource
 
     return FileSource(settings, log)
 

@@ -15,13 +15,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
-from ..decimal_text import decimal_of
-from ..errors import WorkerError
-from ..logs import Logger
-from ..settings import Settings
-from .client import admin_client, client_options, connect, partitions_of
-from .group import name_of
-from .group_state import read_group_state
+from service.core.decimal_text import decimal_of
+from service.errors import WorkerError
+from service.telemetry.logs import Logger
+from service.settings import Settings
+from service.sources.kafka.client import admin_client, client_options, connect, partitions_of
+from service.sources.kafka.group import name_of
+from service.sources.kafka.group_totals import read_group_state
 
 __all__ = ["kafka_reset", "kafka_status"]
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..decimal_text import decimal_of, int_of
-from ..parsing import BadRecord, parse_region
-from ..state import Position
+from service.core.decimal_text import decimal_of, int_of
+from service.core.parsing import BadRecord, parse_region
+from service.core.position import Position
 
 __all__ = ["STATE_VERSION", "Applied", "StateUnreadable", "apply_message", "decode", "encode"]
 

@@ -20,12 +20,12 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .health import STALE_AFTER
-from .partition import Standing
-from .telemetry import GaugeBoard, Telemetry
+from service.health import STALE_AFTER
+from service.lifecycle.partition import Standing
+from service.telemetry.port import GaugeBoard, Telemetry
 
 if TYPE_CHECKING:
-    from .partition import Gauge
+    from service.lifecycle.partition import Gauge
 
 __all__ = ["SAVE_BUCKETS", "SAVE_REASONS", "STALLED_AFTER", "Metrics"]
 

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .decimal_text import decimal_of, int_of
-from .errors import CheckpointCorrupt, CheckpointWriteFailed
-from .files import atomic_write
-from .state import Position
+from service.core.decimal_text import decimal_of, int_of
+from service.errors import CheckpointCorrupt, CheckpointWriteFailed
+from service.storage.atomic import atomic_write
+from service.core.position import Position
 
 __all__ = [
     "CHECKPOINT_VERSION",

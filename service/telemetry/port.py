@@ -17,11 +17,11 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from .logs import Logger, renders_json
-from .settings import Settings
+from service.telemetry.logs import Logger, renders_json
+from service.settings import Settings
 
 if TYPE_CHECKING:
-    from .partition import Gauge, Standing
+    from service.lifecycle.partition import Gauge, Standing
 
 __all__ = ["GaugeBoard", "Telemetry", "telemetry_for"]
 
@@ -138,11 +138,11 @@ def telemetry_for(settings: Settings) -> Telemetry:
     """The telemetry `settings` ask for: the endpoint, the progress line, both or neither."""
     parts: list[Telemetry] = []
     if settings.metrics_address:
-        from .http_probe import MetricsEndpoint
+        from service.telemetry.endpoint import MetricsEndpoint
 
         parts.append(MetricsEndpoint(settings.metrics_address, settings.checkpoint_interval))
     if _shows_progress(settings):
-        from .progress import ProgressDisplay
+        from service.telemetry.progress_line import ProgressDisplay
 
         parts.append(ProgressDisplay(same_terminal=_same_terminal()))
     if not parts:

@@ -9,9 +9,9 @@ from typing import Any
 
 import anyio
 
-from ..errors import UsageError
-from ..logs import Logger
-from ..settings import Settings
+from service.errors import UsageError
+from service.telemetry.logs import Logger
+from service.settings import Settings
 
 __all__ = ["run_kafka_command"]
 
@@ -20,15 +20,15 @@ def run_kafka_command(args: argparse.Namespace, settings: Settings, log: Logger)
     """Run `publish`, or `status` / `reset` of the group, against Kafka; return the exit code."""
     work: Any
     if args.command == "publish":
-        from .publish import publish
+        from service.sources.kafka.publish import publish
 
         work = publish, settings, args.lines_per_message, log
     elif args.command == "status":
-        from .commands import kafka_status
+        from service.sources.kafka.commands import kafka_status
 
         work = (functools.partial(kafka_status, settings, as_json=args.json),)
     elif args.command == "reset":
-        from .commands import kafka_reset
+        from service.sources.kafka.commands import kafka_reset
 
         work = kafka_reset, settings, log
     else:

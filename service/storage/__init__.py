@@ -1,0 +1,1 @@
+"""What the worker keeps on disk: durable file replacement, the checkpoint, the lock."""

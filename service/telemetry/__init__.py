@@ -1,0 +1,2 @@
+"""What the worker reports: structured logs, the telemetry port, metrics over HTTP, the progress
+line."""
