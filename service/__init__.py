@@ -37,11 +37,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from service.storage.checkpoint import Checkpoint, CheckpointStore
-    from service.library import async_number_stream, load_checkpoint, number_stream, save_checkpoint
     from service.core.parsing import LineParser
-    from service.settings import Settings
     from service.core.position import Position
+    from service.library import async_number_stream, load_checkpoint, number_stream, save_checkpoint
+    from service.settings import Settings
+    from service.storage.checkpoint import Checkpoint, CheckpointStore
 
 
 def __getattr__(name: str) -> Any:

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from service.storage.checkpoint import CheckpointStore, FileState
+from service.core.position import Position
 from service.errors import WorkerError
+from service.settings import Settings
 from service.sources.files.source import file_entry, input_patterns, match_saved_files
 from service.storage.atomic import atomic_write, temp_files_of
+from service.storage.checkpoint import CheckpointStore, FileState
 from service.storage.lock import WorkerLock
 from service.telemetry.logs import Logger
-from service.settings import Settings
-from service.core.position import Position
 
 __all__ = ["generate", "reset", "status"]
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
-from service.storage.checkpoint import Checkpoint, CheckpointStore, identify_input
 from service.core.parsing import LineParser, parse_values
 from service.core.position import Position
+from service.storage.checkpoint import Checkpoint, CheckpointStore, identify_input
 
 __all__ = ["async_number_stream", "load_checkpoint", "number_stream", "save_checkpoint"]
 

@@ -15,6 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.core.position import Position
+from service.errors import CheckpointCorrupt, CheckpointWriteFailed
+from service.storage.atomic import temp_files_of
 from service.storage.checkpoint import (
     IDENTITY_WINDOW,
     Checkpoint,
@@ -24,9 +27,6 @@ from service.storage.checkpoint import (
     identify_input,
     sealed,
 )
-from service.errors import CheckpointCorrupt, CheckpointWriteFailed
-from service.storage.atomic import temp_files_of
-from service.core.position import Position
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CORRUPT = sorted((FIXTURES / "checkpoints").glob("*.json"))

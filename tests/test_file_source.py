@@ -14,13 +14,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from service.storage.checkpoint import Checkpoint, CheckpointStore, FileState, identify_input
-from service.sources.files.partition import FilePartition
-from service.sources.files.source import FileSource, match_saved_files
-from service.telemetry.logs import configure_logging
-from service.sources.files.scan import FileKey, InputPatterns, Match
-from service.settings import Settings
 from service.core.position import Position
+from service.settings import Settings
+from service.sources.files.partition import FilePartition
+from service.sources.files.scan import FileKey, InputPatterns, Match
+from service.sources.files.source import FileSource, match_saved_files
+from service.storage.checkpoint import Checkpoint, CheckpointStore, FileState, identify_input
+from service.telemetry.logs import configure_logging
 
 CONSUMED = b"1\n2\n3\n"
 

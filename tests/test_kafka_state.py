@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from service.sources.kafka.publish import _messages
-from service.sources.kafka.commit_state import StateUnreadable, apply_message, decode, encode
 from service.core.position import Position
+from service.sources.kafka.commit_state import StateUnreadable, apply_message, decode, encode
+from service.sources.kafka.publish import _messages
 from tests.oracle import expected_of
 
 

@@ -7,12 +7,12 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.telemetry.metrics import STALLED_AFTER, Metrics
-from service.lifecycle.partition import Gauge
-from service.telemetry.progress_line import RATE_WINDOW, ProgressLine, RateWindow, describe
-from service.settings import load_settings
 from service.core.position import Position
+from service.lifecycle.partition import Gauge
+from service.settings import load_settings
+from service.telemetry.metrics import STALLED_AFTER, Metrics
 from service.telemetry.port import Telemetry, _Fanout, telemetry_for
+from service.telemetry.progress_line import RATE_WINDOW, ProgressLine, RateWindow, describe
 
 
 def _file(path: str, offset: int, size: int, **position: int) -> Gauge:

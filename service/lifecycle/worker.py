@@ -23,16 +23,15 @@ import anyio
 import anyio.abc
 
 from service import __version__
-
 from service.core import _kernel
-from service.storage.checkpoint import write_json
-from service.errors import BadRecordFound, UnexpectedError, WorkerError
-from service.storage.lock import HEARTBEAT_INTERVAL
-from service.telemetry.logs import Logger
 from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN, Batch
+from service.core.position import Pacer, Periodic, Position, RateMeter
+from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.partition import Partition, Progress, Source
 from service.settings import Settings
-from service.core.position import Pacer, Periodic, Position, RateMeter
+from service.storage.checkpoint import write_json
+from service.storage.lock import HEARTBEAT_INTERVAL
+from service.telemetry.logs import Logger
 from service.telemetry.port import telemetry_for
 
 __all__ = ["run_worker"]

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from service.core.decimal_text import decimal_of, int_of
+from service.core.position import Position
 from service.errors import CheckpointCorrupt, CheckpointWriteFailed
 from service.storage.atomic import atomic_write
-from service.core.position import Position
 
 __all__ = [
     "CHECKPOINT_VERSION",

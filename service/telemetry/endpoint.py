@@ -15,9 +15,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from service.errors import ListenFailed
+from service.settings import split_address
 from service.telemetry.logs import Logger
 from service.telemetry.metrics import Metrics
-from service.settings import split_address
 
 __all__ = ["MetricsEndpoint", "ProbeServer"]
 

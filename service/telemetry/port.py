@@ -17,8 +17,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from service.telemetry.logs import Logger, renders_json
 from service.settings import Settings
+from service.telemetry.logs import Logger, renders_json
 
 if TYPE_CHECKING:
     from service.lifecycle.partition import Gauge, Standing

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 
 import anyio
 
-from service.storage.checkpoint import FileState, InputIdentity, identify_input
-from service.errors import InputChanged, InputUnreadable
-from service.telemetry.logs import Logger
 from service.core.parsing import MIN_PIECE_BYTES, BadRecord, Batch, LineParser, Region, RegionResult
-from service.lifecycle.partition import Gauge, Progress, Step
-from service.sources.files.scan import FileKey
-from service.settings import Settings
 from service.core.position import Position
+from service.errors import InputChanged, InputUnreadable
+from service.lifecycle.partition import Gauge, Progress, Step
+from service.settings import Settings
+from service.sources.files.scan import FileKey
+from service.storage.checkpoint import FileState, InputIdentity, identify_input
+from service.telemetry.logs import Logger
 
 __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition"]
 

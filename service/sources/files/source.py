@@ -24,16 +24,22 @@ from typing import Any
 
 import anyio
 
-from service.storage.checkpoint import IDENTITY_WINDOW, Checkpoint, CheckpointStore, FileState, total_of
+from service.core.position import Position
 from service.errors import InputUnreadable
+from service.lifecycle.partition import Partition, Progress, Standing
+from service.settings import Settings
 from service.sources.files.partition import READS_AT_ONCE, FilePartition
+from service.sources.files.scan import FileKey, InputPatterns, Match
 from service.storage.atomic import temp_files_of
+from service.storage.checkpoint import (
+    IDENTITY_WINDOW,
+    Checkpoint,
+    CheckpointStore,
+    FileState,
+    total_of,
+)
 from service.storage.lock import WorkerLock
 from service.telemetry.logs import Logger
-from service.lifecycle.partition import Partition, Progress, Standing
-from service.sources.files.scan import FileKey, InputPatterns, Match
-from service.settings import Settings
-from service.core.position import Position
 
 __all__ = ["FileSource", "Pairing", "file_entry", "input_patterns", "match_saved_files"]
 

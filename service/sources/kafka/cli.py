@@ -10,8 +10,8 @@ from typing import Any
 import anyio
 
 from service.errors import UsageError
-from service.telemetry.logs import Logger
 from service.settings import Settings
+from service.telemetry.logs import Logger
 
 __all__ = ["run_kafka_command"]
 

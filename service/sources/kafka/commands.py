@@ -17,11 +17,11 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from service.core.decimal_text import decimal_of
 from service.errors import WorkerError
-from service.telemetry.logs import Logger
 from service.settings import Settings
 from service.sources.kafka.client import admin_client, client_options, connect, partitions_of
 from service.sources.kafka.group import name_of
 from service.sources.kafka.group_totals import read_group_state
+from service.telemetry.logs import Logger
 
 __all__ = ["kafka_reset", "kafka_status"]
 

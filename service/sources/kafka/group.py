@@ -32,13 +32,11 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from service.storage.checkpoint import total_of
-from service.errors import BadRecordFound, UnexpectedError, WorkerError
-from service.telemetry.logs import Logger
 from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN
+from service.core.position import Position
+from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.partition import Gauge
 from service.settings import Settings
-from service.core.position import Position
 from service.sources.kafka.client import (
     KafkaUnavailable,
     client_options,
@@ -46,8 +44,10 @@ from service.sources.kafka.client import (
     describe_error,
     quiet_abandoned_requests,
 )
-from service.sources.kafka.outage import BrokerWatch
 from service.sources.kafka.commit_state import StateUnreadable, apply_message, decode, encode
+from service.sources.kafka.outage import BrokerWatch
+from service.storage.checkpoint import total_of
+from service.telemetry.logs import Logger
 
 __all__ = ["MAX_RECORDS", "GroupMember", "PartitionUnusable", "name_of"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from service.storage.checkpoint import total_of
 from service.core.position import Position
 from service.sources.kafka.commit_state import StateUnreadable, decode
+from service.storage.checkpoint import total_of
 
 __all__ = ["GroupState", "read_group_state"]
 

@@ -20,9 +20,9 @@ import anyio
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from service.telemetry.logs import Logger
 from service.settings import Settings
 from service.sources.kafka.client import KafkaUnavailable, describe_error, refusal
+from service.telemetry.logs import Logger
 
 __all__ = ["MAX_TICK_GAP", "BrokerWatch", "OutageClock"]
 

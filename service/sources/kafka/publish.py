@@ -30,9 +30,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from service.errors import InputUnreadable, UsageError
-from service.sources.files.source import input_patterns
-from service.telemetry.logs import Logger
 from service.settings import Settings
+from service.sources.files.source import input_patterns
 from service.sources.kafka.client import (
     KafkaUnavailable,
     TopicMissing,
@@ -42,6 +41,7 @@ from service.sources.kafka.client import (
     describe_error,
     partitions_of,
 )
+from service.telemetry.logs import Logger
 
 __all__ = ["DEFAULT_LINES_PER_MESSAGE", "PROGRESS_SUFFIX", "publish"]
 

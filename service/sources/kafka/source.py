@@ -23,18 +23,18 @@ from typing import Any
 import anyio
 from aiokafka import TopicPartition
 
-from service.storage.checkpoint import total_of
 from service.core.decimal_text import decimal_of
-from service.health import heartbeat_path
-from service.telemetry.logs import Logger
 from service.core.parsing import Batch
+from service.core.position import Periodic, Position
+from service.health import heartbeat_path
 from service.lifecycle.partition import Gauge, Partition, Progress, Standing, Step
 from service.settings import Settings
-from service.core.position import Periodic, Position
 from service.sources.kafka.client import KafkaUnavailable, connect, partitions_of
 from service.sources.kafka.group import MAX_RECORDS, GroupMember, name_of
 from service.sources.kafka.group_totals import GroupState, read_group_state
 from service.sources.kafka.outage import BrokerWatch
+from service.storage.checkpoint import total_of
+from service.telemetry.logs import Logger
 
 __all__ = ["KafkaSource"]
 
