@@ -12,7 +12,7 @@ CLANG ?= clang
 FUZZER := build/fuzz/kernel_fuzz
 FUZZ_SECONDS ?= 600
 
-.PHONY: setup run test lint typecheck unit fuzz fuzz-smoke docker-test kafka-test kafka-jars bench chaos clean
+.PHONY: setup run test lint typecheck alerts unit fuzz fuzz-smoke docker-test kafka-test kafka-jars bench chaos clean
 
 # The Kafka end-to-end tests start a real broker (tests/kafka_broker.py) and are required: a
 # broker that cannot start fails them. `REQUIRE_KAFKA=0 make test` lets them skip instead.
@@ -41,7 +41,7 @@ run: setup
 
 ## test: lint, type-check, fuzz the kernel briefly, then every test (Docker tests skip without an
 ## engine unless REQUIRE_DOCKER=1; the Kafka tests start a real broker and are required)
-test: lint typecheck fuzz-smoke kafka-jars unit
+test: lint typecheck alerts fuzz-smoke kafka-jars unit
 
 lint: setup
 	$(BIN)/ruff check service tests bench examples
@@ -49,6 +49,14 @@ lint: setup
 
 typecheck: setup
 	$(BIN)/mypy
+
+## alerts: the Prometheus rules (deploy/prometheus/) checked and unit-tested with promtool
+alerts:
+	@command -v promtool >/dev/null || { \
+	  echo "alerts: promtool not found; install it: apt-get install -y prometheus (.ci/run does)" >&2; \
+	  exit 1; }
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts.test.yml
 
 # Coverage data of every process the tests start (`patch = subprocess`), combined at the end; a
 # worker killed while saving its data leaves a torn file, removed here before the next run. The

@@ -32,7 +32,8 @@ Compare ratios, which hold from one machine to the next; the absolute figures do
 9. `run` on a one-line input against `python -c pass`: the start-up cost.
 12. Kafka (a real broker, started for the row): draining a 10M-record topic (1M with --quick)
    with one worker against the file source, with two workers against one, and the time from a
-   SIGKILL of one worker to another's commit of its partitions against the session timeout.
+   SIGKILL of one paced worker to the other's first record of each of its partitions (20 trials)
+   against the session timeout.
 13. 20,000 small files through one glob against one file of the same bytes: the run and its peak
    RSS, a SIGTERM mid-way and the resume, a timer save against `checkpoint_interval`, and the
    event loop's lateness during saves (`python -m bench.small_files 100000` for 100,000 files).

@@ -238,6 +238,9 @@ class Settings:
         10.0, _number(ge=1), "seconds a silent group member keeps its partitions"
     )
     kafka_ssl_cafile: str = _setting("", _text(), "CA bundle file (with SSL, SASL_SSL)")
+    kafka_unavailable_timeout: float = _setting(
+        120.0, _number(ge=0), "seconds a worker keeps trying to reach Kafka, 0 = forever"
+    )
     exclude: tuple[str, ...] = _setting(
         (),
         _patterns(at_least_one=False),

@@ -115,10 +115,20 @@ class Broker:
 
     def restart(self) -> None:
         """Stop the JVM gracefully and start it again on the same data and ports."""
+        with self.stopped():
+            pass
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The JVM stopped inside the block (connections refused), started again after it on
+        the same data and ports."""
         self._end()
-        self.process = _launch(self.command, self.directory)
-        port = int(self.plaintext.rsplit(":", 1)[1])
-        _wait_listening(port, self.process, self.directory / "broker.log")
+        try:
+            yield
+        finally:
+            self.process = _launch(self.command, self.directory)
+            port = int(self.plaintext.rsplit(":", 1)[1])
+            _wait_listening(port, self.process, self.directory / "broker.log")
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:

@@ -1,5 +1,5 @@
-"""The compose profile `fleet` on a real Docker engine: a Kafka broker, a one-shot publish and
-three workers of one group, run with the compose file users run.
+"""The compose profile `fleet` on a real Docker engine: a Kafka broker, a one-shot publish,
+three workers of one group and Prometheus, run with the compose file users run.
 
 The broker image is the offline stand-in (`deploy/kafka/Dockerfile`: the stand-in base image,
 Debian's Java 17, the Maven jars), swapped in through KAFKA_IMAGE as PYTHON_IMAGE swaps the base.
@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 from tests.kafka_broker import fetch_jars
 from tests.oracle import expected_of
 from tests.processes import cli, worker_env
+from tests.scrape import get
 from tests.test_docker import REPO, Compose, _compose_env, _python_image, _require_docker
 
 pytestmark = [pytest.mark.docker, pytest.mark.kafka]
@@ -30,7 +32,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.kafka]
 COUNT = 300_000
 RATE = 4_000  # per worker: about 25 s of work for three, long enough to restart and kill one
 WORKERS = 3
-SERVICES = ("kafka", "publish", "fleet-worker")
+SERVICES = ("kafka", "publish", "fleet-worker", "prometheus")
 
 
 def _docker(*args: str, timeout: float = 120) -> str:
@@ -64,6 +66,7 @@ def fleet() -> Iterator[Compose]:
         "KAFKA_IMAGE": tag,
         "FLEET_COUNT": str(COUNT),
         "FLEET_MAX_RATE": str(RATE),
+        "PROMETHEUS_PORT": "0",  # any free port of the host's loopback
     }
     stack = Compose(f"cwfleet-{uuid.uuid4().hex[:10]}", _compose_env(**settings))
     try:
@@ -172,6 +175,28 @@ def test_the_fleet_publishes_no_port_and_shares_no_volume(fleet: Compose) -> Non
     assert worker["environment"]["WORKER_SOURCE"] == "kafka"
     assert config["services"]["kafka"]["image"].startswith("checkpoint-kafka-standin:")
     assert len(_workers(fleet)) == WORKERS
+
+
+def test_the_prometheus_service_scrapes_every_worker_with_the_shipped_alerts(
+    fleet: Compose,
+) -> None:
+    """The optional Prometheus service, built from Debian's package on the worker's base image,
+    finds the three workers, scrapes them, and has the alerts of deploy/prometheus loaded."""
+    address = fleet("--profile", "fleet", "port", "prometheus", "9090").stdout.strip()
+    deadline = time.monotonic() + 120  # a scrape and a DNS refresh every 15 s
+    up: list[Any] = []
+    while len(up) < WORKERS:
+        assert time.monotonic() < deadline, f"targets up: {up}\n{_tails(fleet)}"
+        time.sleep(2)
+        query = urllib.parse.urlencode({"query": 'up{job="checkpoint-worker"} == 1'})
+        status, body = get(f"http://{address}/api/v1/query?{query}")
+        up = json.loads(body)["data"]["result"] if status == 200 else []
+    status, body = get(f"http://{address}/api/v1/rules")
+    assert status == 200
+    names = {
+        rule["name"] for group in json.loads(body)["data"]["groups"] for rule in group["rules"]
+    }
+    assert {"CheckpointWorkerDown", "CheckpointWorkerPartitionUnowned"} <= names
 
 
 def test_a_restarted_and_a_killed_worker_leave_the_group_total_exact(

@@ -42,6 +42,7 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
     "kafka_sasl_password_file": "",
     "kafka_session_timeout": 10.0,
     "kafka_ssl_cafile": "",
+    "kafka_unavailable_timeout": 120.0,
     "exclude": (),
     "close_inactive": 5.0,
     "max_open_files": 256,

@@ -37,6 +37,16 @@ class Position:
             sum=self.sum + total,
         )
 
+    def since(self, earlier: Position) -> Position:
+        """What was consumed from `earlier` to here, field by field."""
+        return Position(
+            self.offset - earlier.offset,
+            self.lines - earlier.lines,
+            self.records - earlier.records,
+            self.bad_records - earlier.bad_records,
+            self.sum - earlier.sum,
+        )
+
 
 class Periodic:
     """Due every `interval` seconds on a fixed grid from `start`: a slow action does not drift."""

@@ -11,13 +11,14 @@ Rule 3: all of a partition's state is its `Position` and what identifies it, der
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.core.parsing import Batch
 from service.core.position import Position
 
-__all__ = ["Gauge", "Partition", "Progress", "Source", "Step"]
+__all__ = ["Gauge", "Partition", "Progress", "Source", "Standing", "Step"]
 
 
 class Progress(enum.Enum):
@@ -33,6 +34,10 @@ class Step:
 
     batch: Batch
     progress: Progress
+    # What this step read, when the partition's position also moves for other reasons: a Kafka
+    # member's position gains a partition's committed totals on assignment, which were read
+    # before. None: the position moved by reading alone.
+    consumed: Position | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,15 @@ class Gauge:
     end: int
     lag: int
     unit: str  # what `lag` counts: "bytes" or "messages"
+
+
+@dataclass(frozen=True)
+class Standing:
+    """The whole source, for metrics: records consumed but not saved yet, and how many
+    partitions the input has in all when that is known (a Kafka topic's)."""
+
+    unsaved_records: int
+    partitions: int | None = None
 
 
 class Partition(Protocol):
@@ -81,6 +95,11 @@ class Source(Protocol):
         """Load the saved state and return the partitions to read first."""
         ...
 
+    async def watch(self, reachable: Callable[[bool], None]) -> None:
+        """Beside start-up and reading, until cancelled: tell `reachable` when the input can no
+        longer be reached and when it can again; raise a WorkerError to end the run."""
+        ...
+
     async def discover(self) -> list[Partition]:
         """Look again (following): new partitions to read; notice renamed and gone ones."""
         ...
@@ -98,6 +117,8 @@ class Source(Protocol):
         ...
 
     def changed_since_save(self) -> bool: ...
+
+    def standing(self) -> Standing: ...
 
     async def save(self, reason: str, *, completed: bool = False) -> bool:
         """Save every partition's state as of this instant, atomically; False if not needed."""

@@ -103,6 +103,10 @@ class _Worker:
             self.scope = tasks.cancel_scope
             # Listen first, so a signal during start-up is a graceful stop too.
             await tasks.start(self._listen_for_signals, tasks.cancel_scope, early_signals)
+            # An input out of reach for too long (a broker outage) ends the run, at start-up too.
+            watch = lambda: self.source.watch(self.telemetry.reachable)  # noqa: E731
+            tasks.start_soon(self._guarded, watch, tasks.cancel_scope)
+            tasks.start_soon(self._beat_while_starting)
             partitions: list[Partition] = []
 
             async def start() -> None:
@@ -124,6 +128,12 @@ class _Worker:
                 tasks.start_soon(self._guarded, self._run_timer, tasks.cancel_scope)
                 await self._guarded(lambda: self._read_all(partitions), tasks.cancel_scope)
             tasks.cancel_scope.cancel()
+
+    async def _beat_while_starting(self) -> None:
+        """Start-up may wait long (for a broker): the loop turns meanwhile, and says so."""
+        while not self.started:
+            self.telemetry.loop_alive()
+            await anyio.sleep(HEARTBEAT_INTERVAL)
 
     async def _guarded(self, work: Any, scope: anyio.CancelScope) -> None:
         """Run `work`; a failure is kept for shutdown and stops every task."""
@@ -223,11 +233,12 @@ class _Worker:
         while True:
             before = partition.position
             step = await partition.next_batch()
-            self._count(partition, before)
+            consumed = step.consumed or partition.position.since(before)
+            self._count(partition, consumed)
             self._report(partition, step.batch)
             self._set_progress(partition, step.progress)
-            read = max(0, step.batch.position.records - before.records)
-            delay = self.pacer.delay_after(read, anyio.current_time())
+            # Paced on what was read, never on totals that arrived with a partition.
+            delay = self.pacer.delay_after(max(0, consumed.records), anyio.current_time())
             if delay > 0:
                 await anyio.sleep(delay)
             if step.progress in (Progress.DONE, Progress.CLOSED):
@@ -253,14 +264,11 @@ class _Worker:
             self.progress_of[partition] = progress
             self.behind += progress is not Progress.CAUGHT_UP
 
-    def _count(self, partition: Partition, before: Position) -> None:
+    def _count(self, partition: Partition, consumed: Position) -> None:
         """Tell telemetry what one batch consumed (never less than nothing) and where it stands."""
-        after = partition.position
-        self.moved = self.moved or after != before
+        self.moved = self.moved or consumed != Position()
         self.telemetry.consumed(
-            max(0, after.records - before.records),
-            max(0, after.bad_records - before.bad_records),
-            max(0, after.offset - before.offset),
+            max(0, consumed.records), max(0, consumed.bad_records), max(0, consumed.offset)
         )
         self._report_position(partition)
 
@@ -321,6 +329,7 @@ class _Worker:
             now = anyio.current_time()
             if heartbeats.due(now):
                 self.telemetry.loop_alive()
+                self.telemetry.standing(self.source.standing())
                 for partition in list(self.progress_of):
                     self._report_position(partition)
                 await anyio.to_thread.run_sync(self.source.heartbeat)

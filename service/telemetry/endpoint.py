@@ -102,10 +102,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._answer(503, f"stalled: no heartbeat for {stalled:.1f} s\n".encode())
         elif path == "/readyz":
-            if metrics.is_ready():
+            why = metrics.not_ready_because()
+            if why is None:
                 self._answer(200, b"ready\n")
             else:
-                self._answer(503, b"not ready: starting up\n")
+                self._answer(503, f"not ready: {why}\n".encode())
         else:
             self._answer(404, b"not found: try /metrics, /healthz or /readyz\n")
 
@@ -160,8 +161,8 @@ class ProbeServer:
 class MetricsEndpoint(Metrics):
     """The metrics, served on `address` from the moment the worker opens it."""
 
-    def __init__(self, address: str) -> None:
-        super().__init__()
+    def __init__(self, address: str, checkpoint_interval: float) -> None:
+        super().__init__(checkpoint_interval)
         self._address = address
         self._server: ProbeServer | None = None
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from service.health import STALE_AFTER
+from service.lifecycle.partition import Standing
 from service.telemetry.port import GaugeBoard, Telemetry
 
 if TYPE_CHECKING:
@@ -52,7 +53,9 @@ OTHER_PARTITIONS = "_other"
 class Metrics(Telemetry):
     """The worker's numbers, its readiness and its event loop's last heartbeat."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoint_interval: float = 1.0) -> None:
+        self._checkpoint_interval = checkpoint_interval
+        self._standing = Standing(0)
         self._records = 0
         self._bad_records = 0
         self._bytes = 0
@@ -62,6 +65,7 @@ class Metrics(Telemetry):
         self._last_save = 0.0
         self._gauges = GaugeBoard()
         self._ready = False
+        self._unreachable = False
         self._last_beat = time.monotonic()
         self._registry: Any = None
 
@@ -87,8 +91,14 @@ class Metrics(Telemetry):
     def loop_alive(self) -> None:
         self._last_beat = time.monotonic()
 
+    def standing(self, standing: Standing) -> None:
+        self._standing = standing
+
     def ready(self) -> None:
         self._ready = True
+
+    def reachable(self, yes: bool) -> None:
+        self._unreachable = not yes
 
     # --- what the probes read (from the HTTP threads) -----------------------------------------
 
@@ -172,9 +182,39 @@ class Metrics(Telemetry):
                     lag.add_metric([OTHER_PARTITIONS], sum(of_unit))
         yield position
         yield from lags.values()
+        # For alerts (deploy/prometheus/alerts.yml): records at risk, the timer they wait for,
+        # readiness, and the partitions a fleet must own between its members.
+        standing = self._standing
+        yield GaugeMetricFamily(
+            _PREFIX + "uncommitted_records",
+            "Records consumed by this process and not saved (committed) yet",
+            standing.unsaved_records,
+        )
+        yield GaugeMetricFamily(
+            _PREFIX + "checkpoint_interval_seconds",
+            "The checkpoint_interval setting: seconds between timer saves",
+            self._checkpoint_interval,
+        )
+        yield GaugeMetricFamily(
+            _PREFIX + "ready", "1 when /readyz answers 200, else 0", int(self.is_ready())
+        )
+        if standing.partitions is not None:
+            yield GaugeMetricFamily(
+                _PREFIX + "topic_partitions",
+                "Partitions of the Kafka topic, as this member last saw its metadata",
+                standing.partitions,
+            )
 
     def is_ready(self) -> bool:
-        return self._ready
+        return self.not_ready_because() is None
+
+    def not_ready_because(self) -> str | None:
+        """Why the worker is not ready, or None when it is."""
+        if not self._ready:
+            return "starting up"
+        if self._unreachable:
+            return "the input cannot be reached"
+        return None
 
     def stalled_for(self, now: float | None = None) -> float | None:
         """Seconds since the last heartbeat if that is longer than STALLED_AFTER, else None."""

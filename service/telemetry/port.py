@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from service.telemetry.logs import Logger
 
 if TYPE_CHECKING:
-    from service.lifecycle.partition import Gauge
+    from service.lifecycle.partition import Gauge, Standing
 
 __all__ = ["GaugeBoard", "Telemetry"]
 
@@ -35,6 +35,10 @@ class Telemetry:
     def consumed(self, records: int, bad_records: int, nbytes: int) -> None:
         """One batch was consumed: `records` valid, `bad_records` skipped, `nbytes` bytes."""
 
+    def reachable(self, yes: bool) -> None:
+        """The input can (again) or cannot be reached now (a broker outage): not ready while
+        it cannot."""
+
     def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
         """Where the streams of the partition `label` stand now (its whole list)."""
 
@@ -43,6 +47,9 @@ class Telemetry:
 
     def checkpoint_saved(self, reason: str, seconds: float) -> None:
         """A checkpoint was written for `reason`, in `seconds`."""
+
+    def standing(self, standing: Standing) -> None:
+        """Where the whole source stands now (each second)."""
 
     def loop_alive(self) -> None:
         """A beat from the event loop: it turns."""

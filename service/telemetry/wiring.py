@@ -15,7 +15,7 @@ from service.telemetry.logs import Logger, renders_json
 from service.telemetry.port import Telemetry
 
 if TYPE_CHECKING:
-    from service.lifecycle.partition import Gauge
+    from service.lifecycle.partition import Gauge, Standing
 
 __all__ = ["telemetry_for"]
 
@@ -38,6 +38,10 @@ class _Fanout(Telemetry):
         for part in self.parts:
             part.consumed(records, bad_records, nbytes)
 
+    def reachable(self, yes: bool) -> None:
+        for part in self.parts:
+            part.reachable(yes)
+
     def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
         for part in self.parts:
             part.partition_gauges(label, gauges)
@@ -49,6 +53,10 @@ class _Fanout(Telemetry):
     def checkpoint_saved(self, reason: str, seconds: float) -> None:
         for part in self.parts:
             part.checkpoint_saved(reason, seconds)
+
+    def standing(self, standing: Standing) -> None:
+        for part in self.parts:
+            part.standing(standing)
 
     def loop_alive(self) -> None:
         for part in self.parts:
@@ -70,7 +78,7 @@ def telemetry_for(settings: Settings) -> Telemetry:
     if settings.metrics_address:
         from service.telemetry.endpoint import MetricsEndpoint
 
-        parts.append(MetricsEndpoint(settings.metrics_address))
+        parts.append(MetricsEndpoint(settings.metrics_address, settings.checkpoint_interval))
     if _shows_progress(settings):
         from service.telemetry.progress_line import ProgressDisplay
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -28,7 +28,7 @@ import anyio
 from service.core.names import shown
 from service.core.position import Position
 from service.errors import InputUnreadable
-from service.lifecycle.partition import Partition
+from service.lifecycle.partition import Partition, Standing
 from service.settings import Settings
 from service.sources.files.changes import Change, classify_scan
 from service.sources.files.life import State
@@ -150,6 +150,7 @@ class FileSource:
         self.states: dict[FilePartition, FileState] = {}  # each active one's, in their order
         self.gone = Position()  # what files that no longer exist added up to
         self.saved: tuple[tuple[FileState, ...], Position] | None = None
+        self.saved_records = 0  # the records the checkpoint on disk holds
         self.saving = anyio.Lock()
         self.waiting_logged = False
         self.loop_logged = False
@@ -177,6 +178,7 @@ class FileSource:
                 "checkpoint_loaded", **asdict(checkpoint.position), completed=checkpoint.completed
             )
             saved, self.gone = checkpoint.files, checkpoint.gone
+            self.saved_records = checkpoint.position.records
         plain = self.patterns.plain_path
         if plain is not None:
             return [await self._start_plain(str(plain), saved)]
@@ -279,6 +281,9 @@ class FileSource:
 
     # --- following ----------------------------------------------------------------------------
 
+    async def watch(self, reachable: Callable[[bool], None]) -> None:
+        """Files are always within reach: a file that cannot be read is an error of its own."""
+
     async def discover(self) -> list[Partition]:
         if self.patterns.plain_path is not None:
             return []
@@ -356,6 +361,9 @@ class FileSource:
     def changed_since_save(self) -> bool:
         return (self._files(), self.gone) != self.saved
 
+    def standing(self) -> Standing:
+        return Standing(max(0, self.totals().records - self.saved_records))
+
     async def save(self, reason: str, *, completed: bool = False) -> bool:
         """Write every file's state of this instant, off the event loop, one save at a time."""
         async with self.saving:
@@ -367,6 +375,7 @@ class FileSource:
             # Totals, encoding and writing all happen in a thread: their cost grows with files.
             total = await anyio.to_thread.run_sync(self._write, files, gone, completed)
             self.saved = (files, gone)
+            self.saved_records = total.records
             self.log.info("checkpoint_saved", **asdict(total), reason=reason)
             return True
 

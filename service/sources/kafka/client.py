@@ -2,24 +2,30 @@
 
 Rule 1: every client (consumer, producer, admin) is built from the same `client_options`, so the
         security settings mean the same thing everywhere.
-Rule 2: reaching the brokers is bounded by `CONNECT_TIMEOUT`; an unreachable broker, a refused
-        login or a missing topic is a `KafkaUnavailable` (exit 1), one line naming what failed.
+Rule 2: reaching the brokers is bounded by `CONNECT_TIMEOUT` (a running worker's, by its
+        outage bound: `outage.py`); an unreachable broker, a refused login or a missing topic is
+        a `KafkaUnavailable` (exit 1), one line naming what failed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, LeaderNotAvailableError
 
 from service.errors import UsageError, WorkerError
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.sources.kafka.outage import BrokerWatch
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -29,6 +35,7 @@ __all__ = [
     "client_options",
     "describe_error",
     "partitions_of",
+    "quiet_abandoned_requests",
 ]
 
 CONNECT_TIMEOUT = 15.0
@@ -79,6 +86,44 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+async def refusal(settings: Settings) -> KafkaError | None:
+    """Why the first bootstrap server refuses this client for good (a failed login), or None
+    when it does not answer: aiokafka reports both as 'Unable to bootstrap'."""
+    host, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
+    options = client_options(settings)
+    try:
+        with anyio.fail_after(_REQUEST_TIMEOUT_MS / 1000):
+            connection = await create_conn(
+                host,
+                int(port),
+                request_timeout_ms=_REQUEST_TIMEOUT_MS,
+                security_protocol=options["security_protocol"],
+                ssl_context=options.get("ssl_context"),
+                sasl_mechanism=options.get("sasl_mechanism"),
+                sasl_plain_username=options.get("sasl_plain_username"),
+                sasl_plain_password=options.get("sasl_plain_password"),
+            )
+    except KafkaError as error:
+        return None if error.retriable else error
+    except (OSError, TimeoutError):
+        return None
+    connection.close()
+    return None
+
+
+def quiet_abandoned_requests() -> None:
+    """A request given up on (a timer commit the brokers did not answer in time) goes on inside
+    aiokafka, shielded, and may end in a KafkaError nobody awaits: the worker reported the
+    failure already, so asyncio's "exception was never retrieved" line is dropped for those."""
+    loop = asyncio.get_running_loop()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not isinstance(context.get("exception"), KafkaError):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
+
 def describe_error(error: BaseException) -> str:
     """A broker failure in a few words (aiokafka's messages are often empty)."""
     text = str(error).strip()
@@ -97,9 +142,17 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
         await admin.close()
 
 
-async def connect(call: Callable[[], Awaitable[T]], settings: Settings, what: str) -> T:
+async def connect(
+    call: Callable[[], Awaitable[T]],
+    settings: Settings,
+    what: str,
+    watch: BrokerWatch | None = None,
+) -> T:
     """`call()` (a client's start or a request), retried while Kafka answers with a retriable
-    error (a coordinator still loading), all within CONNECT_TIMEOUT."""
+    error (a coordinator still loading), all within CONNECT_TIMEOUT; with a worker's `watch`,
+    for as long as its outage bound allows."""
+    if watch is not None:
+        return await watch.reach(call, what)
     servers = settings.kafka_bootstrap_servers
     last: KafkaError | None = None
     try:
@@ -121,7 +174,9 @@ async def connect(call: Callable[[], Awaitable[T]], settings: Settings, what: st
         raise KafkaUnavailable(f"cannot {what} at {servers}: {describe_error(error)}") from None
 
 
-async def partitions_of(admin: AIOKafkaAdminClient, settings: Settings) -> list[int]:
+async def partitions_of(
+    admin: AIOKafkaAdminClient, settings: Settings, watch: BrokerWatch | None = None
+) -> list[int]:
     """The partition numbers of `kafka_topic`; KafkaUnavailable if the topic does not exist.
     A topic the broker is still creating (auto-creation on first use) is waited for."""
     topic = settings.kafka_topic
@@ -138,7 +193,7 @@ async def partitions_of(admin: AIOKafkaAdminClient, settings: Settings) -> list[
                 return sorted(part["partition"] for part in entry["partitions"])
         return []
 
-    found = await connect(describe, settings, "describe the Kafka topic")
+    found = await connect(describe, settings, "describe the Kafka topic", watch)
     if not found:
         servers = settings.kafka_bootstrap_servers
         raise TopicMissing(f"Kafka topic {topic!r} does not exist at {servers}")

@@ -37,8 +37,16 @@ from service.core.position import Position
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.partition import Gauge
 from service.settings import Settings
-from service.sources.kafka.client import KafkaUnavailable, client_options, connect, describe_error
+from service.sources.kafka.client import (
+    KafkaUnavailable,
+    client_options,
+    connect,
+    describe_error,
+    quiet_abandoned_requests,
+)
 from service.sources.kafka.commit_state import StateUnreadable, apply_message, decode, encode
+from service.sources.kafka.outage import BrokerWatch
+from service.storage.checkpoint import total_of
 from service.telemetry.logs import Logger
 
 __all__ = ["MAX_RECORDS", "GroupMember", "PartitionUnusable", "name_of"]
@@ -73,9 +81,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class GroupMember:
     """Reads the partitions the group gives this process and commits their states."""
 
-    def __init__(self, settings: Settings, log: Logger) -> None:
+    def __init__(self, settings: Settings, log: Logger, watch: BrokerWatch) -> None:
         self._settings = settings
         self._log = log
+        self._watch = watch
         options = client_options(settings)
         session_ms = int(settings.kafka_session_timeout * 1000)
         self.consumer = AIOKafkaConsumer(
@@ -85,8 +94,12 @@ class GroupMember:
             auto_offset_reset="earliest",  # only until `assigned` seeks to the committed state
             isolation_level="read_committed",  # never an aborted publish's copy
             session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(100, session_ms // 5),
+            # A tenth of the session: a survivor hears of a rebalance (a member gone) sooner.
+            heartbeat_interval_ms=max(100, session_ms // 10),
             rebalance_timeout_ms=max(session_ms, 10_000),
+            # A caught-up member's fetch waits this long at the broker, and a partition the
+            # group gives it is fetched only after: short, so a hand-over reads at once.
+            fetch_max_wait_ms=100,
         )
         self.admin = AIOKafkaAdminClient(**options)
         self.owned: dict[TopicPartition, Position] = {}
@@ -95,12 +108,17 @@ class GroupMember:
         self._fatal: WorkerError | None = None
         self._bad_details_left = BAD_RECORD_DETAILS_PER_RUN
         self._turn = 0  # whose turn it is to be read first, paced (`_fetch`)
+        self._fresh: set[TopicPartition] = set()  # gained anew, not read yet: read first
+        self._last_revoked: set[TopicPartition] = set()
 
     async def start(self) -> None:
         """Connect, and join the group (the first assignment comes while reading)."""
-        await connect(self.admin.start, self._settings, "connect to Kafka")
+        quiet_abandoned_requests()
+        watch = self._watch
+        await connect(self.admin.start, self._settings, "connect to Kafka", watch)
+        watch.probe_with(self.admin)
         self.consumer.subscribe([self._settings.kafka_topic], listener=_Listener(self))
-        await connect(self.consumer.start, self._settings, "join the Kafka consumer group")
+        await connect(self.consumer.start, self._settings, "join the Kafka consumer group", watch)
 
     async def close(self) -> None:
         """Leave the group (after the final commit) and disconnect."""
@@ -120,6 +138,7 @@ class GroupMember:
         for tp in revoked:
             self.owned.pop(tp, None)
             self._committed.pop(tp, None)
+        self._last_revoked = set(revoked)
         if revoked:
             self._log.info("partitions_revoked", partitions=_names(revoked))
 
@@ -145,6 +164,9 @@ class GroupMember:
             self._committed[tp] = position
             self.consumer.seek(tp, position.offset)
         self.consumer.resume(*states)
+        # A rebalance gives a member back what it had too: a partition new to it (a dead
+        # member's) is read first, its records the longest unread.
+        self._fresh = set(states) - self._last_revoked
         self._log.info(
             "partitions_assigned",
             partitions=_names(assigned),
@@ -154,10 +176,14 @@ class GroupMember:
     async def _load(self, assigned: set[TopicPartition]) -> dict[TopicPartition, Position]:
         if not assigned:
             return {}
-        committed = await self.admin.list_consumer_group_offsets(
-            self._settings.kafka_group, partitions=list(assigned)
+        group, tps = self._settings.kafka_group, list(assigned)
+        committed = await self._watch.reach(
+            lambda: self.admin.list_consumer_group_offsets(group, partitions=tps),
+            "load the committed states",
         )
-        starts = await self.consumer.beginning_offsets(list(assigned))
+        starts = await self._watch.reach(
+            lambda: self.consumer.beginning_offsets(tps), "read the log start offsets"
+        )
         states = {}
         for tp in sorted(assigned):
             entry, start = committed.get(tp), starts[tp]
@@ -189,6 +215,12 @@ class GroupMember:
         """Does any owned partition's state differ from its last commit?"""
         return any(self._committed.get(tp) != p for tp, p in self.owned.items())
 
+    def unsaved_records(self) -> int:
+        """Records read from the owned partitions past their last commits."""
+        return sum(
+            max(0, p.records - self._committed.get(tp, p).records) for tp, p in self.owned.items()
+        )
+
     def gauges(self) -> list[Gauge]:
         """Each owned partition: its position, its log end offset (the last fetch's high
         watermark) and its lag, the messages past the group's last commit."""
@@ -206,8 +238,9 @@ class GroupMember:
         if self._fatal is not None:
             raise self._fatal
 
-    async def read(self, max_messages: int) -> int:
-        """Fetch once and apply what came; the number of records added (for pacing)."""
+    async def read(self, max_messages: int) -> Position:
+        """Fetch once and apply what came; what that read (for pacing and the counters), which
+        never includes the totals a partition brought when it was assigned."""
         epoch = self._epoch
         try:
             batches = await self._fetch(max_messages)
@@ -223,13 +256,13 @@ class GroupMember:
         if epoch != self._epoch:
             for tp, position in self.owned.items():  # a fetch that straddled a rebalance
                 self.consumer.seek(tp, position.offset)
-            return 0
-        added = 0
+            return Position()
+        read = []
         for tp, messages in batches.items():
             before = self.owned.get(tp)
             if before is not None:
                 self.owned[tp] = self._apply(tp, before, messages)
-                added += self.owned[tp].records - before.records
+                read.append(self.owned[tp].since(before))
         # Past what getmany returned (transaction markers, aborted publishes) nothing is left to
         # count: the state's offset follows the consumer's position.
         positions = {}
@@ -245,19 +278,26 @@ class GroupMember:
                     self.owned[tp] = Position(
                         offset, state.lines, state.records, state.bad_records, state.sum
                     )
-        return added
+                    read.append(Position(offset - state.offset))
+        return total_of(read)
 
     async def _fetch(self, max_messages: int) -> dict[TopicPartition, list[Any]]:
         """Messages from the fetched buffers. A few at a time (paced), take turns among the
         owned partitions first: aiokafka hands out one partition's buffer before the next's,
-        which would starve a partition that just arrived."""
+        which would starve a partition that just arrived. A partition a rebalance gave this
+        member anew is read as soon as its first fetch is in, before any turn."""
         getmany = self.consumer.getmany
+        batches: dict[TopicPartition, list[Any]]
         if max_messages < MAX_RECORDS and self.owned:
-            turn = sorted(self.owned)[self._turn % len(self.owned)]
+            for tp in sorted(self._fresh & set(self.owned)):
+                batches = await getmany(tp, timeout_ms=0, max_records=max_messages)
+                if batches:
+                    self._fresh.discard(tp)
+                    return batches
+            turns = sorted(self.owned)
+            turn = turns[self._turn % len(turns)]
             self._turn += 1
-            batches: dict[TopicPartition, list[Any]] = await getmany(
-                turn, timeout_ms=0, max_records=max_messages
-            )
+            batches = await getmany(turn, timeout_ms=0, max_records=max_messages)
             if batches:
                 return batches
         batches = await getmany(timeout_ms=_FETCH_TIMEOUT_MS, max_records=max_messages)

@@ -10,11 +10,14 @@ Rule 3: not following, the run's target is the topic's end offsets at start-up; 
         is DONE once the group's committed offsets reached them (whoever committed them), and
         the result then holds the group's totals. A member whose own partitions reached their
         targets commits them at once and looks at the group, rather than wait for the timer.
+Rule 4: the brokers may be away for a while (`outage.py`): start-up waits for them, timer commits
+        wait for them, and a stop meanwhile gives the final commit up at once.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -24,11 +27,12 @@ from service.core.decimal_text import decimal_of
 from service.core.parsing import Batch
 from service.core.position import Periodic, Position
 from service.health import heartbeat_path
-from service.lifecycle.partition import Gauge, Partition, Progress, Step
+from service.lifecycle.partition import Gauge, Partition, Progress, Standing, Step
 from service.settings import Settings
 from service.sources.kafka.client import KafkaUnavailable, connect, partitions_of
 from service.sources.kafka.group import MAX_RECORDS, GroupMember, name_of
 from service.sources.kafka.group_totals import GroupState, read_group_state
+from service.sources.kafka.outage import BrokerWatch
 from service.storage.checkpoint import total_of
 from service.telemetry.logs import Logger
 
@@ -38,6 +42,8 @@ __all__ = ["KafkaSource"]
 # both fit before the watchdog ends the process (`worker.py`). Mid-rebalance either can wait on
 # the group far longer; a final commit that does not fit is given up as a fenced one is.
 _SHUTDOWN_SHARE = 0.4
+# A timer commit the brokers do not answer in this time is tried again at the next tick.
+_TIMER_COMMIT_WAIT = 5.0
 
 
 class GroupPartition:
@@ -67,11 +73,13 @@ class GroupPartition:
             # look at the group at once (then every poll_interval while others still read).
             await source.member.commit("targets_reached")
             done = await source.group_done()
-            return Step(Batch(self.position), Progress.DONE if done else Progress.CAUGHT_UP)
-        added = await source.member.read(self._max_messages)
+            progress = Progress.DONE if done else Progress.CAUGHT_UP
+            return Step(Batch(self.position), progress, Position())
+        read = await source.member.read(self._max_messages)
         if self._checks.due(anyio.current_time()) and await source.group_done():
-            return Step(Batch(self.position), Progress.DONE)
-        return Step(Batch(self.position), Progress.READING if added else Progress.CAUGHT_UP)
+            return Step(Batch(self.position), Progress.DONE, read)
+        progress = Progress.READING if read.offset else Progress.CAUGHT_UP
+        return Step(Batch(self.position), progress, read)
 
     async def close(self) -> None:
         pass
@@ -83,7 +91,8 @@ class KafkaSource:
     def __init__(self, settings: Settings, log: Logger) -> None:
         self.settings = settings
         self.log = log
-        self.member = GroupMember(settings, log)
+        self.outages = BrokerWatch(settings, log)
+        self.member = GroupMember(settings, log, self.outages)
         self._targets: dict[TopicPartition, int] | None = None
         self._group: GroupState | None = None  # once the group reached the targets
         self._heartbeat = heartbeat_path(settings.checkpoint, os.getpid())
@@ -99,14 +108,17 @@ class KafkaSource:
         await self.member.start()
         if not self.settings.follow:
             consumer = self.member.consumer
-            numbers = await partitions_of(self.member.admin, self.settings)
+            numbers = await partitions_of(self.member.admin, self.settings, self.outages)
             tps = [TopicPartition(self.settings.kafka_topic, n) for n in numbers]
-            ends = await connect(
-                lambda: consumer.end_offsets(tps), self.settings, "read Kafka end offsets"
+            ends = await self.outages.reach(
+                lambda: consumer.end_offsets(tps), "read Kafka end offsets"
             )
             self._targets = dict(ends)
             self.log.info("target_offsets", partitions={name_of(tp): e for tp, e in ends.items()})
         return [GroupPartition(self)]
+
+    async def watch(self, reachable: Callable[[bool], None]) -> None:
+        await self.outages.run(reachable)
 
     def own_targets_reached(self) -> bool:
         """Not following: does this member own partitions, each read up to its target?"""
@@ -118,7 +130,7 @@ class KafkaSource:
 
     async def group_done(self) -> bool:
         """Not following: have the group's commits reached this run's target?"""
-        if self._targets is None:
+        if self._targets is None or not self.outages.available:
             return False
         admin, partitions = self.member.admin, list(self._targets)
         try:
@@ -152,10 +164,24 @@ class KafkaSource:
     def changed_since_save(self) -> bool:
         return self.member.changed()
 
+    def standing(self) -> Standing:
+        known = self.member.consumer.partitions_for_topic(self.settings.kafka_topic)
+        return Standing(self.member.unsaved_records(), len(known) if known else None)
+
     async def save(self, reason: str, *, completed: bool = False) -> bool:
         # The final and the completion commits cover every owned partition, changed or not.
+        if reason == "timer":
+            # Not while the brokers are away, and never long: the timer also beats the heart.
+            if not self.outages.available:
+                return False
+            with anyio.move_on_after(_TIMER_COMMIT_WAIT):
+                return await self.member.commit(reason)
+            return False
         if reason != "shutdown":
-            return await self.member.commit(reason, force=reason != "timer")
+            return await self.member.commit(reason, force=True)
+        if not self.outages.available:
+            self.member.give_up(reason, "the brokers are unavailable")
+            return False
         with anyio.move_on_after(self.settings.shutdown_timeout * _SHUTDOWN_SHARE):
             return await self.member.commit(reason, force=True)
         self.member.give_up(reason, "the group did not take the final commit in time")

@@ -1,0 +1,353 @@
+"""Operating a Kafka fleet, end to end against a real broker: the hand-over after a SIGKILL,
+broker outages, rescaling.
+
+Every total is compared with the independent oracle of the input file that was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tests.kafka_broker import Broker, start_broker
+from tests.kafka_support import committed_offsets, create_topic, kafka_env, noisy_numbers
+from tests.oracle import expected_of
+from tests.processes import WorkerProcess, cli, events_of, worker_env
+from tests.scrape import get
+
+pytestmark = pytest.mark.kafka
+
+SESSION_TIMEOUT = 3.0  # kafka_env's
+OUTAGE = 30.0
+
+
+def _published(broker: Broker, workdir: Path, partitions: int, lines: int) -> dict[str, str]:
+    """A new topic holding `lines` noisy lines, 100 to a message; the environment to read it."""
+    topic = create_topic(broker, partitions)
+    env = kafka_env(broker, topic, f"group-{topic}", WORKER_CHECKPOINT_INTERVAL="0.2")
+    (workdir / "numbers.txt").write_bytes(noisy_numbers(lines, seed=partitions))
+    done = cli(["publish", "--lines-per-message", "100"], workdir, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return env
+
+
+def _oracle(workdir: Path) -> tuple[int, int, int, int]:
+    expected = expected_of((workdir / "numbers.txt").read_bytes())
+    return (expected.sum, expected.records, expected.bad_records, expected.lines)
+
+
+def _totals(report: dict[str, Any]) -> tuple[int, int, int, int]:
+    return (int(report["sum"]), report["records"], report["bad_records"], report["lines"])
+
+
+def _member(workdir: Path, name: str, env: dict[str, str], **settings: str) -> WorkerProcess:
+    directory = workdir / name
+    directory.mkdir()
+    return WorkerProcess([], directory, {**env, **settings})
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _first_reads(
+    worker: WorkerProcess, since: float, wanted: set[str], timeout: float
+) -> dict[str, float]:
+    """Seconds from `since` (wall clock) to `worker`'s first commit of each partition in
+    `wanted`: the timer commits only partitions that read something, so a commit follows the
+    first record read by at most one checkpoint interval."""
+    found: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(found) < len(wanted):
+        for event in worker.named("checkpoint_saved"):
+            at = datetime.fromisoformat(event["timestamp"]).timestamp()
+            for name in wanted & set(event["partitions"]):
+                if at > since and name not in found:
+                    found[name] = at - since
+        time.sleep(0.05)
+    return found
+
+
+@pytest.mark.parametrize("heir_rate", ["1000", "0"])
+def test_after_a_sigkill_the_heir_reads_the_moved_partitions_within_the_session_timeout(
+    kafka: Broker, tmp_path: Path, heir_rate: str
+) -> None:
+    """A paced or unpaced heir reads the first record of each partition a SIGKILLed member
+    owned within the session timeout + 2 s: the records those partitions had committed before
+    were read by the dead member, and never count against the heir's pace. Unpaced, it then
+    completes the run with the oracle's totals."""
+    env = _published(kafka, tmp_path, partitions=6, lines=60_000)
+    victim = _member(tmp_path, "victim", env, WORKER_MAX_RATE="3000")
+    victim.wait_for("checkpoint_saved", timeout=30)
+    heir = _member(tmp_path, "heir", env, WORKER_MAX_RATE=heir_rate)
+    try:
+        heir.wait_for("partitions_assigned", timeout=30, partitions=lambda p: len(p) > 0)
+        _wait_until(lambda: len(victim.named("partitions_assigned")) >= 2, timeout=30)
+        time.sleep(1.5)  # the moved partitions hold thousands of committed records
+        victim.signal(signal.SIGKILL)
+        killed = time.time()
+        moved = set(victim.named("partitions_assigned")[-1]["partitions"])
+        assert moved
+        found = _first_reads(heir, killed, moved, timeout=SESSION_TIMEOUT + 10)
+        assert set(found) == moved, "".join(heir.raw)
+        assert max(found.values()) <= SESSION_TIMEOUT + 2, found
+        if heir_rate == "0":  # it reads the rest at once: the group's total is exact
+            assert heir.finish(timeout=60) == 0, "".join(heir.raw)
+            assert _totals(json.loads((tmp_path / "heir" / "result.json").read_text())) == (
+                _oracle(tmp_path)
+            )
+    finally:
+        victim.kill()
+        heir.kill()
+
+
+def _probes(worker: WorkerProcess) -> tuple[int, int]:
+    """(the status of /readyz, the status of /healthz) of a worker serving its endpoint."""
+    address = worker.wait_for("metrics_listening")["address"]
+    return get(f"http://{address}/readyz")[0], get(f"http://{address}/healthz")[0]
+
+
+def test_three_workers_ride_out_a_broker_stopped_at_start_up_and_frozen_mid_run(
+    tmp_path: Path,
+) -> None:
+    """The broker (its own) stopped for 30 s while three workers start, then frozen for 30 s
+    while they read: no worker exits, each says `broker_unavailable` once an outage and
+    `broker_available` after it, is not ready but healthy meanwhile, and the group's total is
+    the oracle's."""
+    broker = start_broker()
+    workers: list[WorkerProcess] = []
+    try:
+        env = _published(broker, tmp_path, partitions=6, lines=60_000)
+        settings = {"WORKER_MAX_RATE": "1000", "WORKER_METRICS_ADDRESS": "127.0.0.1:0"}
+        with broker.stopped():
+            workers = [_member(tmp_path, name, env, **settings) for name in "abc"]
+            for worker in workers:
+                worker.wait_for("broker_unavailable", timeout=30)
+            time.sleep(OUTAGE - 5)
+            assert [_probes(worker) for worker in workers] == [(503, 200)] * 3
+            assert [worker.process.poll() for worker in workers] == [None] * 3
+        for worker in workers:
+            worker.wait_for("checkpoint_saved", timeout=60)
+        with broker.frozen():
+            for worker in workers:
+                worker.wait_for("broker_unavailable", timeout=30, message=lambda m: "no" in m)
+            time.sleep(OUTAGE - 5)
+            assert [_probes(worker) for worker in workers] == [(503, 200)] * 3
+        for worker in workers:
+            assert worker.finish(timeout=180) == 0, "".join(worker.raw)
+        for name, worker in zip("abc", workers, strict=True):
+            assert _totals(json.loads((tmp_path / name / "result.json").read_text())) == (
+                _oracle(tmp_path)
+            )
+            assert len(worker.named("broker_unavailable")) == 2
+            assert len(worker.named("broker_available")) == 2
+            assert not worker.errors
+    finally:
+        for worker in workers:
+            worker.kill()
+        broker.stop()
+
+
+def test_past_kafka_unavailable_timeout_without_a_broker_is_one_line_and_exit_1(
+    tmp_path: Path,
+) -> None:
+    """No broker at the address and a 3 s bound: one warning, one error line naming the
+    setting, exit 1 soon after the bound, no traceback."""
+    env = worker_env(
+        WORKER_SOURCE="kafka",
+        WORKER_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{_closed_port()}",
+        WORKER_KAFKA_UNAVAILABLE_TIMEOUT="3",
+    )
+    started = time.monotonic()
+    done = cli(["run"], tmp_path, env)
+    took = time.monotonic() - started
+    assert done.returncode == 1
+    assert 3 <= took < 10
+    events = events_of(done.stdout)
+    (error,) = [e for e in events if e["level"] == "error"]
+    assert "kafka_unavailable_timeout" in error["message"]
+    assert len([e for e in events if e["event"] == "broker_unavailable"]) == 1
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_stop_while_no_broker_answers_at_start_up_exits_0_at_once(tmp_path: Path) -> None:
+    """SIGTERM to a worker waiting for a broker (no bound): exit 0 well within
+    shutdown_timeout, with no error."""
+    env = worker_env(
+        WORKER_SOURCE="kafka",
+        WORKER_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{_closed_port()}",
+        WORKER_KAFKA_UNAVAILABLE_TIMEOUT="0",
+    )
+    worker = WorkerProcess([], tmp_path, env)
+    worker.wait_for("broker_unavailable", timeout=30)
+    time.sleep(1)
+    sent = worker.signal(signal.SIGTERM)
+    assert worker.finish(timeout=30) == 0, "".join(worker.raw)
+    assert time.monotonic() - sent < 5
+    assert not worker.errors
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Publisher:
+    """Appends lines to numbers.txt and publishes them, again and again, until stopped."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir, self.env = workdir, env
+        self.appended = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with (self.workdir / "numbers.txt").open("a") as numbers:
+                numbers.write("".join(f"{-n if n % 3 else n}\n" for n in range(1_000)))
+            done = cli(["publish", "--lines-per-message", "100"], self.workdir, self.env)
+            assert done.returncode == 0, done.stdout + done.stderr
+            self.appended += 1_000
+            self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def _committed_states(broker: Broker, group: str) -> dict[int, tuple[int, int, int]]:
+    """Each partition's committed (offset, records, sum), from the broker."""
+    states = {}
+    for partition, entry in committed_offsets(broker, group).items():
+        if entry.offset >= 0:
+            state = json.loads(entry.metadata)
+            states[partition] = (entry.offset, state["records"], int(state["sum"]))
+    return states
+
+
+def _prefix_totals(broker: Broker, topic: str, ends: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """(records, sum) of each partition's messages before offset `ends[partition]`, read from
+    the topic and counted by the oracle (a message's last line is whole)."""
+
+    async def read() -> dict[int, tuple[int, int]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.plaintext, isolation_level="read_committed"
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, partition) for partition in ends]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            totals = dict.fromkeys(ends, (0, 0))
+            left = {tp for tp in tps if ends[tp.partition] > 0}
+            while left:
+                for tp, messages in (await consumer.getmany(*left, timeout_ms=500)).items():
+                    for message in messages:
+                        if message.offset < ends[tp.partition]:
+                            value = (
+                                message.value
+                                if message.value.endswith(b"\n")
+                                else message.value + b"\n"
+                            )
+                            expected = expected_of(value)
+                            records, total = totals[tp.partition]
+                            totals[tp.partition] = (
+                                records + expected.records,
+                                total + expected.sum,
+                            )
+                    if await consumer.position(tp) >= ends[tp.partition]:
+                        left.discard(tp)
+            return totals
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def _settle(workers: list[WorkerProcess], partitions: int, timeout: float = 90) -> None:
+    """Until the members' latest assignments share every partition once and each member
+    committed after its latest assignment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        latest = [w.named("partitions_assigned")[-1:] for w in workers]
+        if all(latest):
+            owned = [set(found[0]["partitions"]) for found in latest]
+            shared = sum(map(len, owned)) == partitions == len(set().union(*owned))
+            committed = all(
+                _committed_since(w, found[0]) for w, found in zip(workers, latest, strict=True)
+            )
+            if shared and committed:
+                return
+        assert time.monotonic() < deadline, [w.tail() for w in workers]
+        time.sleep(0.2)
+
+
+def _committed_since(worker: WorkerProcess, assigned: dict[str, Any]) -> bool:
+    events = worker.named("checkpoint_saved")
+    return not assigned["partitions"] or any(e["timestamp"] > assigned["timestamp"] for e in events)
+
+
+def test_scaling_one_group_through_1_4_2_3_workers_keeps_every_commit_exact(
+    kafka: Broker, tmp_path: Path
+) -> None:
+    """While a publisher appends, the group goes from 1 to 4 to 2 to 3 workers: after each
+    step every partition's committed (offset, records, sum) is what its first `offset`
+    messages hold, and at the end the group's totals are the oracle's."""
+    partitions = 6
+    topic = create_topic(kafka, partitions)
+    group = f"group-{topic}"
+    env = kafka_env(kafka, topic, group, WORKER_CHECKPOINT_INTERVAL="0.2", WORKER_FOLLOW="true")
+    # Ends in '\n', so the publisher's lines are lines of their own.
+    (tmp_path / "numbers.txt").write_bytes(noisy_numbers(20_000, seed=20) + b"\n")
+    assert cli(["publish", "--lines-per-message", "100"], tmp_path, env).returncode == 0
+    publisher = _Publisher(tmp_path, env)
+    members: dict[str, WorkerProcess] = {}
+
+    def check() -> None:
+        states = _committed_states(kafka, group)
+        assert len(states) == partitions
+        prefixes = _prefix_totals(kafka, topic, {p: s[0] for p, s in states.items()})
+        assert {p: s[1:] for p, s in states.items()} == prefixes
+
+    try:
+        for step, count in enumerate((1, 4, 2, 3)):
+            while len(members) < count:
+                name = f"w{step}-{len(members)}"
+                members[name] = _member(tmp_path, name, env, WORKER_MAX_RATE="3000")
+            for name in list(members)[count:]:
+                leaving = members.pop(name)
+                leaving.signal(signal.SIGTERM)
+                assert leaving.finish(timeout=30) == 0, "".join(leaving.raw)
+            _settle(list(members.values()), partitions)
+            check()
+        publisher.stop()
+        deadline = time.monotonic() + 120
+        while (status := json.loads(cli(["status", "--json"], tmp_path, env).stdout))["lag"]:
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        check()
+        assert (int(status["sum"]), status["records"], status["bad_records"]) == _oracle(tmp_path)[
+            :3
+        ]
+    finally:
+        publisher.stop()
+        for worker in members.values():
+            worker.signal(signal.SIGTERM)
+            worker.finish(timeout=30)
