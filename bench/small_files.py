@@ -80,7 +80,7 @@ async def _sleep_meanwhile(costs: SaveCosts, done: anyio.Event) -> None:
 
 
 async def _measure_saves(directory: Path, workdir: Path) -> SaveCosts:
-    from service.lifecycle.partition import Partition, Progress
+    from service.lifecycle.partition import Partition, ReadStatus
     from service.settings import load_settings
     from service.sources.files.source import FileSource
     from service.telemetry.logs import configure_logging
@@ -100,7 +100,7 @@ async def _measure_saves(directory: Path, workdir: Path) -> SaveCosts:
     costs = SaveCosts()
 
     async def read_to_end(partition: Partition) -> None:
-        while (await partition.next_batch()).progress is Progress.READING:
+        while (await partition.next_batch()).status is ReadStatus.READING:
             pass
         await partition.close()
 

@@ -18,7 +18,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from service.lifecycle.partition import Progress
+from service.lifecycle.partition import ReadStatus
 from service.settings import Settings
 from service.sources.files.changes import Change, Look, classify, classify_scan
 from service.sources.files.life import (
@@ -558,12 +558,12 @@ async def _catch_up(source: FileSource, partitions: list[FilePartition]) -> None
     async def read(partition: FilePartition) -> None:
         for _ in range(_STEPS_TO_CATCH_UP):
             step = await partition.next_batch()
-            if step.progress in (Progress.DONE, Progress.CLOSED):
+            if step.status in (ReadStatus.DONE, ReadStatus.CLOSED):
                 await partition.close()
                 source.retire(partition)
                 partitions.remove(partition)
                 return
-            if step.progress is Progress.CAUGHT_UP:
+            if step.status is ReadStatus.CAUGHT_UP:
                 seen.add(partition)
                 # Hold on until every file was looked at; one holding a slot that another
                 # waits for asks again, and gives the slot up.

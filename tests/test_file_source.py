@@ -142,11 +142,11 @@ def test_a_file_renamed_between_its_look_and_its_open_waits_for_the_next_scan(
         monkeypatch.setattr(os, "stat", stat_then_rename)
         first = await partition.next_batch()
         monkeypatch.setattr(os, "stat", real_stat)
-        positions = [first.batch.position]
+        positions = [first.parsed.position]
         await source.discover()  # finds the same inode under its new name
         assert partition.path == str(rotated)
         for _ in range(3):
-            positions.append((await partition.next_batch()).batch.position)
+            positions.append((await partition.next_batch()).parsed.position)
         await source.close()
         return positions
 

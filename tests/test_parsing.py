@@ -18,8 +18,8 @@ from service.core.parsing import (
     LINE_TOO_LONG,
     NOT_AN_INTEGER,
     BadRecord,
-    Batch,
     LineParser,
+    Parsed,
     RegionResult,
     parse_region,
 )
@@ -55,7 +55,7 @@ def run_parser(
         bad_details=bad_details,
     )
     bad: list[BadRecord] = []
-    steps: list[Callable[[], Batch]] = [partial(parser.feed, chunk) for chunk in chunks]
+    steps: list[Callable[[], Parsed]] = [partial(parser.feed, chunk) for chunk in chunks]
     for step in [*steps, parser.finish] if finish else steps:
         batch = step()
         assert batch.position == parser.position

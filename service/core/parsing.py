@@ -29,8 +29,8 @@ from service.core.position import Position
 
 __all__ = [
     "BadRecord",
-    "Batch",
     "LineParser",
+    "Parsed",
     "Region",
     "RegionResult",
     "line_values",
@@ -82,7 +82,7 @@ class Region:
 
 
 @dataclass(frozen=True)
-class Batch:
+class Parsed:
     """The position after a commit, the bad records to report, and the one that stopped the run."""
 
     position: Position
@@ -270,7 +270,7 @@ class LineParser:
             bad_details=self._details_left,
         )
 
-    def commit(self, region: Region, result: RegionResult) -> Batch:
+    def commit(self, region: Region, result: RegionResult) -> Parsed:
         """Apply one region's result; regions must be committed in the order `split` made them."""
         before = self._position
         self._position = before.advance(
@@ -292,9 +292,9 @@ class LineParser:
                 region.offset + result.failed.offset,
                 result.failed.reason,
             )
-        return Batch(self._position, bad, failed)
+        return Parsed(self._position, bad, failed)
 
-    def feed(self, chunk: bytes) -> Batch:
+    def feed(self, chunk: bytes) -> Parsed:
         """Split, parse and commit a chunk in one step; stops at the first failure."""
         return self._run(self.split(chunk))
 
@@ -305,14 +305,14 @@ class LineParser:
         held, self._held = self._held, b""
         return self._split_offset - len(held), held
 
-    def finish(self) -> Batch:
+    def finish(self) -> Parsed:
         """The input ended: its last line, unfinished by a '\\n', is a line all the same."""
         if self._dropped:
             size, self._dropped = self._dropped, 0
             return self._run([self._too_long(self._split_offset - size, consumed=size)])
         unfinished = self.take_unfinished()
         if unfinished is None:
-            return Batch(self._position)
+            return Parsed(self._position)
         line_start, held = unfinished
         result = parse_region(
             held + b"\n",
@@ -324,11 +324,11 @@ class LineParser:
             result = replace(result, consumed=result.consumed - 1)
         return self._run([Region(b"", line_start, result)])
 
-    def _run(self, regions: list[Region]) -> Batch:
+    def _run(self, regions: list[Region]) -> Parsed:
         bad: list[BadRecord] = []
         for region in regions:
             batch = self.commit(region, self.parse(region))
             bad.extend(batch.bad)
             if batch.failed is not None:
-                return Batch(batch.position, tuple(bad), batch.failed)
-        return Batch(self._position, tuple(bad))
+                return Parsed(batch.position, tuple(bad), batch.failed)
+        return Parsed(self._position, tuple(bad))

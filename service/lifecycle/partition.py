@@ -3,7 +3,7 @@
 Rule 1: a source finds partitions and saves every partition's state together, as of one instant;
         a partition reads one stream (a file, a Kafka partition) from the state it was built with.
 Rule 2: a partition never sleeps, saves or handles signals: `next_batch` reads what there is and
-        says where the partition stands (`Progress`); the lifecycle decides when to ask again.
+        says where the partition stands (`ReadStatus`); the lifecycle decides when to ask again.
 Rule 3: all of a partition's state is its `Position` and what identifies it, derived from them
         alone, so a partition rebuilt from a snapshot carries on exactly.
 """
@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.core.parsing import Batch
+from service.core.parsing import Parsed
 from service.core.position import Position
 
-__all__ = ["Gauge", "Partition", "Progress", "Source", "Standing", "Step"]
+__all__ = ["Gauge", "Partition", "ReadStatus", "Source", "Standing", "Step"]
 
 
-class Progress(enum.Enum):
+class ReadStatus(enum.Enum):
     READING = "reading"  # more may be read at once
     CAUGHT_UP = "caught_up"  # at the end for now; ask again after `poll_interval`
     DONE = "done"  # read to its end, not followed: nothing more will come
@@ -32,8 +32,8 @@ class Progress(enum.Enum):
 class Step:
     """What one `next_batch` consumed, and where the partition stands after it."""
 
-    batch: Batch
-    progress: Progress
+    parsed: Parsed
+    status: ReadStatus
     # What this step read, when the partition's position also moves for other reasons: a Kafka
     # member's position gains a partition's committed totals on assignment, which were read
     # before. None: the position moved by reading alone.

@@ -28,11 +28,11 @@ import anyio.abc
 
 from service import __version__
 from service.core import _kernel
-from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN, Batch
+from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN, Parsed
 from service.core.position import Pacer, Periodic, Position, RateMeter, percent_done
 from service.descriptors import reserve_descriptors
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
-from service.lifecycle.partition import Partition, Progress, Source
+from service.lifecycle.partition import Partition, ReadStatus, Source
 from service.settings import Settings
 from service.storage.checkpoint import require_directory_of, write_json
 from service.storage.lock import HEARTBEAT_INTERVAL
@@ -77,7 +77,7 @@ class _Worker:
         self.settings = settings
         self.log = log
         self.source = source
-        self.progress_of: dict[Partition, Progress] = {}  # the partitions being read
+        self.status_of: dict[Partition, ReadStatus] = {}  # the partitions being read
         self.behind = 0  # of them, those not caught up: no pass over thousands to tell
         self.moved = True  # something was consumed since the last `caught_up`
         self.first_reads = anyio.CapacityLimiter(settings.max_open_files)
@@ -212,7 +212,7 @@ class _Worker:
         for partition in partitions:
             await self.first_reads.acquire_on_behalf_of(partition)
             self.unstarted -= 1
-            self._set_progress(partition, Progress.READING)
+            self._set_status(partition, ReadStatus.READING)
             reading = functools.partial(self._read_partition, partition)
             readers.start_soon(self._guarded, reading, self.scope)
 
@@ -235,34 +235,34 @@ class _Worker:
             step = await partition.next_batch()
             consumed = step.consumed or partition.position.since(before)
             self._count(partition, consumed)
-            self._report(partition, step.batch)
-            self._set_progress(partition, step.progress)
+            self._report(partition, step.parsed)
+            self._set_status(partition, step.status)
             # Paced on what was read, never on totals that arrived with a partition.
             delay = self.pacer.delay_after(max(0, consumed.records), anyio.current_time())
             if delay > 0:
                 await anyio.sleep(delay)
-            if step.progress in (Progress.DONE, Progress.CLOSED):
+            if step.status in (ReadStatus.DONE, ReadStatus.CLOSED):
                 await partition.close()
-                if step.progress is Progress.CLOSED:
+                if step.status is ReadStatus.CLOSED:
                     # Its series goes before the source logs `file_removed`: a scrape after that
                     # line never shows it.
                     self.telemetry.partition_gone(partition.label)
                 self.source.retire(partition)
-                self._set_progress(partition, None)
+                self._set_status(partition, None)
                 await self._catch_up()
                 return
-            if step.progress is Progress.CAUGHT_UP:
+            if step.status is ReadStatus.CAUGHT_UP:
                 self._first_read_done(partition)  # a followed partition waits cheaply now
                 await self._catch_up()
                 await anyio.sleep(self.settings.poll_interval)
 
-    def _set_progress(self, partition: Partition, progress: Progress | None) -> None:
+    def _set_status(self, partition: Partition, progress: ReadStatus | None) -> None:
         """Where a partition being read stands (None: no longer read), counting those behind."""
-        was = self.progress_of.pop(partition, Progress.CAUGHT_UP)
-        self.behind -= was is not Progress.CAUGHT_UP
+        was = self.status_of.pop(partition, ReadStatus.CAUGHT_UP)
+        self.behind -= was is not ReadStatus.CAUGHT_UP
         if progress is not None:
-            self.progress_of[partition] = progress
-            self.behind += progress is not Progress.CAUGHT_UP
+            self.status_of[partition] = progress
+            self.behind += progress is not ReadStatus.CAUGHT_UP
 
     def _count(self, partition: Partition, consumed: Position) -> None:
         """Tell telemetry what one batch consumed (never less than nothing) and where it stands."""
@@ -275,7 +275,7 @@ class _Worker:
     def _report_position(self, partition: Partition) -> None:
         self.telemetry.partition_gauges(partition.label, partition.gauges())
 
-    def _report(self, partition: Partition, batch: Batch) -> None:
+    def _report(self, partition: Partition, batch: Parsed) -> None:
         """Log bad records (at most BAD_RECORD_DETAILS_PER_RUN a run); stop at a failing one."""
         path = partition.label
         for bad in batch.bad[: self.bad_details_left]:
@@ -292,7 +292,7 @@ class _Worker:
 
     async def _catch_up(self) -> None:
         """Following, when every partition is at its end: the result, and `caught_up`."""
-        if not self.settings.follow or not self.progress_of or self.unstarted or self.behind:
+        if not self.settings.follow or not self.status_of or self.unstarted or self.behind:
             return
         if not self.moved:
             return  # every partition polls while caught up: no pass over the totals each time
@@ -330,7 +330,7 @@ class _Worker:
             if heartbeats.due(now):
                 self.telemetry.loop_alive()
                 self.telemetry.standing(self.source.standing())
-                for partition in list(self.progress_of):
+                for partition in list(self.status_of):
                     self._report_position(partition)
                 await anyio.to_thread.run_sync(self.source.heartbeat)
             if checkpoints.due(now) and self.source.changed_since_save():
@@ -353,7 +353,7 @@ class _Worker:
             bad_records=total.bad_records,
             percent=round(percent_done(total.offset, size or 0), 2),
             rate=round(self.rate.rate(total.records, anyio.current_time()), 1),
-            partitions=len(self.progress_of),
+            partitions=len(self.status_of),
         )
 
     # --- shut down ----------------------------------------------------------------------------

@@ -31,10 +31,17 @@ from collections.abc import AsyncGenerator
 import anyio
 
 from service.core.names import shown
-from service.core.parsing import MIN_PIECE_BYTES, BadRecord, Batch, LineParser, Region, RegionResult
+from service.core.parsing import (
+    MIN_PIECE_BYTES,
+    BadRecord,
+    LineParser,
+    Parsed,
+    Region,
+    RegionResult,
+)
 from service.core.position import Position
 from service.errors import InputChanged, InputUnreadable
-from service.lifecycle.partition import Gauge, Progress, Step
+from service.lifecycle.partition import Gauge, ReadStatus, Step
 from service.settings import Settings
 from service.sources.files.changes import Change, Look, classify
 from service.sources.files.life import LOOK_FIRST, NOT_OPEN, Action, FileLife, State
@@ -253,17 +260,17 @@ class FilePartition:
 
     async def _next_batch(self) -> Step:
         if self.life.state is State.CLOSED:  # renamed out before it was opened: kept, closed
-            return self._step(Batch(self.position), Progress.CLOSED)
+            return self._step(Parsed(self.position), ReadStatus.CLOSED)
         if self.life.state in NOT_OPEN and not await self._open():
-            return self._step(Batch(self.position), _progress_of(self.life.state, read_on=False))
+            return self._step(Parsed(self.position), _status_of(self.life.state, read_on=False))
         assert self.fd is not None
         if self.life.state in LOOK_FIRST:
             # At the end last time, or renamed out: check what changed before reading anything.
             progress = await self._look_at_end()
-            if progress is not Progress.READING:
-                return self._step(Batch(self.position), progress)
+            if progress is not ReadStatus.READING:
+                return self._step(Parsed(self.position), progress)
             if self.life.state in NOT_OPEN:  # closed by a restart: opened again at the next call
-                return self._step(Batch(self.position), Progress.READING)
+                return self._step(Parsed(self.position), ReadStatus.READING)
         # One chunk a call: the generator waits between calls, reading the next one ahead.
         async for chunk in self._reader():
             try:
@@ -272,7 +279,7 @@ class FilePartition:
                 self.last_growth = anyio.current_time()
                 regions = self.parser.split(chunk.data, PIECES_PER_CHUNK)
                 batch = await self._parse_and_commit(regions)
-                return self._step(batch, Progress.READING)
+                return self._step(batch, ReadStatus.READING)
             finally:
                 self.reading.release_on_behalf_of(chunk)
         self._chunks = None  # read to the end as it is now: a new generator reads what comes
@@ -281,17 +288,17 @@ class FilePartition:
             if self.size < self.parser.split_offset:  # cut below the position while it was read
                 message = f"input {self.label} was truncated to {self.size} bytes"
                 await self._changed(Change.TRUNCATED, message)
-                return self._step(Batch(self.position), Progress.READING)
+                return self._step(Parsed(self.position), ReadStatus.READING)
             batch = self.parser.finish()
             self._identify()
             self.life.on(Action.ENDED)
-            return self._step(batch, Progress.DONE)
-        return self._step(Batch(self.position), await self._look_at_end())
+            return self._step(batch, ReadStatus.DONE)
+        return self._step(Parsed(self.position), await self._look_at_end())
 
-    def _step(self, batch: Batch, progress: Progress) -> Step:
+    def _step(self, batch: Parsed, progress: ReadStatus) -> Step:
         return Step(batch, progress)
 
-    async def _look_at_end(self) -> Progress:
+    async def _look_at_end(self) -> ReadStatus:
         """At the end of what was there (following): grown, changed, gone, or caught up."""
         opened = os.fstat(self._fd())
         self.size = opened.st_size
@@ -318,13 +325,13 @@ class FilePartition:
         if look.is_input_change(change):
             details = {"path": self.label, "size": look.size, "offset": offset}
             await self._changed(change, _CHANGE_MESSAGES[change].format(**details))
-            return Progress.READING
+            return ReadStatus.READING
         self.life.on(change)
         if change is Change.UNCHANGED and self.slots.statistics().tasks_waiting > 0:
             # Caught up, with files waiting for a slot: close and queue again, so all take turns.
             await self.close()
             self.life.on(Action.PARKED)
-        return _progress_of(self.life.state, read_on=change is Change.GREW)
+        return _status_of(self.life.state, read_on=change is Change.GREW)
 
     def _key_at_name(self) -> FileKey | None:
         """The (device, inode) of the file its name leads to now; None when none."""
@@ -359,7 +366,7 @@ class FilePartition:
             chunks, self._chunks = self._chunks, None
             await chunks.aclose()
 
-    async def _parse_and_commit(self, regions: list[Region]) -> Batch:
+    async def _parse_and_commit(self, regions: list[Region]) -> Parsed:
         """Parse whole-line regions (reading ahead meanwhile); commit in order up to a failure."""
         results = await self._parse(regions)
         bad: list[BadRecord] = []
@@ -373,7 +380,7 @@ class FilePartition:
         # Right away, before the next await: a stop may come at any await, and a snapshot
         # must pair this position with the identity of this very prefix.
         self._identify()
-        return Batch(self.parser.position, tuple(bad), failed)
+        return Parsed(self.parser.position, tuple(bad), failed)
 
     async def _parse(self, regions: list[Region]) -> list[RegionResult]:
         """Each region's result: small ones here, large ones in threads."""
@@ -429,8 +436,8 @@ _CHANGE_MESSAGES = {  # of a change seen while following
 }
 
 
-def _progress_of(state: State, *, read_on: bool) -> Progress:
+def _status_of(state: State, *, read_on: bool) -> ReadStatus:
     """What the lifecycle is told after a look: read on, wait `poll_interval`, or closed."""
     if state in (State.CLOSED, State.DELETED):
-        return Progress.CLOSED
-    return Progress.READING if read_on or state is State.OPEN else Progress.CAUGHT_UP
+        return ReadStatus.CLOSED
+    return ReadStatus.READING if read_on or state is State.OPEN else ReadStatus.CAUGHT_UP

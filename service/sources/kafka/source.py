@@ -1,7 +1,7 @@
 """The Kafka source for the worker's lifecycle (`partition.py`'s protocol).
 
 Rule 1: the group hands partitions out and takes them back at any time (rebalances), so the
-        lifecycle sees one partition for the whole membership (`GroupPartition`, labelled with
+        lifecycle sees one partition for the whole membership (`GroupMembership`, labelled with
         the topic); the Kafka partitions this process owns live inside `GroupMember`, which
         loads, commits and drops their states (`group.py`).
 Rule 2: `save` is the group commit of every changed owned partition (every one, for the final
@@ -24,10 +24,10 @@ import anyio
 from aiokafka import TopicPartition
 
 from service.core.decimal_text import decimal_of
-from service.core.parsing import Batch
+from service.core.parsing import Parsed
 from service.core.position import Periodic, Position
 from service.health import heartbeat_path
-from service.lifecycle.partition import Gauge, Partition, Progress, Standing, Step
+from service.lifecycle.partition import Gauge, Partition, ReadStatus, Standing, Step
 from service.settings import Settings
 from service.sources.kafka.client import KafkaUnavailable, connect, partitions_of
 from service.sources.kafka.group import MAX_RECORDS, GroupMember, name_of
@@ -46,7 +46,7 @@ _SHUTDOWN_SHARE = 0.4
 _TIMER_COMMIT_WAIT = 5.0
 
 
-class GroupPartition:
+class GroupMembership:
     """All the Kafka partitions this member owns, as one partition of the lifecycle."""
 
     def __init__(self, source: KafkaSource) -> None:
@@ -73,13 +73,13 @@ class GroupPartition:
             # look at the group at once (then every poll_interval while others still read).
             await source.member.commit("targets_reached")
             done = await source.group_done()
-            progress = Progress.DONE if done else Progress.CAUGHT_UP
-            return Step(Batch(self.position), progress, Position())
+            progress = ReadStatus.DONE if done else ReadStatus.CAUGHT_UP
+            return Step(Parsed(self.position), progress, Position())
         read = await source.member.read(self._max_messages)
         if self._checks.due(anyio.current_time()) and await source.group_done():
-            return Step(Batch(self.position), Progress.DONE, read)
-        progress = Progress.READING if read.offset else Progress.CAUGHT_UP
-        return Step(Batch(self.position), progress, read)
+            return Step(Parsed(self.position), ReadStatus.DONE, read)
+        progress = ReadStatus.READING if read.offset else ReadStatus.CAUGHT_UP
+        return Step(Parsed(self.position), progress, read)
 
     async def close(self) -> None:
         pass
@@ -115,7 +115,7 @@ class KafkaSource:
             )
             self._targets = dict(ends)
             self.log.info("target_offsets", partitions={name_of(tp): e for tp, e in ends.items()})
-        return [GroupPartition(self)]
+        return [GroupMembership(self)]
 
     async def watch(self, reachable: Callable[[bool], None]) -> None:
         await self.outages.run(reachable)
