@@ -5,6 +5,8 @@ Rule 1: every client (consumer, producer, admin) is built from the same `client_
 Rule 2: reaching the brokers is bounded by `CONNECT_TIMEOUT` (a running worker's, by its
         outage bound: `outage.py`); an unreachable broker, a refused login or a missing topic is
         a `KafkaUnavailable` (exit 1), one line naming what failed.
+Rule 3: what aiokafka keeps private is read here alone (`group_generation`), for the aiokafka
+        versions pyproject.toml admits, and a test against a real broker holds it there.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "admin_client",
     "client_options",
     "describe_error",
+    "group_generation",
     "partitions_of",
     "quiet_abandoned_requests",
 ]
@@ -198,3 +201,15 @@ async def partitions_of(
         servers = settings.kafka_bootstrap_servers
         raise TopicMissing(f"Kafka topic {topic!r} does not exist at {servers}")
     return found
+
+
+def group_generation(consumer: Any) -> int:
+    """The group generation a consumer holds: -1 once the group has dropped it.
+
+    aiokafka keeps it on its private coordinator only (`consumer._coordinator.generation`); a
+    version without it is an error that says so, never a silent guess.
+    """
+    generation = getattr(getattr(consumer, "_coordinator", None), "generation", None)
+    if not isinstance(generation, int):
+        raise WorkerError("this aiokafka does not expose the consumer group's generation")
+    return generation

@@ -42,6 +42,7 @@ from service.sources.kafka.client import (
     client_options,
     connect,
     describe_error,
+    group_generation,
     quiet_abandoned_requests,
 )
 from service.sources.kafka.commit_state import StateUnreadable, apply_message, decode, encode
@@ -353,7 +354,7 @@ class GroupMember:
         # A member the group dropped has no generation (aiokafka resets it to -1), and a commit
         # without one is accepted once the group is empty: an old state would overwrite newer
         # ones. Such a member's partitions are lost, like Java's onPartitionsLost.
-        if self.consumer._coordinator.generation < 0:
+        if group_generation(self.consumer) < 0:
             self._drop(changed, reason, "this member left the group (session expired)")
             return False
         try:
