@@ -369,8 +369,10 @@ def test_healthcheck_reads_each_workers_own_heartbeat(
     workers = [WorkerProcess([], tmp_path, following) for _ in range(2)]
     for worker in workers:
         worker.wait_for("partitions_assigned", timeout=30)
-    time.sleep(1.5)
-    assert len(list(tmp_path.glob("checkpoint.json.*.heartbeat"))) == 2
+    deadline = time.monotonic() + 10
+    while len(list(tmp_path.glob("checkpoint.json.*.heartbeat"))) < 2:
+        assert time.monotonic() < deadline, "two running workers, not two heartbeat files"
+        time.sleep(0.2)
     healthy = cli(["healthcheck"], tmp_path, env)
     assert healthy.returncode == 0, healthy.stdout
     for worker in workers:

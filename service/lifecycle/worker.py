@@ -323,6 +323,8 @@ class _Worker:
         checkpoints = Periodic(self.settings.checkpoint_interval, now)
         heartbeats = Periodic(HEARTBEAT_INTERVAL, now)
         progress = Periodic(PROGRESS_INTERVAL, now)
+        # A first beat at once: `healthcheck` finds a worker healthy as soon as it has started.
+        await anyio.to_thread.run_sync(self.source.heartbeat)
         while True:
             next_due = min(checkpoints.next_due, heartbeats.next_due, progress.next_due)
             await anyio.sleep(max(0.0, next_due - anyio.current_time()))
