@@ -114,8 +114,9 @@ def wait_for_save(path: Path, before: int | None, timeout: float = 60) -> None:
 
 @pytest.fixture
 def noisy(tmp_path: Path) -> bytes:
-    """numbers.txt of a million lines: records, blanks, CRLFs, bad and over-long lines."""
-    data = mixed_input(3, 1_000_000)
+    """numbers.txt of four million lines (a few seconds of a script untraced, so a kill lands
+    before its end): records, blanks, CRLFs, bad and over-long lines."""
+    data = mixed_input(3, 4_000_000)
     (tmp_path / "numbers.txt").write_bytes(data)
     return data
 
