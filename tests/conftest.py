@@ -10,6 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.kafka_broker import Broker, BrokerUnavailable, start_broker
+from tests.processes import kill_leftovers
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ __all__ = [
     "WorkerProcess",
     "cli",
     "events_of",
+    "kill_leftovers",
     "measured_run",
     "unmeasured",
     "worker_env",
@@ -94,6 +95,16 @@ def _matches(event: Event, names: tuple[str, ...], fields: dict[str, Any]) -> bo
     )
 
 
+_running: set[WorkerProcess] = set()  # started, not reaped yet
+
+
+def kill_leftovers() -> None:
+    """Kill and reap every worker a test left running (it failed before `finish`), so its pipes
+    and files are closed here and not in some later test's garbage collection."""
+    for worker in list(_running):
+        worker.kill()
+
+
 class WorkerProcess:
     """`python -m service run ARGS` in the background, its log events collected as they come.
 
@@ -132,6 +143,7 @@ class WorkerProcess:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        _running.add(self)
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -276,6 +288,7 @@ class WorkerProcess:
         self._reaped()
 
     def _reaped(self) -> None:
+        _running.discard(self)
         if self.ended is None:
             self.ended = time.monotonic()
         self.code = self.process.returncode

@@ -295,12 +295,14 @@ class GroupMember:
                 if batches:
                     self._fresh.discard(tp)
                     return batches
+            # The awaits above let a rebalance run: it may have taken every partition.
             turns = sorted(self.owned)
-            turn = turns[self._turn % len(turns)]
-            self._turn += 1
-            batches = await getmany(turn, timeout_ms=0, max_records=max_messages)
-            if batches:
-                return batches
+            if turns:
+                turn = turns[self._turn % len(turns)]
+                self._turn += 1
+                batches = await getmany(turn, timeout_ms=0, max_records=max_messages)
+                if batches:
+                    return batches
         batches = await getmany(timeout_ms=_FETCH_TIMEOUT_MS, max_records=max_messages)
         return batches
 
