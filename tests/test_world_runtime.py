@@ -188,6 +188,24 @@ def test_a_second_stop_signal_with_sighup_exits_at_once(
         assert saved["sum"] == expected_of(data[: saved["offset"]]).sum
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_after_completion_changes_nothing(tmp_path: Path, signum: int) -> None:
+    """A signal that comes while a worker that finished its input is exiting (`docker compose
+    stop` racing the end) neither kills it nor changes its exit: 0, and the result stands."""
+    data = _numbers(2000)
+    (tmp_path / "numbers.txt").write_bytes(data)
+    for _ in range(5):
+        for leftover in ("checkpoint.json", "result.json"):
+            (tmp_path / leftover).unlink(missing_ok=True)
+        worker = WorkerProcess([], tmp_path)
+        worker.wait_for("completed")
+        worker.signal(signum)
+        assert worker.finish() == 0, worker.tail()
+        assert worker.noise == []
+        result = json.loads((tmp_path / "result.json").read_text())
+        assert int(result["sum"]) == expected_of(data).sum
+
+
 # --- HTTP clients ------------------------------------------------------------------------------
 
 

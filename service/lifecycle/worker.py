@@ -7,7 +7,8 @@ Run:      one task group: a reader task per partition (ask it for a batch, repor
           the timer (checkpoint, heartbeat, progress) and the signal listener, which only asks
           for shutdown. SIGHUP stops like SIGTERM (no reload), and so does a closed stdout.
 Shut down: the final checkpoint, shielded from cancellation and bounded by `shutdown_timeout`;
-          then one summary line. A second signal during shutdown exits at once.
+          then one summary line. A second signal during shutdown exits at once; a signal
+          after the run ended by itself (completed, failed) changes nothing but the bound.
 """
 
 from __future__ import annotations
@@ -163,10 +164,23 @@ class _Worker:
                     self._request_shutdown(signum, scope)
                     return
         finally:
+            # Leaving the receiver restored the default handlers, which would kill us or raise
+            # KeyboardInterrupt while the tasks unwind.
             if self.stop_signal is not None:
-                # Leaving the receiver restored the default handlers: a second signal while
-                # the tasks unwind must still exit at once, not kill us or raise KeyboardInterrupt.
-                _exit_at_next_signal()
+                _exit_at_next_signal()  # a second signal exits at once
+            else:
+                self._ignore_late_signals()
+
+    def _ignore_late_signals(self) -> None:
+        """The run already ended (completed, failed, stdout closed): its outcome is decided and
+        its final checkpoint under way, so a stop signal now only bounds the shutdown."""
+
+        def bound(_signum: int, _frame: FrameType | None) -> None:
+            with contextlib.suppress(RuntimeError):  # no new thread during interpreter teardown
+                self._bound_shutdown()
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, bound)
 
     def _request_shutdown(self, signum: int, scope: anyio.CancelScope) -> None:
         self.stop_signal = signum
