@@ -13,7 +13,12 @@ from service.core.decimal_text import decimal_of, exact_json
 from service.core.position import Position, percent_done
 from service.errors import WorkerError
 from service.settings import Settings
-from service.sources.files.source import file_entry, input_patterns, match_saved_files
+from service.sources.files.source import (
+    file_entry,
+    input_patterns,
+    match_saved_files,
+    saved_state_of_plain_path,
+)
 from service.storage.atomic import atomic_write, temp_files_of
 from service.storage.checkpoint import CheckpointStore, FileState
 from service.storage.lock import WorkerLock
@@ -66,7 +71,7 @@ def _present_files(settings: Settings, saved: tuple[FileState, ...]) -> list[dic
             size = plain.stat().st_size
         except OSError:
             return []
-        state = next((s for s in saved if s.path == str(plain)), saved[0] if saved else None)
+        state = saved_state_of_plain_path(saved, str(plain))
         pairs = [(str(plain), state.position if state else Position(), size)]
     else:
         pairing = match_saved_files(saved, patterns.scan())

@@ -45,7 +45,14 @@ from service.storage.checkpoint import (
 from service.storage.lock import WorkerLock
 from service.telemetry.logs import Logger
 
-__all__ = ["FileSource", "Pairing", "file_entry", "input_patterns", "match_saved_files"]
+__all__ = [
+    "FileSource",
+    "Pairing",
+    "file_entry",
+    "input_patterns",
+    "match_saved_files",
+    "saved_state_of_plain_path",
+]
 
 _LOOK_AGAIN_DELAY = 0.05  # seconds between the scans that must all miss a gone file
 _LOOKS_WHILE_MOVING = 5  # scans at most while files move under the start-up scan
@@ -94,6 +101,12 @@ class Pairing:
     gone: list[FileState] = field(default_factory=list)  # no file found is theirs
     new: dict[FileKey, Match] = field(default_factory=dict)  # no saved state is theirs
     moving: set[FileKey] = field(default_factory=set)  # renamed while checked: neither, yet
+
+
+def saved_state_of_plain_path(saved: tuple[FileState, ...], path: str) -> FileState | None:
+    """The state a plain path resumes from: the one saved under its name, else the first saved
+    (a checkpoint written before the file was renamed or the setting reworded)."""
+    return next((s for s in saved if s.path == path), saved[0] if saved else None)
 
 
 def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -> Pairing:
@@ -186,7 +199,7 @@ class FileSource:
 
     async def _start_plain(self, path: str, saved: tuple[FileState, ...]) -> FilePartition:
         """One plain path: the file at that path, checked against the checkpoint, opened now."""
-        resume = next((s for s in saved if s.path == path), saved[0] if saved else None)
+        resume = saved_state_of_plain_path(saved, path)
         for other in saved:
             if other is not resume:
                 self.gone = total_of([self.gone, other.position])
