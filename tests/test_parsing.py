@@ -600,3 +600,20 @@ def test_long_numbers_convert_exactly_both_ways(length: int) -> None:
             assert decimal_of(number) == str(number)  # once more, as remembered
     finally:
         sys.set_int_max_str_digits(previous)
+
+
+@given(st.lists(st.sampled_from([b"12", b"-3", b"\n", b" ", b"x", b"\r", b"+"]), max_size=60))
+@settings(max_examples=200)
+def test_a_chunk_buffer_reused_after_each_feed_changes_nothing(pieces: list[bytes]) -> None:
+    """The worker reads chunks into buffers it reuses once a chunk is parsed: a line begun in
+    one chunk must survive its buffer being overwritten by the next read."""
+    data = b"".join(pieces)
+    chunks = cuts_of(data, range(0, len(data), 5))
+    parser = LineParser(Position(), max_line_bytes=16, stop_at_bad=False)
+    buffer = bytearray(5)
+    for chunk in chunks:
+        buffer[:] = chunk  # the next read lands where the last chunk was
+        parser.feed(buffer if len(chunk) == 5 else bytes(buffer))
+        buffer[:] = b"\xff" * len(buffer)
+    parser.finish()
+    assert parser.position == run_parser(chunks, max_line_bytes=16).position

@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from service.sources.files.reading import read_chunks
+from service.sources.files.reading import ChunkBuffers, read_chunks
 from tests.oracle import expected_of_files
 from tests.processes import WorkerProcess, worker_env
 
@@ -56,17 +56,20 @@ async def test_chunks_hold_reading_slots_and_never_exceed_them(tmp_path: Path) -
     """Over two files read at once, at most the limiter's chunks exist, read-ahead included; a
     closed generator frees its slots; every byte arrives, in order."""
     contents = [os.urandom(700_000), os.urandom(900_000)]
-    reading = anyio.CapacityLimiter(2)
+    reading = ChunkBuffers(2, 64 * 1024)
     received: list[list[bytes]] = [[], []]
+    buffers: set[int] = set()
     most = 0
 
     async def consume(index: int, fds: list[int]) -> None:
         nonlocal most
         async for chunk in read_chunks(fds[index], reading, lambda: 64 * 1024):
-            most = max(most, reading.borrowed_tokens)
-            received[index].append(chunk.data)
+            most = max(most, reading.in_use)
+            received[index].append(bytes(chunk.data))
+            if chunk.buffer is not None:
+                buffers.add(id(chunk.buffer))
             await anyio.lowlevel.checkpoint()  # let the other file's reader and the read-ahead run
-            reading.release_on_behalf_of(chunk)
+            reading.release(chunk)
 
     fds = []
     for index, data in enumerate(contents):
@@ -79,15 +82,17 @@ async def test_chunks_hold_reading_slots_and_never_exceed_them(tmp_path: Path) -
                 readers.start_soon(consume, index, fds)
         assert [b"".join(r) for r in received] == contents
         assert most == 2
-        assert reading.borrowed_tokens == 0
+        assert reading.in_use == 0
+        # 25 chunks of 64 KiB, read into the same two buffers: nothing allocated per read.
+        assert len(buffers) == 2
 
         os.lseek(fds[0], 0, os.SEEK_SET)
         chunks = read_chunks(fds[0], reading, lambda: 64 * 1024)
         first = await anext(chunks)  # the next one is being read ahead meanwhile
-        assert reading.borrowed_tokens == 2
+        assert reading.in_use == 2
         await chunks.aclose()
-        reading.release_on_behalf_of(first)
-        assert reading.borrowed_tokens == 0
+        reading.release(first)
+        assert reading.in_use == 0
     finally:
         for fd in fds:
             os.close(fd)
@@ -100,13 +105,13 @@ async def test_chunks_come_through_the_descriptor_of_a_deleted_file(tmp_path: Pa
     path.write_bytes(b"1\n2\n" * 100_000)
     fd = os.open(path, os.O_RDONLY)
     path.unlink()
-    reading = anyio.CapacityLimiter(2)
+    reading = ChunkBuffers(2, 256 * 1024)
     data = b""
     try:
         async with contextlib.aclosing(read_chunks(fd, reading, lambda: 256 * 1024)) as chunks:
             async for chunk in chunks:
                 data += chunk.data
-                reading.release_on_behalf_of(chunk)
+                reading.release(chunk)
     finally:
         os.close(fd)
     assert data == b"1\n2\n" * 100_000

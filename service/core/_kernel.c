@@ -786,10 +786,11 @@ static PyObject *ck_py_set_path(PyObject *self, PyObject *name) {
     return NULL;
 }
 
-/* The reader allocates a few MB per chunk, in several threads. glibc hands blocks that large
- * back to the kernel when they are freed (mmap, trim), so every chunk faults its pages in again:
- * a third of the worker's CPU time on a large input. Keeping them makes the next chunk reuse
- * them. The reading and parsing threads share one arena, so they share those blocks too. */
+/* Full chunks are read into pooled buffers, but a file's last read and a paced read still
+ * allocate up to a few MB, in several threads. glibc hands blocks that large back to the kernel
+ * when they are freed (mmap, trim), so each would fault its pages in again. Keeping them makes
+ * the next such read reuse them. The reading and parsing threads share one arena, so they
+ * share those blocks too. */
 static PyObject *ck_py_reuse_freed_memory(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;

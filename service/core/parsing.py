@@ -169,7 +169,9 @@ def line_values(region: Buffer, max_line_bytes: int) -> Iterator[tuple[int, int 
         yield len(line) + 1, _classify(line, max_line_bytes)
 
 
-def _cut(chunk: bytes, start: int, end: int, chunk_offset: int, parts: int) -> list[Region]:
+def _cut(
+    chunk: bytes | bytearray, start: int, end: int, chunk_offset: int, parts: int
+) -> list[Region]:
     """The whole lines `chunk[start:end]` as up to `parts` views of about equal size."""
     view = memoryview(chunk)
     parts = max(1, min(parts, (end - start) // MIN_PIECE_BYTES))
@@ -213,11 +215,12 @@ class LineParser:
         """The input offset just past the last byte handed to `split`."""
         return self._split_offset
 
-    def split(self, chunk: bytes, parts: int = 1) -> list[Region]:
+    def split(self, chunk: bytes | bytearray, parts: int = 1) -> list[Region]:
         """Cut the next chunk of input into regions of whole lines, in input order.
 
         The chunk is not copied: its whole lines become up to `parts` views of it (for threads
-        to parse at once), and a line begun in an earlier chunk a small region of its own.
+        to parse at once), and a line begun in an earlier chunk a small region of its own. Only
+        the start of an unfinished line is kept past the call, as a copy.
         """
         regions: list[Region] = []
         chunk_offset = self._split_offset
@@ -242,7 +245,7 @@ class LineParser:
                 regions.append(Region(self._held + chunk[begin : first + 1], line_start))
                 begin = first + 1
             regions.extend(_cut(chunk, begin, last + 1, chunk_offset, parts))
-            tail = chunk[last + 1 :]
+            tail = bytes(memoryview(chunk)[last + 1 :])  # a copy: the chunk's buffer is reused
         if len(tail) > self.max_line_bytes:
             # Known bad before its end arrives: under "fail" that stops the run right here.
             self._held, self._dropped = b"", len(tail)
@@ -294,7 +297,7 @@ class LineParser:
             )
         return Parsed(self._position, bad, failed)
 
-    def feed(self, chunk: bytes) -> Parsed:
+    def feed(self, chunk: bytes | bytearray) -> Parsed:
         """Split, parse and commit a chunk in one step; stops at the first failure."""
         return self._run(self.split(chunk))
 

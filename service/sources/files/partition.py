@@ -45,14 +45,14 @@ from service.lifecycle.partition import Gauge, ReadStatus, Step
 from service.settings import Settings
 from service.sources.files.changes import Change, Look, classify
 from service.sources.files.life import LOOK_FIRST, NOT_OPEN, Action, FileLife, State
-from service.sources.files.reading import Chunk, read_chunks
+from service.sources.files.reading import Chunk, ChunkBuffers, read_chunks
 from service.sources.files.scan import FileKey
 from service.storage.checkpoint import FileState, InputIdentity, identify_input
 from service.telemetry.logs import Logger
 
 __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition"]
 
-CHUNK_BYTES = 4 * 1024 * 1024  # held once (regions are views of it): peak RSS stays < 50 MB
+CHUNK_BYTES = 4 * 1024 * 1024  # one buffer of the pool (regions are views of it)
 READS_AT_ONCE = 2  # chunks in memory at once, over all files: one parsed while the next is read
 PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
 PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together
@@ -69,7 +69,7 @@ class FilePartition:
         settings: Settings,
         log: Logger,
         slots: anyio.CapacityLimiter,
-        reading: anyio.CapacityLimiter,
+        reading: ChunkBuffers,
         *,
         resume: FileState | None = None,
         key: FileKey | None = None,
@@ -281,7 +281,7 @@ class FilePartition:
                 batch = await self._parse_and_commit(regions)
                 return self._step(batch, ReadStatus.READING)
             finally:
-                self.reading.release_on_behalf_of(chunk)
+                self.reading.release(chunk)
         self._chunks = None  # read to the end as it is now: a new generator reads what comes
         if not self.settings.follow:
             self.size = os.fstat(self._fd()).st_size

@@ -32,7 +32,8 @@ from service.lifecycle.partition import Partition, Standing
 from service.settings import Settings
 from service.sources.files.changes import Change, classify_scan
 from service.sources.files.life import State
-from service.sources.files.partition import READS_AT_ONCE, FilePartition
+from service.sources.files.partition import CHUNK_BYTES, READS_AT_ONCE, FilePartition
+from service.sources.files.reading import ChunkBuffers
 from service.sources.files.scan import FileKey, InputPatterns, Match
 from service.storage.atomic import temp_files_of
 from service.storage.checkpoint import (
@@ -156,7 +157,7 @@ class FileSource:
         self.store = CheckpointStore(settings.checkpoint)
         self.lock = WorkerLock(settings.checkpoint)
         self.slots = anyio.CapacityLimiter(settings.max_open_files)
-        self.reading = anyio.CapacityLimiter(READS_AT_ONCE)
+        self.reading = ChunkBuffers(READS_AT_ONCE, CHUNK_BYTES)
         # Dicts for their order and their O(1) removal, however many files there are.
         self.active: dict[FilePartition, None] = {}  # being read, waiting for a slot, or done
         self.dormant: dict[FileState, float] = {}  # renamed out of every pattern: closed at
