@@ -17,12 +17,14 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from service.descriptors import MAX_CONNECTIONS
 from service.settings import MAX_LINE_BYTES
 from service.telemetry.endpoint import READ_TIMEOUT
 from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
@@ -302,6 +304,25 @@ def test_a_silent_client_is_dropped_after_the_read_timeout(
     with socket.create_connection(address, timeout=READ_TIMEOUT + 10) as silent:
         assert silent.recv(1) == b""  # closed by the worker, not by our own timeout
     assert get(f"http://{address[0]}:{address[1]}/healthz")[0] == 200
+    _stop_cleanly(worker)
+
+
+def test_idle_connections_beyond_every_slot_cannot_starve_a_probe(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """Three times more silent connections than the endpoint serves at once (a slowloris):
+    a probe still gets its answer at once, not after the silent ones time out."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    address = _address(worker)
+    silent = [socket.create_connection(address, timeout=10) for _ in range(3 * MAX_CONNECTIONS)]
+    try:
+        for _ in range(5):
+            started = time.monotonic()
+            assert get(f"http://{address[0]}:{address[1]}/healthz")[0] == 200
+            assert time.monotonic() - started < READ_TIMEOUT / 2
+    finally:
+        for connection in silent:
+            connection.close()
     _stop_cleanly(worker)
 
 

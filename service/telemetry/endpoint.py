@@ -8,12 +8,16 @@ Rule 2: it needs only the standard library until the first scrape. It binds when
 Rule 3: the world's clients cannot hurt the worker. At most `max_connections` are served at once
         (below the descriptor limit: see descriptors.py); the others wait
         in a listen backlog deep enough for a burst of scrapes, outside the process; a client
-        that sends nothing for `READ_TIMEOUT` seconds is dropped; one that hangs up is ignored;
-        any other failure is one log line, never a traceback.
+        that sends nothing for `READ_TIMEOUT` seconds is dropped, and sooner when every slot is
+        taken and another client waits: the one silent the longest makes room (idle
+        connections cannot starve a probe); one that hangs up is ignored; any other failure is
+        one log line, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import socketserver
 import sys
@@ -41,17 +45,44 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], max_connections: int) -> None:
         self.slots = threading.BoundedSemaphore(max_connections)
+        self._silent: dict[socket.socket, None] = {}  # served, no request yet: oldest first
+        self._silent_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept only when a slot is free: until then the client waits in the backlog, and
-        holds none of the worker's descriptors."""
-        self.slots.acquire()
+        holds none of the worker's descriptors. A client is waiting now, so when every slot is
+        taken the connection silent the longest is hung up on to make room."""
+        if not self.slots.acquire(blocking=False):
+            self._hang_up_on_the_most_silent()
+            self.slots.acquire()
         try:
             return super().get_request()
         except BaseException:
             self.slots.release()
             raise
+
+    def wait_for_request(self, connection: socket.socket) -> bool:
+        """Until the client has sent something (True) or `READ_TIMEOUT` passed (False); while
+        it is silent, its slot may be taken back for a client waiting to be served."""
+        if select.select([connection], [], [], 0)[0]:
+            return True
+        with self._silent_lock:
+            self._silent[connection] = None
+        try:
+            return bool(select.select([connection], [], [], READ_TIMEOUT)[0])
+        finally:
+            with self._silent_lock:
+                self._silent.pop(connection, None)
+
+    def _hang_up_on_the_most_silent(self) -> None:
+        with self._silent_lock:
+            oldest = next(iter(self._silent), None)
+            if oldest is None:
+                return  # every slot is serving a request: wait for one to end
+            del self._silent[oldest]
+            with contextlib.suppress(OSError):  # already gone: its slot is coming back anyway
+                oldest.shutdown(socket.SHUT_RDWR)  # its handler wakes, reads nothing, ends
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
@@ -86,6 +117,10 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = READ_TIMEOUT
+
+    def handle(self) -> None:
+        if self.server.wait_for_request(self.connection):
+            super().handle()
 
     def do_HEAD(self) -> None:
         self.do_GET()

@@ -37,12 +37,19 @@ METRICS = ["--metrics-address", "127.0.0.1:0"]
 STOPS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def _address(worker: WorkerProcess) -> tuple[str, int] | None:
+def _ready_with_endpoint(
+    tally: Tally, label: str, cwd: Path
+) -> tuple[WorkerProcess, tuple[str, int]] | None:
+    """A paced worker serving metrics, once it is ready, and the endpoint's address; None (a
+    violation, the worker killed) when it never listens or never gets ready."""
+    worker = start_worker(cwd, [*PACED, *METRICS])
     listening = worker.wait_for_or_none("metrics_listening", timeout=30)
-    if listening is None:
+    if listening is None or not worker.wait_ready():
+        tally.violation(label, f"no endpoint or never ready: {worker.tail()}")
+        worker.kill()
         return None
     host, port = str(listening["address"]).rsplit(":", 1)
-    return host, int(port)
+    return worker, (host, int(port))
 
 
 def _scrape(address: tuple[str, int], path: str, timeout: float = 10) -> int:
@@ -99,12 +106,10 @@ def _hostile_clients(tally: Tally, cwd: Path, lives: int, rng: random.Random) ->
     oracle = prefix_oracle(data)
     for _ in range(lives):
         before = bytes_or_none(cwd / CHECKPOINT)
-        worker = start_worker(cwd, [*PACED, *METRICS])
-        address = _address(worker)
-        if address is None or not worker.wait_ready():
-            tally.violation(label, f"no endpoint or never ready: {worker.tail()}")
-            worker.kill()
+        started = _ready_with_endpoint(tally, label, cwd)
+        if started is None:
             return
+        worker, address = started
         idle: list[socket.socket] = []
         deadline = time.monotonic() + rng.uniform(0.3, 1.0)
         while time.monotonic() < deadline and worker.process.poll() is None:
@@ -164,12 +169,10 @@ def _paused(tally: Tally, cwd: Path, lives: int, rng: random.Random) -> None:
     oracle = prefix_oracle(data)
     for _ in range(lives):
         before = bytes_or_none(cwd / CHECKPOINT)
-        worker = start_worker(cwd, [*PACED, *METRICS])
-        address = _address(worker)
-        if address is None or not worker.wait_ready():
-            tally.violation(label, f"no endpoint or never ready: {worker.tail()}")
-            worker.kill()
+        started = _ready_with_endpoint(tally, label, cwd)
+        if started is None:
             return
+        worker, address = started
         for _pause in range(rng.randint(1, 3)):
             time.sleep(rng.uniform(0.05, 0.4))
             if worker.process.poll() is not None:

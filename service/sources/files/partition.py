@@ -18,8 +18,8 @@ Rule 4: at most `max_open_files` partitions hold a file open; the others wait fo
 Rule 5: the bytes come from an aiofiles async generator of chunks (`read_chunks`) on the
         partition's own descriptor, consumed with `async for`, which reads the next chunk ahead
         while this one is parsed. A chunk is cut into pieces that the event loop's thread and a
-        helper thread share out as each is free. A change of position (restart, close) closes the generator, which
-        drops what it read ahead.
+        helper thread share out as each is free. A change of position (restart, close) closes
+        the generator, which drops what it read ahead.
 """
 
 from __future__ import annotations
