@@ -22,6 +22,7 @@ import socket
 import socketserver
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,7 +32,7 @@ from service.settings import split_address
 from service.telemetry.logs import Logger
 from service.telemetry.metrics import Metrics
 
-__all__ = ["LISTEN_BACKLOG", "READ_TIMEOUT", "MetricsEndpoint", "ProbeServer"]
+__all__ = ["LISTEN_BACKLOG", "READ_TIMEOUT", "ProbeServer", "serving_on"]
 
 LISTEN_BACKLOG = 1024  # connections the kernel holds while every slot is busy (a scrape burst)
 READ_TIMEOUT = 5.0  # seconds a client may take to send its request
@@ -193,20 +194,12 @@ class ProbeServer:
         self._server.server_close()
 
 
-class MetricsEndpoint(Metrics):
-    """The metrics, served on `address` from the moment the worker opens it."""
+def serving_on(address: str) -> Callable[[Metrics, Logger], ProbeServer]:
+    """What serves `Metrics` on `address`, from the moment the worker opens them."""
 
-    def __init__(self, address: str, checkpoint_interval: float) -> None:
-        super().__init__(checkpoint_interval)
-        self._address = address
-        self._server: ProbeServer | None = None
+    def serve(metrics: Metrics, log: Logger) -> ProbeServer:
+        server = ProbeServer(address, metrics, log, http_connections_allowed())
+        log.info("metrics_listening", address=server.address)
+        return server
 
-    def open(self, log: Logger) -> None:
-        self._server = ProbeServer(self._address, self, log, http_connections_allowed())
-        log.info("metrics_listening", address=self._server.address)
-
-    def close(self) -> None:
-        self._ready = False  # shutting down: a balancer should stop sending work here
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+    return serve

@@ -14,14 +14,16 @@ Rule 3: per-partition gauges carry a `partition` label (a file's path; Kafka's `
         40,000 series.
 Rule 4: health is the event loop's heartbeat, read by another thread: a loop that has not beaten
         for `STALLED_AFTER` seconds is stalled, even though the process and this thread live.
+Rule 5: serving is not this module's: `Metrics` is given what serves it (the endpoint, in
+        endpoint.py) and starts and stops it with the run.
 """
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from service.health import STALE_AFTER
 from service.lifecycle.partition import Standing
@@ -29,6 +31,7 @@ from service.telemetry.port import GaugeBoard, Telemetry
 
 if TYPE_CHECKING:
     from service.lifecycle.partition import Gauge
+    from service.telemetry.logs import Logger
 
 __all__ = [
     "MAX_PARTITION_SERIES",
@@ -37,6 +40,7 @@ __all__ = [
     "SAVE_REASONS",
     "STALLED_AFTER",
     "Metrics",
+    "Server",
 ]
 
 # The same threshold as `healthcheck`'s stale heartbeat: the loop beats every second.
@@ -50,10 +54,23 @@ MAX_PARTITION_SERIES = 500
 OTHER_PARTITIONS = "_other"
 
 
-class Metrics(Telemetry):
-    """The worker's numbers, its readiness and its event loop's last heartbeat."""
+class Server(Protocol):
+    """What serves the metrics while the worker runs."""
 
-    def __init__(self, checkpoint_interval: float = 1.0) -> None:
+    def close(self) -> None: ...
+
+
+class Metrics(Telemetry):
+    """The worker's numbers, its readiness and its event loop's last heartbeat; served, if
+    `serve` is given, from `open` to `close`."""
+
+    def __init__(
+        self,
+        checkpoint_interval: float = 1.0,
+        serve: Callable[[Metrics, Logger], Server] | None = None,
+    ) -> None:
+        self._serve = serve
+        self._server: Server | None = None
         self._checkpoint_interval = checkpoint_interval
         self._standing = Standing(0)
         self._records = 0
@@ -70,6 +87,16 @@ class Metrics(Telemetry):
         self._registry: Any = None
 
     # --- what the worker reports (from the event loop) ----------------------------------------
+
+    def open(self, log: Logger) -> None:
+        if self._serve is not None:
+            self._server = self._serve(self, log)
+
+    def close(self) -> None:
+        self._ready = False  # shutting down: a balancer should stop sending work here
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def consumed(self, records: int, bad_records: int, nbytes: int) -> None:
         self._records += records

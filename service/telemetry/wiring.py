@@ -76,9 +76,11 @@ def telemetry_for(settings: Settings) -> Telemetry:
     """The telemetry `settings` ask for: the endpoint, the progress line, both or neither."""
     parts: list[Telemetry] = []
     if settings.metrics_address:
-        from service.telemetry.endpoint import MetricsEndpoint
+        from service.telemetry.endpoint import serving_on
+        from service.telemetry.metrics import Metrics
 
-        parts.append(MetricsEndpoint(settings.metrics_address, settings.checkpoint_interval))
+        serve = serving_on(settings.metrics_address)
+        parts.append(Metrics(settings.checkpoint_interval, serve=serve))
     if _shows_progress(settings):
         from service.telemetry.progress_line import ProgressDisplay
 
