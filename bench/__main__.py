@@ -52,7 +52,7 @@ from pathlib import Path
 from . import native
 from .report import Measurement, machine, render_table, write_json
 from .rows import ROWS as CORE_ROWS
-from .rows import Bench, Plan
+from .runs import Bench, Plan
 
 ROWS = CORE_ROWS | native.ROWS
 

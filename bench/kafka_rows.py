@@ -25,7 +25,7 @@ from . import inputs
 from .inputs import Input
 from .processes import WORKER, live_worker, run
 from .report import Measurement
-from .rows import Bench
+from .runs import Bench
 
 __all__ = ["kafka"]
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import inputs
 from .processes import Finished, run, worker_args
 from .report import Measurement
-
-if TYPE_CHECKING:
-    from .rows import Bench
+from .runs import Bench, best_wall, figures, interleaved, result_of, seconds
 
 __all__ = ["many_files"]
 
@@ -40,7 +37,6 @@ def _copies(part: inputs.Input) -> Path:
 
 
 def many_files(bench: Bench) -> list[Measurement]:
-    from .rows import _best, _figures, _interleaved, _result, _seconds  # rows imports this module
 
     part = inputs.numbers_file(NUMBERS_PER_FILE, seed=3)
     one_file = inputs.concatenated(part, FILES)
@@ -51,27 +47,27 @@ def many_files(bench: Bench) -> list[Measurement]:
     def worker_on(source: str) -> Finished:
         workdir = bench.fresh("many-files")
         finished = run(worker_args(Path(source), workdir), workdir / "log.jsonl")
-        total = _result(workdir)["sum"]
+        total = result_of(workdir)["sum"]
         if finished.code != 0 or total != expected:
             raise RuntimeError(f"worker on {source}: exit {finished.code}, sum {total}")
         return finished
 
     runs = max(2, bench.plan.worker_runs)
-    many, single = _interleaved(
+    many, single = interleaved(
         runs, lambda: worker_on(str(directory / "*.txt")), lambda: worker_on(str(one_file.path))
     )
-    share = _best(single) / _best(many)
+    share = best_wall(single) / best_wall(many)
     fastest = min(many, key=lambda r: r.wall)
     return [
         Measurement(
             10,
             f"throughput, {FILES} files of {NUMBERS_PER_FILE:,} numbers through one glob",
-            _seconds(_best(many)),
-            f"the same bytes in one file {_seconds(_best(single))}",
+            seconds(best_wall(many)),
+            f"the same bytes in one file {seconds(best_wall(single))}",
             f"{share:.2f}x of one file",
             f">= {GOAL}x",
             share >= GOAL,
-            {"many_files": _figures(many), "one_file": _figures(single)},
+            {"many_files": figures(many), "one_file": figures(single)},
         ),
         Measurement(
             10,

@@ -20,7 +20,7 @@ from . import inputs
 from .inputs import Input
 from .processes import Finished, run, worker_args
 from .report import Measurement
-from .rows import Bench, _best, _figures, _interleaved, _seconds, _size, _worker_run
+from .runs import Bench, best_wall, figures, interleaved, seconds, size_of, worker_run
 
 __all__ = ["ROWS"]
 
@@ -67,33 +67,33 @@ def engines(bench: Bench) -> list[Measurement]:
     def count_lines(source: Input) -> Callable[[], Finished]:
         return lambda: run([wc, "-l", str(source.path)], bench.fresh("wc") / "stdout.txt")
 
-    workers, polars, duckdb, wcs = _interleaved(
+    workers, polars, duckdb, wcs = interleaved(
         bench.plan.engine_runs,
-        lambda: _worker_run(bench, medium),
+        lambda: worker_run(bench, medium),
         _engine(bench, POLARS_SUM, medium, "polars"),
         _engine(bench, DUCKDB_SUM, medium, "duckdb"),
         count_lines(medium),
     )
-    worker = _best(workers)
-    what = f"{medium.records:,} numbers ({_size(medium)}), wall"
+    worker = best_wall(workers)
+    what = f"{medium.records:,} numbers ({size_of(medium)}), wall"
     lines = [
         Measurement(
             7,
             what,
-            _seconds(worker),
-            f"{name} {_seconds(_best(runs))}",
-            f"{_best(runs) / worker:.2f}x faster",
+            seconds(worker),
+            f"{name} {seconds(best_wall(runs))}",
+            f"{best_wall(runs) / worker:.2f}x faster",
             "> 1x (faster)",
-            _best(runs) > worker,
-            {"worker": _figures(workers), name: _figures(runs)},
+            best_wall(runs) > worker,
+            {"worker": figures(workers), name: figures(runs)},
         )
         for name, runs in (("polars scan_csv().sum()", polars), ("duckdb read_csv sum", duckdb))
     ]
     lines.append(_against_wc(medium, workers, wcs))
     large = bench.large()
-    large_workers, large_wcs = _interleaved(
+    large_workers, large_wcs = interleaved(
         bench.plan.engine_runs,
-        lambda: _worker_run(bench, large),
+        lambda: worker_run(bench, large),
         count_lines(large),
     )
     lines.append(_against_wc(large, large_workers, large_wcs))
@@ -106,17 +106,17 @@ WC_GOAL = 2.5  # the whole run against `wc -l` on the same file, wall time
 def _against_wc(source: Input, workers: list[Finished], wcs: list[Finished]) -> Measurement:
     """The worker end to end against `wc -l`, the page cache's pace, in wall time (the goal)
     and in CPU time (context: `wc` uses one core, the worker two)."""
-    worker, wc = _best(workers), _best(wcs)
+    worker, wc = best_wall(workers), best_wall(wcs)
     cpu, wc_cpu = min(r.cpu for r in workers), min(r.cpu for r in wcs)
     return Measurement(
         7,
-        f"  against wc -l, {_size(source)}: wall; CPU (user + system)",
-        f"{_seconds(worker)}; {_seconds(cpu)}",
-        f"wc -l {_seconds(wc)}; {_seconds(wc_cpu)}",
+        f"  against wc -l, {size_of(source)}: wall; CPU (user + system)",
+        f"{seconds(worker)}; {seconds(cpu)}",
+        f"wc -l {seconds(wc)}; {seconds(wc_cpu)}",
         f"{worker / wc:.1f}x; {cpu / wc_cpu:.1f}x as long",
         f"wall <= {WC_GOAL}x",
         worker / wc <= WC_GOAL,
-        {"worker": _figures(workers), "wc": _figures(wcs)},
+        {"worker": figures(workers), "wc": figures(wcs)},
     )
 
 
@@ -200,25 +200,25 @@ def shapes(bench: Bench) -> list[Measurement]:
         name: inputs.shaped_file(SHAPE_COUNT, SHAPE_SEED, name)
         for name in [*inputs.SHAPES, inputs.WIDE]
     }
-    runs = _interleaved(
+    runs = interleaved(
         bench.plan.shape_runs,
-        lambda: _worker_run(bench, plain),
-        *(lambda source=source: _worker_run(bench, source) for source in shaped.values()),
+        lambda: worker_run(bench, plain),
+        *(lambda source=source: worker_run(bench, source) for source in shaped.values()),
     )
-    plain_rate = plain.size / _best(runs[0])
+    plain_rate = plain.size / best_wall(runs[0])
     lines = []
     for (name, source), shape_runs in zip(shaped.items(), runs[1:], strict=True):
-        rate = source.size / _best(shape_runs)
+        rate = source.size / best_wall(shape_runs)
         lines.append(
             Measurement(
                 8,
-                f"{name}, {SHAPE_COUNT:,} numbers ({_size(source)}), bytes/s",
+                f"{name}, {SHAPE_COUNT:,} numbers ({size_of(source)}), bytes/s",
                 f"{rate / 1e6:.0f} MB/s",
-                f"plain {plain_rate / 1e6:.0f} MB/s ({_size(plain)})",
+                f"plain {plain_rate / 1e6:.0f} MB/s ({size_of(plain)})",
                 f"{rate / plain_rate:.2f}x",
                 ">= 0.77x (1/1.3)",
                 rate / plain_rate >= SHAPE_GOAL,
-                {"plain": _figures(runs[0]), name: _figures(shape_runs), "bytes": source.size},
+                {"plain": figures(runs[0]), name: figures(shape_runs), "bytes": source.size},
             )
         )
     lines.append(_shapes_in_memory(plain, shaped))
@@ -269,7 +269,7 @@ def startup(bench: Bench) -> list[Measurement]:
         return lambda: run([sys.executable, *flags, "-c", "pass"], out)
 
     # `-I`: the bare interpreter, no site-packages start-up (the venv's .pth files run there).
-    runs, bare, venv = _interleaved(
+    runs, bare, venv = interleaved(
         bench.plan.startup_runs, one_line, interpreter("-I"), interpreter()
     )
     mean, mean_bare, mean_venv = (statistics.fmean(r.wall for r in x) for x in (runs, bare, venv))
@@ -277,8 +277,8 @@ def startup(bench: Bench) -> list[Measurement]:
         Measurement(
             9,
             f"`run` on a one-line input, mean of {len(runs)}",
-            _seconds(mean),
-            f"python -I -c pass {_seconds(mean_bare)}",
+            seconds(mean),
+            f"python -I -c pass {seconds(mean_bare)}",
             f"{mean / mean_bare:.1f}x",
             "<= 6x",
             mean / mean_bare <= 6,
@@ -287,8 +287,8 @@ def startup(bench: Bench) -> list[Measurement]:
         Measurement(
             9,
             "  against the venv's python -c pass (site start-up included)",
-            _seconds(mean),
-            f"python -c pass {_seconds(mean_venv)}",
+            seconds(mean),
+            f"python -c pass {seconds(mean_venv)}",
             f"{mean / mean_venv:.1f}x",
             "(context)",
             None,

@@ -13,9 +13,7 @@ Rule 2: a figure counts only if the run was right: exit code, exact sum, the log
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import random
 import shutil
 import signal
 import statistics
@@ -23,7 +21,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,127 +29,28 @@ from .inputs import Input
 from .many_files import many_files
 from .processes import WORKER, Finished, events_of, live_worker, run, worker_args
 from .report import Measurement
+from .runs import (
+    MB,
+    Bench,
+    best_wall,
+    figures,
+    interleaved,
+    mb,
+    median_wall,
+    paired_share,
+    result_of,
+    seconds,
+    size_of,
+    worker_run,
+)
 from .small_files import small_files
 
-__all__ = ["ROWS", "Bench", "Plan"]
+__all__ = ["ROWS"]
 
 ONE_LINER = 'import sys; print(sum(map(int, open(sys.argv[1], "rb"))))'
 MAWK_SUM = "{s+=$1} END {print s}"
-MB = 1_000_000
 # Two numbers whose sum, 2**53 + 1, is the first integer a double cannot hold.
 PAST_2_53 = (2**52, 2**52 + 1)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How many times each thing runs; `quick` trades confidence for time."""
-
-    worker_runs: int = 8
-    baseline_runs: int = 2
-    interval_runs: int = 8
-    resume_runs: int = 5
-    sigterm_trials: int = 50
-    health_runs: int = 30
-    engine_runs: int = 3
-    shape_runs: int = 7
-    startup_runs: int = 20
-    memory_runs: int = 20  # on the largest input; the second half beside busy loops
-
-    @classmethod
-    def quick(cls) -> Plan:
-        return cls(1, 1, 1, 2, 8, 8, 1, 1, 5, 2)
-
-
-@dataclass
-class Bench:
-    """Where runs happen, what they run on, and what earlier rows found that later rows reuse."""
-
-    scratch: Path
-    plan: Plan
-    rng: random.Random = field(default_factory=lambda: random.Random(2024))
-    medium_runs: list[Finished] = field(default_factory=list)
-    large_run: Finished | None = None
-
-    def fresh(self, name: str) -> Path:
-        """An empty directory for one run's checkpoint, result and log."""
-        directory = self.scratch / name
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-        return directory
-
-    def small(self) -> Input:
-        return inputs.numbers_file(15_000_000, seed=2)
-
-    def medium(self) -> Input:
-        return inputs.numbers_file(50_000_000, seed=1)
-
-    def large(self) -> Input:
-        return inputs.concatenated(self.medium(), 3)
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.2f} s" if value >= 1 else f"{value * 1000:.0f} ms"
-
-
-def _mb(value: int) -> str:
-    return f"{value / MB:.1f} MB"
-
-
-def _size(source: Input) -> str:
-    size = source.size
-    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / MB:.0f} MB"
-
-
-def _result(directory: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((directory / "result.json").read_text())
-    return loaded
-
-
-def _worker_run(bench: Bench, source: Input, *extra: str, interval: float = 1.0) -> Finished:
-    """One run from the start of `source`; RuntimeError unless it exits 0 with the exact sum."""
-    directory = bench.fresh("run")
-    finished = run(
-        worker_args(source.path, directory, *extra, checkpoint_interval=interval),
-        directory / "log.jsonl",
-    )
-    if finished.code != 0:
-        raise RuntimeError(f"worker exited {finished.code} on {source.path}: {finished.stdout}")
-    result = _result(directory)
-    if source.sum is not None and (result["sum"], result["records"]) != (
-        source.sum,
-        source.records,
-    ):
-        raise RuntimeError(f"worker summed {source.path} to {result}, expected {source.sum}")
-    return finished
-
-
-def _paired_share(baseline: list[Finished], variant: list[Finished]) -> float:
-    """The median over interleaved pairs of baseline time / variant time (Rule 1)."""
-    return statistics.median(b.wall / v.wall for b, v in zip(baseline, variant, strict=True))
-
-
-def _median(runs: list[Finished]) -> float:
-    return statistics.median(r.wall for r in runs)
-
-
-def _best(runs: list[Finished]) -> float:
-    return min(r.wall for r in runs)
-
-
-def _figures(runs: list[Finished]) -> dict[str, list[float]]:
-    return {"wall_s": [r.wall for r in runs], "cpu_s": [r.cpu for r in runs]}
-
-
-def _interleaved(count: int, *makers: Callable[[], Finished]) -> list[list[Finished]]:
-    """Run each maker `count` times, taking turns, so a busy moment hits all of them alike."""
-    runs: list[list[Finished]] = [[] for _ in makers]
-    for _ in range(count):
-        for collected, make in zip(runs, makers, strict=True):
-            collected.append(make())
-    return runs
 
 
 # --- 1. throughput ------------------------------------------------------------------------------
@@ -176,39 +74,39 @@ def throughput(bench: Bench) -> list[Measurement]:
     mawk_runs: list[Finished] = []
     for turn in range(max(plan.worker_runs, plan.baseline_runs)):  # taking turns, as above
         if turn < plan.worker_runs:
-            workers.append(_worker_run(bench, medium))
+            workers.append(worker_run(bench, medium))
         if turn < plan.baseline_runs:
             python_runs.append(one_liner())
             if mawk:
                 mawk_runs.append(by_mawk())
-    worker = _best(workers)
-    what = f"throughput, {medium.records:,} numbers ({_size(medium)}), wall"
+    worker = best_wall(workers)
+    what = f"throughput, {medium.records:,} numbers ({size_of(medium)}), wall"
     lines = []
-    ratio = _best(python_runs) / worker
+    ratio = best_wall(python_runs) / worker
     lines.append(
         Measurement(
             1,
             what,
-            _seconds(worker),
-            f"python one-liner {_seconds(_best(python_runs))}",
+            seconds(worker),
+            f"python one-liner {seconds(best_wall(python_runs))}",
             f"{ratio:.1f}x faster",
             ">= 12x",
             ratio >= 12,
-            {"worker": _figures(workers), "one_liner": _figures(python_runs)},
+            {"worker": figures(workers), "one_liner": figures(python_runs)},
         )
     )
     if mawk:
-        ratio = _best(mawk_runs) / worker
+        ratio = best_wall(mawk_runs) / worker
         lines.append(
             Measurement(
                 1,
                 what,
-                _seconds(worker),
-                f"mawk {_seconds(_best(mawk_runs))}",
+                seconds(worker),
+                f"mawk {seconds(best_wall(mawk_runs))}",
                 f"{ratio:.1f}x faster",
                 ">= 3x",
                 ratio >= 3,
-                {"worker": _figures(workers), "mawk": _figures(mawk_runs)},
+                {"worker": figures(workers), "mawk": figures(mawk_runs)},
             )
         )
     cpu = min(r.cpu for r in workers)
@@ -216,9 +114,9 @@ def throughput(bench: Bench) -> list[Measurement]:
         Measurement(
             1,
             "  the same runs in CPU time (user + system)",
-            _seconds(cpu),
-            f"one-liner {_seconds(min(r.cpu for r in python_runs))}"
-            + (f", mawk {_seconds(min(r.cpu for r in mawk_runs))}" if mawk_runs else ""),
+            seconds(cpu),
+            f"one-liner {seconds(min(r.cpu for r in python_runs))}"
+            + (f", mawk {seconds(min(r.cpu for r in mawk_runs))}" if mawk_runs else ""),
             f"{min(r.cpu for r in python_runs) / cpu:.1f}x"
             + (f", {min(r.cpu for r in mawk_runs) / cpu:.1f}x" if mawk_runs else ""),
             "(context)",
@@ -237,7 +135,7 @@ def _exactness(medium: Input, python_run: Finished, mawk_run: Finished | None) -
     mawk_text = mawk_run.stdout.strip() if mawk_run else "-"
     return Measurement(
         1,
-        f"exact sum of the {_size(medium)} input",
+        f"exact sum of the {size_of(medium)} input",
         str(medium.sum),
         f"one-liner {python_sum}; mawk printed {mawk_text}",
         "equal" if python_sum == medium.sum else "DIFFERENT",
@@ -256,7 +154,7 @@ def _past_2_53(bench: Bench, mawk: str) -> Measurement:
     printed = run([mawk, program, str(numbers)], directory / "mawk.txt").stdout.split()
     finished = run(worker_args(numbers, directory), directory / "log.jsonl")
     exact = sum(PAST_2_53)
-    worker_sum = _result(directory)["sum"] if finished.code == 0 else None
+    worker_sum = result_of(directory)["sum"] if finished.code == 0 else None
     return Measurement(
         1,
         "sum past 2^53 (2 lines)",
@@ -294,17 +192,17 @@ def memory(bench: Bench) -> list[Measurement]:
     one_line.write_text("1\n")
     idle = run(worker_args(one_line, directory), directory / "log.jsonl")
     if not bench.medium_runs:
-        bench.medium_runs.append(_worker_run(bench, medium))
+        bench.medium_runs.append(worker_run(bench, medium))
     by_size = {
-        small: _worker_run(bench, small).max_rss,
+        small: worker_run(bench, small).max_rss,
         medium: max(r.max_rss for r in bench.medium_runs),
     }
     # The bound must hold on every run, not on a typical one: half the runs alone, half beside
     # a busy loop per core.
     quiet_count = bench.plan.memory_runs - bench.plan.memory_runs // 2
-    quiet = [_worker_run(bench, large) for _ in range(quiet_count)]
+    quiet = [worker_run(bench, large) for _ in range(quiet_count)]
     with _busy_loops():
-        busy = [_worker_run(bench, large) for _ in range(bench.plan.memory_runs // 2)]
+        busy = [worker_run(bench, large) for _ in range(bench.plan.memory_runs // 2)]
     bench.large_run = quiet[0]
     peak = max(r.max_rss for r in quiet + busy)
     by_size[large] = quiet[0].max_rss
@@ -314,9 +212,9 @@ def memory(bench: Bench) -> list[Measurement]:
     return [
         Measurement(
             2,
-            f"peak RSS, {_size(large)} input, the largest of {len(quiet) + len(busy)} runs",
-            _mb(peak),
-            f"same worker on a 1-line input {_mb(idle.max_rss)}",
+            f"peak RSS, {size_of(large)} input, the largest of {len(quiet) + len(busy)} runs",
+            mb(peak),
+            f"same worker on a 1-line input {mb(idle.max_rss)}",
             f"+{(peak - idle.max_rss) / MB:.1f} MB",
             "<= 50 MB",
             peak <= 50 * MB,
@@ -325,8 +223,8 @@ def memory(bench: Bench) -> list[Measurement]:
         Measurement(
             2,
             f"  of them: {len(quiet)} alone; {len(busy)} beside {os.cpu_count()} busy loops",
-            f"{_mb(max(r.max_rss for r in quiet))}; {_mb(max(r.max_rss for r in busy))}",
-            f"first run {_mb(quiet[0].max_rss)}",
+            f"{mb(max(r.max_rss for r in quiet))}; {mb(max(r.max_rss for r in busy))}",
+            f"first run {mb(quiet[0].max_rss)}",
             "",
             "(context)",
             None,
@@ -335,8 +233,8 @@ def memory(bench: Bench) -> list[Measurement]:
         Measurement(
             2,
             "peak RSS flat in input size",
-            ", ".join(f"{_size(s)}: {_mb(rss)}" for s, rss in by_size.items()),
-            f"{_size(small)} input",
+            ", ".join(f"{size_of(s)}: {mb(rss)}" for s, rss in by_size.items()),
+            f"{size_of(small)} input",
             f"{growth * (large.size - small.size) / MB:+.1f} MB for "
             f"+{(large.size - small.size) / MB:.0f} MB",
             "growth <= 1% of input's",
@@ -359,8 +257,8 @@ def resume(bench: Bench) -> list[Measurement]:
     results: dict[str, dict[str, Any]] = {}
 
     def from_zero() -> Finished:
-        finished = _worker_run(bench, tail)
-        results["zero"] = _result(bench.scratch / "run")  # where _worker_run ran it
+        finished = worker_run(bench, tail)
+        results["zero"] = result_of(bench.scratch / "run")  # where worker_run ran it
         return finished
 
     def from_checkpoint() -> Finished:
@@ -370,21 +268,21 @@ def resume(bench: Bench) -> list[Measurement]:
         loaded = [e for e in events_of(finished.stdout) if e["event"] == "checkpoint_loaded"]
         if finished.code != 0 or not loaded or loaded[0]["offset"] != cut:
             raise RuntimeError(f"resume at {cut} failed: {finished.stdout}")
-        results["resumed"] = _result(directory)
+        results["resumed"] = result_of(directory)
         return finished
 
-    zero, resumed = _interleaved(bench.plan.resume_runs, from_zero, from_checkpoint)
+    zero, resumed = interleaved(bench.plan.resume_runs, from_zero, from_checkpoint)
     same = (results["zero"]["sum"], results["zero"]["records"]) == (
         results["resumed"]["sum"],
         results["resumed"]["records"],
     )
-    ratio = _best(resumed) / _best(zero)
+    ratio = best_wall(resumed) / best_wall(zero)
     lines = [
         Measurement(
             3,
-            f"last {_size(tail)}: resume at 99% of {_size(large)} vs from 0 of a copy",
-            _seconds(_best(resumed)),
-            f"from offset 0 {_seconds(_best(zero))}",
+            f"last {size_of(tail)}: resume at 99% of {size_of(large)} vs from 0 of a copy",
+            seconds(best_wall(resumed)),
+            f"from offset 0 {seconds(best_wall(zero))}",
             f"{ratio:.2f}x",
             "<= 1.5x, same sum",
             ratio <= 1.5 and same,
@@ -402,9 +300,9 @@ def resume(bench: Bench) -> list[Measurement]:
             Measurement(
                 3,
                 "resume at 99% vs the whole input from 0",
-                _seconds(_best(resumed)),
-                f"whole {_size(large)} {_seconds(whole)}",
-                f"{_best(resumed) / whole:.3f}x",
+                seconds(best_wall(resumed)),
+                f"whole {size_of(large)} {seconds(whole)}",
+                f"{best_wall(resumed) / whole:.3f}x",
                 "(context)",
                 None,
             )
@@ -450,7 +348,7 @@ def _sigterm_trial(
 def graceful_stop(bench: Bench) -> list[Measurement]:
     large = bench.large()
     # Signal within the first half of the fastest whole run, so each trial stops it mid-stream.
-    window = 0.5 * _best([_worker_run(bench, large) for _ in range(3)])
+    window = 0.5 * best_wall([worker_run(bench, large) for _ in range(3)])
     directory = bench.scratch / "sigterm"
     latencies: list[float] = []
     problems: list[str] = []
@@ -463,7 +361,7 @@ def graceful_stop(bench: Bench) -> list[Measurement]:
             problems.append(problem)
     # The last trial's checkpoint, resumed to the end, must give the input's exact sum.
     finished = run(worker_args(large.path, directory), directory / "log.jsonl")
-    exact = finished.code == 0 and _result(directory)["sum"] == large.sum
+    exact = finished.code == 0 and result_of(directory)["sum"] == large.sum
     if len(latencies) > 1:
         p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
     else:
@@ -473,8 +371,8 @@ def graceful_stop(bench: Bench) -> list[Measurement]:
         Measurement(
             4,
             f"SIGTERM to exit at full speed, {len(latencies)} trials",
-            f"p99 {_seconds(p99)}",
-            f"p50 {_seconds(p50)}, max {_seconds(max(latencies))}",
+            f"p99 {seconds(p99)}",
+            f"p50 {seconds(p50)}, max {seconds(max(latencies))}",
             f"{p99 / 0.5:.2f}x of budget",
             "p99 < 0.5 s",
             p99 < 0.5,
@@ -500,34 +398,34 @@ def checkpoint_cost(bench: Bench) -> list[Measurement]:
     # The 1.03 GB input: the 344 MB one reads in about 0.3 s, a third of it start-up, which
     # would measure start-up more than the throughput this row is about.
     large = bench.large()
-    often, rarely = _interleaved(
+    often, rarely = interleaved(
         bench.plan.interval_runs,
-        lambda: _worker_run(bench, large, interval=0.05),
-        lambda: _worker_run(bench, large, interval=60),
+        lambda: worker_run(bench, large, interval=0.05),
+        lambda: worker_run(bench, large, interval=60),
     )
     saves = sum(
         1
         for e in events_of(min(often, key=lambda r: r.wall).stdout)
         if e["event"] == "checkpoint_saved" and e["reason"] == "timer"
     )
-    share = _paired_share(rarely, often)
+    share = paired_share(rarely, often)
     cpu_often, cpu_rarely = min(r.cpu for r in often), min(r.cpu for r in rarely)
     return [
         Measurement(
             5,
             f"throughput, 1.03 GB, checkpoint every 0.05 s ({saves} saves) vs 60 s",
-            f"median {_seconds(_median(often))}",
-            f"every 60 s {_seconds(_median(rarely))}",
+            f"median {seconds(median_wall(often))}",
+            f"every 60 s {seconds(median_wall(rarely))}",
             f"{share:.1%} of the throughput",
             ">= 95%",
             share >= 0.95,
-            {"often": _figures(often), "rarely": _figures(rarely), "timer_saves": saves},
+            {"often": figures(often), "rarely": figures(rarely), "timer_saves": saves},
         ),
         Measurement(
             5,
             "  the same runs in CPU time (user + system)",
-            _seconds(cpu_often),
-            f"every 60 s {_seconds(cpu_rarely)}",
+            seconds(cpu_often),
+            f"every 60 s {seconds(cpu_rarely)}",
             f"{cpu_rarely / cpu_often:.1%}",
             "(context)",
             None,
@@ -548,7 +446,7 @@ def healthcheck(bench: Bench) -> list[Measurement]:
         worker.wait_for("caught_up", timeout=60)
         out = directory / "stdout.txt"
         check = [WORKER, "healthcheck", "--checkpoint", str(directory / "checkpoint.json")]
-        checks, nothing = _interleaved(
+        checks, nothing = interleaved(
             bench.plan.health_runs,
             lambda: run(check, out),
             lambda: run([sys.executable, "-c", "pass"], out),
@@ -565,8 +463,8 @@ def healthcheck(bench: Bench) -> list[Measurement]:
         Measurement(
             6,
             f"`healthcheck` (healthy), mean of {len(checks)}",
-            _seconds(mean_check),
-            f"python -c pass {_seconds(mean_nothing)}",
+            seconds(mean_check),
+            f"python -c pass {seconds(mean_nothing)}",
             f"{ratio:.1f}x",
             "<= 3x, exit 0",
             ratio <= 3 and healthy,
@@ -582,31 +480,31 @@ def metrics_cost(bench: Bench) -> list[Measurement]:
     """Throughput with the metrics endpoint on (port 0: any free port) against off, on the
     1.03 GB input for the reason row 5 gives."""
     large = bench.large()
-    served, plain = _interleaved(
+    served, plain = interleaved(
         bench.plan.interval_runs,
-        lambda: _worker_run(bench, large, "--metrics-address", "127.0.0.1:0"),
-        lambda: _worker_run(bench, large),
+        lambda: worker_run(bench, large, "--metrics-address", "127.0.0.1:0"),
+        lambda: worker_run(bench, large),
     )
     listening = all(
         any(e["event"] == "metrics_listening" for e in events_of(r.stdout)) for r in served
     )
-    share = _paired_share(plain, served)
+    share = paired_share(plain, served)
     return [
         Measurement(
             11,
             "throughput, 1.03 GB, metrics_address on vs off",
-            f"median {_seconds(_median(served))}",
-            f"off {_seconds(_median(plain))}",
+            f"median {seconds(median_wall(served))}",
+            f"off {seconds(median_wall(plain))}",
             f"{share:.1%} of the throughput",
             ">= 97%, served",
             share >= 0.97 and listening,
-            {"on": _figures(served), "off": _figures(plain), "listening": listening},
+            {"on": figures(served), "off": figures(plain), "listening": listening},
         ),
         Measurement(
             11,
             "  the same runs in CPU time (user + system)",
-            _seconds(min(r.cpu for r in served)),
-            f"off {_seconds(min(r.cpu for r in plain))}",
+            seconds(min(r.cpu for r in served)),
+            f"off {seconds(min(r.cpu for r in plain))}",
             f"{min(r.cpu for r in plain) / min(r.cpu for r in served):.1%}",
             "(context)",
             None,

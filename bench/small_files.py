@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -29,9 +28,7 @@ import anyio.lowlevel
 from . import inputs
 from .processes import live_worker, run, worker_args
 from .report import Measurement
-
-if TYPE_CHECKING:
-    from .rows import Bench
+from .runs import Bench, seconds
 
 __all__ = ["SaveCosts", "save_costs", "small_files"]
 
@@ -124,10 +121,6 @@ def save_costs(directory: Path, workdir: Path) -> SaveCosts:
     return anyio.run(_measure_saves, directory, workdir)
 
 
-def _seconds(value: float) -> str:
-    return f"{value:.2f} s" if value >= 1 else f"{value * 1000:.0f} ms"
-
-
 def small_files(bench: Bench) -> list[Measurement]:
     directory, one_file, total = _small_files(FILES)
     glob = directory / "*.txt"
@@ -158,8 +151,8 @@ def small_files(bench: Bench) -> list[Measurement]:
         Measurement(
             13,
             f"{FILES:,} small files through one glob: the whole run, peak RSS",
-            f"{_seconds(many_wall)}, {many_rss / 2**20:.0f} MB",
-            f"one file {_seconds(one_wall)}, {one_rss / 2**20:.0f} MB",
+            f"{seconds(many_wall)}, {many_rss / 2**20:.0f} MB",
+            f"one file {seconds(one_wall)}, {one_rss / 2**20:.0f} MB",
             f"{many_wall / one_wall:.1f}x the time",
             "<= 150 MB",
             many_rss <= RSS_GOAL,
@@ -168,8 +161,8 @@ def small_files(bench: Bench) -> list[Measurement]:
         Measurement(
             13,
             "  SIGTERM mid-way to exit, then the resume to the exact sum",
-            f"stop {_seconds(stop_seconds)}, resume {_seconds(resumed.wall)}",
-            f"one file's whole run {_seconds(one_wall)}",
+            f"stop {seconds(stop_seconds)}, resume {seconds(resumed.wall)}",
+            f"one file's whole run {seconds(one_wall)}",
             "exact" if exact else "NOT EXACT",
             f"stop < {SHUTDOWN_TIMEOUT:g} s, exact",
             stopped and stop_seconds < SHUTDOWN_TIMEOUT and exact,
@@ -178,7 +171,7 @@ def small_files(bench: Bench) -> list[Measurement]:
         Measurement(
             13,
             f"  one timer save every {_FILES_PER_SAVE:,} files (median; the worst)",
-            f"{_seconds(typical)}; {_seconds(max(costs.seconds))}",
+            f"{seconds(typical)}; {seconds(max(costs.seconds))}",
             "checkpoint_interval 1 s",
             f"{typical:.1%}",
             f"< {SAVE_SHARE_GOAL:.0%}",
@@ -188,10 +181,10 @@ def small_files(bench: Bench) -> list[Measurement]:
         Measurement(
             13,
             "  largest lateness of a 100 ms sleep on the event loop during a save",
-            _seconds(late),
+            seconds(late),
             "",
             "",
-            f"<= {_seconds(LATENESS_GOAL)}",
+            f"<= {seconds(LATENESS_GOAL)}",
             late <= LATENESS_GOAL,
             {"lateness_s": costs.lateness},
         ),
@@ -208,7 +201,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as scratch:
         measured = save_costs(found, Path(scratch))
     print(
-        f"{count:,} files: timer save median {_seconds(statistics.median(measured.seconds))}, "
-        f"worst {_seconds(max(measured.seconds))}, "
-        f"largest lateness {_seconds(max(measured.lateness))}"
+        f"{count:,} files: timer save median {seconds(statistics.median(measured.seconds))}, "
+        f"worst {seconds(max(measured.seconds))}, "
+        f"largest lateness {seconds(max(measured.lateness))}"
     )
