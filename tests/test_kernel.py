@@ -20,6 +20,7 @@ from service.core.parsing import (
     LINE_TOO_LONG,
     NOT_AN_INTEGER,
     BadRecord,
+    DetailBudget,
     LineParser,
     RegionResult,
     parse_region,
@@ -165,7 +166,9 @@ def test_regions_split_for_threads_give_the_oracle(
     adds up to the oracle's answer for the whole (cuts land in every kind of line)."""
     block = b"".join(line + b"\n" for line in lines)
     data = b"7\n" * shift + block * (2 * 65536 // len(block) + 2)
-    parser = LineParser(Position(), max_line_bytes=4096, stop_at_bad=False, bad_details=UNLIMITED)
+    parser = LineParser(
+        Position(), max_line_bytes=4096, stop_at_bad=False, details=DetailBudget(UNLIMITED)
+    )
     pieces = parser.split(data, parts)
     assert len(pieces) > 1
     bad: list[BadRecord] = []

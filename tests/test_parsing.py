@@ -18,6 +18,7 @@ from service.core.parsing import (
     LINE_TOO_LONG,
     NOT_AN_INTEGER,
     BadRecord,
+    DetailBudget,
     LineParser,
     Parsed,
     RegionResult,
@@ -52,7 +53,7 @@ def run_parser(
         start or Position(),
         max_line_bytes=max_line_bytes,
         stop_at_bad=stop_at_bad,
-        bad_details=bad_details,
+        details=DetailBudget(bad_details),
     )
     bad: list[BadRecord] = []
     steps: list[Callable[[], Parsed]] = [partial(parser.feed, chunk) for chunk in chunks]
@@ -361,7 +362,7 @@ def test_split_parse_commit_in_separate_steps() -> None:
     """Parsing every region before committing any (as threads would) changes nothing."""
     data = b"1\nx\n" * 50 + b"123456789\n" + b"2\n\n" * 50
     chunks = cuts_of(data, range(0, len(data), 33))
-    parser = LineParser(Position(), max_line_bytes=8, stop_at_bad=False, bad_details=5)
+    parser = LineParser(Position(), max_line_bytes=8, stop_at_bad=False, details=DetailBudget(5))
     regions = [region for chunk in chunks for region in parser.split(chunk)]
     results = [parser.parse(region) for region in reversed(regions)][::-1]
     shown = [

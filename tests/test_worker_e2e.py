@@ -205,6 +205,20 @@ def test_bad_records_are_logged_at_most_100_times_but_counted_exactly(tmp_path: 
     assert (_result(tmp_path)["bad_records"], _result(tmp_path)["records"]) == (250, 250)
 
 
+def test_the_bad_record_budget_is_one_per_run_over_every_file(tmp_path: Path) -> None:
+    """A glob of three files with 80 bad lines each: 100 bad_record events for the whole run
+    (not 100 a file), and the count of every bad line exact."""
+    (tmp_path / "in").mkdir()
+    for index in range(3):
+        lines = [b"x" if n % 2 else b"%d" % n for n in range(160)]
+        (tmp_path / "in" / f"{index}.txt").write_bytes(b"\n".join(lines) + b"\n")
+    done = cli(["run", "--input", "in/*.txt"], tmp_path)
+    assert done.returncode == 0, done.stdout
+    bad = [e for e in events_of(done.stdout) if e["event"] == "bad_record"]
+    assert len(bad) == 100
+    assert _result(tmp_path)["bad_records"] == 240
+
+
 def test_fail_policy_stops_before_the_bad_line_and_names_it(tmp_path: Path) -> None:
     """on_bad_record=fail: exit 1, the error names line 4, the checkpoint stops just before it."""
     (tmp_path / "numbers.txt").write_bytes(b"1\n2\n\n1e3\n5\n")

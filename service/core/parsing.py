@@ -29,6 +29,7 @@ from service.core.position import Position
 
 __all__ = [
     "BadRecord",
+    "DetailBudget",
     "LineParser",
     "Parsed",
     "Region",
@@ -187,6 +188,21 @@ def _cut(
     return regions
 
 
+class DetailBudget:
+    """How many more bad records this run shows in detail (line, offset, reason). One budget
+    per run, shared by every partition of a source, so a flood of bad lines costs neither
+    memory nor a log line each; the counts stay exact beyond it."""
+
+    def __init__(self, count: int = BAD_RECORD_DETAILS_PER_RUN) -> None:
+        self.left = count
+
+    def take(self, found: tuple[BadRecord, ...]) -> tuple[BadRecord, ...]:
+        """The first of `found` that the budget still allows, taken from it."""
+        shown = found[: self.left]
+        self.left -= len(shown)
+        return shown
+
+
 class LineParser:
     """Cuts a byte stream into regions of whole lines and keeps the running position."""
 
@@ -196,12 +212,12 @@ class LineParser:
         *,
         max_line_bytes: int,
         stop_at_bad: bool,
-        bad_details: int = BAD_RECORD_DETAILS_PER_RUN,
+        details: DetailBudget | None = None,
     ) -> None:
         self.max_line_bytes = max_line_bytes
         self.stop_at_bad = stop_at_bad
         self._position = start
-        self._details_left = bad_details
+        self._details = details or DetailBudget()
         self._held = b""  # the start of the current unfinished line
         self._dropped = 0  # bytes of an over-long unfinished line already thrown away
         self._split_offset = start.offset  # where the next byte given to `split` sits
@@ -270,7 +286,7 @@ class LineParser:
             region.data,
             self.max_line_bytes,
             stop_at_bad=self.stop_at_bad,
-            bad_details=self._details_left,
+            bad_details=self._details.left,
         )
 
     def commit(self, region: Region, result: RegionResult) -> Parsed:
@@ -283,8 +299,7 @@ class LineParser:
             bad_records=result.bad_records,
             total=result.sum,
         )
-        shown = result.bad[: self._details_left]
-        self._details_left -= len(shown)
+        shown = self._details.take(result.bad)
         bad = tuple(
             BadRecord(before.lines + r.line, region.offset + r.offset, r.reason) for r in shown
         )
@@ -321,7 +336,7 @@ class LineParser:
             held + b"\n",
             self.max_line_bytes,
             stop_at_bad=self.stop_at_bad,
-            bad_details=self._details_left,
+            bad_details=self._details.left,
         )
         if result.failed is None:  # the '\n' added above was never in the input
             result = replace(result, consumed=result.consumed - 1)

@@ -29,7 +29,7 @@ import anyio.abc
 
 from service import __version__
 from service.core import _kernel
-from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN, Parsed
+from service.core.parsing import Parsed
 from service.core.position import Pacer, Periodic, Position, RateMeter, percent_done
 from service.descriptors import reserve_descriptors
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
@@ -91,7 +91,6 @@ class _Worker:
         self.completed = False
         self.caught_up_at: Position | None = None
         self.shutdown_deadline_set = False
-        self.bad_details_left = BAD_RECORD_DETAILS_PER_RUN
         self.pacer = Pacer(settings.max_rate)
         self.rate = RateMeter(0, 0.0)
         self.scope = anyio.CancelScope()  # the whole run's, once it runs
@@ -290,13 +289,13 @@ class _Worker:
         self.telemetry.partition_gauges(partition.label, partition.gauges())
 
     def _report(self, partition: Partition, batch: Parsed) -> None:
-        """Log bad records (at most BAD_RECORD_DETAILS_PER_RUN a run); stop at a failing one."""
+        """Log the bad records a batch shows (its source keeps the run's `DetailBudget`); stop
+        at a failing one."""
         path = partition.label
-        for bad in batch.bad[: self.bad_details_left]:
+        for bad in batch.bad:
             self.log.warning(
                 "bad_record", path=path, line=bad.line, offset=bad.offset, reason=bad.reason
             )
-        self.bad_details_left = max(0, self.bad_details_left - len(batch.bad))
         if batch.failed is not None:
             bad = batch.failed
             raise BadRecordFound(

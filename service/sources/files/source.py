@@ -26,13 +26,14 @@ from typing import Any
 import anyio
 
 from service.core.names import shown
+from service.core.parsing import DetailBudget
 from service.core.position import Position
 from service.errors import InputUnreadable
 from service.lifecycle.partition import Partition, Standing
 from service.settings import Settings
 from service.sources.files.changes import Change, classify_scan
 from service.sources.files.life import State
-from service.sources.files.partition import CHUNK_BYTES, READS_AT_ONCE, FilePartition
+from service.sources.files.partition import CHUNK_BYTES, READS_AT_ONCE, FilePartition, Shared
 from service.sources.files.reading import ChunkBuffers
 from service.sources.files.scan import FileKey, InputPatterns, Match
 from service.storage.atomic import temp_files_of
@@ -156,8 +157,11 @@ class FileSource:
         self.patterns = input_patterns(settings)
         self.store = CheckpointStore(settings.checkpoint)
         self.lock = WorkerLock(settings.checkpoint)
-        self.slots = anyio.CapacityLimiter(settings.max_open_files)
-        self.reading = ChunkBuffers(READS_AT_ONCE, CHUNK_BYTES)
+        self.shared = Shared(
+            slots=anyio.CapacityLimiter(settings.max_open_files),
+            reading=ChunkBuffers(READS_AT_ONCE, CHUNK_BYTES),
+            details=DetailBudget(),
+        )
         # Dicts for their order and their O(1) removal, however many files there are.
         self.active: dict[FilePartition, None] = {}  # being read, waiting for a slot, or done
         self.dormant: dict[FileState, float] = {}  # renamed out of every pattern: closed at
@@ -205,7 +209,7 @@ class FileSource:
             if other is not resume:
                 self.gone = total_of([self.gone, other.position])
         partition = FilePartition(
-            path, self.settings, self.log, self.slots, self.reading, resume=resume, plain=True
+            path, self.settings, self.log, self.shared, resume=resume, plain=True
         )
         self.active[partition] = None
         self.states[partition] = partition.snapshot()
@@ -284,7 +288,7 @@ class FileSource:
 
     def _add(self, path: str, key: FileKey, resume: FileState | None) -> FilePartition:
         partition = FilePartition(
-            path, self.settings, self.log, self.slots, self.reading, resume=resume, key=key
+            path, self.settings, self.log, self.shared, resume=resume, key=key
         )
         self.active[partition] = None
         self.states[partition] = partition.snapshot()

@@ -32,7 +32,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from service.core.parsing import BAD_RECORD_DETAILS_PER_RUN
+from service.core.parsing import DetailBudget
 from service.core.position import Position
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.partition import Gauge
@@ -107,7 +107,7 @@ class GroupMember:
         self._committed: dict[TopicPartition, Position] = {}
         self._epoch = 0  # bumped by every change of ownership (Rule 3)
         self._fatal: WorkerError | None = None
-        self._bad_details_left = BAD_RECORD_DETAILS_PER_RUN
+        self._details = DetailBudget()  # bad records shown in detail, this run
         self._turn = 0  # whose turn it is to be read first, paced (`_fetch`)
         self._fresh: set[TopicPartition] = set()  # gained anew, not read yet: read first
         self._last_revoked: set[TopicPartition] = set()
@@ -317,9 +317,9 @@ class GroupMember:
                 message.value,
                 settings.max_line_bytes,
                 stop_at_bad=settings.on_bad_record == "fail",
-                bad_details=self._bad_details_left,
+                bad_details=self._details.left,
             )
-            for bad in applied.bad:
+            for bad in self._details.take(applied.bad):
                 self._log.warning(
                     "bad_record",
                     partition=name_of(tp),
@@ -327,7 +327,6 @@ class GroupMember:
                     line=bad.line,
                     reason=bad.reason,
                 )
-            self._bad_details_left -= len(applied.bad)
             if applied.failed is not None:
                 self.owned[tp] = position
                 raise BadRecordFound(
