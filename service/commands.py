@@ -6,6 +6,7 @@ import os
 import random
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,7 @@ def _status_of(settings: Settings) -> dict[str, Any]:
         "checkpoint": str(settings.checkpoint),
         "exists": checkpoint is not None,
         "input": input_patterns(settings).describe(),
-        "offset": position.offset,
-        "lines": position.lines,
-        "records": position.records,
-        "bad_records": position.bad_records,
-        "sum": position.sum,
+        **asdict(position),
         "input_size": size,
         "percent": _percent(position.offset, size),
         "completed": completed,

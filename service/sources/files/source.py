@@ -409,11 +409,7 @@ class FileSource:
     def report(self) -> dict[str, Any]:
         total = self.totals()
         return {
-            "sum": total.sum,
-            "records": total.records,
-            "bad_records": total.bad_records,
-            "offset": total.offset,
-            "lines": total.lines,
+            **asdict(total),
             "input": self.describe(),
             "files": [file_entry(p.path, p.position, p.size) for p in self.active],
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -57,11 +58,7 @@ async def _report(settings: Settings) -> dict[str, Any]:
         "topic": settings.kafka_topic,
         "group": settings.kafka_group,
         "members": members,
-        "offset": totals.offset,
-        "lines": totals.lines,
-        "records": totals.records,
-        "bad_records": totals.bad_records,
-        "sum": totals.sum,
+        **asdict(totals),
         "lag": sum(lag.values()),
         "completed": not any(lag.values()),
         "partitions": [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import anyio
@@ -196,11 +197,7 @@ class KafkaSource:
         return {
             "input": self.describe(),
             "group": self.settings.kafka_group,
-            "offset": total.offset,
-            "lines": total.lines,
-            "records": total.records,
-            "bad_records": total.bad_records,
-            "sum": total.sum,
+            **asdict(total),
             "partitions": {
                 name_of(tp): {
                     "offset": p.offset,
