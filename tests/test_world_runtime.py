@@ -326,6 +326,26 @@ def test_idle_connections_beyond_every_slot_cannot_starve_a_probe(
     _stop_cleanly(worker)
 
 
+def test_probes_are_answered_with_descriptors_past_1024(tmp_path: Path) -> None:
+    """1,100 followed files held open: the endpoint's sockets get descriptors past select()'s
+    FD_SETSIZE, and probes are still answered."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(1100):
+        (data / f"{index:04}.txt").write_bytes(b"%d\n" % index)
+    env = worker_env(WORKER_METRICS_ADDRESS="127.0.0.1:0", WORKER_INPUT="data/*.txt")
+    worker = WorkerProcess(["--follow", "--max-open-files", "1500"], tmp_path, env)
+    try:
+        address = _address(worker)
+        worker.wait_for("caught_up", timeout=60)
+        assert len(os.listdir(f"/proc/{worker.process.pid}/fd")) > 1100
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert get(f"http://{address[0]}:{address[1]}{path}")[0] == 200
+        _stop_cleanly(worker)
+    finally:
+        worker.kill()
+
+
 # --- files given by the user -------------------------------------------------------------------
 
 

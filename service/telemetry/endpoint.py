@@ -66,12 +66,14 @@ class _Server(ThreadingHTTPServer):
     def wait_for_request(self, connection: socket.socket) -> bool:
         """Until the client has sent something (True) or `READ_TIMEOUT` passed (False); while
         it is silent, its slot may be taken back for a client waiting to be served."""
-        if select.select([connection], [], [], 0)[0]:
+        readable = select.poll()  # not select(): a descriptor may be past FD_SETSIZE
+        readable.register(connection, select.POLLIN)
+        if readable.poll(0):
             return True
         with self._silent_lock:
             self._silent[connection] = None
         try:
-            return bool(select.select([connection], [], [], READ_TIMEOUT)[0])
+            return bool(readable.poll(READ_TIMEOUT * 1000))
         finally:
             with self._silent_lock:
                 self._silent.pop(connection, None)

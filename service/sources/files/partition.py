@@ -417,7 +417,7 @@ class FilePartition:
                 threads.start_soon(anyio.to_thread.run_sync, share_out)
             # This thread takes its share too, at once: a helper woken for every chunk starts
             # late on a busy machine (most of a chunk's time on 2 cores), this one is awake.
-            # The kernel releases the GIL, and the loop waits a share's time at most (< 1 ms).
+            # The kernel releases the GIL; the loop waits a few ms at most (one chunk's parse).
             await anyio.lowlevel.checkpoint()  # the helpers are started first
             share_out()
         return [r for r in results if r is not None]
