@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from service.sources.files.reading import ChunkBuffers, read_chunks
+from service.sources.files.reading import TURN_CHUNKS, ChunkBuffers, read_chunks
 from tests.oracle import expected_of_files
 from tests.processes import WorkerProcess, worker_env
 
@@ -63,7 +63,7 @@ async def test_chunks_hold_reading_slots_and_never_exceed_them(tmp_path: Path) -
 
     async def consume(index: int, fds: list[int]) -> None:
         nonlocal most
-        async for chunk in read_chunks(fds[index], reading, lambda: 64 * 1024):
+        async for chunk in read_chunks(fds[index], reading, lambda _: 64 * 1024):
             most = max(most, reading.in_use)
             received[index].append(bytes(chunk.data))
             if chunk.buffer is not None:
@@ -87,7 +87,7 @@ async def test_chunks_hold_reading_slots_and_never_exceed_them(tmp_path: Path) -
         assert len(buffers) == 2
 
         os.lseek(fds[0], 0, os.SEEK_SET)
-        chunks = read_chunks(fds[0], reading, lambda: 64 * 1024)
+        chunks = read_chunks(fds[0], reading, lambda _: 64 * 1024)
         first = await anext(chunks)  # the next one is being read ahead meanwhile
         assert reading.in_use == 2
         await chunks.aclose()
@@ -96,6 +96,56 @@ async def test_chunks_hold_reading_slots_and_never_exceed_them(tmp_path: Path) -
     finally:
         for fd in fds:
             os.close(fd)
+
+
+async def _order_of_chunks(tmp_path: Path, sizes: list[int], chunk: int) -> list[int]:
+    """Which file each chunk came from, two files read at once, in the order they arrived."""
+    reading = ChunkBuffers(2, chunk)
+    order: list[int] = []
+
+    async def consume(index: int, fd: int, size: int) -> None:
+        def read_size(read: int) -> int:
+            return min(chunk, size - read)  # 0 at the end
+
+        async for piece in read_chunks(fd, reading, read_size):
+            order.append(index)
+            await anyio.sleep(0.001)  # a parse: the other file's reader runs meanwhile
+            reading.release(piece)
+
+    fds = []
+    for index, size in enumerate(sizes):
+        path = tmp_path / f"{index}.bin"
+        path.write_bytes(os.urandom(size))
+        fds.append(os.open(path, os.O_RDONLY))
+    try:
+        async with anyio.create_task_group() as readers:
+            for index, fd in enumerate(fds):
+                readers.start_soon(consume, index, fd, sizes[index])
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return order
+
+
+@pytest.mark.anyio
+async def test_one_file_at_a_time_reads_to_its_end(tmp_path: Path) -> None:
+    """Two files read at once take turns: the first reads all its chunks (each read ahead while
+    the one before is parsed) before the second starts, rather than both parsing at once and
+    then both reading at once."""
+    chunk = 64 * 1024
+    order = await _order_of_chunks(tmp_path, [5 * chunk + 100, 4 * chunk], chunk)
+    assert order == [0] * 6 + [1] * 4
+
+
+@pytest.mark.anyio
+async def test_a_long_file_gives_its_turn_up_to_a_waiting_one(tmp_path: Path) -> None:
+    """A file longer than a turn does not keep the others waiting to its end."""
+    chunk = 64 * 1024
+    order = await _order_of_chunks(tmp_path, [3 * TURN_CHUNKS * chunk, 2 * chunk], chunk)
+    first_of_second = order.index(1)
+    assert TURN_CHUNKS <= first_of_second <= TURN_CHUNKS + 2  # its read ahead may be under way
+    assert order.count(1) == 2
+    assert len(order) == 3 * TURN_CHUNKS + 2
 
 
 @pytest.mark.anyio
@@ -108,7 +158,7 @@ async def test_chunks_come_through_the_descriptor_of_a_deleted_file(tmp_path: Pa
     reading = ChunkBuffers(2, 256 * 1024)
     data = b""
     try:
-        async with contextlib.aclosing(read_chunks(fd, reading, lambda: 256 * 1024)) as chunks:
+        async with contextlib.aclosing(read_chunks(fd, reading, lambda _: 256 * 1024)) as chunks:
             async for chunk in chunks:
                 data += chunk.data
                 reading.release(chunk)

@@ -19,7 +19,8 @@ Rule 5: the bytes come from an aiofiles async generator of chunks (`read_chunks`
         partition's own descriptor, consumed with `async for`, which reads the next chunk ahead
         while this one is parsed. A chunk is cut into pieces that the event loop's thread and a
         helper thread share out as each is free. A change of position (restart, close) closes
-        the generator, which drops what it read ahead.
+        the generator, which drops what it read ahead. It reads to the size last seen; an
+        fstat after it tells whether the file grew meanwhile, and a new generator reads that.
 """
 
 from __future__ import annotations
@@ -205,7 +206,9 @@ class FilePartition:
                 if waiting:
                     return None  # following after a restart: wait until a file is there again
                 raise InputUnreadable(f"input {self.label} is not a regular file")
-            fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
+            # Non-blocking, so a FIFO swapped in since the look cannot hang the loop (the fstat
+            # below refuses it); in the loop's own thread, as a thread per file costs start-up.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:  # not there, or renamed away between the look and the open
             if waiting or not self.plain:
                 return None
@@ -219,6 +222,7 @@ class FilePartition:
         if not stat.S_ISREG(opened.st_mode) or (self.key is not None and key != self.key):
             os.close(fd)  # renamed since the scan: the next scan gives its new name
             return None
+        os.set_blocking(fd, True)
         return fd, opened
 
     async def _check_saved_state(self, size: int) -> None:
@@ -298,12 +302,14 @@ class FilePartition:
                 return self._step(batch, ReadStatus.READING)
             finally:
                 self.reading.release(chunk)
-        self._chunks = None  # read to the end as it is now: a new generator reads what comes
+        self._chunks = None  # read to the end as last seen: a new generator reads what comes
         if not self.settings.follow:
             self.size = os.fstat(self._fd()).st_size
             if self.size < self.parser.split_offset:  # cut below the position while it was read
                 message = f"input {self.label} was truncated to {self.size} bytes"
                 await self._changed(Change.TRUNCATED, message)
+                return self._step(Parsed(self.position), ReadStatus.READING)
+            if self.size > self.parser.split_offset:  # grown while it was read: read on
                 return self._step(Parsed(self.position), ReadStatus.READING)
             batch = self.parser.finish()
             self._identify()
@@ -359,11 +365,16 @@ class FilePartition:
             raise InputUnreadable(f"cannot stat input {self.label}: {error.strerror}") from None
         return (current.st_dev, current.st_ino)
 
-    def _read_size(self) -> int:
+    def _read_size(self, offset: int) -> int:
+        """How much to read at `offset`: 0 at the end of the file as last seen (a look at its
+        size, after, tells whether it grew)."""
+        left = (self.size or 0) - offset
+        if left <= 0:
+            return 0
         if self.settings.max_rate <= 0:
-            # No bigger than what is left (as last seen): a small file's read does not
-            # allocate a whole chunk, which adds up over thousands of files.
-            left = (self.size or 0) - self.parser.split_offset
+            # No bigger than what is left: a small file's read does not allocate a whole
+            # chunk, which adds up over thousands of files, and the read that ends the file
+            # is known as such (it ends the file's reading turn).
             return min(CHUNK_BYTES, max(_SMALLEST_READ, left))
         position = self.parser.position
         bytes_per_record = position.offset / position.lines if position.lines else 8.0
@@ -373,7 +384,10 @@ class FilePartition:
     def _reader(self) -> AsyncGenerator[Chunk, None]:
         """The chunks from the position on (a few at once, however many files)."""
         if self._chunks is None:
-            self._chunks = read_chunks(self._fd(), self.reading, self._read_size)
+            start = self.parser.split_offset
+            self._chunks = read_chunks(
+                self._fd(), self.reading, lambda read: self._read_size(start + read)
+            )
         return self._chunks
 
     async def _stop_reading(self) -> None:

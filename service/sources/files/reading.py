@@ -4,18 +4,25 @@ Rule 1: every byte is read with aiofiles from the descriptor the partition opene
         again: a file renamed or deleted since it was opened is still the file being read.
 Rule 2: a chunk holds a reading slot from before its read until its consumer releases it (when
         its parse ends), so at most `ChunkBuffers.count` chunks exist over all files, the one
-        read ahead included.
+        read ahead included. A released slot goes straight to the read waiting longest, started
+        in the same step: it is not left for a task that the next parse would hold up.
 Rule 3: a full-size chunk is read into a buffer of the pool (`readinto`), allocated once and
         reused: a run does not allocate and free a chunk per read, which let the heap creep.
         A released chunk's bytes belong to the pool again: the consumer keeps no view of them.
-Rule 4: while the consumer parses a full chunk, the next one is read ahead as a task of its own
-        if a slot is free right then. Closing the generator waits for that read and frees its
+Rule 4: while the consumer parses a full chunk, the next one is read ahead as a task of its own,
+        as soon as a slot is free. Closing the generator waits for that read and frees its
         slot; a read is never abandoned to a thread that would still fill memory.
+Rule 5: one file at a time reads full chunks: its generator holds the reading turn until its
+        read of the end of the file as last seen starts, or until it has read `TURN_CHUNKS` in
+        a row while another file waits. Files that all read at once pair up, both parsed while
+        nothing is read, then both read while nothing is parsed; in turns, each read overlaps
+        a parse, as with one file.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +32,12 @@ import anyio
 
 __all__ = ["Chunk", "ChunkBuffers", "read_chunks"]
 
+TURN_CHUNKS = 16  # full chunks a file reads in a row while another waits for its turn
+
 
 @dataclass(eq=False)
 class Chunk:
-    """Bytes read from the file, or why not; the chunk itself holds its reading slot, and the
-    pool's buffer its bytes are in, if any."""
+    """Bytes read from the file, or why not; the pool's buffer its bytes are in, if any."""
 
     data: bytes | bytearray = b""
     error: OSError | None = None
@@ -37,106 +45,185 @@ class Chunk:
 
 
 class ChunkBuffers:
-    """The reading slots shared by every file, and the buffers of full-size chunks."""
+    """The reading slots shared by every file, the reads waiting for one, and the buffers of
+    full-size chunks."""
 
     def __init__(self, count: int, size: int) -> None:
         self.count = count
         self.size = size  # of a full chunk
-        self._slots = anyio.CapacityLimiter(count)
+        self.in_use = 0  # chunks that exist now, read or being read
+        self._waiting: deque[_Read] = deque()  # reads without a slot yet, oldest first
         self._free: list[bytearray] = []  # allocated at first use, at most `count`
+        self._turn = anyio.CapacityLimiter(1)  # held by the generator of the file reading now
 
-    @property
-    def in_use(self) -> int:
-        """Chunks that exist now, read or being read."""
-        return int(self._slots.borrowed_tokens)
+    def read(self, file: Any, size: int) -> _Read:
+        """A read of `size` bytes, started now if a slot is free, else as soon as one is."""
+        if self.in_use < self.count and not self._waiting:
+            self.in_use += 1
+            return _Read(file, self, size, started=True)
+        read = _Read(file, self, size, started=False)
+        self._waiting.append(read)
+        return read
 
-    async def acquire(self, chunk: Chunk) -> None:
-        await self._slots.acquire_on_behalf_of(chunk)
-
-    def acquire_nowait(self, chunk: Chunk) -> None:
-        """Raises anyio.WouldBlock when every slot is taken."""
-        self._slots.acquire_on_behalf_of_nowait(chunk)
+    def withdraw(self, read: _Read) -> None:
+        """A read that never got a slot is no longer wanted."""
+        self._waiting.remove(read)
 
     def release(self, chunk: Chunk) -> None:
         """The chunk is done with: its slot and its buffer serve the next read."""
         if chunk.buffer is not None:
             self._free.append(chunk.buffer)
             chunk.buffer, chunk.data = None, b""
-        self._slots.release_on_behalf_of(chunk)
+        if self._waiting:
+            self._waiting.popleft().start()  # the slot passes on
+        else:
+            self.in_use -= 1
 
     def lend(self, chunk: Chunk) -> bytearray:
         """A full-size buffer for the chunk, which holds a slot (so one is always there)."""
         chunk.buffer = self._free.pop() if self._free else bytearray(self.size)
         return chunk.buffer
 
+    async def take_turn(self, reader: object) -> None:
+        await self._turn.acquire_on_behalf_of(reader)
+
+    def end_turn(self, reader: object) -> None:
+        self._turn.release_on_behalf_of(reader)
+
+    @property
+    def turn_wanted(self) -> bool:
+        return self._turn.statistics().tasks_waiting > 0
+
 
 class _Read:
-    """One chunk being read by a task of its own, holding its slot."""
+    """One chunk read by a task of its own once it holds a slot."""
 
-    def __init__(self, file: Any, buffers: ChunkBuffers, chunk: Chunk, size: int) -> None:
-        self.chunk = chunk
+    def __init__(self, file: Any, buffers: ChunkBuffers, size: int, *, started: bool) -> None:
+        self.file = file
+        self.buffers = buffers
         self.size = size
-        self.task = asyncio.ensure_future(self._read(file, buffers))
+        self.chunk = Chunk()
+        self.task: asyncio.Future[None] | None = None
+        self.has_slot = asyncio.Event()
+        if started:
+            self.start()
 
-    async def _read(self, file: Any, buffers: ChunkBuffers) -> None:
-        chunk = self.chunk
+    def start(self) -> None:
+        self.has_slot.set()
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        chunk, buffers = self.chunk, self.buffers
         try:
             if self.size != buffers.size:  # the end of a file, a paced read: small, or once
-                chunk.data = await file.read(self.size)
+                chunk.data = await self.file.read(self.size)
                 return
             buffer = buffers.lend(chunk)
-            filled = await file.readinto(buffer)
+            filled = await self.file.readinto(buffer)
             chunk.data = buffer if filled == len(buffer) else bytes(memoryview(buffer)[:filled])
         except OSError as error:  # kept for when the chunk is used
             chunk.error = error
 
     async def done(self) -> Chunk:
-        """The chunk once read; a cancelled wait leaves the read running (see `discard`)."""
+        """The chunk once read; a cancelled wait leaves the read as it is (see `discard`)."""
+        await self.has_slot.wait()
+        assert self.task is not None
         await asyncio.wait([self.task])
         self.task.result()
         return self.chunk
 
-    async def discard(self, buffers: ChunkBuffers) -> None:
+    async def discard(self) -> None:
+        """No longer wanted: waits for a read under way (never abandoned) and frees its slot."""
+        if self.task is None:
+            self.buffers.withdraw(self)
+            return
         with anyio.CancelScope(shield=True):
             await asyncio.wait([self.task])
-        buffers.release(self.chunk)
+        self.buffers.release(self.chunk)
 
 
 async def read_chunks(
-    fd: int, buffers: ChunkBuffers, size: Callable[[], int]
+    fd: int, buffers: ChunkBuffers, size: Callable[[int], int]
 ) -> AsyncGenerator[Chunk, None]:
     """The chunks of the file from the descriptor's position to its end as it is now.
 
-    `size()` is how much to read next, at most `buffers.size`. The consumer releases each
-    chunk (`buffers.release(chunk)`) once done with its bytes.
+    `size(read)` is how much to read next, at most `buffers.size`, once `read` bytes were read
+    from the start position: 0 when the caller knows nothing more is there, which spares a read
+    that would find the end. The consumer releases each chunk (`buffers.release(chunk)`) once
+    done with its bytes.
     """
     async with aiofiles.open(fd, "rb", buffering=0, closefd=False) as file:
         pending: _Read | None = None
+        turn = _Turn(buffers)
+        read = 0
         try:
             while True:
                 if pending is None:
-                    chunk = Chunk()
-                    await buffers.acquire(chunk)
-                    pending = _Read(file, buffers, chunk, size())
+                    await turn.take()
+                    pending = _next_read(file, buffers, turn, size(read))
+                    if pending is None:  # at the end as last seen
+                        return
                 chunk = await pending.done()
-                full = len(chunk.data) == pending.size
                 pending = None
                 if not chunk.data and chunk.error is None:  # the end, as of now
                     buffers.release(chunk)
                     return
-                if full:
-                    pending = _read_ahead(file, buffers, size())
+                read += len(chunk.data)
+                if turn.reads_on(chunk):  # ahead: started as soon as a slot is free
+                    pending = _next_read(file, buffers, turn, size(read))
                 yield chunk
         finally:
+            turn.end()
             if pending is not None:
-                await pending.discard(buffers)
+                await pending.discard()
 
 
-def _read_ahead(file: Any, buffers: ChunkBuffers, size: int) -> _Read | None:
-    """The next chunk, being read now if a reading slot is free right now."""
-    chunk = Chunk()
-    try:
-        buffers.acquire_nowait(chunk)
-    except anyio.WouldBlock:
-        return None
-    return _Read(file, buffers, chunk, size)
+def _next_read(file: Any, buffers: ChunkBuffers, turn: _Turn, size: int) -> _Read | None:
+    """The read of the next `size` bytes; None when that is 0 (the end as last seen)."""
+    turn.asking(size)
+    return buffers.read(file, size) if size > 0 else None
+
+
+class _Turn:
+    """One generator's hold on the reading turn (rule 5)."""
+
+    def __init__(self, buffers: ChunkBuffers) -> None:
+        self.buffers = buffers
+        self.held = False
+        self.wanted = True  # the next read waits for the turn
+        self.chunks = 0  # full chunks read in this turn
+
+    async def take(self) -> None:
+        if self.wanted and not self.held:
+            await self.buffers.take_turn(self)
+            self.held = True
+            self.chunks = 0
+
+    def asking(self, size: int) -> None:
+        """A read of less than a full buffer is the end of the file as last seen, or a paced
+        read: the turn ends as it starts, so the next file's first read overlaps its parse,
+        and what follows it is read without waiting for a turn."""
+        if size < self.buffers.size:
+            self.wanted = False
+            self.end()
+
+    def reads_on(self, chunk: Chunk) -> bool:
+        """Whether to read the next chunk ahead: after a full chunk read in the turn, unless
+        `TURN_CHUNKS` of them were read while another file waits."""
+        if len(chunk.data) < self.buffers.size:  # shorter than asked: the end, as of now
+            self.wanted = False
+            self.end()
+            return False
+        self.wanted = True
+        if not self.held:  # grown while its end was read: the next read waits for the turn
+            return False
+        self.chunks += 1
+        if self.chunks >= TURN_CHUNKS and self.buffers.turn_wanted:
+            self.end()
+            return False
+        return True
+
+    def end(self) -> None:
+        if self.held:
+            self.held = False
+            self.buffers.end_turn(self)
