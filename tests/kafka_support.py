@@ -1,27 +1,35 @@
-"""What the Kafka end-to-end tests do to the real broker besides running the worker: create
-topics, delete records, read a group's commits. Each call is one short asyncio run."""
+"""What the Kafka end-to-end tests and the chaos campaign do to the real broker besides running
+the worker: create topics, delete records, read a group's commits and check them against the
+topic, wait for a group to settle. Each call to the broker is one short asyncio run."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from aiokafka.structs import OffsetAndMetadata
 
 from tests.kafka_broker import Broker
-from tests.processes import worker_env
+from tests.oracle import expected_of
+from tests.processes import WorkerProcess, worker_env
 
 __all__ = [
     "committed_offsets",
+    "committed_states",
     "create_topic",
     "delete_records_before",
     "kafka_env",
+    "mismatched_commits",
     "noisy_numbers",
+    "prefix_totals",
+    "settle",
 ]
 
 T = TypeVar("T")
@@ -85,3 +93,88 @@ def noisy_numbers(count: int, seed: int) -> bytes:
         else:
             lines.append(str(value).encode())
     return b"\n".join(lines)
+
+
+def committed_states(broker: Broker, group: str) -> dict[int, tuple[int, int, int]]:
+    """Each partition's committed (offset, records, sum), from the broker."""
+    states = {}
+    for partition, entry in committed_offsets(broker, group).items():
+        if entry.offset >= 0:
+            state = json.loads(entry.metadata)
+            states[partition] = (entry.offset, state["records"], int(state["sum"]))
+    return states
+
+
+def prefix_totals(broker: Broker, topic: str, ends: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """(records, sum) of each partition's messages before offset `ends[partition]`, read from
+    the topic and counted by the oracle (a message's last line is whole)."""
+
+    async def read() -> dict[int, tuple[int, int]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.plaintext, isolation_level="read_committed"
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, partition) for partition in ends]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            totals = dict.fromkeys(ends, (0, 0))
+            left = {tp for tp in tps if ends[tp.partition] > 0}
+            while left:
+                for tp, messages in (await consumer.getmany(*left, timeout_ms=500)).items():
+                    for message in messages:
+                        if message.offset < ends[tp.partition]:
+                            value = (
+                                message.value
+                                if message.value.endswith(b"\n")
+                                else message.value + b"\n"
+                            )
+                            expected = expected_of(value)
+                            records, total = totals[tp.partition]
+                            totals[tp.partition] = (
+                                records + expected.records,
+                                total + expected.sum,
+                            )
+                    if await consumer.position(tp) >= ends[tp.partition]:
+                        left.discard(tp)
+            return totals
+        finally:
+            await consumer.stop()
+
+    return _run(read())
+
+
+def settle(workers: list[WorkerProcess], partitions: int, timeout: float = 90) -> None:
+    """Until the members' latest assignments share every partition once and each member
+    committed after its latest assignment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        latest = [w.named("partitions_assigned")[-1:] for w in workers]
+        if all(latest):
+            owned = [set(found[0]["partitions"]) for found in latest]
+            shared = sum(map(len, owned)) == partitions == len(set().union(*owned))
+            committed = all(
+                _committed_since(w, found[0]) for w, found in zip(workers, latest, strict=True)
+            )
+            if shared and committed:
+                return
+        assert time.monotonic() < deadline, [w.tail() for w in workers]
+        time.sleep(0.2)
+
+
+def _committed_since(worker: WorkerProcess, assigned: dict[str, Any]) -> bool:
+    events = worker.named("checkpoint_saved")
+    return not assigned["partitions"] or any(e["timestamp"] > assigned["timestamp"] for e in events)
+
+
+def mismatched_commits(
+    broker: Broker, topic: str, group: str, partitions: int, timeout: float = 30
+) -> dict[int, tuple[tuple[int, int], tuple[int, int]]]:
+    """Each partition whose committed (records, sum) is not what its first `offset` messages
+    hold: {partition: (committed, from the topic)}; waits for every partition's first commit."""
+    deadline = time.monotonic() + timeout
+    while len(states := committed_states(broker, group)) < partitions:
+        assert time.monotonic() < deadline, f"committed after {timeout:.0f} s: {sorted(states)}"
+        time.sleep(0.5)
+    prefixes = prefix_totals(broker, topic, {p: state[0] for p, state in states.items()})
+    return {p: (state[1:], prefixes[p]) for p, state in states.items() if state[1:] != prefixes[p]}

@@ -6,7 +6,6 @@ Every total is compared with the independent oracle of the input file that was p
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import socket
@@ -18,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.kafka_broker import Broker, start_broker
-from tests.kafka_support import committed_offsets, create_topic, kafka_env, noisy_numbers
+from tests.kafka_support import create_topic, kafka_env, mismatched_commits, noisy_numbers, settle
 from tests.oracle import expected_of
 from tests.processes import WorkerProcess, cli, events_of, worker_env
 from tests.scrape import get
@@ -232,78 +230,6 @@ class _Publisher:
         self._thread.join(timeout=60)
 
 
-def _committed_states(broker: Broker, group: str) -> dict[int, tuple[int, int, int]]:
-    """Each partition's committed (offset, records, sum), from the broker."""
-    states = {}
-    for partition, entry in committed_offsets(broker, group).items():
-        if entry.offset >= 0:
-            state = json.loads(entry.metadata)
-            states[partition] = (entry.offset, state["records"], int(state["sum"]))
-    return states
-
-
-def _prefix_totals(broker: Broker, topic: str, ends: dict[int, int]) -> dict[int, tuple[int, int]]:
-    """(records, sum) of each partition's messages before offset `ends[partition]`, read from
-    the topic and counted by the oracle (a message's last line is whole)."""
-
-    async def read() -> dict[int, tuple[int, int]]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=broker.plaintext, isolation_level="read_committed"
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, partition) for partition in ends]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            totals = dict.fromkeys(ends, (0, 0))
-            left = {tp for tp in tps if ends[tp.partition] > 0}
-            while left:
-                for tp, messages in (await consumer.getmany(*left, timeout_ms=500)).items():
-                    for message in messages:
-                        if message.offset < ends[tp.partition]:
-                            value = (
-                                message.value
-                                if message.value.endswith(b"\n")
-                                else message.value + b"\n"
-                            )
-                            expected = expected_of(value)
-                            records, total = totals[tp.partition]
-                            totals[tp.partition] = (
-                                records + expected.records,
-                                total + expected.sum,
-                            )
-                    if await consumer.position(tp) >= ends[tp.partition]:
-                        left.discard(tp)
-            return totals
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
-def _settle(workers: list[WorkerProcess], partitions: int, timeout: float = 90) -> None:
-    """Until the members' latest assignments share every partition once and each member
-    committed after its latest assignment."""
-    deadline = time.monotonic() + timeout
-    while True:
-        latest = [w.named("partitions_assigned")[-1:] for w in workers]
-        if all(latest):
-            owned = [set(found[0]["partitions"]) for found in latest]
-            shared = sum(map(len, owned)) == partitions == len(set().union(*owned))
-            committed = all(
-                _committed_since(w, found[0]) for w, found in zip(workers, latest, strict=True)
-            )
-            if shared and committed:
-                return
-        assert time.monotonic() < deadline, [w.tail() for w in workers]
-        time.sleep(0.2)
-
-
-def _committed_since(worker: WorkerProcess, assigned: dict[str, Any]) -> bool:
-    events = worker.named("checkpoint_saved")
-    return not assigned["partitions"] or any(e["timestamp"] > assigned["timestamp"] for e in events)
-
-
 def test_scaling_one_group_through_1_4_2_3_workers_keeps_every_commit_exact(
     kafka: Broker, tmp_path: Path
 ) -> None:
@@ -322,12 +248,7 @@ def test_scaling_one_group_through_1_4_2_3_workers_keeps_every_commit_exact(
 
     def check() -> None:
         # A partition a worker was just given is committed at its first timer save after a read.
-        deadline = time.monotonic() + 30
-        while len(states := _committed_states(kafka, group)) < partitions:
-            assert time.monotonic() < deadline, f"committed: {sorted(states)}"
-            time.sleep(0.5)
-        prefixes = _prefix_totals(kafka, topic, {p: s[0] for p, s in states.items()})
-        assert {p: s[1:] for p, s in states.items()} == prefixes
+        assert mismatched_commits(kafka, topic, group, partitions) == {}
 
     try:
         for step, count in enumerate((1, 4, 2, 3)):
@@ -338,7 +259,7 @@ def test_scaling_one_group_through_1_4_2_3_workers_keeps_every_commit_exact(
                 leaving = members.pop(name)
                 leaving.signal(signal.SIGTERM)
                 assert leaving.finish(timeout=30) == 0, "".join(leaving.raw)
-            _settle(list(members.values()), partitions)
+            settle(list(members.values()), partitions)
             check()
         publisher.stop()
         deadline = time.monotonic() + 120

@@ -86,6 +86,7 @@ class _Worker:
         self.unstarted = 0  # partitions found, waiting for a turn to start reading
         self.failure: WorkerError | None = None
         self.stop_signal: int | None = None
+        self.listening = True  # for stop signals: until the run ends by itself
         self.output_closed = False
         self.started = False  # the source holds the state to resume from
         self.completed = False
@@ -153,21 +154,25 @@ class _Worker:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        # Plain handlers, handed from one to the next by `signal.signal`, which swaps them in one
+        # step. The loop's own signal handling would set the default action back when it stops
+        # listening, and a stop signal in that instant would kill the process.
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self._request_shutdown, signum, scope)
+
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, on_signal)
         try:
-            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-                task_status.started()
-                for signum in early_signals:  # arrived before this receiver took over
-                    self._request_shutdown(signum, scope)
-                    return
-                async for signum in signals:
-                    self._request_shutdown(signum, scope)
-                    return
+            task_status.started()
+            for signum in early_signals:  # arrived before this listener took over
+                self._request_shutdown(signum, scope)
+                return
+            await anyio.sleep_forever()
         finally:
-            # Leaving the receiver restored the default handlers, which would kill us or raise
-            # KeyboardInterrupt while the tasks unwind.
-            if self.stop_signal is not None:
-                _exit_at_next_signal()  # a second signal exits at once
-            else:
+            if self.stop_signal is None:
+                self.listening = False  # a signal already on its way to the loop changes nothing
                 self._ignore_late_signals()
 
     def _ignore_late_signals(self) -> None:
@@ -182,6 +187,10 @@ class _Worker:
             signal.signal(signum, bound)
 
     def _request_shutdown(self, signum: int, scope: anyio.CancelScope) -> None:
+        if not self.listening:
+            return
+        if self.stop_signal is not None:  # a second one, before the first was taken in
+            os._exit(128 + signum)
         self.stop_signal = signum
         _exit_at_next_signal()
         self._bound_shutdown()

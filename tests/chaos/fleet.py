@@ -3,9 +3,12 @@
 A publisher thread appends whole lines to `in/numbers.txt` and publishes them (`publish`, now and
 then SIGKILLed mid-way and run again). Meanwhile the three workers (following) are stopped at
 random by SIGKILL or SIGTERM and restarted, the broker is restarted, and one worker is made a
-zombie: SIGSTOPped past its session timeout and resumed after its partitions moved. At the end
-the publisher finishes, and the group's committed totals (`status --json`) must equal the
-oracle's over the whole file: 0 lost, 0 duplicated. The broker is this part's own.
+zombie: SIGSTOPped past its session timeout and resumed after its partitions moved. Then, the
+publisher still appending, the group is scaled through 1, 4, 2 and 3 workers: after each step,
+once every partition has an owner that committed, each partition's committed (records, sum) must
+be what its first `offset` messages hold. At the end the publisher finishes, and the group's
+committed totals (`status --json`) must equal the oracle's over the whole file: 0 lost,
+0 duplicated. The broker is this part's own.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from tests.chaos.tally import Tally
 from tests.kafka_broker import Broker, BrokerUnavailable, start_broker
-from tests.kafka_support import create_topic, kafka_env
+from tests.kafka_support import create_topic, kafka_env, mismatched_commits, settle
 from tests.oracle import expected_of
 from tests.processes import Unavailable, WorkerProcess, cli
 
@@ -32,6 +35,7 @@ __all__ = ["part"]
 WORKERS = 3
 PARTITIONS = 12
 SESSION_TIMEOUT = 3.0  # kafka_env's kafka_session_timeout
+SCALE_STEPS = (1, 4, 2, WORKERS)
 
 
 class _Publisher(threading.Thread):
@@ -150,6 +154,7 @@ def _run_fleet(
                 tally.fault("fleet: broker restart")
             if life == zombie_at:
                 _zombie(tally, workers[(index + 1) % WORKERS])
+        _rescale(tally, work, env, broker, workers)
     finally:
         publisher.stopping.set()
         publisher.join()
@@ -163,6 +168,37 @@ def _run_fleet(
         worker.signal(signal.SIGTERM)
         if worker.finish(timeout=60) != 0:
             tally.violation("fleet final", f"SIGTERM exit; {worker.stderr[-500:]}")
+
+
+def _rescale(
+    tally: Any, work: Path, env: dict[str, str], broker: Broker, workers: list[WorkerProcess]
+) -> None:
+    """The group through 1, 4, 2 and 3 workers (SIGTERMs and starts), each step checked against
+    the topic; `workers` ends with WORKERS members again."""
+    topic, group = env["WORKER_KAFKA_TOPIC"], env["WORKER_KAFKA_GROUP"]
+    for count in SCALE_STEPS:
+        while len(workers) > count:
+            leaving = workers.pop()
+            leaving.signal(signal.SIGTERM)
+            if leaving.finish(timeout=60) != 0:
+                tally.violation("fleet rescale", f"SIGTERM exit; {leaving.stderr[-500:]}")
+        while len(workers) < count:
+            home = work / f"worker-{len(workers)}"
+            home.mkdir(exist_ok=True)
+            workers.append(WorkerProcess([], home, env))
+        tally.fault(f"fleet: the group scaled to {count} workers")
+        try:
+            settle(workers, PARTITIONS)
+            wrong = mismatched_commits(broker, topic, group, PARTITIONS)
+        except AssertionError as error:
+            tally.violation(f"fleet rescale to {count}", str(error)[-1000:])
+            continue
+        for partition, (committed, from_topic) in wrong.items():
+            tally.violation(
+                f"fleet rescale to {count}",
+                f"partition {partition} committed (records, sum) {committed}, "
+                f"its messages hold {from_topic}",
+            )
 
 
 def _zombie(tally: Any, worker: WorkerProcess) -> None:

@@ -366,11 +366,12 @@ class FilePartition:
         return (current.st_dev, current.st_ino)
 
     def _read_size(self, offset: int) -> int:
-        """How much to read at `offset`: 0 at the end of the file as last seen (a look at its
-        size, after, tells whether it grew)."""
+        """How much to read at `offset`: 0 at the end of the file as last seen, unless that
+        size was 0 (a look at the size, after, tells whether it grew)."""
         left = (self.size or 0) - offset
         if left <= 0:
-            return 0
+            # A size of 0 may not mean empty (a /proc file): that is read to its end.
+            return 0 if self.size else _SMALLEST_READ
         if self.settings.max_rate <= 0:
             # No bigger than what is left: a small file's read does not allocate a whole
             # chunk, which adds up over thousands of files, and the read that ends the file
