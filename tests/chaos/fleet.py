@@ -179,9 +179,11 @@ def _rescale(
     for count in SCALE_STEPS:
         while len(workers) > count:
             leaving = workers.pop()
+            leaving.wait_for("worker_started", timeout=60)  # Python has started
             leaving.signal(signal.SIGTERM)
-            if leaving.finish(timeout=60) != 0:
-                tally.violation("fleet rescale", f"SIGTERM exit; {leaving.stderr[-500:]}")
+            code = leaving.finish(timeout=60)
+            if code != 0:
+                tally.violation("fleet rescale", f"SIGTERM exit {code}; {leaving.tail()}")
         while len(workers) < count:
             home = work / f"worker-{len(workers)}"
             home.mkdir(exist_ok=True)
