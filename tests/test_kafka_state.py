@@ -5,9 +5,17 @@ from __future__ import annotations
 import io
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.core.position import Position
-from service.sources.kafka.commit_state import StateUnreadable, apply_message, decode, encode
+from service.sources.kafka.commit_state import (
+    StateUnreadable,
+    apply_clean_messages,
+    apply_message,
+    decode,
+    encode,
+)
 from service.sources.kafka.publish import _messages
 from tests.oracle import expected_of
 
@@ -56,6 +64,34 @@ def test_a_message_adds_what_the_oracle_says(value: bytes) -> None:
         expected.bad_records,
         expected.sum,
     )
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.lists(st.sampled_from(["1", "-22", " +3\t", "", "\r", "x", "9" * 25, "4.5"]))
+            .map("\n".join)
+            .map(str.encode),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_batch_in_one_parse_equals_its_messages_one_by_one(values: list[bytes | None]) -> None:
+    """Messages parsed at once give the state they give one by one; with a bad record among
+    them, the batch is left to the one-by-one path (which says where each bad one is)."""
+    start = Position(7, 10, 9, 1, 100)
+    one_by_one = start
+    for offset, value in enumerate(values, start=7):
+        one_by_one = apply_message(
+            one_by_one, offset, value, 20, stop_at_bad=False, bad_details=0
+        ).position
+    at_once = apply_clean_messages(start, 7 + len(values) - 1, values, 20)
+    if one_by_one.bad_records > start.bad_records:
+        assert at_once is None
+    else:
+        assert at_once == one_by_one
 
 
 def test_a_bad_record_under_fail_leaves_the_state_before_the_message() -> None:

@@ -18,7 +18,15 @@ from service.core.decimal_text import decimal_of, int_of
 from service.core.parsing import BadRecord, parse_region
 from service.core.position import Position
 
-__all__ = ["STATE_VERSION", "Applied", "StateUnreadable", "apply_message", "decode", "encode"]
+__all__ = [
+    "STATE_VERSION",
+    "Applied",
+    "StateUnreadable",
+    "apply_clean_messages",
+    "apply_message",
+    "decode",
+    "encode",
+]
 
 STATE_VERSION = 1
 
@@ -83,9 +91,7 @@ def apply_message(
     bad_details: int,
 ) -> Applied:
     """Apply the message at `offset` (at or after `position.offset`) to `position`."""
-    data = value or b""
-    if data and not data.endswith(b"\n"):
-        data += b"\n"  # a message is complete: its last line is a record without '\n' too
+    data = _whole_lines(value)
     result = parse_region(data, max_line_bytes, stop_at_bad=stop_at_bad, bad_details=bad_details)
     if result.failed is not None:
         return Applied(position, (), result.failed)
@@ -97,3 +103,28 @@ def apply_message(
         position.sum + result.sum,
     )
     return Applied(after, result.bad)
+
+
+def apply_clean_messages(
+    position: Position, last_offset: int, values: list[bytes | None], max_line_bytes: int
+) -> Position | None:
+    """Apply consecutive messages (the last at `last_offset`) in one parse; None when they hold
+    a bad record, which `apply_message` then reports one message at a time (line and offset
+    within its own message, a stop under `fail`)."""
+    data = b"".join(_whole_lines(value) for value in values)
+    result = parse_region(data, max_line_bytes, stop_at_bad=False, bad_details=0)
+    if result.bad_records:
+        return None
+    return Position(
+        last_offset + 1,
+        position.lines + result.lines,
+        position.records + result.records,
+        position.bad_records,
+        position.sum + result.sum,
+    )
+
+
+def _whole_lines(value: bytes | None) -> bytes:
+    """A message is complete: its last line is a record without '\n' too."""
+    data = value or b""
+    return data + b"\n" if data and not data.endswith(b"\n") else data

@@ -45,7 +45,13 @@ from service.sources.kafka.client import (
     group_generation,
     quiet_abandoned_requests,
 )
-from service.sources.kafka.commit_state import StateUnreadable, apply_message, decode, encode
+from service.sources.kafka.commit_state import (
+    StateUnreadable,
+    apply_clean_messages,
+    apply_message,
+    decode,
+    encode,
+)
 from service.sources.kafka.outage import BrokerWatch
 from service.storage.checkpoint import total_of
 from service.telemetry.logs import Logger
@@ -308,9 +314,15 @@ class GroupMember:
 
     def _apply(self, tp: TopicPartition, position: Position, messages: list[Any]) -> Position:
         settings = self._settings
-        for message in messages:
-            if message.offset < position.offset:
-                continue
+        fresh = [message for message in messages if message.offset >= position.offset]
+        if not fresh:
+            return position
+        # One parse for the whole batch: most batches hold no bad record.
+        values = [message.value for message in fresh]
+        clean = apply_clean_messages(position, fresh[-1].offset, values, settings.max_line_bytes)
+        if clean is not None:
+            return clean
+        for message in fresh:
             applied = apply_message(
                 position,
                 message.offset,
