@@ -103,7 +103,7 @@ def _drain(
 
 def _file_drain(source: Input, scratch: Path) -> tuple[float, float]:
     """Seconds for the file source on the same records: the whole process, and from its first
-    chunk (the file found) to its completion."""
+    chunk to its completion (a fresh run reads right after it finds no checkpoint)."""
     directory = scratch / f"file-{time.monotonic_ns()}"
     directory.mkdir(parents=True)
     argv = [WORKER, "run", "--input", str(source.path), "--log-format", "json"]
@@ -113,7 +113,7 @@ def _file_drain(source: Input, scratch: Path) -> tuple[float, float]:
     if finished.code != 0 or result["sum"] != source.sum:
         raise RuntimeError(f"the file source failed on {source.path}")
     events = {e["event"]: e for e in reversed(events_of(finished.stdout))}
-    return finished.wall, _at(events["completed"]) - _at(events["file_discovered"])
+    return finished.wall, _at(events["completed"]) - _at(events["checkpoint_not_found"])
 
 
 def _first_commits_after(
