@@ -134,17 +134,21 @@ def _first_commits_after(
     return found
 
 
+def _paced_member(broker: Broker, topic: str, group: str, directory: Path) -> WorkerProcess:
+    """A following member of `group`, paced at HAND_OVER_RATE, committing every 0.1 s."""
+    directory.mkdir(parents=True)
+    paced = ("--follow", "--max-rate", str(HAND_OVER_RATE), "--checkpoint-interval", "0.1")
+    return live_worker(_kafka_args(broker, topic, group, directory, *paced))
+
+
 def _hand_overs(broker: Broker, topic: str, scratch: Path, trials: int) -> list[float]:
     """Seconds from each SIGKILL of a paced member to the surviving paced member's first record
     of each partition the killed one owned: one heir for every trial, a fresh victim each time,
     so a delay that grows over the trials shows too."""
     group = f"bench-kill-{time.monotonic_ns()}"
-    paced = ("--follow", "--max-rate", str(HAND_OVER_RATE), "--checkpoint-interval", "0.1")
 
     def member(name: str) -> WorkerProcess:
-        directory = scratch / f"{group}-{name}"
-        directory.mkdir(parents=True)
-        return live_worker(_kafka_args(broker, topic, group, directory, *paced))
+        return _paced_member(broker, topic, group, scratch / f"{group}-{name}")
 
     heir = member("heir")
     seconds: list[float] = []
@@ -205,12 +209,9 @@ def _rescales(broker: Broker, topic: str, scratch: Path, trials: int) -> tuple[l
     """Seconds from a member's join (its process started) and from a member's leave (SIGTERM)
     to every partition reading again, in a group of two paced members that stay."""
     group = f"bench-scale-{time.monotonic_ns()}"
-    paced = ("--follow", "--max-rate", str(HAND_OVER_RATE), "--checkpoint-interval", "0.1")
 
     def member(name: str) -> WorkerProcess:
-        directory = scratch / f"{group}-{name}"
-        directory.mkdir(parents=True)
-        return live_worker(_kafka_args(broker, topic, group, directory, *paced))
+        return _paced_member(broker, topic, group, scratch / f"{group}-{name}")
 
     stay = [member("a"), member("b")]
     joins: list[float] = []
