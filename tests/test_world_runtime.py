@@ -269,6 +269,48 @@ def test_head_is_answered_without_a_body(workdir: Path, running: list[WorkerProc
     _stop_cleanly(worker)
 
 
+def _exchange(address: tuple[str, int], request: bytes) -> bytes:
+    """Send raw bytes as one client, and read the answer until the worker closes."""
+    with socket.create_connection(address, timeout=10) as client:
+        client.sendall(request)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
+
+
+_ODD_REQUESTS = {
+    "HTTP/1.0 with headers": (b"GET /readyz HTTP/1.0\r\nHost: x\r\nAccept: */*\r\n\r\n", b"200"),
+    "bare LF, a query": (b"GET /healthz?probe=1 HTTP/1.1\n\n", b"200"),
+    "POST": (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"405"),
+    "unknown path": (b"GET /nothing-here HTTP/1.1\r\n\r\n", b"404"),
+    "binary garbage": (b"\x00\xff garbage\r\n\r\n", b"400"),
+    "no version": (b"GET /metrics\r\n\r\n", b"400"),
+    "10 kB target": (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n", b"414"),
+    "101 headers": (b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", b"431"),
+    "10 kB header": (b"GET /metrics HTTP/1.1\r\nX-A: " + b"b" * 10_000 + b"\r\n\r\n", b"431"),
+}
+
+
+def test_every_request_gets_one_status_line_and_the_connection_closed(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """Odd and malformed requests: each gets one answer with the right status and a body as
+    long as its Content-Length says, then the connection is closed; the worker runs on."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    address = _address(worker)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    for name, (request, status) in _ODD_REQUESTS.items():
+        answer = _exchange(address, request)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ", 2)[:2] == [b"HTTP/1.1", status], (name, answer[:200])
+        length = re.search(rb"\r\nContent-Length: (\d+)", head)
+        assert length is not None, name
+        assert int(length.group(1)) == len(body), name
+    assert get(f"http://{address[0]}:{address[1]}/healthz")[0] == 200
+    _stop_cleanly(worker)
+
+
 def test_a_burst_of_500_concurrent_scrapes_is_answered(
     workdir: Path, running: list[WorkerProcess]
 ) -> None:

@@ -2,7 +2,9 @@
 
 Rule 1: it answers from its own threads, never from the event loop: that is what lets `/healthz`
         say 503 while the loop is stalled, and what keeps a slow scrape off the hot path.
-Rule 2: it needs only the standard library until the first scrape. It binds when the worker
+Rule 2: it needs only the standard library's sockets, not `http.server` (whose imports would
+        add a tenth to a one-second run's start-up): it parses the little of HTTP/1.x that a
+        scraper or a probe sends, and answers once per connection. It binds when the worker
         starts; an address it cannot listen on is one error line
         (`ListenFailed`, exit 1). Port 0 binds any free port; `address` says which.
 Rule 3: the world's clients cannot hurt the worker. At most `max_connections` are served at once
@@ -23,7 +25,6 @@ import socketserver
 import sys
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from service.descriptors import MAX_CONNECTIONS, http_connections_allowed
@@ -36,9 +37,23 @@ __all__ = ["LISTEN_BACKLOG", "READ_TIMEOUT", "ProbeServer", "serving_on"]
 
 LISTEN_BACKLOG = 1024  # connections the kernel holds while every slot is busy (a scrape burst)
 READ_TIMEOUT = 5.0  # seconds a client may take to send its request
+MAX_REQUEST_LINE = 8192  # bytes in the request line or in one header line
+MAX_HEADERS = 100
+_PLAIN = "text/plain; charset=utf-8"
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
     metrics: Metrics
@@ -107,57 +122,83 @@ class _Server(ThreadingHTTPServer):
             return
         self.log.warning("http_request_failed", error=f"{type(error).__name__}: {error}")
 
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse DNS lookup of the host (slow, or hanging, offline)."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "", self.server_address[1]
-
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(socketserver.StreamRequestHandler):
+    """One request per connection: the request line and headers read within their limits,
+    GET or HEAD answered, the connection closed."""
+
     server: _Server
     timeout = READ_TIMEOUT
 
     def handle(self) -> None:
-        if self.server.wait_for_request(self.connection):
-            super().handle()
+        if not self.server.wait_for_request(self.connection):
+            return
+        line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if not line:
+            return  # hung up without a word
+        if len(line) > MAX_REQUEST_LINE:
+            self._answer(414, b"request line too long\n")
+            return
+        words = line.decode("latin-1").split()
+        if len(words) != 3 or not words[2].startswith("HTTP/"):
+            self._answer(400, b"bad request line\n")
+            return
+        method, target, _ = words
+        for _header in range(MAX_HEADERS + 1):
+            header = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if not header:
+                return  # hung up mid-request
+            if header in (b"\r\n", b"\n"):
+                break
+            if len(header) > MAX_REQUEST_LINE:
+                self._answer(431, b"header line too long\n")
+                return
+        else:
+            self._answer(431, b"too many header lines\n")
+            return
+        if method not in ("GET", "HEAD"):
+            self._answer(405, b"only GET and HEAD\n", extra="Allow: GET, HEAD\r\n")
+            return
+        self._answer(*self._route(target.split("?", 1)[0]), head_only=method == "HEAD")
 
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_GET(self) -> None:
+    def _route(self, path: str) -> tuple[int, bytes, str]:
         metrics = self.server.metrics
-        path = self.path.split("?", 1)[0]
+        plain = _PLAIN
         if path == "/metrics":
-            self._answer(200, *metrics.exposition())
-        elif path == "/healthz":
+            body, content_type = metrics.exposition()
+            return 200, body, content_type
+        if path == "/healthz":
             stalled = metrics.stalled_for()
             if stalled is None:
-                self._answer(200, b"ok: event loop turning\n")
-            else:
-                self._answer(503, f"stalled: no heartbeat for {stalled:.1f} s\n".encode())
-        elif path == "/readyz":
+                return 200, b"ok: event loop turning\n", plain
+            return 503, f"stalled: no heartbeat for {stalled:.1f} s\n".encode(), plain
+        if path == "/readyz":
             why = metrics.not_ready_because()
             if why is None:
-                self._answer(200, b"ready\n")
-            else:
-                self._answer(503, f"not ready: {why}\n".encode())
-        else:
-            self._answer(404, b"not found: try /metrics, /healthz or /readyz\n")
+                return 200, b"ready\n", plain
+            return 503, f"not ready: {why}\n".encode(), plain
+        return 404, b"not found: try /metrics, /healthz or /readyz\n", plain
 
-    def _answer(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Scrapes and probes are not log events."""
+    def _answer(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = _PLAIN,
+        *,
+        head_only: bool = False,
+        extra: str = "",
+    ) -> None:
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+            f"Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"{extra}Connection: close\r\n\r\n"
+        ).encode("latin-1")
+        self.wfile.write(head if head_only else head + body)
 
 
 class ProbeServer:
