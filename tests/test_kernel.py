@@ -232,6 +232,20 @@ def test_sum_of_wide_numbers_is_exact_with_sign() -> None:
     assert parse_region(region, 4096, stop_at_bad=False, bad_details=0).sum == sum(values)
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("signs", ["+", "-", "+-", "-+"])
+def test_more_wide_numbers_than_the_lanes_hold_between_flushes(path: str, signs: str) -> None:
+    """500,000 numbers of 38 nines: more than a 32-bit lane of 4-digit groups could add up
+    (2^32 / 9999), so the lanes must be weighed into the exact sums on the way; every path
+    gives the exact sum, whatever the signs."""
+    nines = 10**38 - 1
+    values = [nines if signs[n % len(signs)] == "+" else -nines for n in range(500_000)]
+    region = b"".join(b"%d\n" % value for value in values)
+    with pinned(path):
+        result = parse_region(region, 4096, stop_at_bad=False, bad_details=0)
+    assert (result.sum, result.records) == (sum(values), len(values))
+
+
 def test_bad_records_carry_their_reasons() -> None:
     """The kernel reports each bad line's reason, over-long before malformed."""
     result = parse_region(b"1\nabc\n" + b"1" * 20 + b"\n", 10, stop_at_bad=False, bad_details=5)

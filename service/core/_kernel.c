@@ -282,10 +282,13 @@ static void ck_scan_scalar(const uint8_t *buf, size_t len, size_t start, const c
  * line of the step is a record of at most 8 digits or a blank line (the common case, CRLF,
  * '+' and padding included), the step's digits are summed at once by place value: each
  * digit's place is the number of digits after it in its run, and a vector multiply-add
- * weighs every digit by its power of ten. Otherwise each line of the step is checked on its
- * own against its slice of the masks; its digits (up to 38) are combined by multiply-adds,
- * and a line the masks cannot vouch for (bad, blank, too long, wider) goes to `ck_take`, the
- * scalar path's own code, so every path reports bad lines, stops and details alike.
+ * weighs every digit by its power of ten. When every line is a record of at most 38 digits
+ * (or blank), each run of digits is multiply-added into 4-digit groups that are summed by
+ * place in vector lanes, and weighed by their powers of ten only now and then. Otherwise each
+ * line of the step is checked on its own against its slice of the masks; its digits are
+ * combined by multiply-adds, and a line the masks cannot vouch for (bad, blank, too long,
+ * wider) goes to `ck_take`, the scalar path's own code, so every path reports bad lines,
+ * stops and details alike.
  */
 
 #if CK_HAVE_AVX2
@@ -451,20 +454,131 @@ CK_AVX2_TARGET static inline unsigned __int128 ck_digits38(const uint8_t *q, siz
     return value + top * ((unsigned __int128)10000000000000000ULL * 10000000000000000ULL);
 }
 
-/* The records of a CK_STEP_RUNS step at `base`, each run of digits converted on its own. */
+/* --- the runs of a CK_STEP_RUNS step, summed by quads ------------------------------------
+ *
+ * A run of n (1..38) digits is loaded as the 64 bytes that end with it, the bytes before it
+ * zeroed, and multiply-added into 16 quads (4-digit groups, 0..9999): lane j holds the digits of
+ * places 4k..4k+3, k = 15 - j. The quads of every run are added into 32-bit lanes, those of a
+ * negative run into lanes of their own, and only now and then weighed by 10^4k into the
+ * 192-bit sums: a run costs a few vector instructions and no multiplication of wide integers. */
+#define CK_QUAD_FLUSH_RUNS (1u << 17) /* runs added between flushes: 2^17 * 9999 < 2^31 */
+
+/* 10^4k for k = 0..9: the weight of lane 15 - k. Lanes 0..5 (places 40 and up) stay 0. */
+static const unsigned __int128 ck_quad_weight[10] = {
+    1ULL,
+    10000ULL,
+    100000000ULL,
+    1000000000000ULL,
+    10000000000000000ULL,
+    (unsigned __int128)10000000000000000ULL * 10000ULL,
+    (unsigned __int128)10000000000000000ULL * 100000000ULL,
+    (unsigned __int128)10000000000000000ULL * 1000000000000ULL,
+    (unsigned __int128)10000000000000000ULL * 10000000000000000ULL,
+    (unsigned __int128)10000000000000000ULL * 10000000000000000ULL * 10000ULL,
+};
+
+/* sum += a * w, where a * w < 2^192. */
+static inline void ck_add_product(ck_sum *sum, uint64_t a, unsigned __int128 w) {
+    unsigned __int128 low = (unsigned __int128)a * (uint64_t)w;
+    unsigned __int128 high = (unsigned __int128)a * (uint64_t)(w >> 64); /* times 2^64 */
+    ck_add(sum, low);
+    ck_add(sum, (unsigned __int128)(uint64_t)high << 64);
+    sum->high += (uint64_t)(high >> 64);
+}
+
+/* Add 16 lanes of quads (lane j: places 4(15 - j) and up) into a 192-bit sum. */
+static inline void ck_add_quads(ck_sum *sum, const uint32_t lanes[16]) {
+    for (unsigned k = 0; k < 10; k++)
+        if (lanes[15 - k]) ck_add_product(sum, lanes[15 - k], ck_quad_weight[k]);
+}
+
+/* Each run of digits of a CK_STEP_RUNS step at `base` (`runs` gets how many): QUADS(q, n,
+ * minus) adds the run of n digits ending at q[-1], minus 1 when a '-' is right before it. Runs
+ * are taken two at a time with no branch (a step of wide numbers holds one or two,
+ * unpredictably): a run that is not there is added as no digits (n = 0), from bytes before the
+ * step, which are readable. */
+#define CK_FOR_EACH_RUN(buf, base, m, lines, runs, QUADS)                                      \
+    do {                                                                                    \
+        uint64_t d_ = (m)->digit & (lines);                                                 \
+        uint64_t starts_ = d_ & ~(d_ << 1), ends_ = d_ & ~(d_ >> 1);                        \
+        uint64_t negative_ = starts_ & ((m)->minus << 1); /* runs right after a '-' */       \
+        runs = (unsigned)__builtin_popcountll(ends_);                                       \
+        do {                                                                                \
+            CK_NEXT_RUN(buf, base, starts_, ends_, negative_, QUADS);                       \
+            CK_NEXT_RUN(buf, base, starts_, ends_, negative_, QUADS);                       \
+        } while (ends_);                                                                    \
+    } while (0)
+
+#define CK_NEXT_RUN(buf, base, starts, ends, negative, QUADS)                                  \
+    do {                                                                                    \
+        unsigned a_ = (unsigned)_tzcnt_u64(starts) & 63, b_ = (unsigned)_tzcnt_u64(ends) & 63; \
+        size_t n_ = (size_t)(b_ + 1 - a_) & (size_t)(0 - (uint64_t)((ends) != 0));        \
+        QUADS((buf) + (base) + b_ + 1, n_, ((negative) >> a_) & 1);                         \
+        starts = _blsr_u64(starts);                                                         \
+        ends = _blsr_u64(ends);                                                             \
+    } while (0)
+
+/* The lanes of quads of the AVX2 path: lanes 0..7 and 8..15, of positive and negative runs. */
+typedef struct {
+    __m256i front, back, minus_front, minus_back;
+} ck_quads_avx2;
+
+/* The quads of the n (0..38) digits ending at q[-1] (q - 64 readable), added into `into`. */
 CK_AVX2_TARGET static inline __attribute__((always_inline)) void
-ck_step_runs(const uint8_t *buf, size_t base, const ck_masks *m, uint64_t lines, ck_state *st) {
-    uint64_t d = m->digit & lines;
-    uint64_t starts = d & ~(d << 1), ends = d & ~(d >> 1);
-    uint64_t negative = starts & (m->minus << 1); /* runs right after a '-' */
-    while (ends) {
-        unsigned a = (unsigned)__builtin_ctzll(starts), b = (unsigned)__builtin_ctzll(ends);
-        starts &= starts - 1;
-        ends &= ends - 1;
-        unsigned __int128 value = ck_digits38(buf + base + b + 1, b + 1 - a);
-        ck_add((negative >> a) & 1 ? &st->negative : &st->positive, value);
-        st->records++;
-    }
+ck_run_quads_avx2(ck_quads_avx2 *into, const uint8_t *q, size_t n, uint64_t minus) {
+    size_t low = n < 32 ? n : 32, high = n - low;
+    const __m256i zero = _mm256_set1_epi8('0'), pairs = _mm256_set1_epi16(0x010A);
+    const __m256i quads = _mm256_set1_epi32(0x00010064);
+    __m256i negative = _mm256_set1_epi32(-(int32_t)minus); /* all ones for a negative run */
+    __m256i x = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)(q - 32)), zero);
+    __m256i y = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)(q - 64)), zero);
+    x = _mm256_and_si256(x, _mm256_loadu_si256((const __m256i *)(ck_keep + low)));
+    y = _mm256_and_si256(y, _mm256_loadu_si256((const __m256i *)(ck_keep + high)));
+    x = _mm256_madd_epi16(_mm256_maddubs_epi16(x, pairs), quads);
+    y = _mm256_madd_epi16(_mm256_maddubs_epi16(y, pairs), quads);
+    into->back = _mm256_add_epi32(into->back, _mm256_andnot_si256(negative, x));
+    into->front = _mm256_add_epi32(into->front, _mm256_andnot_si256(negative, y));
+    into->minus_back = _mm256_add_epi32(into->minus_back, _mm256_and_si256(negative, x));
+    into->minus_front = _mm256_add_epi32(into->minus_front, _mm256_and_si256(negative, y));
+}
+
+CK_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_flush_quads_avx2(ck_quads_avx2 *q, ck_state *st) {
+    uint32_t lanes[16];
+    _mm256_storeu_si256((__m256i *)lanes, q->front);
+    _mm256_storeu_si256((__m256i *)(lanes + 8), q->back);
+    ck_add_quads(&st->positive, lanes);
+    _mm256_storeu_si256((__m256i *)lanes, q->minus_front);
+    _mm256_storeu_si256((__m256i *)(lanes + 8), q->minus_back);
+    ck_add_quads(&st->negative, lanes);
+    q->front = q->back = q->minus_front = q->minus_back = _mm256_setzero_si256();
+}
+
+/* The lanes of quads of the AVX-512 path, of positive and negative runs. */
+typedef struct {
+    __m512i plus, minus;
+} ck_quads_avx512;
+
+CK_AVX512_TARGET static inline __attribute__((always_inline)) void
+ck_run_quads_avx512(ck_quads_avx512 *into, const uint8_t *q, size_t n, uint64_t minus) {
+    __mmask64 keep = ~(~0ULL >> n); /* the last n bytes */
+    __mmask16 negative = (__mmask16)(0 - minus);
+    __m512i x = _mm512_maskz_sub_epi8(keep, _mm512_loadu_si512((const void *)(q - 64)),
+                                      _mm512_set1_epi8('0'));
+    x = _mm512_madd_epi16(_mm512_maddubs_epi16(x, _mm512_set1_epi16(0x010A)),
+                          _mm512_set1_epi32(0x00010064));
+    into->plus = _mm512_mask_add_epi32(into->plus, (__mmask16)~negative, into->plus, x);
+    into->minus = _mm512_mask_add_epi32(into->minus, negative, into->minus, x);
+}
+
+CK_AVX512_TARGET static inline __attribute__((always_inline)) void
+ck_flush_quads_avx512(ck_quads_avx512 *q, ck_state *st) {
+    uint32_t lanes[16];
+    _mm512_storeu_si512((void *)lanes, q->plus);
+    ck_add_quads(&st->positive, lanes);
+    _mm512_storeu_si512((void *)lanes, q->minus);
+    ck_add_quads(&st->negative, lanes);
+    q->plus = q->minus = _mm512_setzero_si512();
 }
 
 /* Take the line buf[s..s+len) if it is a record the masks (bit 0: buf[s]) vouch for: 1 if it
@@ -534,16 +648,20 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
     ck_store(&st->negative, r->negative);
 }
 
-/* The scan loop of a vector path: CLASSIFY makes a step's masks, SUM weighs its digits. The
- * lines too near the buffer's start for the look-back loads, a line longer than a step, and
- * the last bytes (less than a step) take the exact path. */
-#define CK_VECTOR_SCAN(CLASSIFY, SUM)                                                       \
+/* The scan loop of a vector path: CLASSIFY makes a step's masks, SUM weighs its digits, and
+ * QUADS names the path's lanes of quads (ck_quads_QUADS, CK_RUN_QUADS). The lines too near
+ * the buffer's start for the look-back loads, a line longer than a step, and the last bytes
+ * (less than a step) take the exact path. */
+#define CK_VECTOR_SCAN(CLASSIFY, SUM, QUADS)                                                \
     ck_state st = {{0, 0}, {0, 0}, 0, 0, 0, 0};                                             \
     size_t s = start;                                                                       \
     int stop = CK_STOP_END;                                                                 \
     __m256i sums = _mm256_setzero_si256();                                                  \
     unsigned steps = 0;                                                                     \
     uint64_t lanes[4];                                                                      \
+    ck_quads_##QUADS quads;                                                                 \
+    memset(&quads, 0, sizeof quads);                                                        \
+    unsigned quad_runs = 0; /* runs added to the quads since they were flushed */           \
     r->stop_newline = 0;                                                                    \
     r->stop_reason = 0;                                                                     \
     while (stop == CK_STOP_END && len - s >= CK_BLOCK) {                                    \
@@ -572,7 +690,14 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
                 sums = _mm256_add_epi64(sums, SUM(buf + base, &w));                         \
                 st.records += (size_t)__builtin_popcountll(w.digit & ~(w.digit >> 1));      \
             } else {                                                                        \
-                ck_step_runs(buf, base, &m, lines, &st);                                    \
+                unsigned runs;                                                              \
+                CK_FOR_EACH_RUN(buf, base, &m, lines, runs, CK_RUN_##QUADS);                \
+                st.records += runs;                                                         \
+                quad_runs += runs;                                                          \
+                if (quad_runs >= CK_QUAD_FLUSH_RUNS - 64) {                                 \
+                    ck_flush_quads_##QUADS(&quads, &st);                                    \
+                    quad_runs = 0;                                                          \
+                }                                                                           \
             }                                                                               \
             st.lines += (size_t)__builtin_popcountll(m.newline);                            \
             s = base + 64 - (size_t)__builtin_clzll(m.newline);                             \
@@ -586,9 +711,13 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
     }                                                                                       \
     _mm256_storeu_si256((__m256i *)lanes, sums);                                            \
     ck_add_lanes(&st.positive, lanes);                                                      \
+    ck_flush_quads_##QUADS(&quads, &st);                                                    \
     if (stop == CK_STOP_END && len - s < CK_BLOCK)                                          \
         stop = ck_exact_block(buf, s, ck_mask_tail(buf + s, len - s), &s, o, &st, r);       \
     ck_finish(&st, s, stop, r);
+
+#define CK_RUN_avx2(q, n, minus) ck_run_quads_avx2(&quads, q, n, minus)
+#define CK_RUN_avx512(q, n, minus) ck_run_quads_avx512(&quads, q, n, minus)
 
 #define CK_EQ2(x, c) _mm256_cmpeq_epi8(x, _mm256_set1_epi8(c))
 #define CK_EQ512(x, c) _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(c))
@@ -633,12 +762,12 @@ ck_classify_avx512(const uint8_t *p, ck_masks *m) {
 
 CK_AVX2_TARGET static void ck_scan_avx2(const uint8_t *buf, size_t len, size_t start,
                                         const ck_options *o, ck_result *r) {
-    CK_VECTOR_SCAN(ck_classify_avx2, ck_sum_avx2)
+    CK_VECTOR_SCAN(ck_classify_avx2, ck_sum_avx2, avx2)
 }
 
 CK_AVX512_TARGET static void ck_scan_avx512(const uint8_t *buf, size_t len, size_t start,
                                             const ck_options *o, ck_result *r) {
-    CK_VECTOR_SCAN(ck_classify_avx512, ck_sum_avx512)
+    CK_VECTOR_SCAN(ck_classify_avx512, ck_sum_avx512, avx512)
 }
 #endif
 
