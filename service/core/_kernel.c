@@ -306,6 +306,7 @@ typedef struct {
  * places 2, 3, 6, 7 and those in places 4 to 7. */
 typedef struct {
     uint64_t digit, odd, hundreds, ten_thousands;
+    unsigned width; /* bytes of the step's lines */
 } ck_places;
 
 /* The bits up to the highest set bit of `newlines` (not 0), that included: a step's lines. */
@@ -341,6 +342,7 @@ CK_AVX2_TARGET static inline int ck_step_kind(const ck_masks *m, uint64_t lines,
     if (m->minus & lines) return CK_STEP_RUNS;
     uint64_t g3 = g2 & (g1 >> 2), g5 = g4 & (g1 >> 4), g6 = g4 & (g2 >> 4), g7 = g4 & (g3 >> 4);
     p->digit = d & lines;
+    p->width = 64 - (unsigned)__builtin_clzll(m->newline);
     p->odd = ((g1 & ~g2) | (g3 & ~g4) | (g5 & ~g6) | g7) & lines;
     p->hundreds = ((g2 & ~g4) | g6) & lines;
     p->ten_thousands = g4 & lines;
@@ -350,42 +352,58 @@ CK_AVX2_TARGET static inline int ck_step_kind(const ck_masks *m, uint64_t lines,
 /* Per 16-byte lane: each digit 0..9 times ten. */
 #define CK_TENS 0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 0, 0, 0, 0, 0, 0
 
-/* 32 byte lanes, all ones where `bits` has a 1. */
-CK_AVX2_TARGET static inline __attribute__((always_inline)) __m256i ck_lanes(uint32_t bits) {
+/* The 64 byte lanes of a step, all ones where `bits` has a 1: bytes 0..31 and 32..63. */
+CK_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_lanes64(uint64_t bits, __m256i *low, __m256i *high) {
     const __m256i select = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
-                                    _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1,
-                                                     1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
-                                                     3, 3));
-    return _mm256_cmpeq_epi8(_mm256_and_si256(v, select), select);
+    __m256i v = _mm256_set1_epi64x((long long)bits);
+    __m256i a = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1,
+                                                        1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                                                        3, 3, 3, 3));
+    __m256i b = _mm256_shuffle_epi8(v, _mm256_setr_epi8(4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5,
+                                                        5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7,
+                                                        7, 7, 7, 7));
+    *low = _mm256_cmpeq_epi8(_mm256_and_si256(a, select), select);
+    *high = _mm256_cmpeq_epi8(_mm256_and_si256(b, select), select);
 }
 
+/* 64 bytes of 0xFF then 64 zeros: the 32 bytes at `ck_prefix + 64 - n` keep the first n. */
+static const uint8_t ck_prefix[128] = {
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+};
+
 /* The sum of 32 digits weighed by place, in four 64-bit lanes: a digit times 1 or 10 (odd
- * places), pairs times 1 or 100, then quads times 1 or 10000. */
+ * places), pairs times 1 or 100, then quads times 1 or 10000; the places as byte lanes. */
 CK_AVX2_TARGET static inline __attribute__((always_inline)) __m256i
-ck_weigh_avx2(const uint8_t *p, uint32_t digit, uint32_t odd, uint32_t hundreds, uint32_t high) {
+ck_weigh_avx2(const uint8_t *p, const uint8_t *keep, __m256i odd, __m256i hundreds, __m256i top) {
     __m256i x = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi8('0'));
-    x = _mm256_and_si256(x, ck_lanes(digit));
-    x = _mm256_blendv_epi8(x, _mm256_shuffle_epi8(_mm256_setr_epi8(CK_TENS, CK_TENS), x),
-                           ck_lanes(odd));
-    __m256i weight = _mm256_blendv_epi8(_mm256_set1_epi8(1), _mm256_set1_epi8(100),
-                                        ck_lanes(hundreds));
-    __m256i top = ck_lanes(high);
-    __m256i low = _mm256_maddubs_epi16(_mm256_andnot_si256(top, x), weight); /* <= 18000 */
+    __m256i digit = _mm256_cmpeq_epi8(_mm256_min_epu8(x, _mm256_set1_epi8(9)), x);
+    x = _mm256_and_si256(x, _mm256_and_si256(digit, _mm256_loadu_si256((const __m256i *)keep)));
+    /* x * 10 in odd places: x + 9x, where 9x = (x << 3) + x has no carry out of a byte */
+    __m256i nine = _mm256_add_epi8(_mm256_slli_epi16(x, 3), x);
+    x = _mm256_add_epi8(x, _mm256_and_si256(odd, nine));
+    __m256i weight = _mm256_add_epi8(_mm256_set1_epi8(1),
+                                     _mm256_and_si256(hundreds, _mm256_set1_epi8(99)));
+    __m256i all = _mm256_maddubs_epi16(x, weight); /* <= 18000 */
     __m256i upper = _mm256_maddubs_epi16(_mm256_and_si256(top, x), weight);
-    __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(low, _mm256_set1_epi16(1)),
-                                   _mm256_madd_epi16(upper, _mm256_set1_epi16(10000)));
+    __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(all, _mm256_set1_epi16(1)),
+                                   _mm256_madd_epi16(upper, _mm256_set1_epi16(9999)));
     return _mm256_add_epi64(_mm256_unpacklo_epi32(sum, _mm256_setzero_si256()),
                             _mm256_unpackhi_epi32(sum, _mm256_setzero_si256()));
 }
 
 CK_AVX2_TARGET static inline __attribute__((always_inline)) __m256i
 ck_sum_avx2(const uint8_t *p, const ck_places *w) {
-    return _mm256_add_epi64(
-        ck_weigh_avx2(p, (uint32_t)w->digit, (uint32_t)w->odd, (uint32_t)w->hundreds,
-                      (uint32_t)w->ten_thousands),
-        ck_weigh_avx2(p + 32, (uint32_t)(w->digit >> 32), (uint32_t)(w->odd >> 32),
-                      (uint32_t)(w->hundreds >> 32), (uint32_t)(w->ten_thousands >> 32)));
+    __m256i odd[2], hundreds[2], top[2];
+    ck_lanes64(w->odd, &odd[0], &odd[1]);
+    ck_lanes64(w->hundreds, &hundreds[0], &hundreds[1]);
+    ck_lanes64(w->ten_thousands, &top[0], &top[1]);
+    const uint8_t *keep = ck_prefix + 64 - w->width;
+    return _mm256_add_epi64(ck_weigh_avx2(p, keep, odd[0], hundreds[0], top[0]),
+                            ck_weigh_avx2(p + 32, keep + 32, odd[1], hundreds[1], top[1]));
 }
 
 CK_AVX512_TARGET static inline __attribute__((always_inline)) __m256i
