@@ -2,7 +2,10 @@
 
 Rule 1 of `rows.py` holds: the drains are interleaved with the file source on the same numbers
 (the baseline), best of a few runs, and only runs that end with the exact sum count.
-Rule 2: the hand-over after a SIGKILL is compared with its floor, the session timeout: the group
+Rule 2: Kafka's own Java consumer (its tools' ConsumerPerformance, from the broker's jars) reads
+        the same topic in the same invocation: the reference for what a consumer gets from this
+        broker on this machine.
+Rule 3: the hand-over after a SIGKILL is compared with its floor, the session timeout: the group
         cannot move a silent member's partitions sooner. Both members are paced, and the heir
         stays for every trial, so a wait that comes with a gained partition (or grows with the
         trials) shows.
@@ -14,11 +17,12 @@ import json
 import math
 import signal
 import statistics
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
 
-from tests.kafka_broker import Broker, start_broker
+from tests.kafka_broker import Broker, jars_dir, start_broker
 from tests.kafka_support import create_topic
 from tests.processes import WorkerProcess
 
@@ -114,6 +118,22 @@ def _file_drain(source: Input, scratch: Path) -> tuple[float, float]:
         raise RuntimeError(f"the file source failed on {source.path}")
     events = {e["event"]: e for e in reversed(events_of(finished.stdout))}
     return finished.wall, _at(events["completed"]) - _at(events["checkpoint_not_found"])
+
+
+def _java_consumer(broker: Broker, topic: str, messages: int) -> float:
+    """Seconds Kafka's own Java consumer takes to fetch `messages` of the topic, as its
+    ConsumerPerformance tool reports it (`fetch.time.ms`: from its first assignment on)."""
+    argv = ["java", "-cp", f"{jars_dir()}/*", "org.apache.kafka.tools.ConsumerPerformance"]
+    argv += ["--bootstrap-server", broker.plaintext, "--topic", topic, "--messages", str(messages)]
+    argv += ["--group", f"java-{time.monotonic_ns()}", "--timeout", "60000"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or len(lines) < 2:
+        raise RuntimeError(f"ConsumerPerformance failed: {(done.stdout + done.stderr)[-500:]}")
+    figures = dict(zip(lines[-2].split(", "), lines[-1].split(", "), strict=True))
+    if int(figures["data.consumed.in.nMsg"]) != messages:
+        raise RuntimeError(f"ConsumerPerformance read {figures['data.consumed.in.nMsg']} messages")
+    return int(figures["fetch.time.ms"]) / 1000
 
 
 def _first_commits_after(
@@ -244,11 +264,13 @@ def kafka(bench: Bench) -> list[Measurement]:
     broker = start_broker()
     try:
         topic, publish_s = _publish(broker, source, scratch)
-        files, ones, twos = [], [], []
+        messages = math.ceil((source.records or count) / 1000)  # publish's default per message
+        files, ones, twos, javas = [], [], [], []
         for _ in range(max(1, bench.plan.baseline_runs)):
             files.append(_file_drain(source, scratch))
             ones.append(_drain(broker, topic, source, scratch, 1))
             twos.append(_drain(broker, topic, source, scratch, 2))
+            javas.append(_java_consumer(broker, topic, messages))
         file_reading = min(reading for _, reading in files)
         one_reading = min(reading for _, reading in ones)
         # Small messages, so a paced member reads a few at a time, as with a live stream.
@@ -284,6 +306,16 @@ def kafka(bench: Bench) -> list[Measurement]:
             ">= 50%",
             file_reading / one_reading >= 0.5,
             {"kafka_one_reading_s": [r for _, r in ones], "file_reading_s": [r for _, r in files]},
+        ),
+        Measurement(
+            12,
+            "  the same, Kafka's own Java consumer (ConsumerPerformance) on the same topic",
+            f"{records / one_reading:,.0f}/s",
+            f"Java consumer {records / min(javas):,.0f}/s",
+            f"{min(javas) / one_reading:.1f}x faster",
+            "(context: the reference client here)",
+            None,
+            {"java_fetch_s": javas},
         ),
         Measurement(
             12,
