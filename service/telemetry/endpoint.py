@@ -167,21 +167,20 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def _route(self, path: str) -> tuple[int, bytes, str]:
         metrics = self.server.metrics
-        plain = _PLAIN
         if path == "/metrics":
             body, content_type = metrics.exposition()
             return 200, body, content_type
         if path == "/healthz":
             stalled = metrics.stalled_for()
             if stalled is None:
-                return 200, b"ok: event loop turning\n", plain
-            return 503, f"stalled: no heartbeat for {stalled:.1f} s\n".encode(), plain
+                return 200, b"ok: event loop turning\n", _PLAIN
+            return 503, f"stalled: no heartbeat for {stalled:.1f} s\n".encode(), _PLAIN
         if path == "/readyz":
             why = metrics.not_ready_because()
             if why is None:
-                return 200, b"ready\n", plain
-            return 503, f"not ready: {why}\n".encode(), plain
-        return 404, b"not found: try /metrics, /healthz or /readyz\n", plain
+                return 200, b"ready\n", _PLAIN
+            return 503, f"not ready: {why}\n".encode(), _PLAIN
+        return 404, b"not found: try /metrics, /healthz or /readyz\n", _PLAIN
 
     def _answer(
         self,
