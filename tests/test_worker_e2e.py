@@ -308,6 +308,49 @@ def test_a_changed_input_fails_or_restarts_by_policy(workdir: Path, change: str)
     _assert_result_is(workdir, expected_of(data))
 
 
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_last_line_counted_without_its_newline_gets_it_later(
+    tmp_path: Path, follow: bool
+) -> None:
+    """A run ends on "2" with no '\\n' and counts it; the '\\n' and more lines come later: the
+    next run takes that '\\n' as the end of the same line, and sum and line numbers stay exact."""
+    path = tmp_path / "numbers.txt"
+    path.write_bytes(b"1\n2")
+    assert cli(["run"], tmp_path).returncode == 0
+    path.write_bytes(b"1\n2\nx\n5\n")
+    if follow:
+        worker = WorkerProcess(["--follow"], tmp_path)
+        worker.wait_for("caught_up")
+        worker.signal(signal.SIGTERM)
+        assert worker.finish() == 0
+        events = worker.events
+    else:
+        done = cli(["run"], tmp_path)
+        assert done.returncode == 0, done.stdout
+        events = events_of(done.stdout)
+    assert [e["line"] for e in events if e["event"] == "bad_record"] == [3]
+    _assert_result_is(tmp_path, expected_of(path.read_bytes()))
+
+
+def test_a_last_line_counted_without_its_newline_that_goes_on_is_an_input_change(
+    tmp_path: Path,
+) -> None:
+    """A run ends on "2" with no '\\n' and counts it; then "3\\n" is appended, so the line is
+    "23": `input_changed` (exit 1, checkpoint untouched), and under restart the exact sum."""
+    path = tmp_path / "numbers.txt"
+    path.write_bytes(b"1\n2")
+    assert cli(["run"], tmp_path).returncode == 0
+    before = (tmp_path / "checkpoint.json").read_bytes()
+    path.write_bytes(b"1\n23\n")
+    failed = cli(["run"], tmp_path)
+    assert failed.returncode == 1
+    changed = [e for e in events_of(failed.stdout) if e["event"] == "input_changed"]
+    assert [e["action"] for e in changed] == ["fail"]
+    assert (tmp_path / "checkpoint.json").read_bytes() == before
+    assert cli(["run", "--on-input-change", "restart"], tmp_path).returncode == 0
+    _assert_result_is(tmp_path, expected_of(b"1\n23\n"))
+
+
 def test_a_second_worker_on_the_same_checkpoint_exits_at_once_naming_the_holder(
     workdir: Path,
 ) -> None:

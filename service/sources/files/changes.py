@@ -11,6 +11,9 @@ Rule 2: a file followed by its name (one plain path) is that name: another file 
 Rule 3: the prefix's hashes are a fact only when they were read: `classify` compares them when
         given, and the reader reads them when the file grew or a saved state is checked, so a
         file that is only looked at costs one `fstat`.
+Rule 4: a consumed prefix may end without a '\n': the input's last line, counted when a run
+        ended. When bytes follow it now, that line either got its '\n' (the next byte; the
+        line is the same) or went on (it is not the line that was counted: the input changed).
 """
 
 from __future__ import annotations
@@ -57,6 +60,12 @@ class Look:
     in_patterns: bool = True  # seen by the last scan: a pattern matches one of its names
     idle: float = 0.0  # seconds since it last grew
     close_inactive: float = math.inf  # seconds a file renamed out is read after it last grew
+    edge: bytes | None = None  # seen: the last byte consumed and the next one; None: not read
+
+    @property
+    def last_line_went_on(self) -> bool:
+        """Whether the line counted last without a '\n' now goes on past it (Rule 4)."""
+        return self.edge is not None and len(self.edge) == 2 and b"\n" not in self.edge
 
     def is_input_change(self, change: Change) -> bool:
         """Whether `change` means the input is no longer what was consumed (`input_changed`)."""
@@ -74,7 +83,7 @@ def classify(look: Look) -> Change:
     if look.prefix is not None and look.consumed is not None and look.prefix != look.consumed:
         return Change.REWRITTEN
     if look.size > look.read_to:
-        return Change.GREW
+        return Change.REWRITTEN if look.last_line_went_on else Change.GREW
     if not look.by_name and look.links == 0:
         return Change.DELETED  # and read to its end: nothing more can come
     if not look.in_patterns and look.idle >= look.close_inactive:

@@ -226,19 +226,32 @@ class FilePartition:
         return fd, opened
 
     async def _check_saved_state(self, size: int) -> None:
-        """The file still holds what the saved state consumed of it, or it changed."""
+        """The file still holds what the saved state consumed of it, or it changed. A last line
+        counted without its '\n' when a run ended has that '\n' taken now, if it came."""
         offset = self.position.offset
-        prefix = None
+        prefix = edge = None
         if size >= offset:
             prefix = await anyio.to_thread.run_sync(identify_input, self._fd(), offset)
-        look = Look(read_to=offset, consumed=self.identity, size=size, prefix=prefix)
+            edge = os.pread(self._fd(), 2, offset - 1)
+        look = Look(read_to=offset, consumed=self.identity, size=size, prefix=prefix, edge=edge)
         change = classify(look)
         if change is Change.TRUNCATED:
             message = f"is shorter ({size} bytes) than the checkpoint's offset {offset}"
             await self._changed(change, f"input {self.label} {message}")
+        elif change is Change.REWRITTEN and look.last_line_went_on:
+            message = (
+                f"goes on past the checkpoint's offset {offset}, on the line counted last "
+                "(it had no newline when it was counted)"
+            )
+            await self._changed(change, f"input {self.label} {message}")
         elif change is Change.REWRITTEN:
             message = f"differs from what the checkpoint consumed (first {offset} bytes)"
             await self._changed(change, f"input {self.label} {message}")
+        elif change is Change.GREW and edge is not None and edge[1:] == b"\n" != edge[:1]:
+            # The '\n' the counted line lacked: one more byte consumed, no more lines.
+            after = self.position.advance(consumed=1, lines=0, records=0, bad_records=0, total=0)
+            self.parser = self._new_parser(after)
+            self._identify()
 
     def _fd(self) -> int:
         assert self.fd is not None
