@@ -63,6 +63,48 @@ def test_a_lock_that_is_a_link_is_refused_and_never_written(tmp_path: Path, kind
     assert not (tmp_path / "checkpoint.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--result", "numbers.txt"], "result and input"),
+        (["--result", "linked/numbers.txt"], "result and input"),
+        (["--result", "checkpoint.json"], "checkpoint and result"),
+        (["--result", "checkpoint.json.lock"], "result and the checkpoint's lock"),
+        (["--checkpoint", "numbers.txt"], "checkpoint and input"),
+    ],
+)
+def test_one_path_for_two_of_the_workers_files_is_exit_2(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    """A result, checkpoint or lock that is the input or one another (by name or through a
+    linked directory): one line naming both, exit 2, and the input and checkpoint unchanged."""
+    data = _numbers(1000, 5)
+    (tmp_path / "numbers.txt").write_bytes(data)
+    (tmp_path / "linked").symlink_to(tmp_path)
+    assert cli(["run", "--result", "first.json"], tmp_path).returncode == 0
+    checkpoint = (tmp_path / "checkpoint.json").read_bytes()
+    done = cli(["run", *args], tmp_path)
+    assert done.returncode == 2
+    assert named in _one_error(done)
+    assert (tmp_path / "numbers.txt").read_bytes() == data
+    assert (tmp_path / "checkpoint.json").read_bytes() == checkpoint
+
+
+def test_a_link_to_a_checkpoint_in_use_is_refused_like_the_checkpoint(tmp_path: Path) -> None:
+    """A second worker given a symbolic link to a running worker's checkpoint takes the same
+    lock: exit 1 at once naming the holder, and the link is left a link."""
+    (tmp_path / "numbers.txt").write_bytes(_numbers(200_000, 6))
+    first = WorkerProcess(["--follow", "--max-rate", "5000"], tmp_path)
+    first.wait_for("checkpoint_not_found")
+    (tmp_path / "link.json").symlink_to("checkpoint.json")
+    second = cli(["run", "--checkpoint", "link.json", "--result", "r2.json"], tmp_path)
+    assert second.returncode == 1
+    assert str(first.process.pid) in _one_error(second)
+    assert (tmp_path / "link.json").is_symlink()
+    first.signal(signal.SIGTERM)
+    assert first.finish() == 0
+
+
 def test_a_lock_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     """A FIFO in the lock's place is refused with one line, never waited on."""
     (tmp_path / "numbers.txt").write_bytes(b"1\n")

@@ -1,7 +1,8 @@
 """One worker per checkpoint: an OS file lock beside it, which doubles as the heartbeat.
 
-Rule 1: the lock is `flock` on `<checkpoint>.lock`; the kernel drops it when the holder dies, so
-        there is never a stale lock to clean up. The file holds the holder's pid, for messages.
+Rule 1: the lock is `flock` on `<checkpoint>.lock`, beside the file the checkpoint's path leads
+        to; the kernel drops it when the holder dies, so there is never a stale lock to clean
+        up. The file holds the holder's pid, for messages.
 Rule 2: the lock file is never followed: it is opened with O_NOFOLLOW and must be a regular file
         with one link before anything is written into it, so a symlink or hard link planted in
         its place can never make the worker truncate another file.
@@ -26,7 +27,10 @@ HEARTBEAT_INTERVAL = 1.0
 
 
 def lock_path_for(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".lock")
+    """`<checkpoint>.lock` beside the file the checkpoint's path leads to: a symbolic link to a
+    checkpoint (or to its directory) shares its lock, so it is no way round it."""
+    real = Path(os.path.realpath(checkpoint))
+    return real.with_name(real.name + ".lock")
 
 
 _HOLDER_BYTES = 32  # a pid and a newline, with room to spare
@@ -101,8 +105,14 @@ class WorkerLock:
                 f"{self.path}); refusing to {'start' if purpose == 'worker' else purpose}"
             ) from None
         if purpose == "worker":
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as error:  # a full disk: the lock is taken, the pid cannot be written
+                os.close(fd)
+                raise CheckpointWriteFailed(
+                    f"cannot write lock file {self.path}: {error.strerror}"
+                ) from None
         self._fd = fd
 
     def heartbeat(self) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,7 +29,7 @@ import anyio
 from service.core.names import shown
 from service.core.parsing import DetailBudget
 from service.core.position import Position
-from service.errors import InputUnreadable
+from service.errors import InputUnreadable, UsageError
 from service.lifecycle.partition import Partition, Standing
 from service.settings import Settings
 from service.sources.files.changes import Change, classify_scan
@@ -44,7 +45,7 @@ from service.storage.checkpoint import (
     FileState,
     total_of,
 )
-from service.storage.lock import WorkerLock
+from service.storage.lock import WorkerLock, lock_path_for
 from service.telemetry.logs import Logger
 
 __all__ = [
@@ -148,6 +149,35 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
     return pairing
 
 
+def refuse_shared_files(settings: Settings, plain_input: Path | None) -> None:
+    """The checkpoint, its lock, the result and a plain input path are four files: a path that
+    names two of them (by itself, a link or a linked directory) would have the worker write
+    over its own input or state. That is a usage error, found before anything is written."""
+    named = [
+        ("checkpoint", settings.checkpoint),
+        ("result", settings.result),
+        ("the checkpoint's lock", lock_path_for(settings.checkpoint)),
+    ]
+    if plain_input is not None:
+        named.append(("input", plain_input))
+    for index, (what, path) in enumerate(named):
+        for other, other_path in named[index + 1 :]:
+            if _same_file(path, other_path):
+                raise UsageError(
+                    f"{what} and {other} are the same file ({shown(str(other_path))}): "
+                    "give each its own path"
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
 class FileSource:
     """The files of the `input` setting, as partitions, and the checkpoint file they share."""
 
@@ -179,6 +209,7 @@ class FileSource:
     # --- start up -----------------------------------------------------------------------------
 
     def acquire(self) -> None:
+        refuse_shared_files(self.settings, self.patterns.plain_path)
         self.lock.acquire()
 
     async def start(self) -> list[Partition]:
