@@ -48,10 +48,22 @@ Convert = Callable[
 ]  # a raw value (flag, variable or TOML) to the setting's, or ValueError
 
 
-def _number(*, gt: float | None = None, ge: float | None = None) -> Convert:
+_DECIMAL = re.compile(
+    r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*|\s*[+-]?(inf|nan)\s*", re.I
+)
+MAX_SECONDS = 1e9  # about 31 years: a longer wait is "never", and past it clocks overflow
+MIN_SECONDS = 0.001  # a shorter interval or timeout is "no wait at all", and none is needed
+MAX_RATE = 1e12  # numbers per second: far past any machine, and well inside a float's range
+
+
+def _number(
+    *, gt: float | None = None, ge: float | None = None, le: float | None = None
+) -> Convert:
     def convert(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError("expected a number")
+        if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+            raise ValueError("expected a number")  # float() also takes 1_0 and other digits
         try:
             number = float(value)
         except ValueError:
@@ -62,7 +74,21 @@ def _number(*, gt: float | None = None, ge: float | None = None) -> Convert:
             raise ValueError(f"must be greater than {gt:g}")
         if ge is not None and not number >= ge:
             raise ValueError(f"must be at least {ge:g}")
+        if le is not None and not number <= le:
+            raise ValueError(f"must be at most {le:g}")
         return number
+
+    return convert
+
+
+def _seconds(*, zero: bool = False) -> Convert:
+    """A duration: more than 0 (or 0 itself where it means "forever"), from a millisecond to
+    about 31 years."""
+    bounded = _number(gt=0, ge=MIN_SECONDS, le=MAX_SECONDS)
+
+    def convert(value: Any) -> float:
+        number = _number(ge=0)(value)
+        return 0.0 if zero and number == 0 else float(bounded(number))
 
     return convert
 
@@ -71,7 +97,7 @@ def _integer(*, ge: int, le: int | None = None) -> Convert:
     def convert(value: Any) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("expected a whole number")
@@ -195,10 +221,10 @@ class Settings:
     )
     checkpoint: Path = _setting(Path("checkpoint.json"), _path, "the checkpoint file")
     result: Path = _setting(Path("result.json"), _path, "the result file")
-    checkpoint_interval: float = _setting(1.0, _number(gt=0), "seconds between checkpoints")
+    checkpoint_interval: float = _setting(1.0, _seconds(), "seconds between checkpoints")
     follow: bool = _setting(False, _switch, "keep reading as the input grows")
-    poll_interval: float = _setting(0.5, _number(gt=0), "seconds between looks at a followed input")
-    max_rate: float = _setting(0.0, _number(ge=0), "numbers per second, 0 = unlimited")
+    poll_interval: float = _setting(0.5, _seconds(), "seconds between looks at a followed input")
+    max_rate: float = _setting(0.0, _number(ge=0, le=MAX_RATE), "numbers per second, 0 = unlimited")
     on_bad_record: OnBadRecord = _setting(
         "skip", _choice(OnBadRecord), "skip or fail on a bad line"
     )
@@ -208,7 +234,7 @@ class Settings:
     on_input_change: OnInputChange = _setting(
         "fail", _choice(OnInputChange), "when the input no longer matches the checkpoint"
     )
-    shutdown_timeout: float = _setting(5.0, _number(gt=0), "graceful shutdown limit, seconds")
+    shutdown_timeout: float = _setting(5.0, _seconds(), "graceful shutdown limit, seconds")
     log_format: LogFormat = _setting("auto", _choice(LogFormat), "log format")
     log_level: LogLevel = _setting("info", _choice(LogLevel), "log level")
     source: SourceKind = _setting("file", _choice(SourceKind), "read the input file or Kafka")
@@ -235,11 +261,11 @@ class Settings:
         "", _text(), "a file holding the SASL password (not visible in `ps`, unlike the flag)"
     )
     kafka_session_timeout: float = _setting(
-        10.0, _number(ge=1), "seconds a silent group member keeps its partitions"
+        10.0, _number(ge=1, le=MAX_SECONDS), "seconds a silent group member keeps its partitions"
     )
     kafka_ssl_cafile: str = _setting("", _text(), "CA bundle file (with SSL, SASL_SSL)")
     kafka_unavailable_timeout: float = _setting(
-        120.0, _number(ge=0), "seconds a worker keeps trying to reach Kafka, 0 = forever"
+        120.0, _seconds(zero=True), "seconds a worker keeps trying to reach Kafka, 0 = forever"
     )
     exclude: tuple[str, ...] = _setting(
         (),
@@ -247,11 +273,11 @@ class Settings:
         "globs never read (the worker's own files are always excluded)",
     )
     close_inactive: float = _setting(
-        5.0, _number(gt=0), "seconds a file renamed out of every pattern is still read"
+        5.0, _seconds(), "seconds a file renamed out of every pattern is still read"
     )
     max_open_files: int = _setting(256, _integer(ge=1), "files open at once; others wait")
     forget_closed_after: float = _setting(
-        86400.0, _number(ge=0), "seconds a closed file's position is kept, 0 = forever"
+        86400.0, _seconds(zero=True), "seconds a closed file's position is kept, 0 = forever"
     )
     metrics_address: str = _setting(
         "", _address, "HOST:PORT serving /metrics, /healthz and /readyz; empty = off"
