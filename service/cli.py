@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from service import __version__
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 __all__ = ["console", "main"]
 
@@ -88,20 +91,33 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _healthcheck(argv: list[str]) -> int:
-    """Standard library only: Docker runs this every few seconds."""
-    from service.health import check_health, check_kafka_health, checkpoint_path, source_of
+    """Standard library only: Docker runs this every few seconds. Its flags, variables and
+    config file are checked as for every command (exit 2 when one is bad)."""
+    from service.errors import UsageError
+    from service.health import check_health, check_kafka_health
 
     parser = _Parser(prog=f"{PROG} healthcheck")
-    parser.add_argument("--checkpoint")
-    parser.add_argument("--source")
-    parser.add_argument("--config")
-    # Other setting flags are accepted (one command line serves every command) and ignored.
-    args, _other_settings = parser.parse_known_args(argv)
-    checkpoint = checkpoint_path(args.checkpoint, args.config)
-    kafka = source_of(args.source, args.config) == "kafka"
-    healthy, message = (check_kafka_health if kafka else check_health)(checkpoint)
+    _add_setting_flags(parser)
+    try:
+        settings = _settings_of(parser.parse_args(argv))
+    except UsageError as error:
+        print(f"{PROG}: error: {error.message}", file=sys.stderr)
+        return error.exit_code
+    check = check_kafka_health if settings.source == "kafka" else check_health
+    healthy, message = check(settings.checkpoint)
     print(message)
     return 0 if healthy else 1
+
+
+def _settings_of(args: argparse.Namespace) -> Settings:
+    """The settings: the command's flags over WORKER_* variables over the config file."""
+    from service.environment import worker_environment
+    from service.settings import load_settings, setting_fields
+
+    names = {field.name for field in setting_fields()}
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
+    config = args.config or worker_environment({"config"}).get("config")
+    return load_settings(flags, Path(config) if config else None)
 
 
 def _remember_stop_signals(received: list[int]) -> None:
@@ -127,16 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         _remember_stop_signals(early_signals)
     args = _build_parser().parse_args(argv)
 
-    from service.environment import worker_environment
     from service.errors import UsageError, WorkerError
-    from service.settings import load_settings, setting_fields
 
     sys.set_int_max_str_digits(0)  # sums and numbers are exact at any length
-    names = {field.name for field in setting_fields()}
-    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
-    config = args.config or worker_environment({"config"}).get("config")
     try:
-        settings = load_settings(flags, Path(config) if config else None)
+        settings = _settings_of(args)
     except UsageError as error:
         print(f"{PROG}: error: {error.message}", file=sys.stderr)
         return error.exit_code

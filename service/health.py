@@ -6,8 +6,8 @@ Rule 1: healthy means the lock file names a live process and its mtime (the hear
 Rule 2: with `source = "kafka"` there is no lock: each worker process touches its own heartbeat
         file beside `checkpoint` (`heartbeat_path`), and healthy means every live one is fresh.
 Rule 3: it never takes the lock (a check must not stop a worker from starting), and it imports
-        only the standard library: Docker runs it every few seconds. That is why it finds the
-        checkpoint path itself, by the same precedence as `settings.py`, for that one key.
+        only the standard library (the settings too are read with it): Docker runs it every
+        few seconds.
 """
 
 from __future__ import annotations
@@ -15,53 +15,18 @@ from __future__ import annotations
 import os
 import socket
 import time
-import tomllib
 from pathlib import Path
 
-from service.environment import worker_environment
-from service.storage.atomic import MAX_CONFIG_BYTES, read_regular_file
 from service.storage.lock import HEARTBEAT_INTERVAL, lock_path_for, read_holder
 
 __all__ = [
     "STALE_AFTER",
     "check_health",
     "check_kafka_health",
-    "checkpoint_path",
     "heartbeat_path",
-    "source_of",
 ]
 
 STALE_AFTER = 10 * HEARTBEAT_INTERVAL
-
-
-def _setting(name: str, flag: str | None, config: str | None) -> str | None:
-    """A string setting: flag > WORKER_<NAME> > config file; None when none sets it."""
-    if flag:
-        return flag
-    environment = worker_environment({name, "config"})
-    if environment.get(name):
-        return environment[name]
-    config = config or environment.get("config")
-    if config:
-        try:
-            value = tomllib.loads(read_regular_file(Path(config), MAX_CONFIG_BYTES).decode()).get(
-                name
-            )
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            value = None
-        if isinstance(value, str):
-            return value
-    return None
-
-
-def checkpoint_path(flag: str | None, config: str | None) -> Path:
-    """The `checkpoint` setting: flag > WORKER_CHECKPOINT > config file > default."""
-    return Path(_setting("checkpoint", flag, config) or "checkpoint.json")
-
-
-def source_of(flag: str | None, config: str | None) -> str:
-    """The `source` setting, by the same precedence."""
-    return _setting("source", flag, config) or "file"
 
 
 def heartbeat_path(checkpoint: Path, pid: int) -> Path:

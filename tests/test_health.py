@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import LockHeld
-from service.health import STALE_AFTER, check_health, checkpoint_path
+from service.health import STALE_AFTER, check_health
 from service.storage.lock import WorkerLock, lock_path_for, read_holder
 from tests.processes import cli, worker_env
 
@@ -134,58 +134,6 @@ def test_non_worker_lock_keeps_the_pid(checkpoint: Path) -> None:
         lock.release()
 
 
-# --- where the checkpoint is --------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("flag", "env", "config_arg", "config_env", "expected"),
-    [
-        pytest.param("f.json", "e.json", "a.toml", "b.toml", "f.json", id="flag"),
-        pytest.param(None, "e.json", "a.toml", "b.toml", "e.json", id="environment"),
-        pytest.param(None, None, "a.toml", "b.toml", "from-a.json", id="config-flag"),
-        pytest.param(None, None, None, "b.toml", "from-b.json", id="config-variable"),
-        pytest.param(None, None, None, None, "checkpoint.json", id="default"),
-        pytest.param(None, None, "missing.toml", None, "checkpoint.json", id="missing-config"),
-        pytest.param(None, None, "bad.toml", None, "checkpoint.json", id="bad-toml"),
-        pytest.param(None, None, "other.toml", None, "checkpoint.json", id="no-checkpoint-key"),
-    ],
-)
-def test_checkpoint_path_precedence(
-    flag: str | None,
-    env: str | None,
-    config_arg: str | None,
-    config_env: str | None,
-    expected: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The checkpoint path: flag > WORKER_CHECKPOINT > config file > default."""
-    monkeypatch.chdir(tmp_path)
-    Path("a.toml").write_text('checkpoint = "from-a.json"\n')
-    Path("b.toml").write_text('checkpoint = "from-b.json"\n')
-    Path("bad.toml").write_text("checkpoint = \n")
-    Path("other.toml").write_text("checkpoint_interval = 2.0\n")
-    if env:
-        monkeypatch.setenv("WORKER_CHECKPOINT", env)
-    if config_env:
-        monkeypatch.setenv("WORKER_CONFIG", config_env)
-    assert checkpoint_path(flag, config_arg) == Path(expected)
-
-
-@pytest.mark.parametrize("name", ["worker_checkpoint", "Worker_Checkpoint"])
-def test_checkpoint_path_from_a_variable_in_any_case(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`healthcheck` reads the variables as `run` does: whatever their case."""
-    monkeypatch.chdir(tmp_path)
-    Path("c.toml").write_text('checkpoint = "from-c.json"\n')
-    monkeypatch.setenv(name, "e.json")
-    assert checkpoint_path(None, None) == Path("e.json")
-    monkeypatch.delenv(name)
-    monkeypatch.setenv("worker_config", "c.toml")
-    assert checkpoint_path(None, None) == Path("from-c.json")
-
-
 # --- the command -------------------------------------------------------------------------
 
 
@@ -202,6 +150,49 @@ def test_healthcheck_command(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout
         done = cli(["healthcheck", "--checkpoint", "checkpoint.json"], cwd=tmp_path, timeout=60)
         assert done.returncode == 1, done.stdout
+    finally:
+        lock.release()
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "named"),
+    [
+        (["--bogus"], None, "--bogus"),
+        (["--max-rate", "abc"], None, "max_rate"),
+        (["--config", "c.toml"], "bogus = 1\n", "bogus"),
+        (["--config", "c.toml"], "checkpoint = \n", "c.toml"),
+        (["--config", "missing.toml"], None, "missing.toml"),
+    ],
+    ids=["unknown flag", "bad value", "unknown key", "bad TOML", "missing config"],
+)
+def test_healthcheck_with_a_bad_setting_is_one_line_and_exit_2(
+    args: list[str], config: str | None, named: str, tmp_path: Path
+) -> None:
+    """`healthcheck` checks its flags and config file as `run` does: a bad one is exit 2 with
+    one line naming it, never a verdict on a checkpoint it may not have found."""
+    if config is not None:
+        (tmp_path / "c.toml").write_text(config)
+    done = cli(["healthcheck", *args], cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1
+    assert named in done.stderr
+
+
+@pytest.mark.parametrize("how", ["WORKER_CHECKPOINT", "worker_checkpoint", "config file"])
+def test_healthcheck_finds_the_checkpoint_as_run_does(how: str, tmp_path: Path) -> None:
+    """The checkpoint from a variable in any case, or from the config file WORKER_CONFIG names:
+    a live worker's lock there is healthy."""
+    lock = WorkerLock(tmp_path / "elsewhere.json")
+    lock.acquire()
+    try:
+        if how == "config file":
+            (tmp_path / "c.toml").write_text('checkpoint = "elsewhere.json"\n')
+            env = worker_env(WORKER_CONFIG="c.toml")
+        else:
+            env = worker_env(**{how: "elsewhere.json"})
+        done = cli(["healthcheck"], cwd=tmp_path, env=env, timeout=60)
+        assert done.returncode == 0, done.stdout
     finally:
         lock.release()
 
