@@ -13,6 +13,7 @@ import pytest
 
 from tests.oracle import Expected, expected_of
 from tests.processes import WorkerProcess, cli, events_of, unmeasured, worker_env
+from tests.strace import strace_prefix
 
 SEED = 20261123
 
@@ -539,7 +540,28 @@ def test_a_second_signal_during_shutdown_exits_at_once(workdir: Path) -> None:
         code = worker.finish()
         # Either the second signal beat the final checkpoint (130), or it came after it (0).
         assert code in (0, 128 + signal.SIGINT)
+        last = worker.events[-1]  # whichever it was, the last line says so
+        assert (last["event"], last["exit_code"]) == ("worker_stopped", code)
         _assert_checkpoint_exact(workdir, data)
+
+
+def test_a_shutdown_past_its_timeout_ends_with_worker_stopped(workdir: Path) -> None:
+    """Every fsync stalled 1 s and shutdown_timeout 0.3 s: SIGTERM ends the process with exit 1
+    within about the timeout, its last lines the fatal error and `worker_stopped`."""
+    data = (workdir / "numbers.txt").read_bytes()
+    stalled = strace_prefix("/dev/null", "fsync", "fsync:delay_enter=1000000")
+    args = ["--max-rate", "100000", "--checkpoint-interval", "0.5", "--shutdown-timeout", "0.3"]
+    worker = WorkerProcess(args, workdir, prefix=stalled)
+    worker.wait_for("checkpoint_saved", reason="timer", timeout=30)
+    sent = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 1
+    assert time.monotonic() - sent < 3
+    fatal, stopped = worker.events[-2:]
+    assert "shutdown_timeout" in fatal["message"]
+    assert (stopped["event"], stopped["exit_code"]) == ("worker_stopped", 1)
+    assert stopped["reason"] == "shutdown_timeout"
+    _assert_checkpoint_exact(workdir, data)
 
 
 def test_follow_mode_notices_an_in_place_rewrite_of_consumed_data(tmp_path: Path) -> None:

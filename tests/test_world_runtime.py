@@ -185,7 +185,10 @@ def test_a_second_stop_signal_with_sighup_exits_at_once(
         worker.signal(first)
         worker.wait_for("shutdown_requested")
         worker.signal(second)
-        assert worker.finish() in (0, 128 + second)
+        code = worker.finish()
+        assert code in (0, 128 + second)
+        last = worker.events[-1]
+        assert (last["event"], last["exit_code"]) == ("worker_stopped", code)
         saved = json.loads((workdir / "checkpoint.json").read_text())
         assert saved["sum"] == expected_of(data[: saved["offset"]]).sum
 

@@ -22,7 +22,7 @@ import signal
 import threading
 from dataclasses import asdict
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
@@ -37,7 +37,7 @@ from service.lifecycle.partition import Partition, ReadStatus, Source
 from service.settings import Settings
 from service.storage.checkpoint import require_directory_of, write_json
 from service.storage.lock import HEARTBEAT_INTERVAL
-from service.telemetry.logs import Logger, on_output_closed
+from service.telemetry.logs import Logger, last_words, on_output_closed
 from service.telemetry.wiring import telemetry_for
 
 __all__ = ["run_worker"]
@@ -46,27 +46,36 @@ PROGRESS_INTERVAL = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def _exit_at_once(signum: int) -> NoReturn:
+    """A second stop signal: end the process now; the checkpoint on disk stays whole."""
+    code = 128 + signum
+    last_words([("worker_stopped", "info", {"exit_code": code, "reason": "second_signal"})], code)
+
+
 def _exit_at_next_signal() -> None:
-    """From now on a stop signal ends the process at once; the checkpoint on disk stays whole."""
+    """From now on a stop signal ends the process at once."""
 
     def _exit_now(signum: int, _frame: FrameType | None) -> None:
-        os._exit(128 + signum)
+        _exit_at_once(signum)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, _exit_now)
 
 
-def _exit_after(seconds: float, log: Logger) -> None:
+def _exit_after(seconds: float) -> None:
     """End the process `seconds` from now, whatever it waits for (a save on a stalled disk,
     which no cancellation can interrupt): the checkpoint on disk is whole at any instant."""
 
     def expire() -> None:
-        log.error(
-            "fatal_error",
-            message=f"shutdown took longer than shutdown_timeout={seconds}s (a stalled disk?); "
-            "exiting without the final checkpoint; the one on disk is whole",
+        message = (
+            f"shutdown took longer than shutdown_timeout={seconds}s (a stalled disk?); "
+            "exiting without the final checkpoint; the one on disk is whole"
         )
-        os._exit(1)
+        stopped = {"exit_code": 1, "reason": "shutdown_timeout"}
+        last_words(
+            [("fatal_error", "error", {"message": message}), ("worker_stopped", "info", stopped)],
+            1,
+        )
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
@@ -173,9 +182,9 @@ class _Worker:
         finally:
             if self.stop_signal is None:
                 self.listening = False  # a signal already on its way to the loop changes nothing
-                self._ignore_late_signals()
+                self.ignore_late_signals()
 
-    def _ignore_late_signals(self) -> None:
+    def ignore_late_signals(self) -> None:
         """The run already ended (completed, failed, stdout closed): its outcome is decided and
         its final checkpoint under way, so a stop signal now only bounds the shutdown."""
 
@@ -190,7 +199,7 @@ class _Worker:
         if not self.listening:
             return
         if self.stop_signal is not None:  # a second one, before the first was taken in
-            os._exit(128 + signum)
+            _exit_at_once(signum)
         self.stop_signal = signum
         _exit_at_next_signal()
         self._bound_shutdown()
@@ -211,7 +220,7 @@ class _Worker:
     def _bound_shutdown(self) -> None:
         if not self.shutdown_deadline_set:
             self.shutdown_deadline_set = True
-            _exit_after(self.settings.shutdown_timeout, self.log)
+            _exit_after(self.settings.shutdown_timeout)
 
     # --- run ----------------------------------------------------------------------------------
 
@@ -457,5 +466,6 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
         code, reason = await worker.shut_down()
         on_output_closed(None)  # the loop closes next; the last line may go nowhere
     counters = asdict(source.totals()) if worker.started else {}
+    worker.ignore_late_signals()  # the exit code is decided: a signal now cannot change it
     log.info("worker_stopped", exit_code=code, reason=reason, **counters)
     return code

@@ -11,20 +11,29 @@ Rule 4: tracebacks never show local variables: a secret may be one.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import errno
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
 from service.core.decimal_text import decimal_of, exact_json
 
 if TYPE_CHECKING:
     import structlog
 
-__all__ = ["Logger", "configure_logging", "on_output_closed", "renders_json", "route_output"]
+__all__ = [
+    "Logger",
+    "configure_logging",
+    "last_words",
+    "on_output_closed",
+    "renders_json",
+    "route_output",
+]
 
 Logger = Any  # structlog's bound loggers are dynamically typed
 
@@ -37,6 +46,7 @@ _LEVELS = {
 
 
 _closed_hook: Callable[[], None] | None = None
+_as_json = True  # the format `configure_logging` chose, for `last_words`
 _closed_once = threading.Lock()
 
 
@@ -110,7 +120,8 @@ def _import_structlog(as_json: bool) -> None:
 
 def configure_logging(log_format: str, log_level: str) -> Logger:
     """Configure structlog and the standard library's logging; return the worker's logger."""
-    as_json = renders_json(log_format)
+    global _as_json
+    as_json = _as_json = renders_json(log_format)
     _import_structlog(as_json)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -155,3 +166,31 @@ def route_output(stream: TextIO) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(_LogStream(stream))
+
+
+def last_words(lines: list[tuple[str, str, dict[str, Any]]], exit_code: int) -> NoReturn:
+    """Write (event, level, fields) lines and end the process with `exit_code` at once.
+
+    For a signal handler or the shutdown watchdog: the code they interrupt may hold the logger's
+    lock, or be stuck writing to a stalled reader, so the lines are written straight to stdout's
+    descriptor by a thread of their own, given a moment, and the process ends either way.
+    """
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = ""
+    for event, level, fields in lines:
+        if _as_json:
+            text += exact_json({**fields, "event": event, "level": level, "timestamp": now}) + "\n"
+        else:
+            shown = " ".join(f"{key}={value}" for key, value in fields.items())
+            text += f"{now} [{level}] {event} {shown}\n"
+    data = text.encode()
+
+    def write() -> None:
+        with contextlib.suppress(OSError):
+            os.write(sys.stdout.fileno(), data)
+
+    with contextlib.suppress(RuntimeError, ValueError):  # interpreter teardown, closed stdout
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(0.2)
+    os._exit(exit_code)
