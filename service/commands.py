@@ -21,7 +21,7 @@ from service.sources.files.source import (
     saved_state_of_plain_path,
 )
 from service.storage.atomic import atomic_write, temp_files_of
-from service.storage.checkpoint import CheckpointStore, FileState
+from service.storage.checkpoint import CheckpointStore, FileState, identify_input
 from service.storage.lock import WorkerLock
 from service.telemetry.logs import Logger
 
@@ -64,21 +64,45 @@ def generate(
 
 
 def _present_files(settings: Settings, saved: tuple[FileState, ...]) -> list[dict[str, Any]]:
-    """Each file of the input present now, with its saved position (0 for one not yet read)."""
+    """Each file of the input present now, with its saved position (0 for one not yet read),
+    and whether it still holds what the checkpoint consumed of it (`changed`)."""
     patterns = input_patterns(settings)
     plain = patterns.plain_path
+    pairs: list[tuple[str, FileState | None, int]]
     if plain is not None:
         try:
             size = plain.stat().st_size
         except OSError:
             return []
-        state = saved_state_of_plain_path(saved, str(plain))
-        pairs = [(str(plain), state.position if state else Position(), size)]
+        pairs = [(str(plain), saved_state_of_plain_path(saved, str(plain)), size)]
     else:
         pairing = match_saved_files(saved, patterns.scan())
-        pairs = [(m.path, s.position, m.size) for _k, m, s in pairing.resumed]
-        pairs += [(m.path, Position(), m.size) for m in pairing.new.values()]
-    return [file_entry(path, p, size) for path, p, size in sorted(pairs, key=lambda pair: pair[0])]
+        pairs = [(m.path, s, m.size) for _k, m, s in pairing.resumed]
+        pairs += [(m.path, None, m.size) for m in pairing.new.values()]
+    entries = []
+    for path, state, size in sorted(pairs, key=lambda pair: pair[0]):
+        entry = file_entry(path, state.position if state else Position(), size)
+        entry["changed"] = state is not None and _changed_since(path, state, size)
+        entries.append(entry)
+    return entries
+
+
+def _changed_since(path: str, state: FileState, size: int) -> bool:
+    """Whether the file no longer holds the prefix the checkpoint consumed: the check `run`
+    makes before it reads on (shorter than the offset, or other bytes in that prefix)."""
+    offset = state.position.offset
+    if size < offset:
+        return True
+    if offset == 0 or state.identity is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False  # gone since the scan: the next run says what became of it
+    try:
+        return identify_input(fd, offset) != state.identity
+    finally:
+        os.close(fd)
 
 
 def _percent(offset: int, size: int | None) -> float | None:
@@ -98,13 +122,17 @@ def _status_of(settings: Settings) -> dict[str, Any]:
     for entry in files:
         caught_up = entry["offset"] >= entry["size"]
         entry["state"] = ("done" if completed else "caught_up") if caught_up else "reading"
+        if entry.pop("changed"):
+            entry["state"] = "changed"
+    changed = [entry["path"] for entry in files if entry["state"] == "changed"]
     return {
         "checkpoint": str(settings.checkpoint),
         "exists": checkpoint is not None,
         "input": input_patterns(settings).describe(),
         **asdict(position),
         "input_size": size,
-        "percent": _percent(position.offset, size),
+        "percent": None if changed else _percent(position.offset, size),
+        "input_changed": changed,
         "completed": completed,
         "updated_at": checkpoint.updated_at if checkpoint else None,
         "files": files,
@@ -133,12 +161,18 @@ def status(settings: Settings, *, as_json: bool) -> int:
     ]
     for name, value in rows:
         print(f"{name:<12}{value}")
+    for path in report["input_changed"]:
+        print(
+            f"changed     {path} no longer holds what the checkpoint consumed of it: the next "
+            "run reports input_changed (on_input_change decides what follows)"
+        )
     if len(report["files"]) > 1 or input_patterns(settings).plain_path is None:
         print(f"files       {len(report['files'])}")
         for entry in report["files"]:
             percent = _percent(entry["offset"], entry["size"])
+            shown_percent = "-" if entry["state"] == "changed" else f"{percent:.2f}%"
             print(
-                f"  {entry['path']}  {percent:.2f}%  records {entry['records']:,}  "
+                f"  {entry['path']}  {shown_percent}  records {entry['records']:,}  "
                 f"sum {decimal_of(entry['sum'])}  {entry['state'].replace('_', ' ')}"
             )
     sys.stdout.flush()

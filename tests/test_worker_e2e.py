@@ -508,6 +508,28 @@ def test_status_reports_progress_for_people_and_as_json(workdir: Path) -> None:
     assert f"{report['records']:,}" in text
 
 
+@pytest.mark.parametrize("change", ["truncated", "same size, other bytes"])
+def test_status_says_when_the_input_no_longer_holds_what_was_consumed(
+    workdir: Path, change: str
+) -> None:
+    """An input cut below the checkpoint's offset, or rewritten in its consumed prefix: status
+    names it as changed and gives no percent, instead of one past 100 or a wrong one."""
+    assert cli(["run"], workdir).returncode == 0
+    path = workdir / "numbers.txt"
+    data = path.read_bytes()
+    if change == "truncated":
+        path.write_bytes(data[:1000])
+    else:
+        path.write_bytes((b"8" if data[:1] == b"9" else b"9") + data[1:])
+    report = json.loads(cli(["status", "--json"], workdir).stdout)
+    assert report["percent"] is None
+    assert report["input_changed"] == ["numbers.txt"]
+    assert [entry["state"] for entry in report["files"]] == ["changed"]
+    text = cli(["status"], workdir).stdout
+    assert "changed     numbers.txt" in text
+    assert "%" not in text
+
+
 def test_settings_come_from_flag_environment_and_config_file(workdir: Path) -> None:
     """Precedence flag > environment > file: the file names the result, env and flag override."""
     (workdir / "worker.toml").write_text('result = "from-file.json"\ncheckpoint = "file.ckpt"\n')
