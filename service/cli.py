@@ -197,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
 
 
+class _Stopped(BaseException):
+    """A stop signal outside `run`: unwinds the command, as KeyboardInterrupt does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def console() -> NoReturn:
     """The `checkpoint-worker` console script."""
     import contextlib
@@ -205,10 +213,20 @@ def console() -> NoReturn:
 
     # `status | head` ends us quietly, like any CLI (`run` ignores SIGPIPE again: it must save).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+    def stop(signum: int, _frame: object) -> NoReturn:
+        raise _Stopped(signum)
+
+    # SIGTERM and SIGHUP unwind like Ctrl+C, so `generate` removes its unfinished temporary
+    # file (`run` takes these signals over: it stops gracefully instead).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     try:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet
         code = 130
+    except _Stopped as stopped:
+        code = 128 + stopped.signum
     # Every file is written and closed by now. Skipping the interpreter's teardown of anyio,
     # structlog and the rest saves time on every exit, a stop on SIGTERM included.
     for stream in (sys.stdout, sys.stderr):

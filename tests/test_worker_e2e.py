@@ -6,6 +6,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -528,6 +530,21 @@ def test_status_says_when_the_input_no_longer_holds_what_was_consumed(
     text = cli(["status"], workdir).stdout
     assert "changed     numbers.txt" in text
     assert "%" not in text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_stopped_generate_leaves_no_partial_file(tmp_path: Path, signum: int) -> None:
+    """`generate` stopped mid-write by a signal: exit 128 + n, no output file and no temporary
+    file left behind."""
+    command = [sys.executable, "-m", "service", "generate", "--count", "5000000", "--seed", "1"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=worker_env(), stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not any(tmp_path.glob(".numbers.txt.*")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the temporary file exists: the write is under way
+    process.send_signal(signum)
+    process.communicate(timeout=30)
+    assert process.returncode == 128 + signum
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_settings_come_from_flag_environment_and_config_file(workdir: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import signal
 import stat
 import tempfile
 from collections.abc import Iterable
@@ -76,12 +77,25 @@ def _new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 def atomic_write(target: Path, pieces: Iterable[bytes]) -> None:
     """Replace `target` with the concatenated `pieces`, atomically and durably (blocking)."""
     directory = target.parent
-    fd, temp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=directory)
+    # A stop signal whose handler raises (Ctrl+C) is held while the temporary file is created:
+    # raised between its creation and the `try`, it would leave the file behind (Rule 2).
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        fd, temp_name = tempfile.mkstemp(
+            prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=directory
+        )
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
     temp = Path(temp_name)
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal is raised in here
         with os.fdopen(fd, "wb") as handle:
             for piece in pieces:
                 handle.write(piece)
