@@ -65,6 +65,17 @@ class _Server(socketserver.ThreadingTCPServer):
         self._silent_lock = threading.Lock()
         super().__init__(address, _Handler)
 
+    def server_bind(self) -> None:
+        """Bind; where the system can, accept a connection only once its client has written
+        (TCP_DEFER_ACCEPT): a client of a burst is never taken for a silent one, and a silent
+        one waits in the kernel, holding no slot, for up to `READ_TIMEOUT`."""
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(READ_TIMEOUT)
+                )
+        super().server_bind()
+
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept only when a slot is free: until then the client waits in the backlog, and
         holds none of the worker's descriptors. A client is waiting now, so when every slot is
