@@ -171,9 +171,9 @@ def test_healthz_is_503_while_the_event_loop_is_stalled(
     assert shutil.which("strace"), "strace is missing: .ci/run installs it"
     (tmp_path / "numbers.txt").write_bytes(NUMBERS)
     stall = STALLED_AFTER + 5
-    # The input's newfstatat calls from the 6th on come from the event loop (the reader's
-    # position reports, the follow poll); the 6th is held for `stall` seconds.
-    hold = f"newfstatat:delay_enter={int(stall * 1e6)}:when=6"
+    # The input's newfstatat calls from the 9th on come from the event loop (the reader's
+    # position reports, the follow poll); the 9th is held for `stall` seconds.
+    hold = f"newfstatat:delay_enter={int(stall * 1e6)}:when=9"
     prefix: tuple[str, ...] = ("strace", "-f", "-qq", "-o", "/dev/null", "-P", "numbers.txt")
     prefix += ("-e", "trace=newfstatat", "-e", f"inject={hold}")
     worker = _start(running, tmp_path, "--follow", prefix=prefix)

@@ -429,7 +429,8 @@ def test_a_config_that_is_not_a_small_regular_file_is_one_line_and_exit_2(
     assert done.returncode == 2
     assert str(config) in _one_error_line(done)
     health = cli(["healthcheck", "--config", str(config)], tmp_path, timeout=30)
-    assert health.returncode == 1  # no worker runs; the config was not waited on
+    assert health.returncode == 2  # refused as by `run`, and never waited on
+    assert str(config) in health.stderr
 
 
 @pytest.mark.parametrize("kind", ["fifo", "300 MB file"])
