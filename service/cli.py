@@ -9,6 +9,7 @@ stays as light as the standard library.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -25,9 +26,45 @@ DEFAULT_COUNT = 1_000_000  # numbers `generate` writes unless told otherwise
 
 
 class _Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        """One line and exit 2, instead of argparse's usage block."""
+        """One line and exit 2, instead of argparse's usage block; no secret in it."""
+        argv: list[str] = getattr(self, "argv", [])
+        message = _without_values(message, argv, _flags_safe_to_echo(self))
         self.exit(2, f"{PROG}: error: {message} (see `{PROG} --help`)\n")
+
+
+def _flags_safe_to_echo(parser: argparse.ArgumentParser) -> set[str]:
+    """The flags of `parser` and its commands that take no value or a typed one (a count, a
+    path): none of them is a secret."""
+    safe: set[str] = set()
+    for action in parser._actions:
+        if action.nargs == 0 or action.type is not None:
+            safe.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                safe |= _flags_safe_to_echo(command)
+    return safe
+
+
+def _without_values(message: str, argv: list[str], safe: set[str]) -> str:
+    """argparse repeats what it could not take (`--kafka-sasl-pass=...`, a misspelt flag and the
+    word after it, a secret given before the command): any value of a flag that may be a secret
+    is shown as `***`."""
+    hidden: dict[str, str] = {}
+    for previous, token in zip(["", *argv], argv, strict=False):
+        flag, has_value, _value = token.partition("=")
+        if token.startswith("-") and has_value and flag not in safe:
+            hidden[token] = f"{flag}=***"
+        elif previous.startswith("-") and "=" not in previous and previous not in safe:
+            hidden[token] = "***"
+    for token, shown in hidden.items():
+        # Whole words only, quoted or not: `run` in the message is not a `run` given as a value.
+        message = re.sub(rf"(?<![^\s'\"]){re.escape(token)}(?![^\s'\",])", shown, message)
+    return message
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -205,11 +242,30 @@ class _Stopped(BaseException):
         self.signum = signum
 
 
+def _point_closed_std_streams_at_null() -> None:
+    """A standard descriptor closed at start (`run >&-`) is opened on /dev/null, as a daemon's
+    are: otherwise the next file opened (a checkpoint) would take its number and get log lines."""
+    import os
+
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: `fd` itself
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115  # lives as long as we do
+
+
 def console() -> NoReturn:
     """The `checkpoint-worker` console script."""
     import contextlib
     import os
     import signal
+
+    _point_closed_std_streams_at_null()
 
     # `status | head` ends us quietly, like any CLI (`run` ignores SIGPIPE again: it must save).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

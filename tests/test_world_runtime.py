@@ -6,7 +6,9 @@ goes away, real signals, real sockets that hang up, reset or say nothing.
 
 from __future__ import annotations
 
+import array
 import decimal
+import fcntl
 import json
 import os
 import random
@@ -16,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import urllib.request
@@ -143,6 +146,62 @@ def test_a_log_that_cannot_be_written_never_stops_the_work(workdir: Path) -> Non
         )
     assert done.returncode == 0
     assert done.stderr == b""
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
+def test_a_reader_that_stops_reading_cannot_keep_sigterm_from_saving(tmp_path: Path) -> None:
+    """stdout's reader stops reading (a paused pager): the worker waits for it, as Docker's
+    blocking log mode does, but SIGTERM still saves the final checkpoint and exits 0, and every
+    line that was written is whole."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(3000):  # a `file_discovered` line each: far more than a pipe holds
+        (data / f"{index:04}.txt").write_bytes(f"{index}\n".encode())
+    worker = subprocess.Popen(
+        [*RUN, "--input", "data/*.txt", "--follow"],
+        cwd=tmp_path,
+        env=worker_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert worker.stdout is not None
+    try:
+        pipe_full = time.monotonic() + 30
+        held = array.array("i", [0])
+        while held[0] < 60_000:  # a pipe holds 64 KiB: the worker now waits in a write
+            assert time.monotonic() < pipe_full, "the worker never filled its stdout pipe"
+            time.sleep(0.1)
+            fcntl.ioctl(worker.stdout.fileno(), termios.FIONREAD, held)
+        time.sleep(0.5)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=10)
+    finally:
+        worker.kill()
+    output, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert b"Traceback" not in stderr
+    assert all(json.loads(line)["event"] for line in output.splitlines())
+    checkpoint = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert not checkpoint["completed"]
+    assert cli(["run", "--input", "data/*.txt"], tmp_path).returncode == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (result["sum"], result["records"]) == (sum(range(3000)), 3000)
+
+
+def test_run_with_stdout_closed_from_the_start_completes(workdir: Path) -> None:
+    """`run >&-`: no traceback, the exact result, and no log line in the checkpoint, whose file
+    would otherwise take stdout's number."""
+    done = subprocess.run(
+        ["bash", "-c", f"exec {sys.executable} -m service run --checkpoint-interval 0.05 >&-"],
+        cwd=workdir,
+        env=worker_env(),
+        stderr=subprocess.PIPE,
+        timeout=120,
+    )
+    assert done.returncode == 0
+    assert done.stderr == b""
+    json.loads((workdir / "checkpoint.json").read_text())
     _assert_resumes_to_the_exact_sum(workdir)
 
 
@@ -488,6 +547,37 @@ def test_a_bad_secret_names_the_setting_never_its_value(
     line = _one_error_line(done)
     assert "kafka_sasl_password" in line
     assert SECRET not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", f"--kafka-sasl-pass={SECRET}"],  # an abbreviation that matches two flags
+        ["run", f"--kafka-sasl-passwd={SECRET}"],  # misspelt, the value attached
+        ["run", "--kafka-sasl-pasword", SECRET, "--follow"],  # misspelt, the value after it
+        ["--kafka-sasl-password", SECRET, "run"],  # before the command
+        ["healthcheck", f"--kafka-sasl-pass={SECRET}"],
+    ],
+)
+def test_a_mistyped_flag_never_echoes_a_secret_given_with_it(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """argparse repeats what it cannot take: one line, exit 2, the flag named, no value."""
+    done = cli(argv, tmp_path)
+    assert done.returncode == 2
+    line = _one_error_line(done)
+    assert "***" in line
+    assert SECRET not in done.stdout + done.stderr
+
+
+def test_a_mistyped_command_line_still_names_what_is_wrong(tmp_path: Path) -> None:
+    """A stray word after a flag that takes no value, and a bad count, are shown as typed."""
+    stray = cli(["run", "--follow", "numbers.txt"], tmp_path)
+    assert stray.returncode == 2
+    assert "unrecognized arguments: numbers.txt" in _one_error_line(stray)
+    count = cli(["generate", "--count", "ten"], tmp_path)
+    assert count.returncode == 2
+    assert "'ten'" in _one_error_line(count)
 
 
 def test_a_traceback_in_the_log_never_shows_local_variables(tmp_path: Path) -> None:

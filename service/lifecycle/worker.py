@@ -37,7 +37,7 @@ from service.lifecycle.partition import Partition, ReadStatus, Source
 from service.settings import Settings
 from service.storage.checkpoint import require_directory_of, write_json
 from service.storage.lock import HEARTBEAT_INTERVAL
-from service.telemetry.logs import Logger, last_words, on_output_closed
+from service.telemetry.logs import Logger, last_words, on_output_closed, stop_waiting_for_reader
 from service.telemetry.wiring import telemetry_for
 
 __all__ = ["run_worker"]
@@ -169,6 +169,7 @@ class _Worker:
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
+            stop_waiting_for_reader()  # the loop may be the one waiting, in a log write
             loop.call_soon_threadsafe(self._request_shutdown, signum, scope)
 
         for stop_signal in STOP_SIGNALS:

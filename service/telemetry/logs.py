@@ -7,6 +7,10 @@ Rule 3: writing a log line never raises. A line that cannot be written (EIO, ENO
         closed reader (`run | head`, EPIPE) sends every later line to /dev/null and tells the
         hook given to `on_output_closed`, once: `run` then stops gracefully.
 Rule 4: tracebacks never show local variables: a secret may be one.
+Rule 5: a reader that stops reading (a paused pager, a stuck log collector) holds the writer back,
+        as Docker's default blocking log mode does, until a stop is asked for: from then on a
+        line waits at most `READER_GRACE` seconds for room, then is dropped, so the worker can
+        still save its final checkpoint and exit.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import contextlib
 import datetime
 import errno
 import logging
+import io
 import os
+import select
+import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
@@ -33,6 +41,7 @@ __all__ = [
     "on_output_closed",
     "renders_json",
     "route_output",
+    "stop_waiting_for_reader",
 ]
 
 Logger = Any  # structlog's bound loggers are dynamically typed
@@ -45,9 +54,24 @@ _LEVELS = {
 }
 
 
+READER_GRACE = 1.0  # seconds a line waits for a stalled reader once a stop is asked for
+_POLL_SLICE_MS = 100  # how often a waiting write looks whether a stop was asked for
+_PIPE_BUF = select.PIPE_BUF  # at most this much per write: it fits once poll says there is room
+
 _closed_hook: Callable[[], None] | None = None
 _as_json = True  # the format `configure_logging` chose, for `last_words`
 _closed_once = threading.Lock()
+_give_up_at: float | None = None  # monotonic time after which a stalled reader is not waited for
+_write_lock = threading.Lock()  # whole lines, whichever thread logs
+
+
+def stop_waiting_for_reader() -> None:
+    """A stop was asked for: wait at most `READER_GRACE` more for a reader that does not read.
+
+    Safe in a signal handler: it only sets a time."""
+    global _give_up_at
+    if _give_up_at is None:
+        _give_up_at = time.monotonic() + READER_GRACE
 
 
 def on_output_closed(hook: Callable[[], None] | None) -> None:
@@ -57,19 +81,57 @@ def on_output_closed(hook: Callable[[], None] | None) -> None:
 
 
 class _LogStream:
-    """A text stream for log lines whose writes never raise (Rule 3)."""
+    """A text stream for log lines whose writes never raise (Rule 3) and stop waiting for a
+    stalled reader once a stop is asked for (Rule 5).
+
+    A stream with a descriptor of its own (stdout) is written with `os.write`, a whole line at
+    a time, after `poll` says there is room; a stream without one (the progress line's console)
+    through its own `write`.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self.pending = ""
+        self.fd: int | None = None
+        self.may_stall = False
+        if isinstance(stream, io.TextIOWrapper):
+            try:
+                stream.flush()  # what it holds goes out before the lines written past it
+                self.fd = stream.fileno()
+                self.may_stall = not stat.S_ISREG(os.fstat(self.fd).st_mode)
+            except (OSError, ValueError):
+                self.fd = None
 
     def write(self, text: str) -> int:
-        self._guarded(self.stream.write, text)
+        self.pending += text
+        if text.endswith("\n"):
+            self.flush()
         return len(text)
 
     def flush(self) -> None:
-        self._guarded(self.stream.flush)
+        text, self.pending = self.pending, ""
+        if not text:
+            return
+        if self.fd is None:
+            self._guarded(self.stream.write, text)
+            self._guarded(self.stream.flush)
+            return
+        data = text.encode(self.stream.encoding or "utf-8", "backslashreplace")
+        with _write_lock:
+            self._guarded(self._send, data)
 
-    def _guarded(self, write: Callable[..., object], *args: str) -> None:
+    def _send(self, data: bytes) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            if self.may_stall and not _room_in(self.fd):
+                return  # a stop was asked for and the reader still does not read: dropped
+            try:
+                view = view[os.write(self.fd, view[:_PIPE_BUF]) :]
+            except BlockingIOError:  # a descriptor someone made non-blocking: wait for room
+                continue
+
+    def _guarded(self, write: Callable[..., object], *args: Any) -> None:
         try:
             write(*args)
         except (OSError, ValueError) as error:  # ValueError: the stream was closed
@@ -86,6 +148,19 @@ class _LogStream:
             pass
         if _closed_once.acquire(blocking=False) and _closed_hook is not None:
             _closed_hook()
+
+
+def _room_in(fd: int) -> bool:
+    """Wait until `fd` takes a write without blocking (or has failed: the write tells how);
+    False once a stop was asked for and the grace has run out."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while True:
+        waited_enough = _give_up_at is not None and time.monotonic() >= _give_up_at
+        if poller.poll(0 if waited_enough else _POLL_SLICE_MS):
+            return True
+        if waited_enough:
+            return False
 
 
 def _long_ints_as_text(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
