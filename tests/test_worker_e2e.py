@@ -636,6 +636,25 @@ def test_follow_restart_survives_a_deleted_input_and_stops_gracefully(tmp_path: 
     assert _checkpoint(tmp_path)["sum"] == 40
 
 
+def test_the_progress_rate_counts_what_this_run_read_even_when_totals_fall(
+    tmp_path: Path,
+) -> None:
+    """Following under restart, a rewritten input sets its totals back to nothing: the next
+    `progress` line's rate is what this process read per second, never negative."""
+    path = tmp_path / "numbers.txt"
+    path.write_bytes(_numbers(5000, seed=1))
+    args = ["--follow", "--on-input-change", "restart", "--poll-interval", "0.05"]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("progress", records=5000)  # the rate's last reading: 5000 records
+    path.write_bytes(b"7\n")  # same inode, fewer lines
+    worker.wait_for("input_changed", action="restart")
+    worker.wait_for("caught_up", records=1)
+    progress = worker.wait_for("progress", timeout=30, records=1)
+    assert progress["rate"] >= 0
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+
+
 def test_an_unreadable_input_is_one_error_line_without_traceback(tmp_path: Path) -> None:
     """A read error on the input (EIO here): exit 1, one error line, no traceback."""
     done = cli(["run", "--input", "/proc/self/mem"], tmp_path)

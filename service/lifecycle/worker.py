@@ -102,6 +102,7 @@ class _Worker:
         self.caught_up_at: Position | None = None
         self.shutdown_deadline_set = False
         self.pacer = Pacer(settings.max_rate)
+        self.records_read = 0  # by this process: the progress rate's measure, never falling
         self.rate = RateMeter(0, 0.0)
         self.scope = anyio.CancelScope()  # the whole run's, once it runs
         self.telemetry = telemetry_for(settings)  # metrics endpoint, progress line, or nothing
@@ -127,7 +128,7 @@ class _Worker:
                 # What start-up built (a partition per file, thousands maybe) lives as long as
                 # the run: the collector skips it, so a full collection does not stall the loop.
                 gc.freeze()
-                self.rate = RateMeter(self.source.totals().records, anyio.current_time())
+                self.rate = RateMeter(0, anyio.current_time())
                 self.started = True
                 for partition in partitions:
                     self._report_position(partition)
@@ -299,6 +300,7 @@ class _Worker:
     def _count(self, partition: Partition, consumed: Position) -> None:
         """Tell telemetry what one batch consumed (never less than nothing) and where it stands."""
         self.moved = self.moved or consumed != Position()
+        self.records_read += max(0, consumed.records)
         self.telemetry.consumed(
             max(0, consumed.records), max(0, consumed.bad_records), max(0, consumed.offset)
         )
@@ -386,7 +388,7 @@ class _Worker:
             records=total.records,
             bad_records=total.bad_records,
             percent=round(percent_done(total.offset, size or 0), 2),
-            rate=round(self.rate.rate(total.records, anyio.current_time()), 1),
+            rate=round(self.rate.rate(self.records_read, anyio.current_time()), 1),
             partitions=len(self.status_of),
         )
 
