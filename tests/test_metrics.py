@@ -163,6 +163,31 @@ def test_readyz_is_503_until_start_up_has_finished(
             os.kill(pid, signal.SIGKILL)
 
 
+def test_readyz_is_503_while_a_followed_glob_matches_no_file(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """Following a glob: no file yet is not ready; a file that comes makes it ready; the file
+    deleted makes it not ready again."""
+    worker = _start(running, tmp_path, "--follow", "--input", "in/*.txt", "--poll-interval", "0.05")
+    worker.wait_for("waiting_for_files")
+
+    def readiness_becomes(status: int) -> str:
+        deadline = time.monotonic() + 10
+        while (answer := _get(worker, "/readyz"))[0] != status:
+            assert time.monotonic() < deadline, f"/readyz still says {answer}"
+            time.sleep(0.05)
+        return answer[1]
+
+    assert "no input file" in readiness_becomes(503)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"5\n")
+    worker.wait_for("caught_up", sum=5)
+    assert readiness_becomes(200) == "ready\n"
+    (tmp_path / "in" / "a.txt").unlink()
+    assert "no input file" in readiness_becomes(503)
+    _stop(worker)
+
+
 @pytest.mark.slow
 def test_healthz_is_503_while_the_event_loop_is_stalled(
     tmp_path: Path, running: list[WorkerProcess]

@@ -11,14 +11,13 @@ Rule 3: all of a partition's state is its `Position` and what identifies it, der
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.core.parsing import Parsed
 from service.core.position import Position
 
-__all__ = ["Gauge", "Partition", "ReadStatus", "Source", "Standing", "Step"]
+__all__ = ["Gauge", "Partition", "Reachable", "ReadStatus", "Source", "Standing", "Step"]
 
 
 class ReadStatus(enum.Enum):
@@ -64,6 +63,11 @@ class Standing:
     partitions: int | None = None
 
 
+class Reachable(Protocol):
+    def __call__(self, yes: bool, why: str = "the input cannot be reached") -> None:
+        """The input can be read now, or cannot (`why`, for `/readyz`)."""
+
+
 class Partition(Protocol):
     @property
     def label(self) -> str:
@@ -95,7 +99,7 @@ class Source(Protocol):
         """Load the saved state and return the partitions to read first."""
         ...
 
-    async def watch(self, reachable: Callable[[bool], None]) -> None:
+    async def watch(self, reachable: Reachable) -> None:
         """Beside start-up and reading, until cancelled: tell `reachable` when the input can no
         longer be reached and when it can again; raise a WorkerError to end the run."""
         ...

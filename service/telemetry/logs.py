@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import logging
 import io
+import logging
 import os
 import select
 import stat

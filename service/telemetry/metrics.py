@@ -82,7 +82,7 @@ class Metrics(Telemetry):
         self._last_save = 0.0
         self._gauges = GaugeBoard()
         self._ready = False
-        self._unreachable = False
+        self._unreachable: str | None = None  # why, while the input cannot be read
         self._last_beat = time.monotonic()
         self._registry: Any = None
 
@@ -124,8 +124,8 @@ class Metrics(Telemetry):
     def ready(self) -> None:
         self._ready = True
 
-    def reachable(self, yes: bool) -> None:
-        self._unreachable = not yes
+    def reachable(self, yes: bool, why: str = "the input cannot be reached") -> None:
+        self._unreachable = None if yes else why
 
     # --- what the probes read (from the HTTP threads) -----------------------------------------
 
@@ -239,9 +239,7 @@ class Metrics(Telemetry):
         """Why the worker is not ready, or None when it is."""
         if not self._ready:
             return "starting up"
-        if self._unreachable:
-            return "the input cannot be reached"
-        return None
+        return self._unreachable
 
     def stalled_for(self, now: float | None = None) -> float | None:
         """Seconds since the last heartbeat if that is longer than STALLED_AFTER, else None."""

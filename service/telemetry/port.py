@@ -35,9 +35,9 @@ class Telemetry:
     def consumed(self, records: int, bad_records: int, nbytes: int) -> None:
         """One batch was consumed: `records` valid, `bad_records` skipped, `nbytes` bytes."""
 
-    def reachable(self, yes: bool) -> None:
-        """The input can (again) or cannot be reached now (a broker outage): not ready while
-        it cannot."""
+    def reachable(self, yes: bool, why: str = "the input cannot be reached") -> None:
+        """The input can (again) or cannot be reached now (a broker outage, no file matching
+        yet): not ready while it cannot, `why` saying so."""
 
     def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
         """Where the streams of the partition `label` stand now (its whole list)."""

@@ -38,9 +38,9 @@ class _Fanout(Telemetry):
         for part in self.parts:
             part.consumed(records, bad_records, nbytes)
 
-    def reachable(self, yes: bool) -> None:
+    def reachable(self, yes: bool, why: str = "the input cannot be reached") -> None:
         for part in self.parts:
-            part.reachable(yes)
+            part.reachable(yes, why)
 
     def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
         for part in self.parts:

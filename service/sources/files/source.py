@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from service.core.names import shown
 from service.core.parsing import DetailBudget
 from service.core.position import Position
 from service.errors import InputUnreadable, UsageError
-from service.lifecycle.partition import Partition, Standing
+from service.lifecycle.partition import Partition, Reachable, Standing
 from service.settings import Settings
 from service.sources.files.changes import Change, classify_scan
 from service.sources.files.life import State
@@ -57,6 +57,7 @@ __all__ = [
     "saved_state_of_plain_path",
 ]
 
+READY_RECHECK_INTERVAL = 0.2  # seconds between looks at whether any input file is there
 _LOOK_AGAIN_DELAY = 0.05  # seconds between the scans that must all miss a gone file
 _LOOKS_WHILE_MOVING = 5  # scans at most while files move under the start-up scan
 
@@ -202,6 +203,7 @@ class FileSource:
         self.saving = anyio.Lock()
         self.waiting_logged = False
         self.loop_logged = False
+        self.started = False
 
     def describe(self) -> str:
         return self.patterns.describe()
@@ -230,8 +232,11 @@ class FileSource:
             self.saved_records = checkpoint.position.records
         plain = self.patterns.plain_path
         if plain is not None:
-            return [await self._start_plain(str(plain), saved)]
-        return await self._start_patterns(saved)
+            partitions: list[Partition] = [await self._start_plain(str(plain), saved)]
+        else:
+            partitions = await self._start_patterns(saved)
+        self.started = True
+        return partitions
 
     async def _start_plain(self, path: str, saved: tuple[FileState, ...]) -> FilePartition:
         """One plain path: the file at that path, checked against the checkpoint, opened now."""
@@ -330,8 +335,14 @@ class FileSource:
 
     # --- following ----------------------------------------------------------------------------
 
-    async def watch(self, reachable: Callable[[bool], None]) -> None:
-        """Files are always within reach: a file that cannot be read is an error of its own."""
+    async def watch(self, reachable: Reachable) -> None:
+        """Files are always within reach (a file that cannot be read is an error of its own),
+        but following, no file may match yet, or none any more: not ready while none does."""
+        while True:
+            if self.started:
+                present = any(p.state is not State.WAITING_FOR_FILE for p in self.active)
+                reachable(present, "no input file to read (none matches yet, or none any more)")
+            await anyio.sleep(READY_RECHECK_INTERVAL)
 
     async def discover(self) -> list[Partition]:
         if self.patterns.plain_path is not None:

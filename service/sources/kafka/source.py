@@ -17,7 +17,6 @@ Rule 4: the brokers may be away for a while (`outage.py`): start-up waits for th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -28,7 +27,7 @@ from service.core.decimal_text import decimal_of
 from service.core.parsing import Parsed
 from service.core.position import Periodic, Position
 from service.health import heartbeat_path
-from service.lifecycle.partition import Gauge, Partition, ReadStatus, Standing, Step
+from service.lifecycle.partition import Gauge, Partition, Reachable, ReadStatus, Standing, Step
 from service.settings import Settings
 from service.sources.kafka.client import KafkaUnavailable, connect, partitions_of
 from service.sources.kafka.group import MAX_RECORDS, GroupMember, name_of
@@ -118,7 +117,7 @@ class KafkaSource:
             self.log.info("target_offsets", partitions={name_of(tp): e for tp, e in ends.items()})
         return [GroupMembership(self)]
 
-    async def watch(self, reachable: Callable[[bool], None]) -> None:
+    async def watch(self, reachable: Reachable) -> None:
         await self.outages.run(reachable)
 
     def own_targets_reached(self) -> bool:
