@@ -270,3 +270,27 @@ def test_each_file_of_a_glob_is_a_partition_and_a_deleted_ones_series_is_dropped
     assert by_label(samples, "checkpoint_worker_position", "partition") == {"in/b.txt": 3}
     assert by_label(samples, "checkpoint_worker_lag_bytes", "partition") == {"in/b.txt": 0}
     _stop(worker)
+
+
+def test_a_file_waiting_for_its_turn_lags_by_its_whole_size(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """One file open at a time, paced: the files not opened yet lag by all of their bytes, not
+    0, so the lag says how much is left to read."""
+    (tmp_path / "in").mkdir()
+    sizes = {}
+    for name in ("a.txt", "b.txt", "c.txt"):
+        data = NUMBERS * 20
+        (tmp_path / "in" / name).write_bytes(data)
+        sizes[f"in/{name}"] = len(data)
+    args = ["--input", "in/*.txt", "--max-open-files", "1", "--max-rate", "2000"]
+    worker = _start(running, tmp_path, *args)
+    worker.wait_for("checkpoint_not_found")
+    deadline = time.monotonic() + 10
+    while len(lags := by_label(_scrape(worker), "checkpoint_worker_lag_bytes", "partition")) < 3:
+        assert time.monotonic() < deadline, lags
+        time.sleep(0.05)
+    assert lags["in/b.txt"] == sizes["in/b.txt"]
+    assert lags["in/c.txt"] == sizes["in/c.txt"]
+    assert 0 < lags["in/a.txt"] <= sizes["in/a.txt"]
+    _stop(worker)

@@ -298,10 +298,10 @@ class FileSource:
         for key, match, state in resumed:
             if match.path != state.path:
                 self.log.info("file_rotated", path=shown(match.path), old_path=shown(state.path))
-            partitions.append(self._add(match.path, key, replace_closed(state)))
+            partitions.append(self._add(match, key, replace_closed(state)))
         for key, match in new.items():
             self.log.info("file_discovered", path=shown(match.path), size=match.size)
-            partitions.append(self._add(match.path, key, None))
+            partitions.append(self._add(match, key, None))
         return partitions
 
     async def _scan(self) -> dict[FileKey, Match]:
@@ -322,10 +322,11 @@ class FileSource:
             self.waiting_logged = True
             self.log.info("waiting_for_files", input=self.describe())
 
-    def _add(self, path: str, key: FileKey, resume: FileState | None) -> FilePartition:
+    def _add(self, match: Match, key: FileKey, resume: FileState | None) -> FilePartition:
         partition = FilePartition(
-            path, self.settings, self.log, self.shared, resume=resume, key=key
+            match.path, self.settings, self.log, self.shared, resume=resume, key=key
         )
+        partition.size = match.size  # its lag, until it is opened and looked at again
         self.active[partition] = None
         self.states[partition] = partition.snapshot()
         return partition
