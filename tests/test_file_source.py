@@ -16,6 +16,7 @@ import pytest
 
 from service.core.position import Position
 from service.settings import Settings
+from service.sources.files import scan
 from service.sources.files.partition import FilePartition
 from service.sources.files.scan import FileKey, InputPatterns, Match
 from service.sources.files.source import FileSource, match_saved_files
@@ -153,3 +154,29 @@ def test_a_file_renamed_between_its_look_and_its_open_waits_for_the_next_scan(
     positions = anyio.run(scenario)
     assert positions[0] == Position()
     assert (positions[-1].records, positions[-1].sum) == (3, 6)
+
+
+def test_a_link_to_the_checkpoint_is_not_input_right_after_a_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save between a scan's look at the worker's own files and its look at the input makes
+    the checkpoint a file that look never saw: a link to it is still known for what it is."""
+    checkpoint = tmp_path / "checkpoint.json"
+    checkpoint.write_text("{}")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "numbers.txt").write_bytes(b"1\n")
+    (data / "state.txt").symlink_to(checkpoint)
+    patterns = InputPatterns.of(
+        (str(data / "*.txt"),), (), checkpoint=checkpoint, result=tmp_path / "result.json"
+    )
+    look = scan._OwnFiles.look
+
+    def look_then_save(cls: type, own: tuple[Path, ...]) -> object:
+        seen = look(own)
+        (tmp_path / "saving").write_text('{"offset": 2}')
+        os.replace(tmp_path / "saving", checkpoint)  # an atomic save: a new file
+        return seen
+
+    monkeypatch.setattr(scan._OwnFiles, "look", classmethod(look_then_save))
+    assert [match.path for match in patterns.scan().values()] == [str(data / "numbers.txt")]

@@ -136,6 +136,30 @@ def test_own_files_are_never_read_whatever_path_reaches_them(tmp_path: Path, rea
         assert len(result["files"]) == 3  # type: ignore[arg-type]
 
 
+def test_links_to_own_files_under_the_glob_are_never_read_between_saves(tmp_path: Path) -> None:
+    """`data/*.txt` holds links to the checkpoint and the result, whose every save is a new
+    file: following, scans racing 5 ms saves never take either for input."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "numbers.txt").write_bytes(b"1\n2\n")
+    (data / "state.txt").symlink_to("../checkpoint.json")
+    (data / "summary.txt").symlink_to("../result.json")
+    args = ["--input", "data/*.txt", "--follow", "--poll-interval", "0.005"]
+    worker = WorkerProcess([*args, "--checkpoint-interval", "0.005"], tmp_path)
+    worker.wait_for("caught_up", sum=3)
+    with (data / "numbers.txt").open("ab") as grows:  # every save differs from the last
+        for number in range(3, 400):
+            grows.write(f"{number}\n".encode())
+            grows.flush()
+            time.sleep(0.005)
+    worker.wait_for("caught_up", sum=sum(range(400)))
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    discovered = {event["path"] for event in worker.named("file_discovered")}
+    assert discovered == {"data/numbers.txt"}
+    assert worker.named("bad_record") == []
+
+
 @pytest.mark.parametrize("policy", ["fail", "restart"])
 def test_a_file_truncated_below_its_position_during_a_run_is_input_changed(
     tmp_path: Path, policy: str

@@ -69,13 +69,24 @@ class _OwnFiles:
         if key in self.files:
             return True
         name = os.path.basename(path)
-        if not any(name == own or _is_temp_of(name, own) for own in self.names):
-            return False  # most names: no look at the directory at all
+        if not self._may_be_own(name):
+            # Most names: no look at the directory at all. A symbolic link is known by what it
+            # leads to: `files` may not know an own file's identity yet (each save makes a new
+            # one), its name and directory tell.
+            if not os.path.islink(path):
+                return False
+            path = os.path.realpath(path)
+            name = os.path.basename(path)
+            if not self._may_be_own(name):
+                return False
         folder = os.path.dirname(path) or "."
         if folder not in self.directories:  # one look per directory a scan
             self.directories[folder] = _identity(folder)
         names = self.names_in.get(self.directories[folder] or (-1, -1), frozenset())
         return any(name == own or _is_temp_of(name, own) for own in names)
+
+    def _may_be_own(self, name: str) -> bool:
+        return any(name == own or _is_temp_of(name, own) for own in self.names)
 
 
 def _identity(path: str) -> FileKey | None:
