@@ -11,6 +11,7 @@ __all__ = [
     "InputUnreadable",
     "ListenFailed",
     "LockHeld",
+    "LockLost",
     "UnexpectedError",
     "UsageError",
     "WorkerError",
@@ -67,6 +68,11 @@ class ListenFailed(WorkerError):
 
 class LockHeld(WorkerError):
     """Another worker holds the checkpoint's lock."""
+
+
+class LockLost(WorkerError):
+    """The lock file was replaced under a running worker: another may hold the checkpoint now,
+    so this one stops without writing over it."""
 
 
 class UnexpectedError(WorkerError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -369,6 +370,43 @@ def test_a_second_worker_on_the_same_checkpoint_exits_at_once_naming_the_holder(
     assert str(first.process.pid) in errors[0]["message"]
     first.signal(signal.SIGTERM)
     assert first.finish() == 0
+
+
+def test_a_lock_file_removed_under_a_worker_is_made_again_so_a_second_one_is_refused(
+    workdir: Path,
+) -> None:
+    """`rm checkpoint.json.lock` while a worker runs: within a heartbeat the lock file is back,
+    locked by the same worker, and a second worker still exits 1 naming it."""
+    first = WorkerProcess(["--max-rate", "1000"], workdir)
+    first.wait_for("checkpoint_not_found")
+    lock = workdir / "checkpoint.json.lock"
+    lock.unlink()
+    first.wait_for("lock_file_remade", timeout=10)
+    assert lock.read_text().strip() == str(first.process.pid)
+    second = cli(["run"], workdir)
+    assert second.returncode == 1
+    assert str(first.process.pid) in second.stdout
+    first.signal(signal.SIGTERM)
+    assert first.finish() == 0
+    assert first.wait_for("checkpoint_saved", reason="shutdown")
+
+
+def test_a_worker_whose_lock_another_took_stops_without_writing_over_its_checkpoint(
+    workdir: Path,
+) -> None:
+    """The lock file removed and another process locking a new one before the worker's next
+    heartbeat: the worker stops with one error line, exit 1, and no final checkpoint."""
+    first = WorkerProcess(["--max-rate", "1000", "--checkpoint-interval", "0.1"], workdir)
+    first.wait_for("checkpoint_saved", reason="timer")
+    lock = workdir / "checkpoint.json.lock"
+    lock.unlink()
+    with lock.open("w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a second worker would
+        assert first.finish() == 1
+    [error] = [event for event in first.events if event["level"] == "error"]
+    assert "was replaced" in error["message"]
+    assert first.named("checkpoint_saved", reason="shutdown") == []
+    assert "Traceback" not in first.stderr
 
 
 def test_a_missing_input_is_one_clear_error(tmp_path: Path) -> None:

@@ -9,6 +9,11 @@ Rule 2: the lock file is never followed: it is opened with O_NOFOLLOW and must b
 Rule 3: a running worker touches the lock file's mtime from its event loop every
         `HEARTBEAT_INTERVAL` seconds. A fresh mtime means the loop is alive, not only the process;
         `health.py` reads it without taking the lock.
+Rule 4: the lock is the file at its path, not only the one the worker opened: a lock file
+        removed under a running worker (a careless `rm`) would let a second worker lock a new
+        one. Each heartbeat looks: a removed lock file is made and locked again; one that
+        another process made first is `LockLost`, which stops the run without a final save, so
+        the other worker's checkpoint is not written over.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import os
 import stat
 from pathlib import Path
 
-from service.errors import CheckpointWriteFailed, LockHeld
+from service.errors import CheckpointWriteFailed, LockHeld, LockLost
 
 __all__ = ["HEARTBEAT_INTERVAL", "WorkerLock", "lock_path_for", "read_holder"]
 
 HEARTBEAT_INTERVAL = 1.0
+_ATTEMPTS = 5  # opens of a lock file that keeps being replaced before giving up
 
 
 def lock_path_for(checkpoint: Path) -> Path:
@@ -79,9 +85,65 @@ class WorkerLock:
         A lock file that cannot be created or locked is CheckpointWriteFailed: its directory is
         the checkpoint's.
         """
+        for _attempt in range(_ATTEMPTS):
+            fd = self._open(os.O_CREAT)
+            if not self._lock(fd):
+                holder = read_holder(self.path)
+                who = f"pid {holder}" if holder else "another process"
+                raise LockHeld(
+                    f"checkpoint {self.path.with_suffix('')} is in use by a worker ({who}, lock "
+                    f"{self.path}); refusing to {'start' if purpose == 'worker' else purpose}"
+                )
+            if self._is_at_its_path(fd):
+                break
+            os.close(fd)  # removed or replaced between its open and its lock: take the new one
+        else:
+            raise CheckpointWriteFailed(f"lock file {self.path} keeps being replaced")
+        if purpose == "worker":
+            self._write_pid(fd)
+        self._fd = fd
+
+    def heartbeat(self) -> bool:
+        """Touch the lock file; failing to means the checkpoint's directory is failing too.
+
+        True when the lock file had been removed and was made again (Rule 4).
+        """
+        if self._fd is None:
+            return False
+        remade = False
+        if not self._is_at_its_path(self._fd):
+            self._take_back()
+            remade = True
+        try:
+            os.utime(self._fd)
+        except OSError as error:
+            raise CheckpointWriteFailed(
+                f"cannot update the heartbeat of lock file {self.path}: {error.strerror}; "
+                "the checkpoint is left as it was"
+            ) from None
+        return remade
+
+    def _take_back(self) -> None:
+        lost = LockLost(
+            f"lock file {self.path} was replaced while this worker held it: another worker may "
+            "hold the checkpoint now; stopping without a final checkpoint (the one on disk is "
+            "whole)"
+        )
+        try:
+            fd = self._open(os.O_CREAT | os.O_EXCL)
+        except CheckpointWriteFailed:
+            raise lost from None
+        if not self._lock(fd):
+            raise lost
+        self._write_pid(fd)
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = fd
+
+    def _open(self, create: int) -> int:
         try:
             # 0o666: the umask decides, as for any file a program creates.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NEVER_FOLLOW, 0o666)
+            fd = os.open(self.path, os.O_RDWR | create | _NEVER_FOLLOW, 0o666)
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise CheckpointWriteFailed(
@@ -92,39 +154,37 @@ class WorkerLock:
                 f"cannot create lock file {self.path}: {error.strerror}"
             ) from None
         _refuse_odd_lock(fd, self.path)
+        return fd
+
+    def _lock(self, fd: int) -> bool:
+        """flock `fd`; False (and `fd` closed) when another process holds it."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             os.close(fd)
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise CheckpointWriteFailed(f"cannot lock {self.path}: {error.strerror}") from None
-            holder = read_holder(self.path)
-            who = f"pid {holder}" if holder else "another process"
-            raise LockHeld(
-                f"checkpoint {self.path.with_suffix('')} is in use by a worker ({who}, lock "
-                f"{self.path}); refusing to {'start' if purpose == 'worker' else purpose}"
-            ) from None
-        if purpose == "worker":
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            except OSError as error:  # a full disk: the lock is taken, the pid cannot be written
-                os.close(fd)
-                raise CheckpointWriteFailed(
-                    f"cannot write lock file {self.path}: {error.strerror}"
-                ) from None
-        self._fd = fd
+            return False
+        return True
 
-    def heartbeat(self) -> None:
-        """Touch the lock file; failing to means the checkpoint's directory is failing too."""
-        if self._fd is not None:
-            try:
-                os.utime(self._fd)
-            except OSError as error:
-                raise CheckpointWriteFailed(
-                    f"cannot update the heartbeat of lock file {self.path}: {error.strerror}; "
-                    "the checkpoint is left as it was"
-                ) from None
+    def _is_at_its_path(self, fd: int) -> bool:
+        try:
+            there = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise CheckpointWriteFailed(f"cannot look at {self.path}: {error.strerror}") from None
+        return os.path.samestat(there, os.fstat(fd))
+
+    def _write_pid(self, fd: int) -> None:
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as error:  # a full disk: the lock is taken, the pid cannot be written
+            os.close(fd)
+            raise CheckpointWriteFailed(
+                f"cannot write lock file {self.path}: {error.strerror}"
+            ) from None
 
     def release(self) -> None:
         if self._fd is not None:

@@ -447,7 +447,12 @@ class FileSource:
         return total
 
     def heartbeat(self) -> None:
-        self.lock.heartbeat()
+        if self.lock.heartbeat():
+            self.log.warning(
+                "lock_file_remade",
+                path=str(self.lock.path),
+                message="the lock file was removed under this worker; it was made again",
+            )
 
     def report(self) -> dict[str, Any]:
         total = self.totals()
