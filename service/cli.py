@@ -153,6 +153,8 @@ def _settings_of(args: argparse.Namespace) -> Settings:
 
     names = {field.name for field in setting_fields()}
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
+    if len(flags.get("input", ())) == 1:
+        flags["input"] = flags["input"][0]  # one --input is one path or glob, not a list
     config = args.config or worker_environment({"config"}).get("config")
     return load_settings(flags, Path(config) if config else None)
 

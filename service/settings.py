@@ -26,6 +26,7 @@ from service.storage.atomic import MAX_CONFIG_BYTES, read_regular_file
 __all__ = [
     "ENV_PREFIX",
     "MAX_LINE_BYTES",
+    "Listed",
     "Settings",
     "load_settings",
     "setting_fields",
@@ -156,6 +157,13 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+class Listed(tuple[str, ...]):
+    """Paths and globs given as a list (TOML, a JSON list), even a list of one: a list's files
+    are followed by identity, like a glob's, never as one plain path."""
+
+    __slots__ = ()
+
+
 def _patterns(*, at_least_one: bool) -> Convert:
     """One path or glob, a list of them, or (from the environment) a JSON list."""
 
@@ -168,14 +176,16 @@ def _patterns(*, at_least_one: bool) -> Convert:
             except json.JSONDecodeError as error:
                 raise ValueError(f"not a JSON list of paths ({error.msg})") from None
         if isinstance(value, str):
-            value = [value]
+            value = (value,)
         if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
             raise ValueError("expected a path or glob, or a list of them")
         if any(not pattern for pattern in value):
             raise ValueError("an empty path or glob")
         if at_least_one and not value:
             raise ValueError("no path or glob")
-        return tuple(value)
+        # A list (TOML, JSON) of one stays a list; one path, or a tuple made already, is not.
+        listed = isinstance(value, (list, Listed)) and len(value) == 1
+        return Listed(value) if listed else tuple(value)
 
     return convert
 

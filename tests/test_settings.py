@@ -11,6 +11,7 @@ import pytest
 
 from service.errors import UsageError
 from service.settings import Settings, load_settings, setting_fields, split_address
+from service.sources.files.source import input_patterns
 from tests.processes import cli
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")
@@ -101,6 +102,40 @@ def test_input_is_a_path_a_glob_or_a_list(
         monkeypatch.setenv("WORKER_INPUT", value)
     flags = {"input": value} if source == "flag" else {}
     assert load_settings(flags, config).input == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "plain"),
+    [
+        pytest.param("toml", '"a.txt"', True, id="toml-path"),
+        pytest.param("toml", '["a.txt"]', False, id="toml-list-of-one"),
+        pytest.param("env", "a.txt", True, id="env-path"),
+        pytest.param("env", '["a.txt"]', False, id="env-json-list-of-one"),
+        pytest.param("flag", "a.txt", True, id="one-flag"),
+    ],
+)
+def test_a_list_of_one_path_is_a_list_not_a_plain_path(
+    source: str, value: str, plain: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`["a.txt"]` is followed by identity like a glob; `a.txt` alone is the one plain path."""
+    config = write_config(tmp_path, f"input = {value}\n") if source == "toml" else None
+    if source == "env":
+        monkeypatch.setenv("WORKER_INPUT", value)
+    flags = {"input": value} if source == "flag" else {}
+    settings = load_settings(flags, config)
+    assert settings.input == ("a.txt",)
+    assert (input_patterns(settings).plain_path is not None) is plain
+    assert (input_patterns(dataclasses.replace(settings)).plain_path is not None) is plain
+
+
+def test_one_input_flag_is_a_plain_path_on_the_command_line(tmp_path: Path) -> None:
+    """`run --input missing.txt` names the missing file; `--input '["missing.txt"]'` is a list
+    that matches nothing."""
+    plain = cli(["run", "--input", "missing.txt"], tmp_path)
+    listed = cli(["run", "--input", '["missing.txt"]'], tmp_path)
+    assert (plain.returncode, listed.returncode) == (1, 1)
+    assert "input missing.txt not found" in plain.stdout
+    assert "no file matches the input missing.txt" in listed.stdout
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from service.settings import Listed
 from service.storage.atomic import TEMP_SUFFIX
 from service.storage.lock import lock_path_for
 
@@ -159,8 +160,9 @@ class InputPatterns:
 
     @property
     def plain_path(self) -> Path | None:
-        """The one path when the input is a single plain path, else None."""
-        if len(self.patterns) == 1 and not _GLOB_CHARACTERS & set(self.patterns[0]):
+        """The one path when the input is a single plain path (not a list of one), else None."""
+        listed = isinstance(self.patterns, Listed)
+        if len(self.patterns) == 1 and not listed and not _GLOB_CHARACTERS & set(self.patterns[0]):
             return Path(self.patterns[0])
         return None
 
