@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.core.position import Position
 from service.lifecycle.partition import Gauge
 from service.settings import load_settings
-from service.telemetry.metrics import STALLED_AFTER, Metrics
+from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS, STALLED_AFTER, Metrics
 from service.telemetry.port import Telemetry
 from service.telemetry.progress_line import RATE_WINDOW, ProgressLine, RateWindow, describe
 from service.telemetry.wiring import _Fanout, telemetry_for
@@ -38,6 +38,18 @@ def test_consumed_batches_add_up_in_unlabelled_counters() -> None:
     assert series["checkpoint_worker_records_total"] == {(): 15}
     assert series["checkpoint_worker_bad_records_total"] == {(): 1}
     assert series["checkpoint_worker_bytes_consumed_total"] == {(): 100}
+
+
+def test_a_file_named_like_the_folded_series_keeps_a_series_of_its_own() -> None:
+    """A file called `_other` (input `*`) beside more files than get series: its series is
+    `./_other`, and `_other` is only ever the fold of the rest."""
+    metrics = Metrics()
+    names = ["_other"] + [f"z{index:04}.txt" for index in range(MAX_PARTITION_SERIES)]
+    for name in names:
+        metrics.partition_gauges(name, [_file(name, 1, 3)])
+    series = _series(metrics)["checkpoint_worker_position"]
+    assert series[(("partition", "./_other"),)] == 1
+    assert series[(("partition", OTHER_PARTITIONS),)] == 1  # the one file past the cap
 
 
 def test_a_vanished_partition_has_its_series_dropped() -> None:

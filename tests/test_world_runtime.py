@@ -658,6 +658,11 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact
     with open(os.fsencode(data) + b"/\xffbad.txt", "wb") as handle:
         handle.write(b"1\n2\n3\n")
     escaped = "data/\\xffbad.txt"
+    # Its escape typed as text, and a terminal escape sequence: each shown its own way.
+    (data / "\\xffbad.txt").write_bytes(b"4\n")
+    typed = "data/\\\\xffbad.txt"
+    (data / "red\x1b[31m.txt").write_bytes(b"5\n")
+    red = "data/red\\x1b[31m.txt"
     env = {"WORKER_INPUT": "data/*.txt", "WORKER_METRICS_ADDRESS": "127.0.0.1:0"}
     worker = WorkerProcess(["--follow"], tmp_path, worker_env(**env))
     running.append(worker)
@@ -667,16 +672,23 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact
     status, text = get(f"http://{host}:{port}/metrics")
     assert status == 200
     positions = by_label(samples_of(text), "checkpoint_worker_position", "partition")
-    assert positions == {"data/good.txt": 3, escaped: 6}
+    assert positions == {"data/good.txt": 3, escaped: 6, typed: 2, red: 2}
     _stop_cleanly(worker)
     shown = cli(["status", "--json"], tmp_path, worker_env(**env))
-    assert sorted(entry["path"] for entry in json.loads(shown.stdout)["files"]) == [
-        escaped,
-        "data/good.txt",
-    ]
+    assert sorted(entry["path"] for entry in json.loads(shown.stdout)["files"]) == sorted(
+        [escaped, "data/good.txt", typed, red]
+    )
+    for_people = cli(["status"], tmp_path, worker_env(**env)).stdout
+    assert red in for_people
+    assert "\x1b" not in for_people
     saved = json.loads((tmp_path / "checkpoint.json").read_text())
     paths = {os.fsencode(entry["path"]) for entry in saved["files"]}
-    assert paths == {b"data/good.txt", b"data/\xffbad.txt"}
+    assert paths == {
+        b"data/good.txt",
+        b"data/\xffbad.txt",
+        b"data/\\xffbad.txt",
+        b"data/red\x1b[31m.txt",
+    }
 
 
 def test_per_file_series_are_capped_and_the_rest_folded_into_one(

@@ -2,21 +2,34 @@
 
 Rule 1: a name is kept exactly as the operating system gave it (a `str` holding any byte that is
         not UTF-8 as a surrogate, Python's `surrogateescape`); the checkpoint keeps those bytes.
-Rule 2: wherever a name is shown, `shown` escapes it the same way: each byte that is not UTF-8
-        becomes `\\xNN`, so every output stays valid UTF-8 and one file reads the same everywhere.
+Rule 2: wherever a name is shown, `shown` escapes it the same way, so every output stays valid
+        UTF-8 and one file reads the same everywhere: each byte that is not UTF-8 and each
+        control character (an ESC would drive a terminal) becomes `\\xNN`, and a backslash
+        `\\\\`. Two names are never shown alike: `a\\xff` typed as text reads `a\\\\xff`.
 """
 
 from __future__ import annotations
 
 __all__ = ["shown"]
 
+_NOT_UTF8 = range(0xDC80, 0xDD00)  # the surrogates `surrogateescape` holds a byte in
+
 
 def shown(name: str) -> str:
-    """`name` as valid UTF-8 text: each byte that is not UTF-8 written as `\\xNN`."""
-    if name.isascii():
-        return name
-    try:
-        raw = name.encode(errors="surrogateescape")
-    except UnicodeEncodeError:  # a surrogate no file system gave (a hand-edited checkpoint)
-        return name.encode(errors="backslashreplace").decode()
-    return raw.decode(errors="backslashreplace")
+    """`name` as printable, valid UTF-8 text, escaped as Rule 2 says."""
+    if name.isprintable() and "\\" not in name:
+        return name  # nearly every name: nothing to escape
+    return "".join(_escaped(character) for character in name)
+
+
+def _escaped(character: str) -> str:
+    code = ord(character)
+    if code in _NOT_UTF8:
+        return f"\\x{code - 0xDC00:02x}"
+    if character == "\\":
+        return "\\\\"
+    if code < 0x20 or 0x7F <= code <= 0x9F:
+        return f"\\x{code:02x}"
+    if 0xD800 <= code <= 0xDFFF:  # a surrogate no file system gave (a hand-edited checkpoint)
+        return f"\\u{code:04x}"
+    return character

@@ -198,8 +198,10 @@ class Metrics(Telemetry):
         }
         gauges = sorted(self._gauges.all(), key=lambda gauge: gauge.label)
         for gauge in gauges[:MAX_PARTITION_SERIES]:
-            position.add_metric([gauge.label], gauge.position.offset)
-            lags[gauge.unit].add_metric([gauge.label], max(0, gauge.lag))
+            # A file named like the folded series is shown by a path that leads to it too.
+            label = gauge.label if gauge.label != OTHER_PARTITIONS else f"./{OTHER_PARTITIONS}"
+            position.add_metric([label], gauge.position.offset)
+            lags[gauge.unit].add_metric([label], max(0, gauge.lag))
         others = gauges[MAX_PARTITION_SERIES:]
         if others:
             position.add_metric([OTHER_PARTITIONS], sum(g.position.offset for g in others))
