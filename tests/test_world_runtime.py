@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import select
 import signal
 import socket
 import struct
@@ -407,6 +408,32 @@ def test_a_silent_client_is_dropped_after_the_read_timeout(
     address = _address(worker)
     with socket.create_connection(address, timeout=READ_TIMEOUT + 10) as silent:
         assert silent.recv(1) == b""  # closed by the worker, not by our own timeout
+    assert get(f"http://{address[0]}:{address[1]}/healthz")[0] == 200
+    _stop_cleanly(worker)
+
+
+def test_a_client_trickling_its_request_is_dropped_after_the_read_timeout(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """A byte of the request every second never completes it: the worker closes the connection
+    `READ_TIMEOUT` after the first byte, however long each byte keeps it alive."""
+    worker = _start(running, workdir, "--follow", "--max-rate", "20000")
+    address = _address(worker)
+    with socket.create_connection(address, timeout=READ_TIMEOUT + 10) as trickle:
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n" * 4:
+            try:
+                trickle.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            readable, _, _ = select.select([trickle], [], [], 1.0)
+            if readable:
+                closed = trickle.recv(1) == b""
+                break
+        assert closed, "the connection was still open after the whole trickle"
+        assert time.monotonic() - started < READ_TIMEOUT + 3
     assert get(f"http://{address[0]}:{address[1]}/healthz")[0] == 200
     _stop_cleanly(worker)
 

@@ -10,8 +10,9 @@ Rule 2: it needs only the standard library's sockets, not `http.server` (whose i
 Rule 3: the world's clients cannot hurt the worker. At most `max_connections` are served at once
         (below the descriptor limit: see descriptors.py); the others wait
         in a listen backlog deep enough for a burst of scrapes, outside the process; a client
-        that sends nothing for `READ_TIMEOUT` seconds is dropped, and sooner when every slot is
-        taken and another client waits: the one silent the longest makes room (idle
+        whose request is not all there `READ_TIMEOUT` seconds after its first byte is dropped
+        (however it trickles); one that sends nothing for that long too, and sooner when every
+        slot is taken and another client waits: the one silent the longest makes room (idle
         connections cannot starve a probe); one that hangs up is ignored; any other failure is
         one log line, never a traceback.
 """
@@ -24,6 +25,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +41,7 @@ LISTEN_BACKLOG = 1024  # connections the kernel holds while every slot is busy (
 READ_TIMEOUT = 5.0  # seconds a client may take to send its request
 MAX_REQUEST_LINE = 8192  # bytes in the request line or in one header line
 MAX_HEADERS = 100
+_RECEIVE_BYTES = 4096
 _PLAIN = "text/plain; charset=utf-8"
 
 _REASONS = {
@@ -148,33 +151,54 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         if not self.server.wait_for_request(self.connection):
             return
-        line = self.rfile.readline(MAX_REQUEST_LINE + 1)
-        if not line:
-            return  # hung up without a word
-        if len(line) > MAX_REQUEST_LINE:
-            self._answer(414, b"request line too long\n")
+        head = self._read_head()
+        if head is None:
+            return  # hung up, or out of time, without a whole request
+        if isinstance(head, tuple):
+            self._answer(*head)
             return
-        words = line.decode("latin-1").split()
+        words = head[0].decode("latin-1").split()
         if len(words) != 3 or not words[2].startswith("HTTP/"):
             self._answer(400, b"bad request line\n")
             return
         method, target, _ = words
-        for _header in range(MAX_HEADERS + 1):
-            header = self.rfile.readline(MAX_REQUEST_LINE + 1)
-            if not header:
-                return  # hung up mid-request
-            if header in (b"\r\n", b"\n"):
-                break
-            if len(header) > MAX_REQUEST_LINE:
-                self._answer(431, b"header line too long\n")
-                return
-        else:
-            self._answer(431, b"too many header lines\n")
-            return
         if method not in ("GET", "HEAD"):
             self._answer(405, b"only GET and HEAD\n", extra="Allow: GET, HEAD\r\n")
             return
         self._answer(*self._route(target.split("?", 1)[0]), head_only=method == "HEAD")
+
+    def _read_head(self) -> list[bytes] | tuple[int, bytes] | None:
+        """The request line and header lines, all within `READ_TIMEOUT` (a client trickling a
+        byte every few seconds cannot hold its slot longer); a (status, body) when they break
+        a limit; None when the client hung up or ran out of time first."""
+        deadline = time.monotonic() + READ_TIMEOUT
+        lines: list[bytes] = []
+        pending = b""
+        while True:
+            end = pending.find(b"\n") + 1
+            line, pending = (pending[:end], pending[end:]) if end else (b"", pending)
+            if len(line or pending) > MAX_REQUEST_LINE:
+                if not lines:
+                    return 414, b"request line too long\n"
+                return 431, b"header line too long\n"
+            if line in (b"\r\n", b"\n") and lines:
+                return lines
+            if line:
+                lines.append(line)
+                if len(lines) > MAX_HEADERS + 1:
+                    return 431, b"too many header lines\n"
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.connection.settimeout(left)
+            try:
+                received = self.connection.recv(_RECEIVE_BYTES)
+            except TimeoutError:
+                return None
+            if not received:
+                return None
+            pending += received
 
     def _route(self, path: str) -> tuple[int, bytes, str]:
         metrics = self.server.metrics
