@@ -555,10 +555,11 @@ class _Model:
 async def _catch_up(source: FileSource, partitions: list[FilePartition]) -> None:
     """Scan, then read every partition until each has caught up once, as the worker's reader
     tasks do: at once, and a file holding a slot while others wait for one gives it up."""
-    for partition in await source.discover():
+    for partition in await source.discover():  # new files, and parked ones with news
         assert isinstance(partition, FilePartition)
-        partitions.append(partition)
-    seen: set[FilePartition] = set()
+        if partition not in partitions:
+            partitions.append(partition)
+    seen: set[FilePartition] = set(source.parked)  # nothing to ask them: no news
 
     def all_seen() -> bool:
         return seen >= set(partitions)
@@ -570,6 +571,10 @@ async def _catch_up(source: FileSource, partitions: list[FilePartition]) -> None
                 await partition.close()
                 source.retire(partition)
                 partitions.remove(partition)
+                return
+            if step.status is ReadStatus.PARKED:
+                seen.add(partition)
+                source.park(partition)
                 return
             if step.status is ReadStatus.CAUGHT_UP:
                 seen.add(partition)
@@ -585,7 +590,8 @@ async def _catch_up(source: FileSource, partitions: list[FilePartition]) -> None
 
     async with anyio.create_task_group() as readers:
         for partition in list(partitions):
-            readers.start_soon(read, partition)
+            if partition not in source.parked:
+                readers.start_soon(read, partition)
 
 
 async def _start(settings: Settings) -> tuple[FileSource, list[FilePartition]]:

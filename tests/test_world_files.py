@@ -16,6 +16,7 @@ import pytest
 
 from tests.oracle import expected_of, expected_of_files
 from tests.processes import WorkerProcess, cli, events_of, worker_env
+from tests.strace import strace_prefix
 
 FAST = ["--poll-interval", "0.05", "--checkpoint-interval", "0.05"]
 
@@ -227,6 +228,32 @@ def test_a_directory_symlink_loop_under_double_star_is_walked_once(tmp_path: Pat
     result = _json(tmp_path / "result.json")
     assert (result["sum"], result["records"]) == (expected.sum, expected.records)
     assert len([e for e in events_of(done.stdout) if e["event"] == "directory_loop"]) == 1
+
+
+def test_idle_followed_files_beyond_the_open_slots_are_not_reopened(tmp_path: Path) -> None:
+    """500 followed files for 8 slots: caught up, the files that gave their slot up are opened
+    again only when a scan sees them change, not at every poll; one that grows is read."""
+    data = tmp_path / "in"
+    data.mkdir()
+    for index in range(500):
+        (data / f"{index:03}.txt").write_bytes(f"{index}\n".encode())
+    trace = tmp_path / "opens.log"
+    args = ["--input", "in/*.txt", "--follow", "--max-open-files", "8", "--poll-interval", "0.05"]
+    worker = WorkerProcess(args, tmp_path, prefix=strace_prefix(trace, "openat"))
+    worker.wait_for("caught_up", records=500, timeout=60)
+
+    def data_opens() -> int:
+        return trace.read_text().count('"in/')
+
+    idle_from = data_opens()
+    assert idle_from >= 500  # each file opened at least once
+    time.sleep(1.0)  # 20 polls
+    assert data_opens() - idle_from <= 8  # at most the files that kept their slot, once
+    with (data / "250.txt").open("ab") as grows:
+        grows.write(b"1000\n")
+    worker.wait_for("caught_up", records=501, sum=sum(range(500)) + 1000)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
 
 
 def test_a_missing_result_directory_is_found_at_start_up(tmp_path: Path) -> None:

@@ -25,6 +25,9 @@ class ReadStatus(enum.Enum):
     CAUGHT_UP = "caught_up"  # at the end for now; ask again after `poll_interval`
     DONE = "done"  # read to its end, not followed: nothing more will come
     CLOSED = "closed"  # followed, and now closed for good (deleted, renamed away, revoked)
+    # Caught up, and nothing to ask it until the source hands it back from `discover` (a scan
+    # brought news of it): no task waits on it meanwhile.
+    PARKED = "parked"
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,11 @@ class Source(Protocol):
 
     async def discover(self) -> list[Partition]:
         """Look again (following): new partitions to read; notice renamed and gone ones."""
+        ...
+
+    def park(self, partition: Partition) -> None:
+        """`partition` said PARKED and its task ended: hand it back from `discover` when there
+        may be something to read."""
         ...
 
     def retire(self, partition: Partition) -> None:

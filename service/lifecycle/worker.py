@@ -44,6 +44,7 @@ __all__ = ["run_worker"]
 
 PROGRESS_INTERVAL = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_AT_THE_END = frozenset({ReadStatus.CAUGHT_UP, ReadStatus.PARKED})  # not behind
 
 
 def _exit_at_once(signum: int) -> NoReturn:
@@ -288,14 +289,19 @@ class _Worker:
                 self._first_read_done(partition)  # a followed partition waits cheaply now
                 await self._catch_up()
                 await anyio.sleep(self.settings.poll_interval)
+            if step.status is ReadStatus.PARKED:
+                self._first_read_done(partition)
+                await self._catch_up()
+                self.source.park(partition)  # no await after it: handed back once this ends
+                return
 
     def _set_status(self, partition: Partition, progress: ReadStatus | None) -> None:
         """Where a partition being read stands (None: no longer read), counting those behind."""
         was = self.status_of.pop(partition, ReadStatus.CAUGHT_UP)
-        self.behind -= was is not ReadStatus.CAUGHT_UP
+        self.behind -= was not in _AT_THE_END
         if progress is not None:
             self.status_of[partition] = progress
-            self.behind += progress is not ReadStatus.CAUGHT_UP
+            self.behind += progress not in _AT_THE_END
 
     def _count(self, partition: Partition, consumed: Position) -> None:
         """Tell telemetry what one batch consumed (never less than nothing) and where it stands."""

@@ -152,6 +152,11 @@ class FilePartition:
         self.path = path
         self.touched = True
 
+    def has_news(self, size: int | None) -> bool:
+        """Whether a scan that found it with `size` bytes (None: under no name) may mean there
+        is something to read, or to look at: parked, it is opened again only then."""
+        return size is None or size != self.size or self.life.state is not State.PARKED
+
     def renamed_out(self) -> None:
         """A scan found it under no pattern: read on until idle, or closed if it is not open."""
         self.life.on(Change.RENAMED_OUT)
@@ -363,7 +368,8 @@ class FilePartition:
             return ReadStatus.READING
         self.life.on(change)
         if change is Change.UNCHANGED and self.slots.statistics().tasks_waiting > 0:
-            # Caught up, with files waiting for a slot: close and queue again, so all take turns.
+            # Caught up, with files waiting for a slot: close, and queue again once a scan
+            # brings news of it, so all take turns.
             await self.close()
             self.life.on(Action.PARKED)
         return _status_of(self.life.state, read_on=change is Change.GREW)
@@ -486,7 +492,10 @@ _CHANGE_MESSAGES = {  # of a change seen while following
 
 
 def _status_of(state: State, *, read_on: bool) -> ReadStatus:
-    """What the lifecycle is told after a look: read on, wait `poll_interval`, or closed."""
+    """What the lifecycle is told after a look: read on, wait `poll_interval`, wait for news
+    (parked), or closed."""
     if state in (State.CLOSED, State.DELETED):
         return ReadStatus.CLOSED
+    if state is State.PARKED:
+        return ReadStatus.PARKED
     return ReadStatus.READING if read_on or state is State.OPEN else ReadStatus.CAUGHT_UP

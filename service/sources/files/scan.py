@@ -65,8 +65,9 @@ class _OwnFiles:
                 files.add(file)
         return cls(names_in, frozenset(p.name for p in own), frozenset(files), {})
 
-    def holds(self, path: str, key: FileKey) -> bool:
-        """Whether `path`, which is the file `key`, is one of the worker's own files."""
+    def holds(self, path: str, key: FileKey, *, link: bool) -> bool:
+        """Whether `path`, which is the file `key` (through a symbolic link when `link`), is one
+        of the worker's own files."""
         if key in self.files:
             return True
         name = os.path.basename(path)
@@ -74,7 +75,7 @@ class _OwnFiles:
             # Most names: no look at the directory at all. A symbolic link is known by what it
             # leads to: `files` may not know an own file's identity yet (each save makes a new
             # one), its name and directory tell.
-            if not os.path.islink(path):
+            if not link:
                 return False
             path = os.path.realpath(path)
             name = os.path.basename(path)
@@ -194,11 +195,14 @@ class InputPatterns:
                 if self._is_excluded(name):
                     continue
                 try:
-                    info = os.stat(name)
+                    info = os.lstat(name)
+                    link = stat.S_ISLNK(info.st_mode)
+                    if link:
+                        info = os.stat(name)
                 except OSError:
                     continue  # gone between the listing and the look, or unreadable
                 key = (info.st_dev, info.st_ino)
-                if stat.S_ISREG(info.st_mode) and not own.holds(name, key):
+                if stat.S_ISREG(info.st_mode) and not own.holds(name, key, link=link):
                     found.setdefault(key, Match(name, info.st_ino, info.st_size))
         if loops is not None:
             loops.extend(skipped)

@@ -196,6 +196,7 @@ class FileSource:
         # Dicts for their order and their O(1) removal, however many files there are.
         self.active: dict[FilePartition, None] = {}  # being read, waiting for a slot, or done
         self.dormant: dict[FileState, float] = {}  # renamed out of every pattern: closed at
+        self.parked: dict[FilePartition, None] = {}  # caught up, no task: news hands them back
         self.states: dict[FilePartition, FileState] = {}  # each active one's, in their order
         self.gone = Position()  # what files that no longer exist added up to
         self.saved: tuple[tuple[FileState, ...], Position] | None = None
@@ -351,6 +352,7 @@ class FileSource:
         found = await self._scan()
         by_key = {p.key: p for p in self.active if p.key is not None}
         fresh = {key: match for key, match in found.items() if key not in by_key}
+        woken: list[Partition] = []
         for key, partition in by_key.items():
             match = found.get(key)
             found_as = None if match is None else match.path
@@ -361,12 +363,16 @@ class FileSource:
                 partition.renamed_to(found_as)
             elif change is Change.RENAMED_OUT:
                 partition.renamed_out()
+            size = None if match is None else match.size
+            if partition in self.parked and partition.has_news(size):
+                del self.parked[partition]
+                woken.append(partition)
         # A file renamed while it is checked (`moving`) is neither: the next scan tells.
         self._forget_closed()
         pairing = await anyio.to_thread.run_sync(match_saved_files, list(self.dormant), fresh)
         for _key, _match, state in pairing.resumed:
             del self.dormant[state]
-        partitions = self._adopt(pairing.resumed, pairing.new)
+        partitions = woken + self._adopt(pairing.resumed, pairing.new)
         if not self.active:
             self._log_waiting()
         return partitions
@@ -383,6 +389,10 @@ class FileSource:
                 del self.dormant[state]
                 self._fold(state.position)
                 self.log.info("file_forgotten", path=state.path, **asdict(state.position))
+
+    def park(self, partition: Partition) -> None:
+        assert isinstance(partition, FilePartition)
+        self.parked[partition] = None
 
     def retire(self, partition: Partition) -> None:
         assert isinstance(partition, FilePartition)

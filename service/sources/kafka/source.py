@@ -149,6 +149,9 @@ class KafkaSource:
     async def discover(self) -> list[Partition]:
         return []  # the group brings partitions to `GroupMember`, not the lifecycle
 
+    def park(self, partition: Partition) -> None:
+        """Never asked: a Kafka partition waits in its consumer, never parked."""
+
     def retire(self, partition: Partition) -> None:
         pass
 
