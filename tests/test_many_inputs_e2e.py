@@ -244,6 +244,37 @@ def test_a_truncated_file_of_a_glob_fails_or_is_read_again(tmp_path: Path, polic
     assert worker.finish() == 0
 
 
+@pytest.mark.parametrize("policy", ["fail", "restart"])
+def test_a_file_of_a_glob_rewritten_in_place_while_stopped_is_an_input_change(
+    tmp_path: Path, policy: str
+) -> None:
+    """`>` rewrites a file of the glob between two runs (same name, same inode, other bytes):
+    the next run says input_changed for it, as it would while running; it is not a new file
+    counted on top of what the old one added."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1\n2\n3\n")
+    (tmp_path / "in" / "b.txt").write_bytes(b"100\n")
+    args = ["run", "--input", "in/*.txt", "--on-input-change", policy]
+    assert cli(args, tmp_path).returncode == 0
+    inode = (tmp_path / "in" / "a.txt").stat().st_ino
+    with (tmp_path / "in" / "a.txt").open("r+b") as rewrite:  # what `>` does: same inode
+        rewrite.truncate(0)
+        rewrite.write(b"40\n50\n60\n")
+    assert (tmp_path / "in" / "a.txt").stat().st_ino == inode
+    again = cli(args, tmp_path)
+    [changed] = [e for e in events_of(again.stdout) if e["event"] == "input_changed"]
+    assert (changed["path"], changed["reason"], changed["action"]) == (
+        "in/a.txt",
+        "content_changed",
+        policy,
+    )
+    if policy == "fail":
+        assert again.returncode == 1
+        return
+    assert again.returncode == 0
+    _assert_totals(_json(tmp_path / "result.json"), _total(b"40\n50\n60\n", b"100\n"))
+
+
 def test_a_fifo_as_the_input_is_refused_at_once(tmp_path: Path) -> None:
     """A plain path naming a FIFO: one clear line and exit 1 at once, never a wait for a writer."""
     os.mkfifo(tmp_path / "numbers.txt")

@@ -117,7 +117,9 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
     """Pair saved states with the files found now (blocking; near-linear, by index).
 
     A state of format 1 has no inode and is found by its path; any other by its inode and its
-    first bytes, the same path first, so a reused inode or a remount is never confused.
+    first bytes, the same path first, so a reused inode or a remount is never confused. A file
+    under the state's own name and inode whose first bytes differ is paired too: rewritten in
+    place (`>`), it is `input_changed` at its first look, not a new file.
     """
     unclaimed = dict(found)
     by_inode: dict[int, list[FileKey]] = {}
@@ -141,6 +143,11 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
                         candidates.append(key)
                 except _Moved:
                     pairing.moving.add(key)
+            if not candidates:
+                # The same file under the same name that no longer starts the same: rewritten
+                # in place while the worker was stopped. Resumed, its first look says so.
+                candidates = [k for k in same_inode[:1] if unclaimed[k].path == state.path]
+                candidates = [k for k in candidates if k not in pairing.moving]
         if candidates:
             key = candidates[0]
             pairing.resumed.append((key, unclaimed.pop(key), state))
