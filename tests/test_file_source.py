@@ -9,12 +9,15 @@ would be counted twice.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import anyio
 import pytest
 
+from service.core.decimal_text import int_of
 from service.core.position import Position
+from service.lifecycle.partition import ReadStatus
 from service.settings import Settings
 from service.sources.files import scan
 from service.sources.files.partition import FilePartition
@@ -180,3 +183,46 @@ def test_a_link_to_the_checkpoint_is_not_input_right_after_a_save(
 
     monkeypatch.setattr(scan._OwnFiles, "look", classmethod(look_then_save))
     assert [match.path for match in patterns.scan().values()] == [str(data / "numbers.txt")]
+
+
+@pytest.mark.anyio
+async def test_a_line_of_millions_of_digits_is_converted_while_the_event_loop_turns(
+    tmp_path: Path,
+) -> None:
+    """A 3-million-digit number takes seconds to convert: it happens off the event loop, which
+    keeps its beat (what /healthz reports) instead of stalling until the line is summed."""
+    digits = "7" * 3_000_000
+    (tmp_path / "numbers.txt").write_text(f"{digits}\n1\n")
+    settings = Settings(
+        input=(str(tmp_path / "numbers.txt"),),
+        checkpoint=tmp_path / "checkpoint.json",
+        result=tmp_path / "result.json",
+        max_line_bytes=4_000_000,
+    )
+    source = FileSource(settings, configure_logging("json", "error"))
+    source.acquire()
+    [partition] = await source.start()
+    longest_gap = 0.0
+    reading = True
+
+    async def beat() -> None:
+        nonlocal longest_gap
+        last = time.monotonic()
+        while reading:
+            await anyio.sleep(0.01)
+            now = time.monotonic()
+            longest_gap, last = max(longest_gap, now - last), now
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(beat)
+            started = time.monotonic()
+            while (await partition.next_batch()).status is not ReadStatus.DONE:
+                pass
+            took = time.monotonic() - started
+            reading = False
+    finally:
+        await source.close()
+    assert partition.position.sum == int_of(digits) + 1
+    assert took > 1.0  # long enough that a conversion on the loop would show
+    assert longest_gap < took / 2

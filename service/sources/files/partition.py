@@ -62,6 +62,7 @@ CHUNK_BYTES = 6 * 1024 * 1024
 READS_AT_ONCE = 2  # chunks in memory at once, over all files: one parsed while the next is read
 PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
 PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together
+_LONGEST_PARSED_ON_THE_LOOP = 2 * CHUNK_BYTES // PIECES_PER_CHUNK  # bytes of one region
 _PACED_BATCHES_PER_SECOND = 10
 _SMALLEST_READ = 64 * 1024
 
@@ -443,8 +444,11 @@ class FilePartition:
             for index in pending:
                 results[index] = self.parser.parse(regions[index])
 
+        # A region far longer than a piece holds a line of millions of digits, whose conversion
+        # may take seconds: helpers take everything then, and the loop goes on beating.
+        huge = max(len(r.data) for r in regions) > _LONGEST_PARSED_ON_THE_LOOP
         async with anyio.create_task_group() as threads:
-            for _ in range(min(PARSE_THREADS, len(regions)) - 1):
+            for _ in range(min(PARSE_THREADS, len(regions)) - (0 if huge else 1)):
                 # Not abandoned if shutdown cancels us: a thread that finishes while the event
                 # loop closes writes to its half-closed self-pipe, and SIGPIPE (default for the
                 # CLI) kills the process after the final checkpoint with 141, not 0.
@@ -452,8 +456,9 @@ class FilePartition:
             # This thread takes its share too, at once: a helper woken for every chunk starts
             # late on a busy machine (most of a chunk's time on 2 cores), this one is awake.
             # The kernel releases the GIL; the loop waits a few ms at most (one chunk's parse).
-            await anyio.lowlevel.checkpoint()  # the helpers are started first
-            share_out()
+            if not huge:
+                await anyio.lowlevel.checkpoint()  # the helpers are started first
+                share_out()
         return [r for r in results if r is not None]
 
     def _identify(self) -> None:
