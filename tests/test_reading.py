@@ -99,9 +99,12 @@ async def test_chunks_hold_reading_slots_and_never_exceed_them(tmp_path: Path) -
 
 
 async def _order_of_chunks(tmp_path: Path, sizes: list[int], chunk: int) -> list[int]:
-    """Which file each chunk came from, two files read at once, in the order they arrived."""
+    """Which file each chunk came from, two files read at once, in the order they arrived. The
+    second starts once the first has its first chunk: each generator's open goes through a
+    thread (aiofiles), so otherwise either may come first."""
     reading = ChunkBuffers(2, chunk)
     order: list[int] = []
+    first_chunk = anyio.Event()
 
     async def consume(index: int, fd: int, size: int) -> None:
         def read_size(read: int) -> int:
@@ -109,6 +112,7 @@ async def _order_of_chunks(tmp_path: Path, sizes: list[int], chunk: int) -> list
 
         async for piece in read_chunks(fd, reading, read_size):
             order.append(index)
+            first_chunk.set()
             await anyio.sleep(0.001)  # a parse: the other file's reader runs meanwhile
             reading.release(piece)
 
@@ -121,6 +125,7 @@ async def _order_of_chunks(tmp_path: Path, sizes: list[int], chunk: int) -> list
         async with anyio.create_task_group() as readers:
             for index, fd in enumerate(fds):
                 readers.start_soon(consume, index, fd, sizes[index])
+                await first_chunk.wait()
     finally:
         for fd in fds:
             os.close(fd)
