@@ -91,20 +91,25 @@ def _stop_cleanly(worker: WorkerProcess) -> None:
 # --- a closed stdout ---------------------------------------------------------------------------
 
 
+def _piped_worker(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    """`run ARGS` with its stdout and stderr on pipes this test reads, or does not."""
+    return subprocess.Popen(
+        [*RUN, *args],
+        cwd=cwd,
+        env=worker_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 @pytest.mark.parametrize("follow", [False, True])
 def test_a_closed_stdout_stops_run_with_its_final_checkpoint_and_exit_0(
     workdir: Path, follow: bool
 ) -> None:
     """`run | head`: when the reader of stdout goes away, run saves its position and exits 0."""
     args = ["--max-rate", "50000", "--checkpoint-interval", "0.1"]
-    worker = subprocess.Popen(
-        [*RUN, *args, "--follow" if follow else "--no-follow"],
-        cwd=workdir,
-        env=worker_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    worker = _piped_worker([*args, "--follow" if follow else "--no-follow"], workdir)
     assert worker.stdout is not None
     saved = 0
     while saved == 0:  # read until a timer save, like `head` reading its lines
@@ -158,14 +163,7 @@ def test_a_reader_that_stops_reading_cannot_keep_sigterm_from_saving(tmp_path: P
     data.mkdir()
     for index in range(3000):  # a `file_discovered` line each: far more than a pipe holds
         (data / f"{index:04}.txt").write_bytes(f"{index}\n".encode())
-    worker = subprocess.Popen(
-        [*RUN, "--input", "data/*.txt", "--follow"],
-        cwd=tmp_path,
-        env=worker_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    worker = _piped_worker(["--input", "data/*.txt", "--follow"], tmp_path)
     assert worker.stdout is not None
     try:
         pipe_full = time.monotonic() + 30
