@@ -28,7 +28,7 @@ from service.settings import Listed
 from service.storage.atomic import TEMP_SUFFIX
 from service.storage.lock import lock_path_for
 
-__all__ = ["FileKey", "InputPatterns", "Match"]
+__all__ = ["FileKey", "InputPatterns", "Match", "identity_of"]
 
 FileKey = tuple[int, int]  # (st_dev, st_ino) of a file seen by this process
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -57,10 +57,10 @@ class _OwnFiles:
         names_in: dict[FileKey, frozenset[str]] = {}
         files: set[FileKey] = set()
         for path in own:
-            directory = _identity(str(path.parent))
+            directory = identity_of(str(path.parent))
             if directory is not None:
                 names_in[directory] = names_in.get(directory, frozenset()) | {path.name}
-            file = _identity(str(path))
+            file = identity_of(str(path))
             if file is not None:
                 files.add(file)
         return cls(names_in, frozenset(p.name for p in own), frozenset(files), {})
@@ -83,7 +83,7 @@ class _OwnFiles:
                 return False
         folder = os.path.dirname(path) or "."
         if folder not in self.directories:  # one look per directory a scan
-            self.directories[folder] = _identity(folder)
+            self.directories[folder] = identity_of(folder)
         names = self.names_in.get(self.directories[folder] or (-1, -1), frozenset())
         return any(name == own or _is_temp_of(name, own) for own in names)
 
@@ -91,7 +91,7 @@ class _OwnFiles:
         return any(name == own or _is_temp_of(name, own) for own in self.names)
 
 
-def _identity(path: str) -> FileKey | None:
+def identity_of(path: str) -> FileKey | None:
     try:
         info = os.stat(path)
     except OSError:
@@ -127,7 +127,7 @@ def _directories_under(base: str, loops: list[str]) -> list[str]:
     stack = [base]
     while stack:
         directory = stack.pop()
-        key = _identity(directory or ".")
+        key = identity_of(directory or ".")
         if key is None:
             continue
         if key in seen:

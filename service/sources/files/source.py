@@ -36,7 +36,7 @@ from service.sources.files.changes import Change, classify_scan
 from service.sources.files.life import State
 from service.sources.files.partition import CHUNK_BYTES, READS_AT_ONCE, FilePartition, Shared
 from service.sources.files.reading import ChunkBuffers
-from service.sources.files.scan import FileKey, InputPatterns, Match
+from service.sources.files.scan import FileKey, InputPatterns, Match, identity_of
 from service.storage.atomic import temp_files_of
 from service.storage.checkpoint import (
     IDENTITY_WINDOW,
@@ -168,22 +168,15 @@ def refuse_shared_files(settings: Settings, plain_input: Path | None) -> None:
     ]
     if plain_input is not None:
         named.append(("input", plain_input))
-    for index, (what, path) in enumerate(named):
-        for other, other_path in named[index + 1 :]:
-            if _same_file(path, other_path):
+    # Each path's file once: where its links lead, and what it is if it exists already.
+    files = [(what, path, os.path.realpath(path), identity_of(str(path))) for what, path in named]
+    for index, (what, _path, real, identity) in enumerate(files):
+        for other, other_path, other_real, other_identity in files[index + 1 :]:
+            if real == other_real or (identity is not None and identity == other_identity):
                 raise UsageError(
                     f"{what} and {other} are the same file ({shown(str(other_path))}): "
                     "give each its own path"
                 )
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist yet
-        return False
 
 
 class FileSource:
