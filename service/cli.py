@@ -50,15 +50,21 @@ def _flags_safe_to_echo(parser: argparse.ArgumentParser) -> set[str]:
     return safe
 
 
+_FLAG_WITH_ATTACHED_VALUE = re.compile(
+    r"(?P<flag>--?[A-Za-z0-9][A-Za-z0-9_-]*)(?P<separator>[^A-Za-z0-9_-]).*", re.S
+)
+
+
 def _without_values(message: str, argv: list[str], safe: set[str]) -> str:
     """argparse repeats what it could not take (`--kafka-sasl-pass=...`, a misspelt flag and the
     word after it, a secret given before the command): any value of a flag that may be a secret
     is shown as `***`."""
     hidden: dict[str, str] = {}
     for previous, token in zip(["", *argv], argv, strict=False):
-        flag, has_value, _value = token.partition("=")
-        if token.startswith("-") and has_value and flag not in safe:
-            hidden[token] = f"{flag}=***"
+        # A flag's name ends at its first character that no flag has: `=`, or `:` mistyped.
+        attached = _FLAG_WITH_ATTACHED_VALUE.match(token)
+        if attached and attached["flag"] not in safe:
+            hidden[token] = f"{attached['flag']}{attached['separator']}***"
         elif previous.startswith("-") and "=" not in previous and previous not in safe:
             hidden[token] = "***"
     for token, shown in hidden.items():

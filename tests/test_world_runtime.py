@@ -31,6 +31,7 @@ import pytest
 from service.descriptors import MAX_CONNECTIONS
 from service.settings import MAX_LINE_BYTES
 from service.telemetry.endpoint import READ_TIMEOUT
+from service.telemetry.logs import READER_GRACE
 from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
 from tests.oracle import expected_of
 from tests.processes import RUN, WorkerProcess, cli, worker_env
@@ -186,6 +187,87 @@ def test_a_reader_that_stops_reading_cannot_keep_sigterm_from_saving(tmp_path: P
     assert cli(["run", "--input", "data/*.txt"], tmp_path).returncode == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["sum"], result["records"]) == (sum(range(3000)), 3000)
+
+
+def test_a_second_sigterm_exits_at_once_while_a_log_write_waits_for_the_reader(
+    tmp_path: Path,
+) -> None:
+    """The loop is stuck writing a log line to a reader that does not read: a second SIGTERM
+    ends the process at once (128 + 15), without waiting out the first one's grace for the
+    reader, and the checkpoint on disk is whole."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(3000):
+        (data / f"{index:04}.txt").write_bytes(f"{index}\n".encode())
+    worker = _piped_worker(["--input", "data/*.txt", "--follow"], tmp_path)
+    assert worker.stdout is not None
+    try:
+        pipe_full = time.monotonic() + 30
+        held = array.array("i", [0])
+        while held[0] < 60_000:
+            assert time.monotonic() < pipe_full, "the worker never filled its stdout pipe"
+            time.sleep(0.1)
+            fcntl.ioctl(worker.stdout.fileno(), termios.FIONREAD, held)
+        time.sleep(0.5)
+        first = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=10)
+        took = time.monotonic() - first
+    finally:
+        worker.kill()
+    worker.communicate(timeout=30)
+    assert worker.returncode == 128 + signal.SIGTERM
+    assert took < READER_GRACE, f"took {took:.2f} s: the second signal waited for the reader"
+    saved = tmp_path / "checkpoint.json"
+    assert not saved.exists() or "files" in json.loads(saved.read_text())
+
+
+def test_a_long_line_cut_short_by_a_stalled_reader_never_runs_into_the_next(
+    tmp_path: Path,
+) -> None:
+    """A line longer than the pipe holds, given up half written once a stop was asked for: the
+    reader sees it end where it was cut, and the next line whole on a line of its own."""
+    script = """
+import sys
+from service.telemetry import logs
+logs.READER_GRACE = 0.2
+log = logs.configure_logging("json", "info")
+logs.stop_waiting_for_reader()
+log.info("long", text="x" * 200_000)
+print("given up", file=sys.stderr, flush=True)
+sys.stdin.readline()
+log.info("next")
+"""
+    with subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    ) as writer:
+        assert writer.stdin is not None
+        assert writer.stdout is not None
+        assert writer.stderr is not None
+        try:
+            assert writer.stderr.readline() == b"given up\n"
+            cut = b""
+            while select.select([writer.stdout], [], [], 0.2)[0]:
+                cut += os.read(writer.stdout.fileno(), 1 << 16)
+            writer.stdin.write(b"go\n")
+            writer.stdin.flush()
+            rest = writer.stdout.read()
+            writer.wait(timeout=30)
+        finally:
+            writer.kill()
+    assert writer.returncode == 0
+    assert 0 < len(cut) < 200_000
+    assert b"\n" not in cut
+    lines = (cut + rest).split(b"\n")
+    assert lines[0] == cut
+    assert lines[-1] == b""
+    assert [json.loads(line)["event"] for line in lines[1:-1]] == ["next"]
 
 
 def test_run_with_stdout_closed_from_the_start_completes(workdir: Path) -> None:
@@ -582,6 +664,8 @@ def test_a_bad_secret_names_the_setting_never_its_value(
         ["run", "--kafka-sasl-pasword", SECRET, "--follow"],  # misspelt, the value after it
         ["--kafka-sasl-password", SECRET, "run"],  # before the command
         ["healthcheck", f"--kafka-sasl-pass={SECRET}"],
+        ["run", f"--kafka-sasl-password:{SECRET}"],  # a colon typed for the equals sign
+        ["run", f"--kafka-sasl-password {SECRET}"],  # one quoted word
     ],
 )
 def test_a_mistyped_flag_never_echoes_a_secret_given_with_it(

@@ -170,7 +170,14 @@ class _Worker:
         # listening, and a stop signal in that instant would kill the process.
         loop = asyncio.get_running_loop()
 
+        signals_received: list[int] = []
+
         def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if signals_received and self.listening:
+                # A second one while the loop has not yet taken the first in (it may be stuck
+                # writing a log line to a reader that does not read): exit now, not after it.
+                _exit_at_once(signum)
+            signals_received.append(signum)
             stop_waiting_for_reader()  # the loop may be the one waiting, in a log write
             loop.call_soon_threadsafe(self._request_shutdown, signum, scope)
 

@@ -10,7 +10,8 @@ Rule 4: tracebacks never show local variables: a secret may be one.
 Rule 5: a reader that stops reading (a paused pager, a stuck log collector) holds the writer back,
         as Docker's default blocking log mode does, until a stop is asked for: from then on a
         line waits at most `READER_GRACE` seconds for room, then is dropped, so the worker can
-        still save its final checkpoint and exit.
+        still save its final checkpoint and exit. A long line cut short that way is ended with a
+        newline before the next one, so a reader never sees two lines run together.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class _LogStream:
         self.pending = ""
         self.fd: int | None = None
         self.may_stall = False
+        self.line_cut = False  # a line was given up part way: the pipe holds it without its end
         if isinstance(stream, io.TextIOWrapper):
             try:
                 stream.flush()  # what it holds goes out before the lines written past it
@@ -122,14 +124,19 @@ class _LogStream:
 
     def _send(self, data: bytes) -> None:
         assert self.fd is not None
+        if self.line_cut:  # the last line was given up half written: end it before this one
+            data = b"\n" + data
         view = memoryview(data)
         while view:
             if self.may_stall and not _room_in(self.fd):
-                return  # a stop was asked for and the reader still does not read: dropped
+                # A stop was asked for and the reader still does not read: the rest is dropped.
+                self.line_cut = self.line_cut or len(view) < len(data)
+                return
             try:
                 view = view[os.write(self.fd, view[:_PIPE_BUF]) :]
             except BlockingIOError:  # a descriptor someone made non-blocking: wait for room
                 continue
+            self.line_cut = False
 
     def _guarded(self, write: Callable[..., object], *args: Any) -> None:
         try:
