@@ -666,29 +666,84 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
     ck_store(&st->negative, r->negative);
 }
 
-/* The scan loop of a vector path: CLASSIFY makes a step's masks, SUM weighs its digits, and
- * QUADS names the path's lanes of quads (ck_quads_QUADS, CK_RUN_QUADS). The lines too near
- * the buffer's start for the look-back loads, a line longer than a step, and the last bytes
- * (less than a step) take the exact path. */
-#define CK_VECTOR_SCAN(CLASSIFY, SUM, QUADS)                                                \
+/* The steps from `s` on that the masks vouch for whole (every line a record of at most 38
+ * digits, or blank), summed into `st`; where it stopped is returned: at a step it does not take,
+ * less than a step before `len`, or when its lanes are due to be flushed (the caller calls it
+ * again). A function of its own with no call on its way: its lanes stay in registers, where a
+ * loop that also held the exact path's calls kept them in memory, a store and a load a step.
+ * CLASSIFY makes a step's masks, SUM weighs its digits, and QUADS names the path's lanes of
+ * quads (ck_quads_QUADS, CK_RUN_QUADS). Requires s >= CK_LOOKBACK, and max_line >= a step. */
+#define CK_WHOLE_STEPS(CLASSIFY, SUM, QUADS)                                                \
+    __m256i sums = _mm256_setzero_si256();                                                  \
+    ck_quads_##QUADS quads;                                                                 \
+    memset(&quads, 0, sizeof quads);                                                        \
+    unsigned quad_runs = 0; /* runs added to the quads: flushed before they could overflow */ \
+    size_t lines = 0, records = 0;                                                          \
+    unsigned steps = 0;                                                                     \
+    int kind = CK_STEP_PLACES;                                                              \
+    ck_masks m;                                                                             \
+    ck_places w;                                                                            \
+    uint64_t taken;                                                                         \
+    /* Two loops, one a kind of step, so each holds only its own lanes in registers. */     \
+    while (kind != CK_STEP_LINES) {                                                         \
+        while (CK_NEXT_STEP(CLASSIFY) && kind == CK_STEP_PLACES) {                          \
+            sums = _mm256_add_epi64(sums, SUM(buf + s, &w));                                \
+            records += (size_t)__builtin_popcountll(w.digit & ~(w.digit >> 1));             \
+            CK_STEP_DONE();                                                                 \
+        }                                                                                   \
+        if (kind != CK_STEP_RUNS) break;                                                    \
+        while (CK_NEXT_STEP(CLASSIFY) && kind == CK_STEP_RUNS &&                            \
+               quad_runs < CK_QUAD_FLUSH_RUNS - 64) {                                       \
+            unsigned runs;                                                                  \
+            CK_FOR_EACH_RUN(buf, s, &m, taken, runs, CK_RUN_##QUADS);                       \
+            records += runs;                                                                \
+            quad_runs += runs;                                                              \
+            CK_STEP_DONE();                                                                 \
+        }                                                                                   \
+        if (kind == CK_STEP_RUNS) break; /* the quads are due to be flushed */              \
+    }                                                                                       \
+    uint64_t lanes[4];                                                                      \
+    _mm256_storeu_si256((__m256i *)lanes, sums);                                            \
+    ck_add_lanes(&st->positive, lanes);                                                     \
+    if (quad_runs) ck_flush_quads_##QUADS(&quads, st);                                      \
+    st->lines += lines;                                                                     \
+    st->records += records;                                                                 \
+    return s;
+
+/* Classify the step at `s` into m, taken (its lines' bits), w and kind: 1. Or 0, kind set to
+ * CK_STEP_LINES, when no step is to be taken here: less than a step left, a line longer than a
+ * step, or the lanes due to be added up. */
+#define CK_NEXT_STEP(CLASSIFY)                                                              \
+    ((steps < CK_FLUSH_STEPS && len - s >= CK_BLOCK &&                                      \
+      (__builtin_prefetch(buf + s + CK_PREFETCH), CLASSIFY(buf + s, &m), m.newline != 0) && \
+      (taken = ck_through(m.newline), kind = ck_step_kind(&m, taken, &w), 1)) ||            \
+     (kind = CK_STEP_LINES, 0))
+
+#define CK_STEP_DONE()                                                                      \
+    do {                                                                                    \
+        lines += (size_t)__builtin_popcountll(m.newline);                                   \
+        s += 64 - (size_t)__builtin_clzll(m.newline);                                       \
+        steps++;                                                                            \
+    } while (0)
+
+/* The scan loop of a vector path: WHOLE takes the steps it can (CK_WHOLE_STEPS), and each step
+ * it leaves is taken here: line by line (ck_vector_lines), or by the exact path when the lines
+ * are too near the buffer's start for the look-back loads, or longer than a step, and for the
+ * last bytes (less than a step). */
+#define CK_VECTOR_SCAN(CLASSIFY, WHOLE)                                                     \
     ck_state st = {{0, 0}, {0, 0}, 0, 0, 0, 0};                                             \
     size_t s = start;                                                                       \
     int stop = CK_STOP_END;                                                                 \
-    __m256i sums = _mm256_setzero_si256();                                                  \
-    unsigned steps = 0;                                                                     \
-    uint64_t lanes[4];                                                                      \
-    ck_quads_##QUADS quads;                                                                 \
-    memset(&quads, 0, sizeof quads);                                                        \
-    unsigned quad_runs = 0; /* runs added to the quads since they were flushed */           \
+    int whole_steps = o->max_line >= CK_BLOCK - 1; /* a step's lines cannot be too long */  \
     r->stop_newline = 0;                                                                    \
     r->stop_reason = 0;                                                                     \
     while (stop == CK_STOP_END && len - s >= CK_BLOCK) {                                    \
+        if (whole_steps && s >= CK_LOOKBACK) {                                              \
+            s = WHOLE(buf, len, s, &st);                                                    \
+            if (len - s < CK_BLOCK) break;                                                  \
+        }                                                                                   \
         ck_masks m;                                                                         \
-        ck_places w;                                                                        \
         size_t base = s;                                                                    \
-        /* The next step's address depends on this one's bytes: fetch ahead, not on demand \
-         * (a prefetch never faults, past the buffer's end included). */                   \
-        __builtin_prefetch(buf + base + CK_PREFETCH);                                       \
         CLASSIFY(buf + base, &m);                                                           \
         if (m.newline == 0) { /* a line longer than a step */                              \
             const uint8_t *e = memchr(buf + base + CK_BLOCK, '\n', len - base - CK_BLOCK);  \
@@ -697,39 +752,12 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
         } else if (base < CK_LOOKBACK) {                                                    \
             stop = ck_exact_block(buf, base, m.newline, &s, o, &st, r);                     \
         } else {                                                                            \
-            uint64_t lines = ck_through(m.newline);                                         \
-            int kind = o->max_line >= CK_BLOCK - 1 ? ck_step_kind(&m, lines, &w)            \
-                                                   : CK_STEP_LINES;                         \
-            if (kind == CK_STEP_LINES) {                                                    \
-                stop = ck_vector_lines(buf, base, m.newline, &m, &s, o, &st, r);            \
-                continue;                                                                   \
-            }                                                                               \
-            if (kind == CK_STEP_PLACES) {                                                   \
-                sums = _mm256_add_epi64(sums, SUM(buf + base, &w));                         \
-                st.records += (size_t)__builtin_popcountll(w.digit & ~(w.digit >> 1));      \
-            } else {                                                                        \
-                unsigned runs;                                                              \
-                CK_FOR_EACH_RUN(buf, base, &m, lines, runs, CK_RUN_##QUADS);                \
-                st.records += runs;                                                         \
-                quad_runs += runs;                                                          \
-                if (quad_runs >= CK_QUAD_FLUSH_RUNS - 64) {                                 \
-                    ck_flush_quads_##QUADS(&quads, &st);                                    \
-                    quad_runs = 0;                                                          \
-                }                                                                           \
-            }                                                                               \
-            st.lines += (size_t)__builtin_popcountll(m.newline);                            \
-            s = base + 64 - (size_t)__builtin_clzll(m.newline);                             \
-            if (++steps == CK_FLUSH_STEPS) {                                                \
-                _mm256_storeu_si256((__m256i *)lanes, sums);                                \
-                ck_add_lanes(&st.positive, lanes);                                          \
-                sums = _mm256_setzero_si256();                                              \
-                steps = 0;                                                                  \
-            }                                                                               \
+            ck_places w;                                                                    \
+            if (whole_steps && ck_step_kind(&m, ck_through(m.newline), &w) != CK_STEP_LINES) \
+                continue; /* left only for a flush of the lanes: WHOLE takes it */          \
+            stop = ck_vector_lines(buf, base, m.newline, &m, &s, o, &st, r);                \
         }                                                                                   \
     }                                                                                       \
-    _mm256_storeu_si256((__m256i *)lanes, sums);                                            \
-    ck_add_lanes(&st.positive, lanes);                                                      \
-    ck_flush_quads_##QUADS(&quads, &st);                                                    \
     if (stop == CK_STOP_END && len - s < CK_BLOCK)                                          \
         stop = ck_exact_block(buf, s, ck_mask_tail(buf + s, len - s), &s, o, &st, r);       \
     ck_finish(&st, s, stop, r);
@@ -778,14 +806,24 @@ ck_classify_avx512(const uint8_t *p, ck_masks *m) {
     m->cr = CK_EQ512(x, '\r');
 }
 
+CK_AVX2_TARGET __attribute__((noinline)) static size_t
+ck_whole_steps_avx2(const uint8_t *buf, size_t len, size_t s, ck_state *st) {
+    CK_WHOLE_STEPS(ck_classify_avx2, ck_sum_avx2, avx2)
+}
+
 CK_AVX2_TARGET static void ck_scan_avx2(const uint8_t *buf, size_t len, size_t start,
                                         const ck_options *o, ck_result *r) {
-    CK_VECTOR_SCAN(ck_classify_avx2, ck_sum_avx2, avx2)
+    CK_VECTOR_SCAN(ck_classify_avx2, ck_whole_steps_avx2)
+}
+
+CK_AVX512_TARGET __attribute__((noinline)) static size_t
+ck_whole_steps_avx512(const uint8_t *buf, size_t len, size_t s, ck_state *st) {
+    CK_WHOLE_STEPS(ck_classify_avx512, ck_sum_avx512, avx512)
 }
 
 CK_AVX512_TARGET static void ck_scan_avx512(const uint8_t *buf, size_t len, size_t start,
                                             const ck_options *o, ck_result *r) {
-    CK_VECTOR_SCAN(ck_classify_avx512, ck_sum_avx512, avx512)
+    CK_VECTOR_SCAN(ck_classify_avx512, ck_whole_steps_avx512)
 }
 #endif
 
