@@ -60,8 +60,8 @@ __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition", "Shared"]
 # slow on a virtual machine: 6 MiB reads 1 GB about 10% faster than 4 MiB, for 4 MB of RSS.
 CHUNK_BYTES = 6 * 1024 * 1024
 READS_AT_ONCE = 2  # chunks in memory at once, over all files: one parsed while the next is read
-PARSE_THREADS = 2  # regions parsed at once: the kernel releases the GIL, so both cores work
-PIECES_PER_CHUNK = 8  # small enough that the threads end a chunk together
+PARSE_THREADS = 2  # helpers parsing a chunk that holds a line of millions of digits
+PIECES_PER_CHUNK = 8  # a region much longer than a piece holds a line far longer than most
 _LONGEST_PARSED_ON_THE_LOOP = 2 * CHUNK_BYTES // PIECES_PER_CHUNK  # bytes of one region
 _PACED_BATCHES_PER_SECOND = 10
 _SMALLEST_READ = 64 * 1024
@@ -434,9 +434,20 @@ class FilePartition:
         return Parsed(self.parser.position, tuple(bad), failed)
 
     async def _parse(self, regions: list[Region]) -> list[RegionResult]:
-        """Each region's result: small ones here, large ones in threads."""
+        """Each region's result: on the loop's own thread, or in helper threads for a line of
+        millions of digits."""
         if sum(len(r.data) for r in regions) < MIN_PIECE_BYTES:
             return [self.parser.parse(r) for r in regions]
+        if max(len(r.data) for r in regions) <= _LONGEST_PARSED_ON_THE_LOOP:
+            # The read ahead's task takes its turn first and hands its read to a thread, so the
+            # next chunk is read on the other core while this thread parses this one (the kernel
+            # releases the GIL; the loop waits one chunk's parse, under 2 ms). A helper thread
+            # woken for each chunk gained nothing: it started once this thread had parsed it
+            # all, and waiting for it cost a thread round trip a chunk.
+            await anyio.lowlevel.checkpoint()
+            return [self.parser.parse(r) for r in regions]
+        # A region far longer than a piece holds a line of millions of digits, whose conversion
+        # may take seconds: helper threads take every region, and the loop goes on beating.
         pending = iter(range(len(regions)))  # next() holds the GIL: each index goes to one thread
         results: list[RegionResult | None] = [None] * len(regions)
 
@@ -444,21 +455,12 @@ class FilePartition:
             for index in pending:
                 results[index] = self.parser.parse(regions[index])
 
-        # A region far longer than a piece holds a line of millions of digits, whose conversion
-        # may take seconds: helpers take everything then, and the loop goes on beating.
-        huge = max(len(r.data) for r in regions) > _LONGEST_PARSED_ON_THE_LOOP
         async with anyio.create_task_group() as threads:
-            for _ in range(min(PARSE_THREADS, len(regions)) - (0 if huge else 1)):
+            for _ in range(min(PARSE_THREADS, len(regions))):
                 # Not abandoned if shutdown cancels us: a thread that finishes while the event
                 # loop closes writes to its half-closed self-pipe, and SIGPIPE (default for the
                 # CLI) kills the process after the final checkpoint with 141, not 0.
                 threads.start_soon(anyio.to_thread.run_sync, share_out)
-            # This thread takes its share too, at once: a helper woken for every chunk starts
-            # late on a busy machine (most of a chunk's time on 2 cores), this one is awake.
-            # The kernel releases the GIL; the loop waits a few ms at most (one chunk's parse).
-            if not huge:
-                await anyio.lowlevel.checkpoint()  # the helpers are started first
-                share_out()
         return [r for r in results if r is not None]
 
     def _identify(self) -> None:
