@@ -51,7 +51,7 @@ def _flags_safe_to_echo(parser: argparse.ArgumentParser) -> set[str]:
 
 
 _FLAG_WITH_ATTACHED_VALUE = re.compile(
-    r"(?P<flag>--?[A-Za-z0-9][A-Za-z0-9_-]*)(?P<separator>[^A-Za-z0-9_-]).*", re.S
+    r"(?P<flag>--?[A-Za-z][A-Za-z0-9_-]*)(?P<separator>[^A-Za-z0-9_-]).*", re.S
 )
 
 
