@@ -20,7 +20,7 @@ from service.sources.files.source import (
     match_saved_files,
     saved_state_of_plain_path,
 )
-from service.storage.atomic import atomic_write, temp_files_of
+from service.storage.atomic import atomic_write, temp_files_of, written_path
 from service.storage.checkpoint import CheckpointStore, FileState, identify_input
 from service.storage.lock import WorkerLock
 from service.telemetry.logs import Logger
@@ -185,14 +185,20 @@ def reset(settings: Settings, log: Logger) -> int:
     lock.acquire(purpose="reset")
     try:
         removed = []
-        for path in [settings.checkpoint, settings.result, *temp_files_of(settings.checkpoint)]:
+        checkpoint = written_path(settings.checkpoint)  # a link's file, as every save wrote it
+        named = [
+            (settings.checkpoint, checkpoint),
+            (settings.result, written_path(settings.result)),
+            *((temp, temp) for temp in temp_files_of(checkpoint)),
+        ]
+        for name, path in named:
             try:
                 path.unlink()
-                removed.append(str(path))
+                removed.append(str(name))
             except FileNotFoundError:
                 pass
             except OSError as error:
-                raise WorkerError(f"cannot remove {path}: {error.strerror}") from None
+                raise WorkerError(f"cannot remove {name}: {error.strerror}") from None
     finally:
         lock.release()
     log.info("reset", removed=removed)

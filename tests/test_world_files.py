@@ -106,6 +106,63 @@ def test_a_link_to_a_checkpoint_in_use_is_refused_like_the_checkpoint(tmp_path: 
     assert first.finish() == 0
 
 
+@pytest.mark.parametrize("setting", ["--result", "--checkpoint"])
+@pytest.mark.parametrize("kind", ["character device", "fifo", "directory"])
+def test_a_result_or_checkpoint_that_is_no_regular_file_is_exit_2_and_left_as_it_is(
+    tmp_path: Path, setting: str, kind: str
+) -> None:
+    """`--result /dev/null`, a FIFO or a directory in the place of a file every save replaces:
+    one line, exit 2, before anything is written, and the thing is still what it was (a save
+    renaming a regular file over /dev/null would break the whole machine)."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
+    target = tmp_path / "target"
+    if kind == "character device":
+        os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # another /dev/null
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    before = os.lstat(target)
+    done = cli(["run", setting, "target"], tmp_path, timeout=30)
+    assert done.returncode == 2
+    assert "target is not a regular file" in _one_error(done)
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert not (tmp_path / "target.lock").exists()
+    assert cli(["generate", "--force", "--output", "target", "--count", "3"], tmp_path).returncode
+    assert os.lstat(target).st_mode == before.st_mode
+
+
+def test_a_symlinked_checkpoint_is_written_through_and_keeps_one_lock(tmp_path: Path) -> None:
+    """A checkpoint given as a symbolic link: every save replaces the file it leads to, the link
+    stays a link, so a worker given the file itself takes the same lock; `reset` removes the
+    file, and the next run through the link starts over."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
+    real = ["--checkpoint", "real/cp.json", "--result", "real/r.json"]
+    assert cli(["run", *real], tmp_path).returncode == 0
+    (tmp_path / "link.json").symlink_to("real/cp.json")
+    with (tmp_path / "numbers.txt").open("ab") as grown:
+        grown.write(b"3\n")
+    linked = ["--checkpoint", "link.json", "--result", "real/r.json"]
+    assert cli(["run", *linked], tmp_path).returncode == 0
+    assert (tmp_path / "link.json").is_symlink()
+    assert _json(tmp_path / "real" / "r.json")["sum"] == 6
+    assert _json(tmp_path / "real" / "cp.json")["sum"] == 6
+    first = WorkerProcess(["--follow", *linked], tmp_path)
+    first.wait_for("checkpoint_loaded")
+    second = cli(["run", "--follow", *real], tmp_path)
+    assert second.returncode == 1
+    assert str(first.process.pid) in _one_error(second)
+    first.signal(signal.SIGTERM)
+    assert first.finish() == 0
+    assert cli(["reset", *linked], tmp_path).returncode == 0
+    assert (tmp_path / "link.json").is_symlink()
+    assert not (tmp_path / "real" / "cp.json").exists()
+    assert cli(["run", *linked], tmp_path).returncode == 0
+    assert _json(tmp_path / "real" / "cp.json")["sum"] == 6
+
+
 def test_a_lock_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     """A FIFO in the lock's place is refused with one line, never waited on."""
     (tmp_path / "numbers.txt").write_bytes(b"1\n")

@@ -8,6 +8,9 @@ Rule 3: a file read back whole (a config, a checkpoint) must be a regular file o
         a FIFO, a device or a huge file is refused at once, never waited on or read into memory.
 Rule 4: the new file gets the permissions any program's new file gets: 0o666 less the umask
         (`mkstemp` makes it 0o600 whatever the umask, so its mode is set before the rename).
+Rule 5: a symbolic link is written through: the file it leads to is replaced, the link stays.
+        What is there must be a regular file: a device (/dev/null), a FIFO or a directory is
+        refused, never replaced by a regular file.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "fsync_directory",
     "read_regular_file",
     "temp_files_of",
+    "written_path",
 ]
 
 TEMP_SUFFIX = ".tmp"
@@ -80,8 +84,19 @@ def _new_file_mode() -> int:
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
+def written_path(target: Path) -> Path:
+    """The file a write of `target` replaces: through its symbolic links (Rule 5)."""
+    return Path(os.path.realpath(target))
+
+
 def atomic_write(target: Path, pieces: Iterable[bytes]) -> None:
     """Replace `target` with the concatenated `pieces`, atomically and durably (blocking)."""
+    target = written_path(target)
+    try:
+        if not stat.S_ISREG(os.stat(target).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(target))
+    except FileNotFoundError:
+        pass
     directory = target.parent
     # A stop signal whose handler raises (Ctrl+C) is held while the temporary file is created:
     # raised between its creation and the `try`, it would leave the file behind (Rule 2).
