@@ -181,6 +181,7 @@ def _remember_stop_signals(received: list[int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    sys.set_int_max_str_digits(0)  # sums, numbers and settings are exact at any length
     if argv[:1] == ["healthcheck"]:
         return _healthcheck(argv[1:])
     early_signals: list[int] = []
@@ -190,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.errors import UsageError, WorkerError
 
-    sys.set_int_max_str_digits(0)  # sums and numbers are exact at any length
     try:
         settings = _settings_of(args)
     except UsageError as error:

@@ -69,6 +69,8 @@ def _number(
             number = float(value)
         except ValueError:
             raise ValueError("expected a number") from None
+        except OverflowError:  # a whole number past a float's range
+            raise ValueError("expected a finite number") from None
         if not math.isfinite(number):
             raise ValueError("expected a finite number")
         if gt is not None and not number > gt:
@@ -140,6 +142,7 @@ def _text(*, non_empty: bool = False, pattern: str | None = None, hint: str = ""
     def convert(value: Any) -> str:
         if not isinstance(value, str):
             raise ValueError("expected a string")
+        _refuse_nul(value)
         if non_empty and not value:
             raise ValueError("must not be empty")
         if pattern is not None and not re.fullmatch(pattern, value):
@@ -149,11 +152,18 @@ def _text(*, non_empty: bool = False, pattern: str | None = None, hint: str = ""
     return convert
 
 
+def _refuse_nul(value: str) -> None:
+    """No file name, host or password the system takes holds a NUL (only TOML can give one)."""
+    if "\0" in value:
+        raise ValueError("must not hold a NUL character")
+
+
 def _path(value: Any) -> Path:
     if isinstance(value, Path):
         return value
     if not isinstance(value, str) or not value:
         raise ValueError("expected a path")
+    _refuse_nul(value)
     return Path(value)
 
 
@@ -175,12 +185,16 @@ def _patterns(*, at_least_one: bool) -> Convert:
                 value = json.loads(value)
             except json.JSONDecodeError as error:
                 raise ValueError(f"not a JSON list of paths ({error.msg})") from None
+            except RecursionError:
+                raise ValueError("not a JSON list of paths (nested too deeply)") from None
         if isinstance(value, str):
             value = (value,)
         if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
             raise ValueError("expected a path or glob, or a list of them")
         if any(not pattern for pattern in value):
             raise ValueError("an empty path or glob")
+        for pattern in value:
+            _refuse_nul(pattern)
         if at_least_one and not value:
             raise ValueError("no path or glob")
         # A list (TOML, JSON) of one stays a list; one path, or a tuple made already, is not.
@@ -327,6 +341,10 @@ def _read_config(config_file: Path) -> dict[str, Any]:
         raise UsageError(f"config file {config_file} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"config file {config_file} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise UsageError(
+            f"config file {config_file} is not valid TOML: nested too deeply"
+        ) from None
 
 
 def _secrets_from_files(settings: Settings) -> Settings:
@@ -363,7 +381,9 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
         if config_file is not None:
             sources += f" or {config_file}"
         secret = next(f for f in setting_fields() if f.name == error.name).metadata["secret"]
-        shown = "" if secret else f", got {error.value!r}"  # a secret is never echoed
+        given = repr(error.value)
+        given = given if len(given) <= 80 else given[:76] + " ..."  # a line, not a screenful
+        shown = "" if secret else f", got {given}"  # a secret is never echoed
         raise UsageError(
             f"invalid setting {error.name!r} ({sources}): {error.reason}{shown}"
         ) from None

@@ -53,9 +53,12 @@ def test_no_lock_file_is_unhealthy(checkpoint: Path) -> None:
     assert not lock_path_for(checkpoint).exists()
 
 
-@pytest.mark.parametrize("content", ["", "not a pid\n", "-5\n"])
+@pytest.mark.parametrize(
+    "content", ["", "not a pid\n", "-5\n", "0\n", "99999999999999999999\n", "4194305\n", "\u00b3\n"]
+)
 def test_lock_without_a_pid_is_unhealthy(checkpoint: Path, content: str) -> None:
-    """A lock file that names no process is unhealthy."""
+    """A lock file that names no process is unhealthy: 0 (which `kill` takes for the whole
+    process group), a number past any pid or a digit that is not ASCII included."""
     lock_path_for(checkpoint).write_text(content)
     assert check_health(checkpoint)[0] is False
 
@@ -177,6 +180,17 @@ def test_healthcheck_with_a_bad_setting_is_one_line_and_exit_2(
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == 1
     assert named in done.stderr
+
+
+def test_healthcheck_reads_a_config_as_run_does_whatever_the_length_of_its_numbers(
+    tmp_path: Path,
+) -> None:
+    """A whole number of 5,000 digits in the config is taken by `run`; `healthcheck` reads the
+    same file to the same settings (no traceback from the interpreter's digit limit)."""
+    (tmp_path / "c.toml").write_text("max_open_files = 1" + "0" * 5000 + "\n")
+    done = cli(["healthcheck", "--config", "c.toml"], cwd=tmp_path, timeout=60)
+    assert (done.returncode, done.stderr) == (1, "")
+    assert done.stdout.startswith("unhealthy: no worker holds")
 
 
 @pytest.mark.parametrize("how", ["WORKER_CHECKPOINT", "worker_checkpoint", "config file"])

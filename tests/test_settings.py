@@ -267,6 +267,8 @@ BAD_VALUES = [
     ("max_rate", "\u0661"),
     ("max_line_bytes", "\u0662"),
     ("max_line_bytes", "1_0"),
+    ("input", "[" * 3000),  # a JSON list nested past the parser's recursion limit
+    ("exclude", "[" * 3000 + "]" * 3000),
 ]
 
 
@@ -307,6 +309,11 @@ def test_bad_environment_value(name: str, value: str, monkeypatch: pytest.Monkey
         ('source = "s3"', "source"),
         ('kafka_security_protocol = "plaintext"', "kafka_security_protocol"),
         ("[checkpoint]\npath = 'x'", "checkpoint"),
+        ("max_rate = 1" + "0" * 400, "max_rate"),  # a whole number past a float's range
+        ('checkpoint = "c\\u0000p"', "checkpoint"),  # TOML can give a NUL; no path holds one
+        ('result = "r\\u0000.json"', "result"),
+        ('input = ["a.txt", "b\\u0000c"]', "input"),
+        ('kafka_sasl_password_file = "p\\u0000w"', "kafka_sasl_password_file"),
     ],
 )
 def test_bad_file_value(line: str, name: str, tmp_path: Path) -> None:
@@ -319,7 +326,12 @@ def test_bad_file_value(line: str, name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["checkpoint_interval = ", "checkpoint_interval = 1.0\ncheckpoint_interval = 2.0", "[[["],
+    [
+        "checkpoint_interval = ",
+        "checkpoint_interval = 1.0\ncheckpoint_interval = 2.0",
+        "[[[",
+        "input = " + "[" * 3000 + "]" * 3000,  # nested past the parser's recursion limit
+    ],
 )
 def test_bad_toml_syntax(text: str, tmp_path: Path) -> None:
     """A file that is not valid TOML is a usage error naming the file."""

@@ -40,6 +40,7 @@ def lock_path_for(checkpoint: Path) -> Path:
 
 
 _HOLDER_BYTES = 32  # a pid and a newline, with room to spare
+_PID_MAX = 1 << 22  # Linux's largest pid (PID_MAX_LIMIT on 64-bit)
 _NEVER_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
 
 
@@ -57,7 +58,10 @@ def read_holder(lock_path: Path) -> int | None:
         return None
     finally:
         os.close(fd)
-    return int(text) if text.isdigit() else None
+    if not (text.isascii() and text.isdigit()):
+        return None
+    pid = int(text)
+    return pid if 0 < pid <= _PID_MAX else None  # 0 would name every process of our group
 
 
 def _refuse_odd_lock(fd: int, path: Path) -> None:
