@@ -518,14 +518,18 @@ def test_a_client_trickling_its_request_is_dropped_after_the_read_timeout(
     _stop_cleanly(worker)
 
 
+@pytest.mark.parametrize("sent", [b"", b"G", b"GET /metrics HTTP/1.1\r\nHost: x\r\n"])
 def test_idle_connections_beyond_every_slot_cannot_starve_a_probe(
-    workdir: Path, running: list[WorkerProcess]
+    workdir: Path, running: list[WorkerProcess], sent: bytes
 ) -> None:
-    """Three times more silent connections than the endpoint serves at once (a slowloris):
-    a probe still gets its answer at once, not after the silent ones time out."""
+    """Three times more connections than the endpoint serves at once, silent or stopped part
+    way through their request (a slowloris): a probe still gets its answer at once, not after
+    they time out."""
     worker = _start(running, workdir, "--follow", "--max-rate", "20000")
     address = _address(worker)
     silent = [socket.create_connection(address, timeout=10) for _ in range(3 * MAX_CONNECTIONS)]
+    for connection in silent:
+        connection.sendall(sent)
     try:
         for _ in range(5):
             started = time.monotonic()

@@ -12,9 +12,10 @@ Rule 3: the world's clients cannot hurt the worker. At most `max_connections` ar
         in a listen backlog deep enough for a burst of scrapes, outside the process; a client
         whose request is not all there `READ_TIMEOUT` seconds after its first byte is dropped
         (however it trickles); one that sends nothing for that long too, and sooner when every
-        slot is taken and another client waits: the one silent the longest makes room (idle
-        connections cannot starve a probe); one that hangs up is ignored; any other failure is
-        one log line, never a traceback.
+        slot is taken and another client waits: the one waiting longest for the rest of its
+        request makes room (silent or trickling connections cannot starve a probe, which sends
+        its request at once); one that hangs up is ignored; any other failure is one log line,
+        never a traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from service.descriptors import MAX_CONNECTIONS, http_connections_allowed
@@ -64,8 +65,8 @@ class _Server(socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int], max_connections: int) -> None:
         self.slots = threading.BoundedSemaphore(max_connections)
-        self._silent: dict[socket.socket, None] = {}  # served, no request yet: oldest first
-        self._silent_lock = threading.Lock()
+        self._unfinished: dict[socket.socket, None] = {}  # request not all there: oldest first
+        self._unfinished_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -82,9 +83,9 @@ class _Server(socketserver.ThreadingTCPServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept only when a slot is free: until then the client waits in the backlog, and
         holds none of the worker's descriptors. A client is waiting now, so when every slot is
-        taken the connection silent the longest is hung up on to make room."""
+        taken the connection waiting longest for its request is hung up on to make room."""
         if not self.slots.acquire(blocking=False):
-            self._hang_up_on_the_most_silent()
+            self._hang_up_on_the_longest_unfinished()
             self.slots.acquire()
         try:
             return super().get_request()
@@ -92,27 +93,24 @@ class _Server(socketserver.ThreadingTCPServer):
             self.slots.release()
             raise
 
-    def wait_for_request(self, connection: socket.socket) -> bool:
-        """Until the client has sent something (True) or `READ_TIMEOUT` passed (False); while
-        it is silent, its slot may be taken back for a client waiting to be served."""
-        readable = select.poll()  # not select(): a descriptor may be past FD_SETSIZE
-        readable.register(connection, select.POLLIN)
-        if readable.poll(0):
-            return True
-        with self._silent_lock:
-            self._silent[connection] = None
+    @contextlib.contextmanager
+    def awaiting_request(self, connection: socket.socket) -> Iterator[None]:
+        """While the client's request is not all there, its slot may be taken back for a client
+        waiting to be served."""
+        with self._unfinished_lock:
+            self._unfinished[connection] = None
         try:
-            return bool(readable.poll(READ_TIMEOUT * 1000))
+            yield
         finally:
-            with self._silent_lock:
-                self._silent.pop(connection, None)
+            with self._unfinished_lock:
+                self._unfinished.pop(connection, None)
 
-    def _hang_up_on_the_most_silent(self) -> None:
-        with self._silent_lock:
-            oldest = next(iter(self._silent), None)
+    def _hang_up_on_the_longest_unfinished(self) -> None:
+        with self._unfinished_lock:
+            oldest = next(iter(self._unfinished), None)
             if oldest is None:
-                return  # every slot is serving a request: wait for one to end
-            del self._silent[oldest]
+                return  # every slot is answering a request: wait for one to end
+            del self._unfinished[oldest]
             with contextlib.suppress(OSError):  # already gone: its slot is coming back anyway
                 oldest.shutdown(socket.SHUT_RDWR)  # its handler wakes, reads nothing, ends
 
@@ -149,9 +147,8 @@ class _Handler(socketserver.StreamRequestHandler):
     timeout = READ_TIMEOUT
 
     def handle(self) -> None:
-        if not self.server.wait_for_request(self.connection):
-            return
-        head = self._read_head()
+        with self.server.awaiting_request(self.connection):
+            head = self._read_head()
         if head is None:
             return  # hung up, or out of time, without a whole request
         if isinstance(head, tuple):
@@ -168,9 +165,13 @@ class _Handler(socketserver.StreamRequestHandler):
         self._answer(*self._route(target.split("?", 1)[0]), head_only=method == "HEAD")
 
     def _read_head(self) -> list[bytes] | tuple[int, bytes] | None:
-        """The request line and header lines, all within `READ_TIMEOUT` (a client trickling a
-        byte every few seconds cannot hold its slot longer); a (status, body) when they break
-        a limit; None when the client hung up or ran out of time first."""
+        """The request line and header lines, all within `READ_TIMEOUT` of the first byte (a
+        client trickling a byte every few seconds cannot hold its slot longer); a (status,
+        body) when they break a limit; None when the client hung up or ran out of time first."""
+        readable = select.poll()  # not select(): a descriptor may be past FD_SETSIZE
+        readable.register(self.connection, select.POLLIN)
+        if not readable.poll(READ_TIMEOUT * 1000):
+            return None  # silent all along
         deadline = time.monotonic() + READ_TIMEOUT
         lines: list[bytes] = []
         pending = b""
