@@ -54,6 +54,7 @@ _DECIMAL = re.compile(
 )
 MAX_SECONDS = 1e9  # about 31 years: a longer wait is "never", and past it clocks overflow
 MIN_SECONDS = 0.001  # a shorter interval or timeout is "no wait at all", and none is needed
+MIN_SHUTDOWN_SECONDS = 0.1  # a final save (write, fsync, rename, fsync) needs a few ms at least
 MAX_RATE = 1e12  # numbers per second: far past any machine, and well inside a float's range
 
 
@@ -210,11 +211,31 @@ def split_address(address: str) -> tuple[str, int]:
     Port 0 means any free port.
     """
     host, colon, port = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
+    # An IPv6 host only in brackets, and only an IPv6 address in them; the port in ASCII digits.
+    well_formed = (
+        colon
+        and host
+        and port.isascii()
+        and port.isdigit()
+        and int(port) <= 65535
+        and (_is_ipv6(host) if bracketed else not any(c in host for c in ":[]"))
+    )
+    if not well_formed:
         raise ValueError("expected HOST:PORT, such as 127.0.0.1:9108 (port 0: any free port)")
     return host, int(port)
+
+
+def _is_ipv6(host: str) -> bool:
+    import socket  # only when an address is given in brackets
+
+    try:
+        socket.inet_pton(socket.AF_INET6, host)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _address(value: Any) -> str:
@@ -258,7 +279,11 @@ class Settings:
     on_input_change: OnInputChange = _setting(
         "fail", _choice(OnInputChange), "when the input no longer matches the checkpoint"
     )
-    shutdown_timeout: float = _setting(5.0, _seconds(), "graceful shutdown limit, seconds")
+    shutdown_timeout: float = _setting(
+        5.0,
+        _number(ge=MIN_SHUTDOWN_SECONDS, le=MAX_SECONDS),
+        f"graceful shutdown limit, seconds (at least {MIN_SHUTDOWN_SECONDS:g})",
+    )
     log_format: LogFormat = _setting("auto", _choice(LogFormat), "log format")
     log_level: LogLevel = _setting("info", _choice(LogLevel), "log level")
     source: SourceKind = _setting("file", _choice(SourceKind), "read the input file or Kafka")

@@ -247,6 +247,11 @@ BAD_VALUES = [
     ("metrics_address", "localhost:http"),
     ("metrics_address", "localhost:65536"),
     ("metrics_address", "[]:9108"),
+    ("metrics_address", "127.0.0.1:0:0"),  # an IPv6 host must be in brackets
+    ("metrics_address", "[::1:0"),
+    ("metrics_address", "[localhost]:9108"),  # only an IPv6 address goes in brackets
+    ("metrics_address", "127.0.0.1:\u0660"),  # an Arabic-Indic zero is not a port
+    ("shutdown_timeout", "0.001"),  # no final save fits in it
     ("source", "s3"),
     ("kafka_bootstrap_servers", ""),
     ("kafka_bootstrap_servers", "localhost"),
