@@ -156,24 +156,33 @@ def test_a_log_that_cannot_be_written_never_stops_the_work(workdir: Path) -> Non
     _assert_resumes_to_the_exact_sum(workdir)
 
 
+def _worker_stuck_writing_its_log(tmp_path: Path) -> subprocess.Popen[bytes]:
+    """A worker following 3,000 files (a `file_discovered` line each: far more than a pipe
+    holds) whose stdout nobody reads: once this returns, it waits in a log write."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(3000):
+        (data / f"{index:04}.txt").write_bytes(f"{index}\n".encode())
+    worker = _piped_worker(["--input", "data/*.txt", "--follow"], tmp_path)
+    assert worker.stdout is not None
+    pipe_full = time.monotonic() + 30
+    held = array.array("i", [0])
+    while held[0] < 60_000:  # a pipe holds 64 KiB: the worker now waits in a write
+        if time.monotonic() > pipe_full:
+            worker.kill()
+            pytest.fail("the worker never filled its stdout pipe")
+        time.sleep(0.1)
+        fcntl.ioctl(worker.stdout.fileno(), termios.FIONREAD, held)
+    time.sleep(0.5)
+    return worker
+
+
 def test_a_reader_that_stops_reading_cannot_keep_sigterm_from_saving(tmp_path: Path) -> None:
     """stdout's reader stops reading (a paused pager): the worker waits for it, as Docker's
     blocking log mode does, but SIGTERM still saves the final checkpoint and exits 0, and every
     line that was written is whole."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for index in range(3000):  # a `file_discovered` line each: far more than a pipe holds
-        (data / f"{index:04}.txt").write_bytes(f"{index}\n".encode())
-    worker = _piped_worker(["--input", "data/*.txt", "--follow"], tmp_path)
-    assert worker.stdout is not None
+    worker = _worker_stuck_writing_its_log(tmp_path)
     try:
-        pipe_full = time.monotonic() + 30
-        held = array.array("i", [0])
-        while held[0] < 60_000:  # a pipe holds 64 KiB: the worker now waits in a write
-            assert time.monotonic() < pipe_full, "the worker never filled its stdout pipe"
-            time.sleep(0.1)
-            fcntl.ioctl(worker.stdout.fileno(), termios.FIONREAD, held)
-        time.sleep(0.5)
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=10)
     finally:
@@ -195,20 +204,8 @@ def test_a_second_sigterm_exits_at_once_while_a_log_write_waits_for_the_reader(
     """The loop is stuck writing a log line to a reader that does not read: a second SIGTERM
     ends the process at once (128 + 15), without waiting out the first one's grace for the
     reader, and the checkpoint on disk is whole."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for index in range(3000):
-        (data / f"{index:04}.txt").write_bytes(f"{index}\n".encode())
-    worker = _piped_worker(["--input", "data/*.txt", "--follow"], tmp_path)
-    assert worker.stdout is not None
+    worker = _worker_stuck_writing_its_log(tmp_path)
     try:
-        pipe_full = time.monotonic() + 30
-        held = array.array("i", [0])
-        while held[0] < 60_000:
-            assert time.monotonic() < pipe_full, "the worker never filled its stdout pipe"
-            time.sleep(0.1)
-            fcntl.ioctl(worker.stdout.fileno(), termios.FIONREAD, held)
-        time.sleep(0.5)
         first = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         time.sleep(0.05)
