@@ -189,7 +189,7 @@ def reset(settings: Settings, log: Logger) -> int:
         named = [
             (settings.checkpoint, checkpoint),
             (settings.result, written_path(settings.result)),
-            *((temp, temp) for temp in temp_files_of(checkpoint)),
+            *((temp, temp) for temp in temp_files_of(settings.checkpoint)),
         ]
         for name, path in named:
             try:

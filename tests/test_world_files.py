@@ -194,15 +194,25 @@ def test_own_files_are_never_read_whatever_path_reaches_them(tmp_path: Path, rea
         assert len(result["files"]) == 3  # type: ignore[arg-type]
 
 
-def test_links_to_own_files_under_the_glob_are_never_read_between_saves(tmp_path: Path) -> None:
-    """`data/*.txt` holds links to the checkpoint and the result, whose every save is a new
-    file: following, scans racing 5 ms saves never take either for input."""
+@pytest.mark.parametrize("linked", ["from the glob", "as the settings"])
+def test_links_to_own_files_under_the_glob_are_never_read_between_saves(
+    tmp_path: Path, linked: str
+) -> None:
+    """`data/*` reaches the checkpoint and the result through links (or the settings name
+    links to files in `data`, written through them), and every save is a new file with a
+    temporary one before it: following, scans racing 5 ms saves never take any for input."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "numbers.txt").write_bytes(b"1\n2\n")
-    (data / "state.txt").symlink_to("../checkpoint.json")
-    (data / "summary.txt").symlink_to("../result.json")
-    args = ["--input", "data/*.txt", "--follow", "--poll-interval", "0.005"]
+    own: list[str] = []
+    if linked == "from the glob":
+        (data / "state.txt").symlink_to("../checkpoint.json")
+        (data / "summary.txt").symlink_to("../result.json")
+    else:
+        (tmp_path / "state.json").symlink_to("data/state.txt")
+        (tmp_path / "summary.json").symlink_to("data/summary.txt")
+        own = ["--checkpoint", "state.json", "--result", "summary.json"]
+    args = ["--input", "data/*", "--follow", "--poll-interval", "0.005", *own]
     worker = WorkerProcess([*args, "--checkpoint-interval", "0.005"], tmp_path)
     worker.wait_for("caught_up", sum=3)
     with (data / "numbers.txt").open("ab") as grows:  # every save differs from the last

@@ -42,8 +42,14 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name}."
 
 
+def written_path(target: Path) -> Path:
+    """The file a write of `target` replaces: through its symbolic links (Rule 5)."""
+    return Path(os.path.realpath(target))
+
+
 def temp_files_of(target: Path) -> list[Path]:
     """Temporary files a crashed write of `target` may have left behind."""
+    target = written_path(target)
     directory = target.parent
     prefix = _temp_prefix(target)
     try:
@@ -82,11 +88,6 @@ def _new_file_mode() -> int:
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-def written_path(target: Path) -> Path:
-    """The file a write of `target` replaces: through its symbolic links (Rule 5)."""
-    return Path(os.path.realpath(target))
 
 
 def atomic_write(target: Path, pieces: Iterable[bytes]) -> None:

@@ -25,7 +25,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from service.settings import Listed
-from service.storage.atomic import TEMP_SUFFIX
+from service.storage.atomic import TEMP_SUFFIX, written_path
 from service.storage.lock import lock_path_for
 
 __all__ = ["FileKey", "InputPatterns", "Match", "identity_of"]
@@ -212,4 +212,7 @@ class InputPatterns:
     def of(
         cls, patterns: tuple[str, ...], exclude: tuple[str, ...], *, checkpoint: Path, result: Path
     ) -> InputPatterns:
-        return cls(patterns, exclude, (checkpoint, result, lock_path_for(checkpoint)))
+        # A checkpoint or result that is a link is written through it: the file it leads to,
+        # and that file's temporary ones, are the worker's too.
+        own = (checkpoint, result, written_path(checkpoint), written_path(result))
+        return cls(patterns, exclude, (*own, lock_path_for(checkpoint)))
