@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ __all__ = [
     "InputIdentity",
     "identify_input",
     "require_directory_of",
+    "require_regular_file",
     "sealed",
     "total_of",
     "write_json",
@@ -300,6 +302,7 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
 def require_directory_of(path: Path) -> None:
     """Raise CheckpointWriteFailed unless `path` could be written later: found at start-up,
     not after the whole input was read."""
+    require_regular_file(path)
     directory = path.parent
     if not directory.is_dir():
         problem = "does not exist" if not directory.exists() else "is not a directory"
@@ -308,6 +311,17 @@ def require_directory_of(path: Path) -> None:
     else:
         return
     raise CheckpointWriteFailed(f"cannot write {path}: its directory {directory} {problem}")
+
+
+def require_regular_file(path: Path) -> None:
+    """Raise CheckpointWriteFailed if what is at `path` (through its links) is not a regular
+    file: a save would replace /dev/null, a FIFO or a directory (atomic.py, Rule 5)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # not there yet: the first save makes it
+    if not stat.S_ISREG(mode):
+        raise CheckpointWriteFailed(f"cannot write {path}: not a regular file")
 
 
 def _write(path: Path, pieces: list[bytes]) -> None:

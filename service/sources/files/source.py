@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from service.storage.checkpoint import (
     Checkpoint,
     CheckpointStore,
     FileState,
+    require_regular_file,
     total_of,
 )
 from service.storage.lock import WorkerLock, lock_path_for
@@ -171,12 +171,6 @@ def refuse_shared_files(settings: Settings, plain_input: Path | None) -> None:
         named.append(("input", plain_input))
     # Each path's file once: where its links lead, and what it is if it exists already.
     files = [(what, path, os.path.realpath(path), identity_of(str(path))) for what, path in named]
-    for what, path in named[:2]:  # written over by every save: a file, never /dev/null or a FIFO
-        try:
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                raise UsageError(f"{what} {shown(str(path))} is not a regular file")
-        except OSError:  # not there yet (or not to be looked at): the save will tell
-            pass
     for index, (what, _path, real, identity) in enumerate(files):
         for other, other_path, other_real, other_identity in files[index + 1 :]:
             if real == other_real or (identity is not None and identity == other_identity):
@@ -220,6 +214,7 @@ class FileSource:
 
     def acquire(self) -> None:
         refuse_shared_files(self.settings, self.patterns.plain_path)
+        require_regular_file(self.settings.checkpoint)  # before its lock is made beside it
         self.lock.acquire()
 
     async def start(self) -> list[Partition]:
