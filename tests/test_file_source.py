@@ -226,3 +226,30 @@ async def test_a_line_of_millions_of_digits_is_converted_while_the_event_loop_tu
     assert partition.position.sum == int_of(digits) + 1
     assert took > 1.0  # long enough that a conversion on the loop would show
     assert longest_gap < took / 2
+
+
+@pytest.mark.parametrize(
+    ("exclude", "read"),
+    [
+        ("dir/*.txt", {"dir/sub/deep.txt", "dir/sub/more/deeper.txt"}),  # `*`: one directory
+        ("./dir/*.txt", {"dir/sub/deep.txt", "dir/sub/more/deeper.txt"}),
+        ("dir/sub/*.txt", {"dir/top.txt", "dir/sub/more/deeper.txt"}),
+        ("dir/**/deep*.txt", {"dir/top.txt"}),  # `**`: any depth
+        ("dir/**", set()),
+        ("deep*.txt", {"dir/top.txt"}),  # no `/`: the file's name, wherever it is
+        ("dir/top.txt", {"dir/sub/deep.txt", "dir/sub/more/deeper.txt"}),
+    ],
+)
+def test_exclude_globs_match_paths_as_the_input_globs_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exclude: str, read: set[str]
+) -> None:
+    """An `exclude` glob with a `/` matches a path as a glob does, `*` within one directory,
+    relative to the working directory whether the input is written relative or absolute; one
+    without a `/` matches file names."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("dir/top.txt", "dir/sub/deep.txt", "dir/sub/more/deeper.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"1\n")
+    for pattern in ("dir/**/*.txt", str(tmp_path / "dir/**/*.txt")):
+        found = InputPatterns((pattern,), (exclude,)).scan()
+        assert {os.path.relpath(m.path) for m in found.values()} == read

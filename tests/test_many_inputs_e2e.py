@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.oracle import Expected, expected_of, expected_of_files
-from tests.processes import WorkerProcess, cli, events_of
+from tests.processes import RUN, WorkerProcess, cli, events_of, worker_env
 
 FAST = ["--poll-interval", "0.05", "--checkpoint-interval", "0.05"]
 
@@ -97,6 +97,32 @@ def test_the_workers_own_files_and_excluded_globs_are_never_read(data: Path) -> 
     (data / "checkpoint.json").unlink()
     assert cli(["run", *args], data.parent).returncode == 0
     _assert_totals(_json(data / "result.json"), _total(*parts))
+
+
+def test_a_log_redirected_into_the_globbed_directory_is_never_read(tmp_path: Path) -> None:
+    """`run --follow --input 'data/*' > data/out.log`: the worker's own log is one of its files,
+    never an input (read, each of its lines would be a bad record logging another line)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_bytes(b"5\n")
+    with (data / "out.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [*RUN, "--input", "data/*", "--follow", *FAST],
+            cwd=tmp_path,
+            env=worker_env(),
+            stdout=log,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(2)  # many polls and saves, each a log line
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=10) == 0
+        finally:
+            worker.kill()
+    events = events_of((data / "out.log").read_text())
+    assert {e["path"] for e in events if e["event"] == "file_discovered"} == {"data/a.txt"}
+    checkpoint = _json(tmp_path / "checkpoint.json")
+    assert (checkpoint["sum"], checkpoint["bad_records"]) == (5, 0)
 
 
 def test_a_glob_matching_nothing_exits_1_naming_it_or_waits_when_following(

@@ -17,11 +17,12 @@ Rule 5: a scan reports files by (device, inode): the key that tells a rename fro
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
+import re
 import stat
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from service.settings import Listed
@@ -63,6 +64,7 @@ class _OwnFiles:
             file = identity_of(str(path))
             if file is not None:
                 files.add(file)
+        files |= _log_files()
         return cls(names_in, frozenset(p.name for p in own), frozenset(files), {})
 
     def holds(self, path: str, key: FileKey, *, link: bool) -> bool:
@@ -91,12 +93,68 @@ class _OwnFiles:
         return any(name == own or _is_temp_of(name, own) for own in self.names)
 
 
+def _log_files() -> set[FileKey]:
+    """The files stdout and stderr write to, when they are files (`run > data/out.log`): read
+    as input, each log line would be a bad record, whose reading logs another line."""
+    files = set()
+    for fd in (1, 2):
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            files.add((info.st_dev, info.st_ino))
+    return files
+
+
 def identity_of(path: str) -> FileKey | None:
     try:
         info = os.stat(path)
     except OSError:
         return None
     return (info.st_dev, info.st_ino)
+
+
+@functools.lru_cache(maxsize=256)
+def _exclude_glob(pattern: str) -> re.Pattern[str]:
+    """An `exclude` glob as a regular expression: of the whole absolute path when it holds a
+    `/`, else of a file's name."""
+    if "/" not in pattern:
+        return re.compile(_glob_part(pattern))
+    parts = os.path.abspath(pattern).split("/")[1:]
+    regex = ""
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if part == "**":
+            regex += ".*" if last else "(?:[^/]+/)*"  # any depth, none included
+        else:
+            regex += _glob_part(part) + ("" if last else "/")
+    return re.compile("/" + regex)
+
+
+def _glob_part(part: str) -> str:
+    """One path component of a glob as a regular expression: `*`, `?` and `[...]` never match
+    a `/`."""
+    out: list[str] = []
+    index = 0
+    while index < len(part):
+        char = part[index]
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif (
+            char == "[" and (end := part.find("]", index + 2 + part.startswith("!", index + 1))) > 0
+        ):
+            body = part[index + 1 : end]
+            negated = body.startswith("!")
+            body = re.sub(r"([\\^\]])", r"\\\1", body[1:] if negated else body)
+            out.append(f"[^/{body}]" if negated else f"[{body}]")
+            index = end
+        else:
+            out.append(re.escape(char))
+        index += 1
+    return "".join(out)
 
 
 def _is_temp_of(name: str, own: str) -> bool:
@@ -172,10 +230,13 @@ class InputPatterns:
         return ", ".join(self.patterns)
 
     def _is_excluded(self, path: str) -> bool:
+        """Whether an `exclude` glob matches: one without a `/` the file's name, one with a `/`
+        its path, as the input's globs match (`*` within one directory, `**` across any),
+        relative to the working directory however either is written (`./`, absolute)."""
         name = os.path.basename(path)
-        normalized = os.path.normpath(path)
+        full = os.path.abspath(path)
         return any(
-            fnmatchcase(normalized, pattern) or fnmatchcase(name, pattern)
+            _exclude_glob(pattern).fullmatch(full if "/" in pattern else name)
             for pattern in self.exclude
         )
 
