@@ -23,6 +23,7 @@ __all__ = ["console", "main"]
 
 PROG = "checkpoint-worker"
 DEFAULT_COUNT = 1_000_000  # numbers `generate` writes unless told otherwise
+MAX_COUNT = 10_000_000_000  # about 70 GB: more is a typo, which would fill the disk first
 
 
 class _Parser(argparse.ArgumentParser):
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             return anyio.run(run_worker, settings, log, early_signals, backend="asyncio")
         if args.command == "generate":
             from service.commands import generate
-            from service.sources.files.source import input_patterns
+            from service.sources.files.source import input_patterns, refuse_shared_files
 
             plain = input_patterns(settings).plain_path
             if args.output is None and plain is None:
@@ -225,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             output = args.output if args.output is not None else plain
             assert output is not None
-            if args.count < 0:
-                raise UsageError(f"--count must be >= 0, got {args.count}")
+            if not 0 <= args.count <= MAX_COUNT:
+                raise UsageError(f"--count must be from 0 to {MAX_COUNT:,}, got {args.count}")
+            refuse_shared_files(settings, output)  # the output is an input: never the state
             return generate(
                 output, args.count, args.seed, force=args.force, if_missing=args.if_missing, log=log
             )

@@ -406,6 +406,29 @@ def test_generate_with_a_glob_input_needs_an_output(tmp_path: Path) -> None:
     assert "--output" in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--output", "result.json"], "result and input"),
+        (["--output", "checkpoint.json.lock"], "lock and input"),
+        (["--output", "checkpoint.json", "--force"], "checkpoint and input"),
+        (["--output", "n.txt", "--count", "99999999999999999999"], "--count must be from 0"),
+    ],
+)
+def test_generate_never_writes_over_the_workers_own_files_nor_fills_the_disk(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    """`generate` writes an input: never the checkpoint, its lock or the result (exit 2, one
+    line, the file untouched), and a count of absurd size is a typo, refused before a byte."""
+    (tmp_path / "checkpoint.json").write_bytes(b"{}")
+    done = cli(["generate", *args], tmp_path)
+    assert done.returncode == 2
+    (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert named in error["message"]
+    assert (tmp_path / "checkpoint.json").read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
 def test_a_remount_that_changes_the_device_number_keeps_every_position(tmp_path: Path) -> None:
     """Stop midway, remount the files' file system on another loop device: exact resume."""
