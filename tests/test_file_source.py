@@ -246,10 +246,11 @@ def test_exclude_globs_match_paths_as_the_input_globs_do(
     """An `exclude` glob with a `/` matches a path as a glob does, `*` within one directory,
     relative to the working directory whether the input is written relative or absolute; one
     without a `/` matches file names."""
-    monkeypatch.chdir(tmp_path)
-    for name in ("dir/top.txt", "dir/sub/deep.txt", "dir/sub/more/deeper.txt"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"1\n")
-    for pattern in ("dir/**/*.txt", str(tmp_path / "dir/**/*.txt")):
-        found = InputPatterns((pattern,), (exclude,)).scan()
-        assert {os.path.relpath(m.path) for m in found.values()} == read
+    for working in (tmp_path / "one", tmp_path / "two"):  # relative to each, in one process
+        for name in ("dir/top.txt", "dir/sub/deep.txt", "dir/sub/more/deeper.txt"):
+            (working / name).parent.mkdir(parents=True, exist_ok=True)
+            (working / name).write_bytes(b"1\n")
+        monkeypatch.chdir(working)
+        for pattern in ("dir/**/*.txt", str(working / "dir/**/*.txt")):
+            found = InputPatterns((pattern,), (exclude,)).scan()
+            assert {os.path.relpath(m.path) for m in found.values()} == read

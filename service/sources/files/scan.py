@@ -117,11 +117,11 @@ def identity_of(path: str) -> FileKey | None:
 
 @functools.lru_cache(maxsize=256)
 def _exclude_glob(pattern: str) -> re.Pattern[str]:
-    """An `exclude` glob as a regular expression: of the whole absolute path when it holds a
-    `/`, else of a file's name."""
+    """An `exclude` glob as a regular expression: of a whole absolute path when the glob is an
+    absolute path, else of a file's name."""
     if "/" not in pattern:
         return re.compile(_glob_part(pattern))
-    parts = os.path.abspath(pattern).split("/")[1:]
+    parts = pattern.split("/")[1:]
     regex = ""
     for index, part in enumerate(parts):
         last = index == len(parts) - 1
@@ -236,7 +236,9 @@ class InputPatterns:
         name = os.path.basename(path)
         full = os.path.abspath(path)
         return any(
-            _exclude_glob(pattern).fullmatch(full if "/" in pattern else name)
+            _exclude_glob(os.path.abspath(pattern)).fullmatch(full)
+            if "/" in pattern
+            else _exclude_glob(pattern).fullmatch(name)
             for pattern in self.exclude
         )
 
