@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write",
     "fsync_directory",
     "read_regular_file",
+    "replaceable",
     "temp_files_of",
     "written_path",
 ]
@@ -90,14 +91,22 @@ def _new_file_mode() -> int:
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def atomic_write(target: Path, pieces: Iterable[bytes]) -> None:
-    """Replace `target` with the concatenated `pieces`, atomically and durably (blocking)."""
+def replaceable(target: Path) -> Path:
+    """The file a write of `target` replaces (through its links); an OSError when what is there
+    is not a regular file (Rule 5)."""
     target = written_path(target)
     try:
-        if not stat.S_ISREG(os.stat(target).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(target))
+        mode = os.stat(target).st_mode
     except FileNotFoundError:
-        pass
+        return target  # the write makes it
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(target))
+    return target
+
+
+def atomic_write(target: Path, pieces: Iterable[bytes]) -> None:
+    """Replace `target` with the concatenated `pieces`, atomically and durably (blocking)."""
+    target = replaceable(target)
     directory = target.parent
     # A stop signal whose handler raises (Ctrl+C) is held while the temporary file is created:
     # raised between its creation and the `try`, it would leave the file behind (Rule 2).

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from typing import Any
 from service.core.decimal_text import decimal_of, exact_json, int_of
 from service.core.position import Position
 from service.errors import CheckpointCorrupt, CheckpointWriteFailed
-from service.storage.atomic import atomic_write, read_regular_file
+from service.storage.atomic import atomic_write, read_regular_file, replaceable
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -314,14 +313,12 @@ def require_directory_of(path: Path) -> None:
 
 
 def require_regular_file(path: Path) -> None:
-    """Raise CheckpointWriteFailed if what is at `path` (through its links) is not a regular
-    file: a save would replace /dev/null, a FIFO or a directory (atomic.py, Rule 5)."""
+    """Raise CheckpointWriteFailed, at start-up, where a save of `path` would: what is there
+    (through its links) is /dev/null, a FIFO or a directory (atomic.py, Rule 5)."""
     try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return  # not there yet: the first save makes it
-    if not stat.S_ISREG(mode):
-        raise CheckpointWriteFailed(f"cannot write {path}: not a regular file")
+        replaceable(path)
+    except OSError as error:
+        raise CheckpointWriteFailed(f"cannot write {path}: {error.strerror}") from None
 
 
 def _write(path: Path, pieces: list[bytes]) -> None:
