@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -345,10 +346,18 @@ def _sigterm_trial(
     return latency, None
 
 
+def _reading_seconds(finished: Finished) -> float:
+    """How long a run read its input: from the end of start-up (no checkpoint found) to its
+    completion, by its log's timestamps."""
+    at = {e["event"]: datetime.fromisoformat(e["timestamp"]) for e in events_of(finished.stdout)}
+    return (at["completed"] - at["checkpoint_not_found"]).total_seconds()
+
+
 def graceful_stop(bench: Bench) -> list[Measurement]:
     large = bench.large()
-    # Signal within the first half of the fastest whole run, so each trial stops it mid-stream.
-    window = 0.5 * best_wall([worker_run(bench, large) for _ in range(3)])
+    # Signal within the first half of the fastest run's reading (start-up is waited out first),
+    # so each trial stops it mid-stream.
+    window = 0.5 * min(_reading_seconds(worker_run(bench, large)) for _ in range(3))
     directory = bench.scratch / "sigterm"
     latencies: list[float] = []
     problems: list[str] = []
