@@ -17,12 +17,11 @@ Rule 5: a scan reports files by (device, inode): the key that tells a rename fro
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
-import re
 import stat
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from service.settings import Listed
@@ -115,46 +114,14 @@ def identity_of(path: str) -> FileKey | None:
     return (info.st_dev, info.st_ino)
 
 
-@functools.lru_cache(maxsize=256)
-def _exclude_glob(pattern: str) -> re.Pattern[str]:
-    """An `exclude` glob as a regular expression: of a whole absolute path when the glob is an
-    absolute path, else of a file's name."""
-    if "/" not in pattern:
-        return re.compile(_glob_part(pattern))
-    parts = pattern.split("/")[1:]
-    regex = ""
-    for index, part in enumerate(parts):
-        last = index == len(parts) - 1
-        if part == "**":
-            regex += ".*" if last else "(?:[^/]+/)*"  # any depth, none included
-        else:
-            regex += _glob_part(part) + ("" if last else "/")
-    return re.compile("/" + regex)
-
-
-def _glob_part(part: str) -> str:
-    """One path component of a glob as a regular expression: `*`, `?` and `[...]` never match
-    a `/`."""
-    out: list[str] = []
-    index = 0
-    while index < len(part):
-        char = part[index]
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif (
-            char == "[" and (end := part.find("]", index + 2 + part.startswith("!", index + 1))) > 0
-        ):
-            body = part[index + 1 : end]
-            negated = body.startswith("!")
-            body = re.sub(r"([\\^\]])", r"\\\1", body[1:] if negated else body)
-            out.append(f"[^/{body}]" if negated else f"[{body}]")
-            index = end
-        else:
-            out.append(re.escape(char))
-        index += 1
-    return "".join(out)
+def _glob_matches(parts: list[str], names: list[str]) -> bool:
+    """Whether the path components `names` match the glob components `parts` as glob matches
+    them: each one by `fnmatch`, and `**` any number of them, none included."""
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        return any(_glob_matches(parts[1:], names[skip:]) for skip in range(len(names) + 1))
+    return bool(names) and fnmatchcase(names[0], parts[0]) and _glob_matches(parts[1:], names[1:])
 
 
 def _is_temp_of(name: str, own: str) -> bool:
@@ -234,11 +201,11 @@ class InputPatterns:
         its path, as the input's globs match (`*` within one directory, `**` across any),
         relative to the working directory however either is written (`./`, absolute)."""
         name = os.path.basename(path)
-        full = os.path.abspath(path)
+        names = os.path.abspath(path).split("/")
         return any(
-            _exclude_glob(os.path.abspath(pattern)).fullmatch(full)
+            _glob_matches(os.path.abspath(pattern).split("/"), names)
             if "/" in pattern
-            else _exclude_glob(pattern).fullmatch(name)
+            else fnmatchcase(name, pattern)
             for pattern in self.exclude
         )
 
