@@ -27,7 +27,7 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from service.descriptors import MAX_CONNECTIONS, http_connections_allowed
@@ -93,14 +93,18 @@ class _Server(socketserver.ThreadingTCPServer):
             self.slots.release()
             raise
 
-    @contextlib.contextmanager
-    def awaiting_request(self, connection: socket.socket) -> Iterator[None]:
-        """While the client's request is not all there, its slot may be taken back for a client
-        waiting to be served."""
+    def wait_for_bytes(self, connection: socket.socket, seconds: float) -> bool:
+        """Until the client has sent more (True) or `seconds` passed (False). Only while it
+        sends nothing may its slot be taken back for a client waiting to be served: a request
+        already there, not yet read by a busy handler, is never hung up on."""
+        readable = select.poll()  # not select(): a descriptor may be past FD_SETSIZE
+        readable.register(connection, select.POLLIN)
+        if readable.poll(0):
+            return True
         with self._unfinished_lock:
             self._unfinished[connection] = None
         try:
-            yield
+            return bool(readable.poll(seconds * 1000))
         finally:
             with self._unfinished_lock:
                 self._unfinished.pop(connection, None)
@@ -147,8 +151,7 @@ class _Handler(socketserver.StreamRequestHandler):
     timeout = READ_TIMEOUT
 
     def handle(self) -> None:
-        with self.server.awaiting_request(self.connection):
-            head = self._read_head()
+        head = self._read_head()
         if head is None:
             return  # hung up, or out of time, without a whole request
         if isinstance(head, tuple):
@@ -168,9 +171,7 @@ class _Handler(socketserver.StreamRequestHandler):
         """The request line and header lines, all within `READ_TIMEOUT` of the first byte (a
         client trickling a byte every few seconds cannot hold its slot longer); a (status,
         body) when they break a limit; None when the client hung up or ran out of time first."""
-        readable = select.poll()  # not select(): a descriptor may be past FD_SETSIZE
-        readable.register(self.connection, select.POLLIN)
-        if not readable.poll(READ_TIMEOUT * 1000):
+        if not self.server.wait_for_bytes(self.connection, READ_TIMEOUT):
             return None  # silent all along
         deadline = time.monotonic() + READ_TIMEOUT
         lines: list[bytes] = []
@@ -190,13 +191,9 @@ class _Handler(socketserver.StreamRequestHandler):
                     return 431, b"too many header lines\n"
                 continue
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not self.server.wait_for_bytes(self.connection, left):
                 return None
-            self.connection.settimeout(left)
-            try:
-                received = self.connection.recv(_RECEIVE_BYTES)
-            except TimeoutError:
-                return None
+            received = self.connection.recv(_RECEIVE_BYTES)
             if not received:
                 return None
             pending += received
