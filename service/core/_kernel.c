@@ -317,36 +317,75 @@ static inline uint64_t ck_through(uint64_t newlines) {
 /* What a step's lines (`lines`: the bits up to its last '\n') are, from its masks. */
 enum { CK_STEP_LINES, CK_STEP_RUNS, CK_STEP_PLACES };
 
+/* Whether a byte of the step's lines breaks the grammar: each byte must be a digit, a '\n', a
+ * blank, a sign right before a digit or a '\r' right before the '\n', and a line may hold one
+ * run of digits. Counted in operations: it is the whole cost of a step with CRLF, signs or
+ * padding over one of digits alone, so each check runs only where it can fail. */
+CK_AVX2_TARGET static inline int ck_misplaced(const ck_masks *m, uint64_t lines) {
+    uint64_t d = m->digit;
+    uint64_t placed = d | m->newline | m->blank | (m->sign & (d >> 1)) |
+                      (m->cr & (m->newline >> 1));
+    /* With every byte placed, only a blank or a sign can part two runs of a line, and without
+     * blanks only as a sign right after a digit. */
+    uint64_t misplaced = ~placed | (m->sign & (d << 1));
+    if (m->blank & lines) {
+        /* Adding a run's end to the non-'\n' bits carries up to the line's '\n', flipping
+         * every bit on the way, except the end of a later run in the same line. */
+        uint64_t ends = d & ~(d >> 1), inner = ~m->newline;
+        misplaced |= ends & ~((inner + (ends & lines)) ^ inner);
+    }
+    return (misplaced & lines) != 0;
+}
+
+/* g[k], the digits followed by at least k more digits, for k = 1, 2, 4, 8. */
+typedef struct {
+    uint64_t g1, g2, g4, g8;
+} ck_runs;
+
+static inline ck_runs ck_runs_of(uint64_t d) {
+    ck_runs g;
+    g.g1 = d & (d >> 1);
+    g.g2 = g.g1 & (g.g1 >> 1);
+    g.g4 = g.g2 & (g.g2 >> 2);
+    g.g8 = g.g4 & (g.g4 >> 4);
+    return g;
+}
+
 /* CK_STEP_PLACES if every line is a record of at most 8 digits, none negative, or a blank
  * line (`p` gets the places); CK_STEP_RUNS if every line is a record of at most 38 digits or
- * a blank line; CK_STEP_LINES if a line is anything else. */
+ * a blank line; CK_STEP_LINES if a line is anything else. Lines of digits alone (the common
+ * step) have nothing else to check. */
 CK_AVX2_TARGET static inline int ck_step_kind(const ck_masks *m, uint64_t lines, ck_places *p) {
     uint64_t d = m->digit;
-    uint64_t ends = d & ~(d >> 1) & lines; /* a run's last digit */
-    uint64_t other = ~(d | m->newline | m->sign | m->blank | m->cr);
-    uint64_t loose_sign = m->sign & ~(d >> 1);      /* a sign is right before the digits */
-    uint64_t loose_cr = m->cr & ~(m->newline >> 1); /* a '\r' is right before the '\n' */
-    /* A second run in a line: adding a run's end to the non-'\n' bits carries up to the line's
-     * '\n', flipping every bit on the way, except the end of a later run in the same line. */
-    uint64_t inner = ~m->newline;
-    uint64_t second_run = ends & ~((inner + ends) ^ inner);
-    /* g[k]: digits followed by at least k more digits. */
-    uint64_t g1 = d & (d >> 1), g2 = g1 & (g1 >> 1), g4 = g2 & (g2 >> 2), g8 = g4 & (g4 >> 4);
-    /* Lines of digits alone (the common step) have nothing else to check. */
-    if ((d | m->newline) != ~0ULL && (((other | loose_sign | loose_cr) & lines) | second_run))
-        return CK_STEP_LINES;
-    if (g8 & lines) { /* a number of 9 digits or more: one of 39 or more takes the exact path */
-        uint64_t g38 = g8 & (g8 >> 8) & (g8 >> 16) & (g8 >> 24) & (g4 >> 32) & (g2 >> 36);
+    if ((d | m->newline) != ~0ULL && ck_misplaced(m, lines)) return CK_STEP_LINES;
+    ck_runs g = ck_runs_of(d);
+    if (g.g8 & lines) { /* a number of 9 digits or more: one of 39 or more takes the exact path */
+        uint64_t g38 = g.g8 & (g.g8 >> 8) & (g.g8 >> 16) & (g.g8 >> 24) & (g.g4 >> 32) &
+                       (g.g2 >> 36);
         return g38 & lines ? CK_STEP_LINES : CK_STEP_RUNS;
     }
     if (m->minus & lines) return CK_STEP_RUNS;
-    uint64_t g3 = g2 & (g1 >> 2), g5 = g4 & (g1 >> 4), g6 = g4 & (g2 >> 4), g7 = g4 & (g3 >> 4);
+    uint64_t g3 = g.g2 & (g.g1 >> 2), g5 = g.g4 & (g.g1 >> 4), g6 = g.g4 & (g.g2 >> 4);
+    uint64_t g7 = g.g4 & (g3 >> 4);
     p->digit = d & lines;
     p->width = 64 - (unsigned)__builtin_clzll(m->newline);
-    p->odd = ((g1 & ~g2) | (g3 & ~g4) | (g5 & ~g6) | g7) & lines;
-    p->hundreds = ((g2 & ~g4) | g6) & lines;
-    p->ten_thousands = g4 & lines;
+    p->odd = ((g.g1 & ~g.g2) | (g3 & ~g.g4) | (g5 & ~g6) | g7) & lines;
+    p->hundreds = ((g.g2 & ~g.g4) | g6) & lines;
+    p->ten_thousands = g.g4 & lines;
     return CK_STEP_PLACES;
+}
+
+/* ck_step_kind's kind without the places, for the loop of CK_STEP_RUNS steps: no branch on how
+ * wide the numbers are, which is what varies from step to step there (with one, the compiler
+ * put the wide case out of line, two jumps a step). */
+CK_AVX2_TARGET static inline int ck_run_step_kind(const ck_masks *m, uint64_t lines) {
+    uint64_t d = m->digit;
+    if ((d | m->newline) != ~0ULL && ck_misplaced(m, lines)) return CK_STEP_LINES;
+    ck_runs g = ck_runs_of(d);
+    uint64_t g16 = g.g8 & (g.g8 >> 8), g32 = g16 & (g16 >> 16);
+    uint64_t g38 = g32 & (g.g4 >> 32) & (g.g2 >> 36); /* a number of 39 digits or more */
+    if (g38 & lines) return CK_STEP_LINES;
+    return (g.g8 | m->minus) & lines ? CK_STEP_RUNS : CK_STEP_PLACES;
 }
 
 /* Per 16-byte lane: each digit 0..9 times ten. */
@@ -686,13 +725,15 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
     uint64_t taken;                                                                         \
     /* Two loops, one a kind of step, so each holds only its own lanes in registers. */     \
     while (kind != CK_STEP_LINES) {                                                         \
-        while (CK_NEXT_STEP(CLASSIFY) && kind == CK_STEP_PLACES) {                          \
+        while (CK_NEXT_STEP(CLASSIFY, ck_step_kind(&m, taken, &w)) &&                       \
+               kind == CK_STEP_PLACES) {                                                    \
             sums = _mm256_add_epi64(sums, SUM(buf + s, &w));                                \
             records += (size_t)__builtin_popcountll(w.digit & ~(w.digit >> 1));             \
             CK_STEP_DONE();                                                                 \
         }                                                                                   \
         if (kind != CK_STEP_RUNS) break;                                                    \
-        while (CK_NEXT_STEP(CLASSIFY) && kind == CK_STEP_RUNS &&                            \
+        while (CK_NEXT_STEP(CLASSIFY, ck_run_step_kind(&m, taken)) &&                       \
+               kind == CK_STEP_RUNS &&                                                      \
                quad_runs < CK_QUAD_FLUSH_RUNS - 64) {                                       \
             unsigned runs;                                                                  \
             CK_FOR_EACH_RUN(buf, s, &m, taken, runs, CK_RUN_##QUADS);                       \
@@ -710,13 +751,13 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
     st->records += records;                                                                 \
     return s;
 
-/* Classify the step at `s` into m, taken (its lines' bits), w and kind: 1. Or 0, kind set to
- * CK_STEP_LINES, when no step is to be taken here: less than a step left, a line longer than a
- * step, or the lanes due to be added up. */
-#define CK_NEXT_STEP(CLASSIFY)                                                              \
+/* Classify the step at `s` into m and taken (its lines' bits), and set kind to KIND (which may
+ * fill w): 1. Or 0, kind set to CK_STEP_LINES, when no step is to be taken here: less than a
+ * step left, a line longer than a step, or the lanes due to be added up. */
+#define CK_NEXT_STEP(CLASSIFY, KIND)                                                        \
     ((steps < CK_FLUSH_STEPS && len - s >= CK_BLOCK &&                                      \
       (__builtin_prefetch(buf + s + CK_PREFETCH), CLASSIFY(buf + s, &m), m.newline != 0) && \
-      (taken = ck_through(m.newline), kind = ck_step_kind(&m, taken, &w), 1)) ||            \
+      (taken = ck_through(m.newline), kind = (KIND), 1)) ||                                 \
      (kind = CK_STEP_LINES, 0))
 
 #define CK_STEP_DONE()                                                                      \
