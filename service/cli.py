@@ -27,6 +27,9 @@ MAX_COUNT = 10_000_000_000  # about 70 GB: more is a typo, which would fill the 
 
 
 class _Parser(argparse.ArgumentParser):
+    # False when built for one command (`_build_parser`): the other commands lack their flags.
+    complete = True
+
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         self.argv = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
@@ -34,7 +37,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line and exit 2, instead of argparse's usage block; no secret in it."""
         argv: list[str] = getattr(self, "argv", [])
-        message = _without_values(message, argv, _flags_safe_to_echo(self))
+        safe = _flags_safe_to_echo(self if self.complete else _build_parser())
+        message = _without_values(message, argv, safe)
         self.exit(2, f"{PROG}: error: {message} (see `{PROG} --help`)\n")
 
 
@@ -106,31 +110,40 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def _build_parser() -> argparse.ArgumentParser:
+_COMMANDS = {
+    "run": "process the input from the checkpoint on (--follow: keep going as it grows)",
+    "generate": "write a file of random integers, one per line, atomically",
+    "status": "show the checkpoint: offset, records, sum, percent done",
+    "reset": "remove the checkpoint and result, so the next run starts over",
+    "publish": "write the input file's lines to the Kafka topic, exactly once",
+    "healthcheck": "exit 0 if a worker is alive and its event loop responsive",
+}
+
+
+def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command. Given `only`, a command's name, the other commands have no
+    setting flags: adding them all takes longer than anything else in the parser."""
     parser = _Parser(prog=PROG, description="A resumable, checkpointed stream summation worker.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.complete = only is None
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in _COMMANDS.items():
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        if only in (None, name):
+            _add_setting_flags(command)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        _add_setting_flags(sub)
-        return sub
-
-    command("run", "process the input from the checkpoint on (--follow: keep going as it grows)")
-    generate = command("generate", "write a file of random integers, one per line, atomically")
+    generate = commands.choices["generate"]
     generate.add_argument("--count", type=int, default=DEFAULT_COUNT, help="how many numbers")
     generate.add_argument("--seed", type=int, default=None, help="same seed, same file")
     generate.add_argument("--output", type=Path, default=None, help="default: the input setting")
     generate.add_argument("--if-missing", action="store_true", help="do nothing if it exists")
     generate.add_argument("--force", action="store_true", help="overwrite an existing file")
-    status = command("status", "show the checkpoint: offset, records, sum, percent done")
+    status = commands.choices["status"]
     status.add_argument("--json", action="store_true", help="as one JSON object")
-    command("reset", "remove the checkpoint and result, so the next run starts over")
-    publish = command("publish", "write the input file's lines to the Kafka topic, exactly once")
+    publish = commands.choices["publish"]
     publish.add_argument(
         "--lines-per-message", type=int, default=1000, help="lines in one message (default 1000)"
     )
-    command("healthcheck", "exit 0 if a worker is alive and its event loop responsive")
     return parser
 
 
@@ -188,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     early_signals: list[int] = []
     if argv[:1] == ["run"]:
         _remember_stop_signals(early_signals)
-    args = _build_parser().parse_args(argv)
+    # The first word, when it is a command's name, is the command: only its flags are needed.
+    command = argv[0] if argv and argv[0] in _COMMANDS else None
+    args = _build_parser(only=command).parse_args(argv)
 
     from service.errors import UsageError, WorkerError
 
