@@ -19,10 +19,14 @@ by powers of two, each quotient found by a multiplication with a reciprocal kept
 
 from __future__ import annotations
 
-import decimal
 import json
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # Imported only where a value is too long for int() and str(): most runs have none, and
+    # importing it is not free at start-up.
+    import decimal
 
 __all__ = ["decimal_of", "exact_json", "int_of"]
 
@@ -32,10 +36,15 @@ _THROUGH_DECIMAL = 2_000_000  # digits: past this, text to int goes through a De
 _BITS_PER_DIGIT = 3.3219280948873626  # log2(10)
 _GUARD_DIGITS = 8  # beyond what a quotient needs, so it falls short by 1 at most
 
-# Exact decimal arithmetic at any size: no rounding, no exponent limit.
-_EXACT = decimal.Context(
-    prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[decimal.Inexact]
-)
+
+@cache
+def _exact() -> decimal.Context:
+    """Exact decimal arithmetic at any size: no rounding, no exponent limit."""
+    import decimal
+
+    return decimal.Context(
+        prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[decimal.Inexact]
+    )
 
 
 def _power_of_ten(exponent: int) -> int:
@@ -44,7 +53,7 @@ def _power_of_ten(exponent: int) -> int:
 
 
 def _power_of_two(exponent: int) -> decimal.Decimal:
-    return _EXACT.power(decimal.Decimal(2), exponent)
+    return _exact().power(2, exponent)
 
 
 def int_of(text: bytes | str) -> int:
@@ -70,6 +79,9 @@ def int_of(text: bytes | str) -> int:
 
 def _int_through_decimal(digits: str) -> int:
     """int() of a long digit string: the Decimal split by powers of two, high part first."""
+    import decimal
+
+    exact = _exact()
     chop = decimal.Context(
         prec=decimal.MAX_PREC,
         Emax=decimal.MAX_EMAX,
@@ -93,13 +105,13 @@ def _int_through_decimal(digits: str) -> int:
         chop.prec = max(value.adjusted() - power.adjusted(), 0) + _GUARD_DIGITS
         high = chop.multiply(chop.plus(value), chop.plus(reciprocal))
         high = high.to_integral_value(rounding=decimal.ROUND_DOWN)
-        rest = _EXACT.subtract(value, _EXACT.multiply(high, power))
+        rest = exact.subtract(value, exact.multiply(high, power))
         while rest >= power:
-            rest = _EXACT.subtract(rest, power)
-            high = _EXACT.add(high, 1)
+            rest = exact.subtract(rest, power)
+            high = exact.add(high, 1)
         return (convert(high, bits - low) << low) | convert(rest, low)
 
-    return convert(_EXACT.create_decimal(digits), int(len(digits) * _BITS_PER_DIGIT) + 2)
+    return convert(exact.create_decimal(digits), int(len(digits) * _BITS_PER_DIGIT) + 2)
 
 
 # The last long value written, and its text: one sum is written many times (the checkpoint, the
@@ -115,6 +127,9 @@ def decimal_of(value: int) -> str:
     last_value, last_text = _last_written
     if value == last_value:
         return last_text
+    import decimal
+
+    exact = _exact()
     sign, value = ("-", -value) if value < 0 else ("", value)
     two_to = cache(_power_of_two)  # per call, as in int_of
 
@@ -123,8 +138,8 @@ def decimal_of(value: int) -> str:
             return decimal.Decimal(part)
         low = bits // 2
         high = part >> low
-        joined = _EXACT.multiply(convert(high, bits - low), two_to(low))
-        return _EXACT.add(joined, convert(part - (high << low), low))
+        joined = exact.multiply(convert(high, bits - low), two_to(low))
+        return exact.add(joined, convert(part - (high << low), low))
 
     text = sign + str(convert(value, value.bit_length()))
     _last_written = (-value if sign else value, text)
