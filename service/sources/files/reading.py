@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiofiles
@@ -35,13 +34,13 @@ __all__ = ["Chunk", "ChunkBuffers", "read_chunks"]
 TURN_CHUNKS = 16  # full chunks a file reads in a row while another waits for its turn
 
 
-@dataclass(eq=False)
 class Chunk:
     """Bytes read from the file, or why not; the pool's buffer its bytes are in, if any."""
 
-    data: bytes | bytearray = b""
-    error: OSError | None = None
-    buffer: bytearray | None = None
+    def __init__(self) -> None:
+        self.data: bytes | bytearray = b""
+        self.error: OSError | None = None
+        self.buffer: bytearray | None = None
 
 
 class ChunkBuffers:

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +98,14 @@ def _head_matches(match: Match, state: FileState) -> bool:
     return hashlib.sha256(head).hexdigest() == state.identity.head_sha256
 
 
-@dataclass
 class Pairing:
     """Saved states paired with the files a scan found (`match_saved_files`)."""
 
-    resumed: list[tuple[FileKey, Match, FileState]] = field(default_factory=list)
-    gone: list[FileState] = field(default_factory=list)  # no file found is theirs
-    new: dict[FileKey, Match] = field(default_factory=dict)  # no saved state is theirs
-    moving: set[FileKey] = field(default_factory=set)  # renamed while checked: neither, yet
+    def __init__(self) -> None:
+        self.resumed: list[tuple[FileKey, Match, FileState]] = []
+        self.gone: list[FileState] = []  # no file found is theirs
+        self.new: dict[FileKey, Match] = {}  # no saved state is theirs
+        self.moving: set[FileKey] = set()  # renamed while checked: neither, yet
 
 
 def saved_state_of_plain_path(saved: tuple[FileState, ...], path: str) -> FileState | None:
