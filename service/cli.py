@@ -27,7 +27,7 @@ MAX_COUNT = 10_000_000_000  # about 70 GB: more is a typo, which would fill the 
 
 
 class _Parser(argparse.ArgumentParser):
-    # False when built for one command (`_build_parser`): the other commands lack their flags.
+    # False when built for one command alone (`_build_parser`): then an error needs the others.
     complete = True
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
@@ -121,30 +121,37 @@ _COMMANDS = {
 
 
 def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every command. Given `only`, a command's name, the other commands have no
-    setting flags: adding them all takes longer than anything else in the parser."""
+    """The parser of every command, or given `only`, a command's name, of that command alone:
+    adding every command's setting flags takes longer than anything else in the parser."""
     parser = _Parser(prog=PROG, description="A resumable, checkpointed stream summation worker.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.complete = only is None
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in _COMMANDS.items():
-        command = commands.add_parser(name, help=help_text, description=help_text)
         if only in (None, name):
+            command = commands.add_parser(name, help=help_text, description=help_text)
             _add_setting_flags(command)
-
-    generate = commands.choices["generate"]
-    generate.add_argument("--count", type=int, default=DEFAULT_COUNT, help="how many numbers")
-    generate.add_argument("--seed", type=int, default=None, help="same seed, same file")
-    generate.add_argument("--output", type=Path, default=None, help="default: the input setting")
-    generate.add_argument("--if-missing", action="store_true", help="do nothing if it exists")
-    generate.add_argument("--force", action="store_true", help="overwrite an existing file")
-    status = commands.choices["status"]
-    status.add_argument("--json", action="store_true", help="as one JSON object")
-    publish = commands.choices["publish"]
-    publish.add_argument(
-        "--lines-per-message", type=int, default=1000, help="lines in one message (default 1000)"
-    )
+            _add_own_flags(name, command)
     return parser
+
+
+def _add_own_flags(name: str, command: argparse.ArgumentParser) -> None:
+    """The flags of the command `name` besides the settings."""
+    if name == "generate":
+        command.add_argument("--count", type=int, default=DEFAULT_COUNT, help="how many numbers")
+        command.add_argument("--seed", type=int, default=None, help="same seed, same file")
+        command.add_argument("--output", type=Path, default=None, help="default: the input setting")
+        command.add_argument("--if-missing", action="store_true", help="do nothing if it exists")
+        command.add_argument("--force", action="store_true", help="overwrite an existing file")
+    elif name == "status":
+        command.add_argument("--json", action="store_true", help="as one JSON object")
+    elif name == "publish":
+        command.add_argument(
+            "--lines-per-message",
+            type=int,
+            default=1000,
+            help="lines in one message (default 1000)",
+        )
 
 
 def _healthcheck(argv: list[str]) -> int:
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     early_signals: list[int] = []
     if argv[:1] == ["run"]:
         _remember_stop_signals(early_signals)
-    # The first word, when it is a command's name, is the command: only its flags are needed.
+    # The first word, when it is a command's name, is the command: only its parser is needed.
     command = argv[0] if argv and argv[0] in _COMMANDS else None
     args = _build_parser(only=command).parse_args(argv)
 
