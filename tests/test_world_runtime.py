@@ -875,3 +875,32 @@ def test_max_line_bytes_is_exit_2_above_its_bound_in_every_source(tmp_path: Path
         assert done.returncode == 2
         assert "max_line_bytes" in _one_error_line(done)
     assert cli(["status", "--max-line-bytes", str(MAX_LINE_BYTES)], tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_the_garbage_collector_is_on_once_a_command_is_under_way(
+    tmp_path: Path, command: str
+) -> None:
+    """Start-up runs with the collector off, for speed; a command that left it off would let
+    reference cycles pile up for as long as it runs."""
+    (tmp_path / "numbers.txt").write_bytes(_numbers(1000))
+    at_exit = (
+        "import gc, os, sys\n"
+        "exit_now = os._exit\n"
+        "def report(code):\n"
+        "    print('collector on:', gc.isenabled(), file=sys.stderr, flush=True)\n"
+        "    exit_now(code)\n"
+        "os._exit = report\n"
+        "from service.cli import console\n"
+        "console()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", at_exit, command, "--input", "numbers.txt"],
+        cwd=tmp_path,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "collector on: True" in done.stderr

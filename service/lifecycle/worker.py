@@ -461,6 +461,7 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
     settings = reserve_descriptors(settings, log)
     source = _source_for(settings, log)
     worker = _Worker(settings, log, source)
+    gc.enable()  # off while the modules were imported (`cli.console`): that makes no garbage
     loop = asyncio.get_running_loop()
 
     def output_closed() -> None:  # from whichever thread logged
