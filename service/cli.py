@@ -225,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     from service.telemetry.logs import configure_logging
 
     log = configure_logging(settings.log_format, settings.log_level)
-    if args.command != "run":
-        gc.enable()  # off for start-up (`console`)
+    if args.command != "run":  # the collector was off for start-up (`console`)
+        gc.freeze()
+        gc.enable()
     try:
         if args.command == "publish" or (
             settings.source == "kafka" and args.command in ("status", "reset")

@@ -461,7 +461,10 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
     settings = reserve_descriptors(settings, log)
     source = _source_for(settings, log)
     worker = _Worker(settings, log, source)
-    gc.enable()  # off while the modules were imported (`cli.console`): that makes no garbage
+    # The collector was off while the modules were imported (`cli.console`): what that built
+    # lives as long as the process, set aside so that no pass goes over it.
+    gc.freeze()
+    gc.enable()
     loop = asyncio.get_running_loop()
 
     def output_closed() -> None:  # from whichever thread logged
