@@ -351,6 +351,12 @@ static inline ck_runs ck_runs_of(uint64_t d) {
     return g;
 }
 
+/* The digits followed by at least 38 more: the first digits of numbers of 39 digits or more. */
+static inline uint64_t ck_too_wide(const ck_runs *g) {
+    uint64_t g16 = g->g8 & (g->g8 >> 8), g32 = g16 & (g16 >> 16);
+    return g32 & (g->g4 >> 32) & (g->g2 >> 36);
+}
+
 /* CK_STEP_PLACES if every line is a record of at most 8 digits, none negative, or a blank
  * line (`p` gets the places); CK_STEP_RUNS if every line is a record of at most 38 digits or
  * a blank line; CK_STEP_LINES if a line is anything else. Lines of digits alone (the common
@@ -359,11 +365,8 @@ CK_AVX2_TARGET static inline int ck_step_kind(const ck_masks *m, uint64_t lines,
     uint64_t d = m->digit;
     if ((d | m->newline) != ~0ULL && ck_misplaced(m, lines)) return CK_STEP_LINES;
     ck_runs g = ck_runs_of(d);
-    if (g.g8 & lines) { /* a number of 9 digits or more: one of 39 or more takes the exact path */
-        uint64_t g38 = g.g8 & (g.g8 >> 8) & (g.g8 >> 16) & (g.g8 >> 24) & (g.g4 >> 32) &
-                       (g.g2 >> 36);
-        return g38 & lines ? CK_STEP_LINES : CK_STEP_RUNS;
-    }
+    if (g.g8 & lines) /* a number of 9 digits or more: one of 39 or more takes the exact path */
+        return ck_too_wide(&g) & lines ? CK_STEP_LINES : CK_STEP_RUNS;
     if (m->minus & lines) return CK_STEP_RUNS;
     uint64_t g3 = g.g2 & (g.g1 >> 2), g5 = g.g4 & (g.g1 >> 4), g6 = g.g4 & (g.g2 >> 4);
     uint64_t g7 = g.g4 & (g3 >> 4);
@@ -382,9 +385,7 @@ CK_AVX2_TARGET static inline int ck_run_step_kind(const ck_masks *m, uint64_t li
     uint64_t d = m->digit;
     if ((d | m->newline) != ~0ULL && ck_misplaced(m, lines)) return CK_STEP_LINES;
     ck_runs g = ck_runs_of(d);
-    uint64_t g16 = g.g8 & (g.g8 >> 8), g32 = g16 & (g16 >> 16);
-    uint64_t g38 = g32 & (g.g4 >> 32) & (g.g2 >> 36); /* a number of 39 digits or more */
-    if (g38 & lines) return CK_STEP_LINES;
+    if (ck_too_wide(&g) & lines) return CK_STEP_LINES;
     return (g.g8 | m->minus) & lines ? CK_STEP_RUNS : CK_STEP_PLACES;
 }
 
