@@ -9,6 +9,7 @@ stays as light as the standard library.
 from __future__ import annotations
 
 import argparse
+import gc
 import re
 import sys
 from pathlib import Path
@@ -212,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0] if argv and argv[0] in _COMMANDS else None
     args = _build_parser(only=command).parse_args(argv)
 
-    import gc
-
     from service.errors import UsageError, WorkerError
 
     try:
@@ -299,7 +298,6 @@ def _point_closed_std_streams_at_null() -> None:
 def console() -> NoReturn:
     """The `checkpoint-worker` console script."""
     import contextlib
-    import gc
     import os
     import signal
 
