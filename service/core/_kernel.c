@@ -320,21 +320,17 @@ enum { CK_STEP_LINES, CK_STEP_RUNS, CK_STEP_PLACES };
 /* Whether a byte of the step's lines breaks the grammar: each byte must be a digit, a '\n', a
  * blank, a sign right before a digit or a '\r' right before the '\n', and a line may hold one
  * run of digits. Counted in operations: it is the whole cost of a step with CRLF, signs or
- * padding over one of digits alone, so each check runs only where it can fail. */
+ * padding over one of digits alone. */
 CK_AVX2_TARGET static inline int ck_misplaced(const ck_masks *m, uint64_t lines) {
-    uint64_t d = m->digit;
-    uint64_t placed = d | m->newline | m->blank | (m->sign & (d >> 1)) |
+    uint64_t d = m->digit, later = d >> 1; /* later: the bytes right before a digit */
+    uint64_t placed = d | m->newline | m->blank | (m->sign & later) |
                       (m->cr & (m->newline >> 1));
-    /* With every byte placed, only a blank or a sign can part two runs of a line, and without
-     * blanks only as a sign right after a digit. */
-    uint64_t misplaced = ~placed | (m->sign & (d << 1));
-    if (m->blank & lines) {
-        /* Adding a run's end to the non-'\n' bits carries up to the line's '\n', flipping
-         * every bit on the way, except the end of a later run in the same line. */
-        uint64_t ends = d & ~(d >> 1), inner = ~m->newline;
-        misplaced |= ends & ~((inner + (ends & lines)) ^ inner);
-    }
-    return (misplaced & lines) != 0;
+    /* With every byte placed, only blanks and signs can part two runs of a line. Adding the
+     * byte after a run's end to the blank-or-sign bits carries over those that follow it, up
+     * to the first byte that is neither: a digit there begins a second run. */
+    uint64_t after_ends = (d & ~later) << 1;
+    uint64_t second_runs = (after_ends + (m->blank | m->sign)) & d;
+    return ((~placed | second_runs) & lines) != 0;
 }
 
 /* g[k], the digits followed by at least k more digits, for k = 1, 2, 4, 8. */
