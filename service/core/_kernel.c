@@ -824,8 +824,8 @@ ck_classify_avx2(const uint8_t *p, ck_masks *m) {
     m->digit = ck_movemask2(_mm256_cmpeq_epi8(_mm256_min_epu8(dx, nine), dx),
                             _mm256_cmpeq_epi8(_mm256_min_epu8(dy, nine), dy));
     m->newline = ck_movemask2(CK_EQ2(x, '\n'), CK_EQ2(y, '\n'));
-    /* Each mask costs two compares and two moves to a general register: those of bytes the
-     * step cannot hold are not made. Digits and '\n's, then CRLF endings, are the common steps. */
+    /* Each mask costs compares and moves to general registers: those of bytes the step cannot
+     * hold are not made. Digits and '\n's, then CRLF endings, are the common steps. */
     m->sign = m->minus = m->blank = m->cr = 0;
     if ((m->digit | m->newline) == ~0ULL) return;
     m->cr = ck_movemask2(CK_EQ2(x, '\r'), CK_EQ2(y, '\r'));
