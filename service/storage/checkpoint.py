@@ -3,7 +3,8 @@
 Rule 1: a checkpoint is only ever replaced whole (`files.atomic_write`), never edited in place.
 Rule 2: a checkpoint that cannot be trusted (torn, corrupt, wrong shape, a checksum that does not
         match, unknown version) is reported and left exactly as it is: never a silent restart.
-Rule 3: a file's identity is its inode (never its device number, which a remount changes) plus
+Rule 3: a file's identity is its inode (never its device number, which a remount changes), its
+        generation where the file system keeps one (a reused inode number gets a new one), plus
         hashes of the first KiB and of the last KiB of the consumed prefix, read from the very file
         descriptor the worker reads. It costs the same at any offset and lets the file grow.
 Rule 4: format 2 holds every file's state as of one instant, the totals over all of them (files
@@ -16,9 +17,13 @@ Rule 5: a save costs what changed: each file's entry is one line of JSON, made o
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
 import os
+import struct
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +41,7 @@ __all__ = [
     "CheckpointStore",
     "FileState",
     "InputIdentity",
+    "generation_of",
     "identify_input",
     "require_directory_of",
     "require_regular_file",
@@ -45,7 +51,7 @@ __all__ = [
 ]
 
 CHECKPOINT_VERSION = 2
-# A checkpoint of 100,000 files is about 21 MB; anything far beyond is not one.
+# A checkpoint of 100,000 files is about 37 MB; anything far beyond is not one.
 MAX_CHECKPOINT_BYTES = 256 << 20
 READABLE_VERSIONS = (1, 2)
 IDENTITY_WINDOW = 1024
@@ -68,6 +74,22 @@ def identify_input(fd: int, offset: int) -> InputIdentity:
     tail_start = max(0, offset - IDENTITY_WINDOW)
     tail = os.pread(fd, offset - tail_start, tail_start)
     return InputIdentity(hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest())
+
+
+# FS_IOC_GETVERSION, _IOR('v', 1, long): the inode's generation, written as a C int.
+_FS_IOC_GETVERSION = (2 << 30) | (struct.calcsize("l") << 16) | (ord("v") << 8) | 1
+
+
+def generation_of(fd: int) -> int | None:
+    """The generation of the file open as `fd`: ext4, XFS and Btrfs give an inode a new one
+    each time its number is used again, so (inode, generation) tells a file from a later one
+    that took its number. None where the file system keeps none (tmpfs, for one)."""
+    answer = bytearray(struct.calcsize("l"))
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETVERSION, answer, True)
+    except OSError:
+        return None
+    return int.from_bytes(answer[: struct.calcsize("i")], sys.byteorder)
 
 
 def _now() -> str:
@@ -94,7 +116,9 @@ class FileState:
     inode: int | None  # None when read from a format-1 checkpoint: matched by path then
     identity: InputIdentity | None  # of the consumed prefix; None when nothing is consumed
     position: Position
-    closed: bool = False  # renamed out of every pattern and closed; kept so it is never reread
+    closed: bool = False  # out of every pattern, or missing, and closed: kept so it is never reread
+    generation: int | None = None  # the inode's generation (`generation_of`); None: unknown
+    closed_at: float | None = None  # when it was closed (seconds since the epoch), if it is
     _line: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +128,8 @@ class FileState:
             **asdict(self.position),
             "identity": asdict(self.identity) if self.identity else None,
             "closed": self.closed,
+            "generation": self.generation,
+            "closed_at": self.closed_at,
         }
 
     def to_json_line(self) -> str:
@@ -128,7 +154,9 @@ class FileState:
             f'"offset": {_integer_text(p.offset)}, "lines": {_integer_text(p.lines)}, '
             f'"records": {_integer_text(p.records)}, '
             f'"bad_records": {_integer_text(p.bad_records)}, "sum": {_integer_text(p.sum)}, '
-            f'"identity": {hashes}, "closed": {"true" if self.closed else "false"}}}'
+            f'"identity": {hashes}, "closed": {"true" if self.closed else "false"}, '
+            f'"generation": {json.dumps(self.generation)}, '
+            f'"closed_at": {json.dumps(self.closed_at)}}}'
         )
 
     @classmethod
@@ -140,8 +168,17 @@ class FileState:
             raise ValueError(f"'inode' must be a non-negative integer, not {inode!r}")
         if not isinstance(data.get("path"), str) or not isinstance(data.get("closed"), bool):
             raise ValueError("a file entry needs a string 'path' and a boolean 'closed'")
+        generation = data.get("generation")  # absent from checkpoints written before it was kept
+        if generation is not None and (type(generation) is not int or generation < 0):
+            raise ValueError(f"'generation' must be a non-negative integer, not {generation!r}")
+        closed_at = data.get("closed_at")
+        if closed_at is not None and (
+            type(closed_at) not in (int, float) or not math.isfinite(closed_at) or closed_at < 0
+        ):
+            raise ValueError(f"'closed_at' must be a time in seconds, not {closed_at!r}")
         position = _position_of(data)
-        return cls(data["path"], inode, _identity_of(data, position), position, data["closed"])
+        identity = _identity_of(data, position)
+        return cls(data["path"], inode, identity, position, data["closed"], generation, closed_at)
 
 
 def _position_of(data: dict[str, Any]) -> Position:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ from service.sources.files.changes import Change, Look, classify
 from service.sources.files.life import LOOK_FIRST, NOT_OPEN, Action, FileLife, State
 from service.sources.files.reading import Chunk, ChunkBuffers, read_chunks
 from service.sources.files.scan import FileKey
-from service.storage.checkpoint import FileState, InputIdentity, identify_input
+from service.storage.checkpoint import FileState, InputIdentity, generation_of, identify_input
 from service.telemetry.logs import Logger
 
 __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition", "Shared"]
@@ -100,6 +101,7 @@ class FilePartition:
         self.key = key  # (device, inode) as this process sees it; None until known
         self.plain = plain
         self.inode = resume.inode if resume else None
+        self.generation = resume.generation if resume else None
         self.parser = self._new_parser(resume.position if resume else Position())
         self.identity: InputIdentity | None = resume.identity if resume else None
         self.fd: int | None = None  # open while it holds a slot
@@ -124,7 +126,8 @@ class FilePartition:
         return [Gauge(self.label, position, size, size - position.offset, "bytes")]
 
     def snapshot(self, *, closed: bool = False) -> FileState:
-        """The state now: the very same object while nothing changed, so a save can tell."""
+        """The state now: the very same object while nothing changed, so a save can tell. A
+        closed one says when it was closed."""
         state = self._snapshot
         if (
             state is None
@@ -132,9 +135,18 @@ class FilePartition:
             or state.identity is not self.identity
             or state.path is not self.path
             or state.inode != self.inode
+            or state.generation != self.generation
             or state.closed != closed
         ):
-            state = FileState(self.path, self.inode, self.identity, self.parser.position, closed)
+            state = FileState(
+                self.path,
+                self.inode,
+                self.identity,
+                self.parser.position,
+                closed,
+                self.generation,
+                time.time() if closed else None,
+            )
             self._snapshot = state
         return state
 
@@ -197,6 +209,7 @@ class FilePartition:
         first = self.life.state is State.WAITING_FOR_SLOT
         self.life.on(Action.OPENED)
         self.fd, self.key, self.inode = fd, (info.st_dev, info.st_ino), info.st_ino
+        self.generation = generation_of(fd)
         self.size = info.st_size
         if first and self.position.offset > 0:
             await self._check_saved_state(info.st_size)

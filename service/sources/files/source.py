@@ -1,10 +1,11 @@
 """The file source: finds the input's files, keeps each by identity, saves them all together.
 
 Rule 1: a file is a partition keyed by (device, inode) while the worker runs, so a rename keeps
-        its position (`file_rotated`). Across restarts a saved file is found again by its inode
-        and its first bytes (read through the very inode the scan found, so a rotation in that
-        instant is looked at again, never read twice); one not found under any pattern is gone,
-        and its counts are folded into `gone`, so the checkpoint does not grow without bound.
+        its position (`file_rotated`). Across restarts a saved file is found again by its inode,
+        its generation where known, and its first bytes (read through the very inode the scan
+        found, so a rotation in that instant is looked at again, never read twice); one not
+        found under any pattern is kept closed, as in rule 2, so it is never read twice if it
+        is back.
 Rule 2: following, the patterns are scanned every `poll_interval`: a new file starts at 0
         (`file_discovered`); one renamed out of every pattern is read until it has not grown for
         `close_inactive`, then closed and kept, closed, so it is never read twice (for
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -43,6 +45,7 @@ from service.storage.checkpoint import (
     Checkpoint,
     CheckpointStore,
     FileState,
+    generation_of,
     require_regular_file,
     total_of,
 )
@@ -73,29 +76,32 @@ class _Moved(Exception):
     """The file a scan found under a name is no longer under it: ask again at the next scan."""
 
 
-def _head_matches(match: Match, state: FileState) -> bool:
-    """Whether the file found as `match` starts with the bytes `state` consumed first (blocking).
+def _looks_like(match: Match, state: FileState) -> tuple[bool, bool | None]:
+    """Whether the file found as `match` starts with the bytes `state` consumed first, and
+    whether it has the generation `state` saved (None when either does not know one); blocking.
 
     Raises `_Moved` when the name no longer holds that file (renamed since the scan), so a
     rename in that instant is never taken for a file that does not start the same.
     """
     if state.identity is None:
-        return True
+        return True, None  # nothing consumed: nothing to read twice or to miss
     try:
         fd = os.open(match.path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise _Moved from None
     except OSError:
-        return False
+        return False, None
     try:
         if os.fstat(fd).st_ino != match.inode:
             raise _Moved
         head = os.pread(fd, min(state.position.offset, IDENTITY_WINDOW), 0)
+        generation = generation_of(fd)
     except OSError:
-        return False
+        return False, None
     finally:
         os.close(fd)
-    return hashlib.sha256(head).hexdigest() == state.identity.head_sha256
+    same = None if None in (generation, state.generation) else generation == state.generation
+    return hashlib.sha256(head).hexdigest() == state.identity.head_sha256, same
 
 
 class Pairing:
@@ -117,10 +123,11 @@ def saved_state_of_plain_path(saved: tuple[FileState, ...], path: str) -> FileSt
 def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -> Pairing:
     """Pair saved states with the files found now (blocking; near-linear, by index).
 
-    A state of format 1 has no inode and is found by its path; any other by its inode and its
-    first bytes, the same path first, so a reused inode or a remount is never confused. A file
-    under the state's own name and inode whose first bytes differ is paired too: rewritten in
-    place (`>`), it is `input_changed` at its first look, not a new file.
+    A state of format 1 has no inode and is found by its path; any other by its inode, its
+    generation where both are known, and its first bytes, the same path first, so a reused inode
+    or a remount is never confused. A file of the state's inode and generation whose first bytes
+    differ is paired too (without generations, only under the state's own name): rewritten
+    (`>`), it is `input_changed` at its first look, not a new file.
     """
     unclaimed = dict(found)
     by_inode: dict[int, list[FileKey]] = {}
@@ -137,18 +144,26 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
                 (k for k in by_inode.get(state.inode, ()) if k in unclaimed),
                 key=lambda k: unclaimed[k].path != state.path,
             )
-            candidates = []
+            candidates, rewritten, unsure = [], [], []
             for key in same_inode:
                 try:
-                    if _head_matches(unclaimed[key], state):
-                        candidates.append(key)
+                    head_matches, same_generation = _looks_like(unclaimed[key], state)
                 except _Moved:
                     pairing.moving.add(key)
+                    continue
+                if same_generation is False:
+                    continue  # the inode number was used again: another file
+                if head_matches:
+                    candidates.append(key)
+                elif same_generation:
+                    rewritten.append(key)
+                else:
+                    unsure.append(key)
             if not candidates:
-                # The same file under the same name that no longer starts the same: rewritten
-                # in place while the worker was stopped. Resumed, its first look says so.
-                candidates = [k for k in same_inode[:1] if unclaimed[k].path == state.path]
-                candidates = [k for k in candidates if k not in pairing.moving]
+                # The same file that no longer starts the same: rewritten while the worker was
+                # stopped, and renamed maybe. Resumed, its first look says so. Without a
+                # generation to tell, only the one under the state's own name is taken for it.
+                candidates = rewritten or [k for k in unsure if unclaimed[k].path == state.path][:1]
         if candidates:
             key = candidates[0]
             pairing.resumed.append((key, unclaimed.pop(key), state))
@@ -258,10 +273,17 @@ class FileSource:
     async def _start_patterns(self, saved: tuple[FileState, ...]) -> list[Partition]:
         pairing = await self._pair_at_start(saved)
         for state in pairing.gone:
-            self._fold(state.position)
-            self.log.info(
-                "file_removed", path=shown(state.path), reason="missing", **asdict(state.position)
-            )
+            # Renamed out of every pattern while the worker was stopped, or deleted: kept closed,
+            # as a file renamed out while it runs is, so it is never read twice if it is back.
+            self._keep_closed(state)
+            if not state.closed:
+                self.log.info(
+                    "file_removed",
+                    path=shown(state.path),
+                    reason="missing",
+                    **asdict(state.position),
+                )
+        self._forget_closed()
         partitions = self._adopt(pairing.resumed, pairing.new)
         if not self.active:
             if not self.settings.follow:
@@ -336,6 +358,14 @@ class FileSource:
 
     def _fold(self, position: Position) -> None:
         self.gone = total_of([self.gone, position])
+
+    def _keep_closed(self, state: FileState) -> None:
+        """A saved state that no file under a pattern has now, kept closed from when it was
+        closed (so `forget_closed_after` counts across restarts), or from now."""
+        now = time.time()
+        closed_at = state.closed_at if state.closed and state.closed_at is not None else now
+        closed = replace(state, closed=True, closed_at=closed_at)
+        self.dormant[closed] = anyio.current_time() - max(0.0, now - closed_at)
 
     # --- following ----------------------------------------------------------------------------
 
@@ -482,7 +512,7 @@ class FileSource:
 
 def replace_closed(state: FileState) -> FileState:
     """A saved state to read on from: a closed file found under a pattern is open again."""
-    return replace(state, closed=False)
+    return replace(state, closed=False, closed_at=None)
 
 
 def file_entry(path: str, position: Position, size: int | None) -> dict[str, Any]:

@@ -1,0 +1,238 @@
+"""A file of a glob is known across restarts by what it is, not by its name: real files, real
+runs, the changes an operator makes while the worker is stopped.
+
+Known as: its inode, the inode's generation where the file system keeps one (ext4, XFS, Btrfs:
+an inode number used again gets a new one), and the hash of its first bytes. A saved file that
+no pattern finds is kept closed, so it is never read twice when it is back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from service.core.position import Position
+from service.sources.files.scan import Match
+from service.sources.files.source import match_saved_files
+from service.storage.checkpoint import FileState, generation_of, identify_input
+from tests.oracle import expected_of_files
+from tests.processes import cli, events_of
+
+GLOB = ["run", "--input", "in/*.txt*"]
+
+
+def _result(cwd: Path) -> tuple[int, int]:
+    result = json.loads((cwd / "result.json").read_text())
+    return result["sum"], result["records"]
+
+
+def _expected(*contents: bytes) -> tuple[int, int]:
+    expected = expected_of_files(list(contents))
+    return expected.sum, expected.records
+
+
+def _generations_kept(directory: Path) -> bool:
+    probe = directory / ".generation-probe"
+    probe.write_bytes(b"")
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        return generation_of(fd) is not None
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    (tmp_path / "in").mkdir()
+    if not _generations_kept(tmp_path / "in"):
+        pytest.skip("this file system keeps no inode generations (FS_IOC_GETVERSION)")
+    return tmp_path / "in"
+
+
+def _state_of(path: Path, consumed: bytes, generation: int | None) -> FileState:
+    """What a checkpoint holds for `path` once its first bytes, `consumed`, were read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        identity = identify_input(fd, len(consumed))
+    finally:
+        os.close(fd)
+    lines = consumed.count(b"\n")
+    position = Position(len(consumed), lines, lines, 0, sum(int(n) for n in consumed.split()))
+    return FileState(str(path), path.stat().st_ino, identity, position, generation=generation)
+
+
+def _found(path: Path) -> dict[tuple[int, int], Match]:
+    info = path.stat()
+    return {(info.st_dev, info.st_ino): Match(str(path), info.st_ino, info.st_size)}
+
+
+def _generation(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return generation_of(fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_of_another_generation_is_another_file_whatever_it_holds(inputs: Path) -> None:
+    """The same inode number and the same first bytes, but not the same generation: the inode
+    was used again by a new file. Its state is not resumed in it."""
+    path = inputs / "a.txt"
+    path.write_bytes(b"1\n2\n3\n")
+    generation = _generation(path)
+    assert generation is not None
+    other = _state_of(path, b"1\n2\n3\n", generation ^ 1)
+    pairing = match_saved_files([other], _found(path))
+    assert (pairing.resumed, pairing.gone, list(pairing.new.values())) == (
+        [],
+        [other],
+        [Match(str(path), path.stat().st_ino, 6)],
+    )
+    same = _state_of(path, b"1\n2\n3\n", generation)
+    assert [state for _, _, state in match_saved_files([same], _found(path)).resumed] == [same]
+
+
+def test_a_file_of_the_same_generation_is_the_same_file_under_any_name_and_bytes(
+    inputs: Path,
+) -> None:
+    """The same inode and generation under another name, with other first bytes: the saved
+    file, rewritten and renamed. It is resumed, for its first look to say it changed."""
+    path = inputs / "a.txt"
+    path.write_bytes(b"1\n2\n3\n")
+    saved = _state_of(path, b"1\n2\n3\n", _generation(path))
+    path.write_bytes(b"7\n")  # truncated and written again: the same inode
+    renamed = inputs / "a.txt.1"
+    path.rename(renamed)
+    [(_, match, state)] = match_saved_files([saved], _found(renamed)).resumed
+    assert (match.path, state) == (str(renamed), saved)
+
+
+@pytest.mark.parametrize("policy", ["fail", "restart"])
+def test_a_file_rewritten_and_renamed_while_stopped_is_an_input_change(
+    inputs: Path, policy: str
+) -> None:
+    """`> a.txt` then `mv a.txt a.txt.1` between two runs: the same file (same inode and
+    generation) cut below its position. `fail` stops with exit 1; `restart` takes what it
+    added out and reads it again. Never counted on top of what it added before."""
+    cwd = inputs.parent
+    (inputs / "a.txt").write_bytes(b"1\n2\n3\n")
+    (inputs / "b.txt").write_bytes(b"100\n")
+    args = [*GLOB, "--on-input-change", policy]
+    assert cli(args, cwd).returncode == 0
+    with (inputs / "a.txt").open("r+b") as rewrite:
+        rewrite.truncate(0)
+        rewrite.write(b"7\n")
+    (inputs / "a.txt").rename(inputs / "a.txt.1")
+    again = cli(args, cwd)
+    [changed] = [e for e in events_of(again.stdout) if e["event"] == "input_changed"]
+    assert (changed["path"], changed["action"]) == ("in/a.txt.1", policy)
+    assert not [e for e in events_of(again.stdout) if e["event"] == "file_discovered"]
+    if policy == "fail":
+        assert again.returncode == 1
+        assert _result(cwd) == _expected(b"1\n2\n3\n", b"100\n")  # the first run's, as it was
+        return
+    assert again.returncode == 0
+    assert _result(cwd) == _expected(b"7\n", b"100\n")
+
+
+def test_a_new_file_that_took_a_deleted_files_inode_is_read_whole(inputs: Path) -> None:
+    """`rm a.txt`, then a new file with the same bytes, while the worker is stopped: the file
+    system gives the new file the freed inode number. It is a new file, read from its start,
+    and the deleted one's records stay counted."""
+    cwd = inputs.parent
+    content = b"".join(b"%d\n" % n for n in range(1, 101))
+    (inputs / "a.txt").write_bytes(content)
+    assert cli(GLOB, cwd).returncode == 0
+    inode = (inputs / "a.txt").stat().st_ino
+    (inputs / "a.txt").unlink()
+    # ext4 hands out the lowest free inode of the directory's group: files outside the glob
+    # take the lower ones other tests freed, until one is given the number just freed.
+    for attempt in range(2000):
+        filler = inputs / f"filler-{attempt}"
+        filler.write_bytes(content)
+        if filler.stat().st_ino == inode:
+            filler.rename(inputs / "b.txt")
+            break
+    else:
+        pytest.skip("the file system gave no new file the deleted file's inode number")
+    assert (inputs / "b.txt").stat().st_ino == inode
+    again = cli(GLOB, cwd)
+    assert again.returncode == 0
+    events = events_of(again.stdout)
+    assert [e["path"] for e in events if e["event"] == "file_discovered"] == ["in/b.txt"]
+    assert not [e for e in events if e["event"] == "file_rotated"]
+    assert _result(cwd) == _expected(content, content)
+
+
+def test_a_file_out_of_every_pattern_while_stopped_resumes_where_it_was_when_back(
+    tmp_path: Path,
+) -> None:
+    """Renamed out of the glob between two runs, then back before a third: the second run keeps
+    its state (closed, its records counted), the third reads on from it. Nothing twice."""
+    (tmp_path / "in").mkdir()
+    a = b"".join(b"%d\n" % n for n in range(1, 101))
+    b = b"".join(b"%d\n" % n for n in range(1, 11))
+    (tmp_path / "in" / "a.txt").write_bytes(a)
+    (tmp_path / "in" / "b.txt").write_bytes(b)
+    glob = ["run", "--input", "in/*.txt"]
+    assert cli(glob, tmp_path).returncode == 0
+    (tmp_path / "in" / "b.txt").rename(tmp_path / "in" / "b.bak")
+    out = cli(glob, tmp_path)
+    assert out.returncode == 0
+    [removed] = [e for e in events_of(out.stdout) if e["event"] == "file_removed"]
+    assert (removed["path"], removed["reason"]) == ("in/b.txt", "missing")
+    assert _result(tmp_path) == _expected(a, b)
+    (tmp_path / "in" / "b.bak").write_bytes(b + b"1000\n")  # it grew meanwhile, too
+    (tmp_path / "in" / "b.bak").rename(tmp_path / "in" / "b.txt")
+    back = cli(glob, tmp_path)
+    assert back.returncode == 0
+    assert not [e for e in events_of(back.stdout) if e["event"] == "file_discovered"]
+    assert _result(tmp_path) == _expected(a, b + b"1000\n")
+
+
+def test_a_glob_narrowed_then_widened_again_reads_nothing_twice(tmp_path: Path) -> None:
+    """Half of a file read under `in/*.txt`, the worker run on one file only, then on the glob
+    again: the files the narrower run did not find resume where they were."""
+    (tmp_path / "in").mkdir()
+    parts = [b"".join(b"%d\n" % (n * k) for n in range(1, 2001)) for k in (1, 3)]
+    (tmp_path / "in" / "a.txt").write_bytes(parts[0])
+    (tmp_path / "in" / "b.txt").write_bytes(parts[1])
+    assert cli(["run", "--input", "in/*.txt"], tmp_path).returncode == 0
+    with (tmp_path / "in" / "b.txt").open("ab") as grown:
+        grown.write(b"5\n")
+    assert cli(["run", "--input", "in/a.txt", "--input", "in/none-*.txt"], tmp_path).returncode == 0
+    assert cli(["run", "--input", "in/*.txt"], tmp_path).returncode == 0
+    assert _result(tmp_path) == _expected(parts[0], parts[1] + b"5\n")
+
+
+def test_a_closed_file_is_forgotten_after_forget_closed_after_across_restarts(
+    tmp_path: Path,
+) -> None:
+    """The time a missing file's state is kept counts from when it went missing, whatever
+    the restarts: once past `forget_closed_after`, it leaves the checkpoint (its totals stay)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1\n2\n")
+    (tmp_path / "in" / "b.txt").write_bytes(b"10\n")
+    glob = ["run", "--input", "in/*.txt", "--forget-closed-after", "1"]
+    assert cli(glob, tmp_path).returncode == 0
+    (tmp_path / "in" / "b.txt").unlink()
+    assert cli(glob, tmp_path).returncode == 0
+    kept = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert [(f["path"], f["closed"]) for f in kept["files"]] == [
+        ("in/a.txt", False),
+        ("in/b.txt", True),
+    ]
+    time.sleep(1.2)
+    later = cli(glob, tmp_path)
+    assert later.returncode == 0
+    assert [e["path"] for e in events_of(later.stdout) if e["event"] == "file_forgotten"] == [
+        "in/b.txt"
+    ]
+    forgotten = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert [f["path"] for f in forgotten["files"]] == ["in/a.txt"]
+    assert (forgotten["sum"], forgotten["gone"]["sum"]) == (13, 10)
