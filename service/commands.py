@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from service.core.decimal_text import decimal_of, exact_json
+from service.core.names import shown
 from service.core.position import Position, percent_done
 from service.errors import WorkerError
 from service.settings import Settings
@@ -18,6 +19,7 @@ from service.sources.files.source import (
     file_entry,
     input_patterns,
     match_saved_files,
+    refuse_shared_files,
     saved_state_of_plain_path,
 )
 from service.storage.atomic import atomic_write, temp_files_of, written_path
@@ -45,21 +47,26 @@ def generate(
     output: Path, count: int, seed: int | None, *, force: bool, if_missing: bool, log: Logger
 ) -> int:
     """Write `count` random numbers to `output` atomically; the same seed gives the same file."""
-    if output.exists():
+    name = shown(str(output))
+    try:
+        existing: os.stat_result | None = output.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        existing = None
+    except OSError as error:  # a name too long, a loop of links, a directory it cannot look in
+        raise WorkerError(f"cannot write {name}: {error.strerror}") from None
+    if existing is not None:
         if if_missing:
-            log.info("input_exists", output=str(output), bytes=output.stat().st_size)
+            log.info("input_exists", output=name, bytes=existing.st_size)
             return 0
         if not force:
-            raise WorkerError(f"{output} exists; refusing to overwrite it without --force")
+            raise WorkerError(f"{name} exists; refusing to overwrite it without --force")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
     try:
         atomic_write(output, _numbers(count, seed))
     except OSError as error:
-        raise WorkerError(f"cannot write {output}: {error.strerror}") from None
-    log.info(
-        "input_generated", output=str(output), count=count, seed=seed, bytes=output.stat().st_size
-    )
+        raise WorkerError(f"cannot write {name}: {error.strerror}") from None
+    log.info("input_generated", output=name, count=count, seed=seed, bytes=output.stat().st_size)
     return 0
 
 
@@ -126,7 +133,7 @@ def _status_of(settings: Settings) -> dict[str, Any]:
             entry["state"] = "changed"
     changed = [entry["path"] for entry in files if entry["state"] == "changed"]
     return {
-        "checkpoint": str(settings.checkpoint),
+        "checkpoint": shown(str(settings.checkpoint)),
         "exists": checkpoint is not None,
         "input": input_patterns(settings).describe(),
         **asdict(position),
@@ -180,7 +187,9 @@ def status(settings: Settings, *, as_json: bool) -> int:
 
 
 def reset(settings: Settings, log: Logger) -> int:
-    """Remove the checkpoint and the result; refuse while a worker holds the lock."""
+    """Remove the checkpoint and the result; refuse while a worker holds the lock, and when
+    either is the input (`run` refuses such settings too): that is data, not state."""
+    refuse_shared_files(settings, input_patterns(settings).plain_path)
     lock = WorkerLock(settings.checkpoint)
     lock.acquire(purpose="reset")
     try:

@@ -525,6 +525,19 @@ def test_generate_is_reproducible_atomic_and_refuses_to_overwrite(tmp_path: Path
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_generate_to_a_name_the_file_system_refuses_is_one_line(tmp_path: Path) -> None:
+    """A name longer than the file system takes, whole or as a directory on the way: one
+    error line, exit 1, no traceback, nothing written."""
+    for output in ["a" * 256, "b" * 300 + "/x.txt"]:
+        for extra in ([], ["--if-missing"]):
+            done = cli(["generate", "--count", "1", "--output", output, *extra], tmp_path)
+            assert done.returncode == 1
+            assert "Traceback" not in done.stdout + done.stderr
+            (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+            assert "File name too long" in error["message"]
+    assert os.listdir(tmp_path) == []
+
+
 def test_status_reports_progress_for_people_and_as_json(workdir: Path) -> None:
     """status --json gives offset, records, bad_records, sum, input size, percent, completed."""
     before = cli(["status", "--json"], workdir)

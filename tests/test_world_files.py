@@ -74,17 +74,19 @@ def test_a_lock_that_is_a_link_is_refused_and_never_written(tmp_path: Path, kind
         (["--checkpoint", "numbers.txt"], "checkpoint and input"),
     ],
 )
+@pytest.mark.parametrize("command", ["run", "reset"])
 def test_one_path_for_two_of_the_workers_files_is_exit_2(
-    tmp_path: Path, args: list[str], named: str
+    tmp_path: Path, command: str, args: list[str], named: str
 ) -> None:
     """A result, checkpoint or lock that is the input or one another (by name or through a
-    linked directory): one line naming both, exit 2, and the input and checkpoint unchanged."""
+    linked directory): one line naming both, exit 2, and the input and checkpoint unchanged;
+    `reset` removes neither."""
     data = _numbers(1000, 5)
     (tmp_path / "numbers.txt").write_bytes(data)
     (tmp_path / "linked").symlink_to(tmp_path)
     assert cli(["run", "--result", "first.json"], tmp_path).returncode == 0
     checkpoint = (tmp_path / "checkpoint.json").read_bytes()
-    done = cli(["run", *args], tmp_path)
+    done = cli([command, *args], tmp_path)
     assert done.returncode == 2
     assert named in _one_error(done)
     assert (tmp_path / "numbers.txt").read_bytes() == data

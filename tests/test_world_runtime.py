@@ -801,6 +801,35 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact
     }
 
 
+@pytest.mark.parametrize(
+    ("name", "escaped"),
+    [(b"x\xff\xfe.txt", "x\\xff\\xfe.txt"), (b"a\nb.txt", "a\\x0ab.txt")],
+    ids=["not-utf8", "newline"],
+)
+def test_a_plain_input_is_shown_with_the_one_escaping_everywhere(
+    tmp_path: Path, name: bytes, escaped: str
+) -> None:
+    """One odd name given as the input: the log's `input` and `path`, `result.json` and
+    `status` (JSON and for people) all show it escaped the same way, never raw bytes."""
+    with open(os.fsencode(tmp_path) + b"/" + name, "wb") as handle:
+        handle.write(b"1\nbad\n")
+    env = worker_env(WORKER_INPUT=os.fsdecode(name))
+    done = cli(["run"], tmp_path, env)
+    assert done.returncode == 0
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    [started] = [e for e in events if e["event"] == "worker_started"]
+    [bad] = [e for e in events if e["event"] == "bad_record"]
+    assert (started["input"], bad["path"]) == (escaped, escaped)
+    assert json.loads((tmp_path / "result.json").read_text())["input"] == escaped
+    as_json = json.loads(cli(["status", "--json"], tmp_path, env).stdout)
+    assert as_json["input"] == escaped
+    for_people = cli(["status"], tmp_path, env).stdout
+    [row] = [line for line in for_people.splitlines() if line.startswith("input")]
+    assert row.split()[1] == escaped
+    assert not set(for_people) & {chr(c) for c in [*range(0x20), 0x7F]} - {"\n"}
+    assert "\udcff" not in done.stdout + for_people
+
+
 def test_per_file_series_are_capped_and_the_rest_folded_into_one(
     tmp_path: Path, running: list[WorkerProcess]
 ) -> None:

@@ -29,6 +29,7 @@ import anyio.abc
 
 from service import __version__
 from service.core import _kernel
+from service.core.names import shown
 from service.core.parsing import Parsed
 from service.core.position import Pacer, Periodic, Position, RateMeter, percent_done
 from service.descriptors import reserve_descriptors
@@ -475,7 +476,7 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
     log.info(
         "worker_started",
         input=source.describe(),
-        checkpoint=str(settings.checkpoint),
+        checkpoint=shown(str(settings.checkpoint)),
         pid=os.getpid(),
         version=__version__,
         follow=settings.follow,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from service.core.names import shown
 from service.settings import Listed
 from service.storage.atomic import TEMP_SUFFIX, written_path
 from service.storage.lock import lock_path_for
@@ -193,8 +194,9 @@ class InputPatterns:
         return None
 
     def describe(self) -> str:
-        """The input as a person wrote it: the path, or the patterns joined by commas."""
-        return ", ".join(self.patterns)
+        """The input as a person wrote it: the path, or the patterns joined by commas, each
+        escaped as every name shown is (`shown`)."""
+        return ", ".join(shown(pattern) for pattern in self.patterns)
 
     def _is_excluded(self, path: str) -> bool:
         """Whether an `exclude` glob matches: one without a `/` the file's name, one with a `/`

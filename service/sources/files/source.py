@@ -240,7 +240,7 @@ class FileSource:
                 leftover.unlink()
         checkpoint = await anyio.to_thread.run_sync(self.store.load)
         if checkpoint is None:
-            self.log.info("checkpoint_not_found", checkpoint=str(self.settings.checkpoint))
+            self.log.info("checkpoint_not_found", checkpoint=shown(str(self.settings.checkpoint)))
             saved: tuple[FileState, ...] = ()
         else:
             self.log.info(
