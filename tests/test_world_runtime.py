@@ -283,6 +283,26 @@ def test_run_with_stdout_closed_from_the_start_completes(workdir: Path) -> None:
     _assert_resumes_to_the_exact_sum(workdir)
 
 
+def test_sigterm_while_a_number_of_millions_of_digits_is_converted_saves_before_it(
+    tmp_path: Path,
+) -> None:
+    """A legal record of 8,000,000 digits takes seconds to convert, in helper threads. SIGTERM
+    meanwhile does not wait for it: exit 0 inside the shutdown timeout, with the final
+    checkpoint at the line before it (nothing of it committed), and no watchdog line."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n" + b"9" * 8_000_000 + b"\n2\n")
+    worker = WorkerProcess(["--max-line-bytes", "100000000", "--log-format", "json"], tmp_path)
+    worker.wait_for("worker_started")
+    time.sleep(1.5)  # the first chunk's "1" committed, the long line's conversion under way
+    sent = worker.signal(signal.SIGTERM)
+    assert worker.finish(timeout=30) == 0
+    assert worker.ended is not None
+    assert worker.ended - sent < 5  # the default shutdown_timeout
+    final = worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert (final["offset"], final["records"], final["sum"]) == (2, 1, 1)
+    assert not worker.errors
+    assert "Traceback" not in worker.stderr
+
+
 # --- SIGHUP ------------------------------------------------------------------------------------
 
 

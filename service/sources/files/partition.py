@@ -25,8 +25,10 @@ Rule 5: the bytes come from an aiofiles async generator of chunks (`read_chunks`
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
+import threading
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -463,17 +465,25 @@ class FilePartition:
         # may take seconds: helper threads take every region, and the loop goes on beating.
         pending = iter(range(len(regions)))  # next() holds the GIL: each index goes to one thread
         results: list[RegionResult | None] = [None] * len(regions)
+        abandoned = threading.Event()
 
         def share_out() -> None:
             for index in pending:
+                if abandoned.is_set():
+                    return
                 results[index] = self.parser.parse(regions[index])
 
-        async with anyio.create_task_group() as threads:
-            for _ in range(min(PARSE_THREADS, len(regions))):
-                # Not abandoned if shutdown cancels us: a thread that finishes while the event
-                # loop closes writes to its half-closed self-pipe, and SIGPIPE (default for the
-                # CLI) kills the process after the final checkpoint with 141, not 0.
-                threads.start_soon(anyio.to_thread.run_sync, share_out)
+        # A stop does not wait for a conversion that may take longer than `shutdown_timeout`:
+        # the threads are abandoned (their results unused, nothing committed), and the final
+        # checkpoint saves the position before these regions. A thread that ends after the event
+        # loop closed reports to no one (SIGPIPE is ignored while `run` runs).
+        parse = functools.partial(anyio.to_thread.run_sync, share_out, abandon_on_cancel=True)
+        try:
+            async with anyio.create_task_group() as threads:
+                for _ in range(min(PARSE_THREADS, len(regions))):
+                    threads.start_soon(parse)
+        finally:
+            abandoned.set()
         return [r for r in results if r is not None]
 
     def _identify(self) -> None:
