@@ -141,7 +141,9 @@ def _add_own_flags(name: str, command: argparse.ArgumentParser) -> None:
     if name == "generate":
         command.add_argument("--count", type=int, default=DEFAULT_COUNT, help="how many numbers")
         command.add_argument("--seed", type=int, default=None, help="same seed, same file")
-        command.add_argument("--output", type=Path, default=None, help="default: the input setting")
+        command.add_argument(
+            "--output", type=_output_path, default=None, help="default: the input setting"
+        )
         command.add_argument("--if-missing", action="store_true", help="do nothing if it exists")
         command.add_argument("--force", action="store_true", help="overwrite an existing file")
     elif name == "status":
@@ -153,6 +155,13 @@ def _add_own_flags(name: str, command: argparse.ArgumentParser) -> None:
             default=1000,
             help="lines in one message (default 1000)",
         )
+
+
+def _output_path(text: str) -> Path:
+    """`generate --output`: a path; an empty one would name the working directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("must name a file, not be empty")
+    return Path(text)
 
 
 def _healthcheck(argv: list[str]) -> int:

@@ -527,7 +527,7 @@ def test_generate_is_reproducible_atomic_and_refuses_to_overwrite(tmp_path: Path
 
 def test_generate_to_a_name_the_file_system_refuses_is_one_line(tmp_path: Path) -> None:
     """A name longer than the file system takes, whole or as a directory on the way: one
-    error line, exit 1, no traceback, nothing written."""
+    error line, exit 1, no traceback, nothing written. An empty name is a usage error."""
     for output in ["a" * 256, "b" * 300 + "/x.txt"]:
         for extra in ([], ["--if-missing"]):
             done = cli(["generate", "--count", "1", "--output", output, *extra], tmp_path)
@@ -535,6 +535,10 @@ def test_generate_to_a_name_the_file_system_refuses_is_one_line(tmp_path: Path) 
             assert "Traceback" not in done.stdout + done.stderr
             (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
             assert "File name too long" in error["message"]
+    empty = cli(["generate", "--count", "1", "--output", ""], tmp_path)
+    assert empty.returncode == 2
+    assert "--output" in empty.stderr
+    assert len(empty.stderr.splitlines()) == 1
     assert os.listdir(tmp_path) == []
 
 
