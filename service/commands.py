@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -55,6 +56,8 @@ def generate(
     except OSError as error:  # a name too long, a loop of links, a directory it cannot look in
         raise WorkerError(f"cannot write {name}: {error.strerror}") from None
     if existing is not None:
+        if not stat.S_ISREG(existing.st_mode):
+            raise WorkerError(f"{name} exists and is not a regular file; give a file's path")
         if if_missing:
             log.info("input_exists", output=name, bytes=existing.st_size)
             return 0

@@ -255,7 +255,15 @@ TWO_FILES = Checkpoint(
     "data/*.txt",
     files=(
         FileState("data/a.txt", 11, IDENTITY, Position(10, 1, 1, 0, 5)),
-        FileState("data/b.txt", 12, IDENTITY, Position(12, 1, 1, 0, 6), closed=True),
+        FileState(
+            "data/b.txt",
+            12,
+            IDENTITY,
+            Position(12, 1, 1, 0, 6),
+            closed=True,
+            generation=3217654901,
+            closed_at=1714564800.5,
+        ),
     ),
     gone=Position(8, 1, 1, 0, 1),
     updated_at="2024-05-01T12:00:00.000Z",
@@ -292,6 +300,11 @@ def test_inconsistent_version_2(changes: dict[str, Any], store: CheckpointStore)
         pytest.param({"closed": "no"}, id="closed-not-a-boolean"),
         pytest.param({"identity": None}, id="no-identity-after-progress"),
         pytest.param({"records": 5}, id="records-exceed-lines"),
+        pytest.param({"generation": -1}, id="negative-generation"),
+        pytest.param({"generation": "7"}, id="generation-not-an-integer"),
+        pytest.param({"closed_at": 10**400}, id="closed-at-past-any-clock"),
+        pytest.param({"closed_at": -1.0}, id="closed-at-before-the-epoch"),
+        pytest.param({"closed_at": "yesterday"}, id="closed-at-not-a-number"),
     ],
 )
 def test_a_bad_file_entry_is_corrupt(entry_change: dict[str, Any], store: CheckpointStore) -> None:

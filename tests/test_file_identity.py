@@ -3,19 +3,22 @@ runs, the changes an operator makes while the worker is stopped.
 
 Known as: its inode, the inode's generation where the file system keeps one (ext4, XFS, Btrfs:
 an inode number used again gets a new one), and the hash of its first bytes. A saved file that
-no pattern finds is kept closed, so it is never read twice when it is back.
+no pattern finds is kept closed where its generation is known, so it is never read twice when
+it is back; without one it is folded at once, as a new file could take its inode number.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from service.core.position import Position
+from service.sources.files import source
 from service.sources.files.scan import Match
 from service.sources.files.source import match_saved_files
 from service.storage.checkpoint import FileState, generation_of, identify_input
@@ -236,3 +239,47 @@ def test_a_closed_file_is_forgotten_after_forget_closed_after_across_restarts(
     forgotten = json.loads((tmp_path / "checkpoint.json").read_text())
     assert [f["path"] for f in forgotten["files"]] == ["in/a.txt"]
     assert (forgotten["sum"], forgotten["gone"]["sum"]) == (13, 10)
+
+
+def test_a_closed_file_is_known_again_only_by_its_generation(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closed file's state (kept for when it comes back) with a generation, and a file of its
+    inode and first bytes whose generation cannot be read: not taken for it. An open one is,
+    as without generations."""
+    path = inputs / "a.txt"
+    path.write_bytes(b"1\n2\n3\n")
+    saved = _state_of(path, b"1\n2\n3\n", _generation(path))
+    monkeypatch.setattr(source, "generation_of", lambda _fd: None)
+    closed = FileState(
+        saved.path,
+        saved.inode,
+        saved.identity,
+        saved.position,
+        closed=True,
+        generation=saved.generation,
+        closed_at=1.0,
+    )
+    assert match_saved_files([closed], _found(path)).gone == [closed]
+    assert [s for _, _, s in match_saved_files([saved], _found(path)).resumed] == [saved]
+
+
+def test_without_generations_a_file_missing_at_a_start_is_folded_at_once() -> None:
+    """Where the file system keeps no generation (tmpfs here), a new file given a deleted
+    file's inode number could pass for it: a file missing at a start is folded into the totals
+    of gone files at once, not kept closed, and its records stay counted."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or _generations_kept(shm):
+        pytest.skip("needs /dev/shm on a file system without inode generations (tmpfs)")
+    with tempfile.TemporaryDirectory(dir=shm) as where:
+        cwd = Path(where)
+        (cwd / "in").mkdir()
+        (cwd / "in" / "a.txt").write_bytes(b"1\n2\n")
+        (cwd / "in" / "b.txt").write_bytes(b"10\n")
+        glob = ["run", "--input", "in/*.txt"]
+        assert cli(glob, cwd).returncode == 0
+        (cwd / "in" / "b.txt").unlink()
+        assert cli(glob, cwd).returncode == 0
+        saved = json.loads((cwd / "checkpoint.json").read_text())
+        assert [f["path"] for f in saved["files"]] == ["in/a.txt"]
+        assert (saved["sum"], saved["gone"]["sum"]) == (13, 10)

@@ -527,7 +527,8 @@ def test_generate_is_reproducible_atomic_and_refuses_to_overwrite(tmp_path: Path
 
 def test_generate_to_a_name_the_file_system_refuses_is_one_line(tmp_path: Path) -> None:
     """A name longer than the file system takes, whole or as a directory on the way: one
-    error line, exit 1, no traceback, nothing written. An empty name is a usage error."""
+    error line, exit 1, no traceback, nothing written. An empty name is a usage error, and a
+    directory is no file to write or to find there."""
     for output in ["a" * 256, "b" * 300 + "/x.txt"]:
         for extra in ([], ["--if-missing"]):
             done = cli(["generate", "--count", "1", "--output", output, *extra], tmp_path)
@@ -540,6 +541,13 @@ def test_generate_to_a_name_the_file_system_refuses_is_one_line(tmp_path: Path) 
     assert "--output" in empty.stderr
     assert len(empty.stderr.splitlines()) == 1
     assert os.listdir(tmp_path) == []
+    (tmp_path / "folder").mkdir()
+    for extra in ([], ["--if-missing"], ["--force"]):
+        done = cli(["generate", "--count", "1", "--output", "folder", *extra], tmp_path)
+        assert done.returncode == 1
+        (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+        assert "not a regular file" in error["message"]
+    assert os.listdir(tmp_path / "folder") == []
 
 
 def test_status_reports_progress_for_people_and_as_json(workdir: Path) -> None:

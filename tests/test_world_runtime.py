@@ -283,6 +283,23 @@ def test_run_with_stdout_closed_from_the_start_completes(workdir: Path) -> None:
     _assert_resumes_to_the_exact_sum(workdir)
 
 
+def _a_helper_thread_has_worked(worker: WorkerProcess, seconds: float) -> bool:
+    """Wait until a thread of the worker other than its main one has run `seconds` of CPU."""
+    pid = worker.pid()
+    deadline = time.monotonic() + 30
+    tick = os.sysconf("SC_CLK_TCK")
+    while pid is not None and time.monotonic() < deadline:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(task.name) != pid and int(fields[11]) + int(fields[12]) >= seconds * tick:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def test_sigterm_while_a_number_of_millions_of_digits_is_converted_saves_before_it(
     tmp_path: Path,
 ) -> None:
@@ -292,7 +309,7 @@ def test_sigterm_while_a_number_of_millions_of_digits_is_converted_saves_before_
     (tmp_path / "numbers.txt").write_bytes(b"1\n" + b"9" * 8_000_000 + b"\n2\n")
     worker = WorkerProcess(["--max-line-bytes", "100000000", "--log-format", "json"], tmp_path)
     worker.wait_for("worker_started")
-    time.sleep(1.5)  # the first chunk's "1" committed, the long line's conversion under way
+    assert _a_helper_thread_has_worked(worker, seconds=0.5)  # the conversion is under way
     sent = worker.signal(signal.SIGTERM)
     assert worker.finish(timeout=30) == 0
     assert worker.ended is not None

@@ -12,14 +12,19 @@ conquer instead, as CPython 3.12's `_pylong` does:
 Pieces of at most `_DIGITS_AT_ONCE` digits go through int()/str(), under the limit. Past
 `_THROUGH_DECIMAL` digits, text to int goes through a `Decimal` instead (linear to read), split
 by powers of two, each quotient found by a multiplication with a reciprocal kept for each power
-(about n log^2 n): faster there, and no single operation runs long, so a thread converting a
-10-million-digit line lets the event loop turn.
+(about n log^2 n): faster there, and a thread converting a 10-million-digit line lets the event
+loop turn between its operations (the largest, at the top, take about a second there; at 50
+million digits over ten). A conversion in a thread whose result is no longer wanted stops at
+its next step (`abandon_when`).
 `exact_json` writes JSON whose integers may be of any length (a checkpoint, a log line) this way.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
     # importing it is not free at start-up.
     import decimal
 
-__all__ = ["decimal_of", "exact_json", "int_of"]
+__all__ = ["Abandoned", "abandon_when", "decimal_of", "exact_json", "int_of"]
 
 _DIGITS_AT_ONCE = 3000
 _BITS_AT_ONCE = 3 * _DIGITS_AT_ONCE  # 3 bits per digit: a safe underestimate
@@ -45,6 +50,30 @@ def _exact() -> decimal.Context:
     return decimal.Context(
         prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[decimal.Inexact]
     )
+
+
+class Abandoned(Exception):
+    """A conversion given up at one of its steps: its caller no longer wants the value."""
+
+
+_abandon = threading.local()  # .event: the Event that gives up this thread's conversions
+
+
+@contextmanager
+def abandon_when(event: threading.Event) -> Iterator[None]:
+    """In this thread, a long conversion raises `Abandoned` at its next step once `event` is
+    set: a thread whose result nobody waits for lets go of the interpreter within one step."""
+    _abandon.event = event
+    try:
+        yield
+    finally:
+        _abandon.event = None
+
+
+def _go_on() -> None:
+    event = getattr(_abandon, "event", None)
+    if event is not None and event.is_set():
+        raise Abandoned
 
 
 def _power_of_ten(exponent: int) -> int:
@@ -71,6 +100,7 @@ def int_of(text: bytes | str) -> int:
     def convert(digits: bytes | str) -> int:
         if len(digits) <= _DIGITS_AT_ONCE:
             return int(digits)
+        _go_on()
         low = len(digits) // 2
         return convert(digits[:-low]) * ten_to(low) + convert(digits[-low:])
 
@@ -91,20 +121,25 @@ def _int_through_decimal(digits: str) -> int:
 
     @cache
     def power_and_reciprocal(bits: int) -> tuple[decimal.Decimal, decimal.Decimal]:
+        _go_on()
         power = _power_of_two(bits)
+        _go_on()
         chop.prec = power.adjusted() + _GUARD_DIGITS + 2
         return power, chop.divide(1, power)
 
     def convert(value: decimal.Decimal, bits: int) -> int:  # 0 <= value < 2**bits
         if bits <= _BITS_AT_ONCE:
             return int(value)
+        _go_on()
         low = bits // 2
         power, reciprocal = power_and_reciprocal(low)
+        _go_on()
         # Every step rounds down, so `high` is at most the quotient, and short of it by a
         # little (the guard digits): the remainder is mended by a subtraction or two.
         chop.prec = max(value.adjusted() - power.adjusted(), 0) + _GUARD_DIGITS
         high = chop.multiply(chop.plus(value), chop.plus(reciprocal))
         high = high.to_integral_value(rounding=decimal.ROUND_DOWN)
+        _go_on()
         rest = exact.subtract(value, exact.multiply(high, power))
         while rest >= power:
             rest = exact.subtract(rest, power)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import math
 import os
 import struct
 import sys
@@ -76,14 +75,21 @@ def identify_input(fd: int, offset: int) -> InputIdentity:
     return InputIdentity(hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest())
 
 
-# FS_IOC_GETVERSION, _IOR('v', 1, long): the inode's generation, written as a C int.
+_LATEST_TIME = 1e11  # seconds since the epoch: past the year 5000, no clock's reading
+
+# FS_IOC_GETVERSION, _IOR('v', 1, long): the inode's generation, written as a C int. The number
+# is the generic layout's (x86, ARM, RISC-V); elsewhere (POWER, MIPS, SPARC) the same bits ask
+# for another ioctl, so the generation is not asked for there.
 _FS_IOC_GETVERSION = (2 << 30) | (struct.calcsize("l") << 16) | (ord("v") << 8) | 1
+_GENERIC_IOCTLS = os.uname().machine in ("x86_64", "i686", "i386", "aarch64", "armv7l", "riscv64")
 
 
 def generation_of(fd: int) -> int | None:
     """The generation of the file open as `fd`: ext4, XFS and Btrfs give an inode a new one
     each time its number is used again, so (inode, generation) tells a file from a later one
-    that took its number. None where the file system keeps none (tmpfs, for one)."""
+    that took its number. None where the file system keeps none (tmpfs, overlayfs, NFS)."""
+    if not _GENERIC_IOCTLS:
+        return None
     answer = bytearray(struct.calcsize("l"))
     try:
         fcntl.ioctl(fd, _FS_IOC_GETVERSION, answer, True)
@@ -172,8 +178,8 @@ class FileState:
         if generation is not None and (type(generation) is not int or generation < 0):
             raise ValueError(f"'generation' must be a non-negative integer, not {generation!r}")
         closed_at = data.get("closed_at")
-        if closed_at is not None and (
-            type(closed_at) not in (int, float) or not math.isfinite(closed_at) or closed_at < 0
+        if closed_at is not None and not (
+            type(closed_at) in (int, float) and 0 <= closed_at <= _LATEST_TIME
         ):
             raise ValueError(f"'closed_at' must be a time in seconds, not {closed_at!r}")
         position = _position_of(data)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.lowlevel
 
+from service.core.decimal_text import abandon_when
 from service.core.names import shown
 from service.core.parsing import (
     MIN_PIECE_BYTES,
@@ -334,6 +335,11 @@ class FilePartition:
                 regions = self.parser.split(chunk.data, PIECES_PER_CHUNK)
                 batch = await self._parse_and_commit(regions)
                 return self._step(batch, ReadStatus.READING)
+            except anyio.get_cancelled_exc_class():
+                # Helper threads may still be reading its bytes (abandoned by `_parse`): its
+                # buffer leaves the pool, so no read fills it under them.
+                chunk.buffer = None
+                raise
             finally:
                 self.reading.release(chunk)
         self._chunks = None  # read to the end as last seen: a new generator reads what comes
@@ -468,10 +474,11 @@ class FilePartition:
         abandoned = threading.Event()
 
         def share_out() -> None:
-            for index in pending:
-                if abandoned.is_set():
-                    return
-                results[index] = self.parser.parse(regions[index])
+            with abandon_when(abandoned):  # a conversion stops at its next step, its GIL freed
+                for index in pending:
+                    if abandoned.is_set():
+                        return
+                    results[index] = self.parser.parse(regions[index])
 
         # A stop does not wait for a conversion that may take longer than `shutdown_timeout`:
         # the threads are abandoned (their results unused, nothing committed), and the final

@@ -151,8 +151,12 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
                 except _Moved:
                     pairing.moving.add(key)
                     continue
-                if same_generation is False:
-                    continue  # the inode number was used again: another file
+                if same_generation is False or (
+                    state.closed and state.generation is not None and not same_generation
+                ):
+                    # The inode number was used again: another file. A closed file, kept
+                    # for when it comes back, is only ever known again by its generation.
+                    continue
                 if head_matches:
                     candidates.append(key)
                 elif same_generation:
@@ -273,9 +277,14 @@ class FileSource:
     async def _start_patterns(self, saved: tuple[FileState, ...]) -> list[Partition]:
         pairing = await self._pair_at_start(saved)
         for state in pairing.gone:
-            # Renamed out of every pattern while the worker was stopped, or deleted: kept closed,
-            # as a file renamed out while it runs is, so it is never read twice if it is back.
-            self._keep_closed(state)
+            if state.generation is not None:
+                # Renamed out of every pattern while the worker was stopped, or deleted: kept
+                # closed, as a file renamed out while it runs is, so it is never read twice if
+                # it comes back, which its generation tells from a new file given its inode.
+                self._keep_closed(state)
+            else:
+                # Without a generation a new file given its inode number could pass for it.
+                self._fold(state.position)
             if not state.closed:
                 self.log.info(
                     "file_removed",
@@ -420,7 +429,7 @@ class FileSource:
             if now - closed_at >= keep_for:
                 del self.dormant[state]
                 self._fold(state.position)
-                self.log.info("file_forgotten", path=state.path, **asdict(state.position))
+                self.log.info("file_forgotten", path=shown(state.path), **asdict(state.position))
 
     def park(self, partition: Partition) -> None:
         assert isinstance(partition, FilePartition)
