@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from service.core.position import Position
 from service.sources.files import source
 from service.sources.files.scan import Match
 from service.sources.files.source import match_saved_files
-from service.storage.checkpoint import FileState, generation_of, identify_input
+from service.storage.checkpoint import FileState, generation_of
 from tests.oracle import expected_of_files
 from tests.processes import cli, events_of
+from tests.saved_states import state_of
 
 GLOB = ["run", "--input", "in/*.txt*"]
 
@@ -57,18 +57,6 @@ def inputs(tmp_path: Path) -> Path:
     return tmp_path / "in"
 
 
-def _state_of(path: Path, consumed: bytes, generation: int | None) -> FileState:
-    """What a checkpoint holds for `path` once its first bytes, `consumed`, were read."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        identity = identify_input(fd, len(consumed))
-    finally:
-        os.close(fd)
-    lines = consumed.count(b"\n")
-    position = Position(len(consumed), lines, lines, 0, sum(int(n) for n in consumed.split()))
-    return FileState(str(path), path.stat().st_ino, identity, position, generation=generation)
-
-
 def _found(path: Path) -> dict[tuple[int, int], Match]:
     info = path.stat()
     return {(info.st_dev, info.st_ino): Match(str(path), info.st_ino, info.st_size)}
@@ -89,14 +77,14 @@ def test_a_file_of_another_generation_is_another_file_whatever_it_holds(inputs: 
     path.write_bytes(b"1\n2\n3\n")
     generation = _generation(path)
     assert generation is not None
-    other = _state_of(path, b"1\n2\n3\n", generation ^ 1)
+    other = state_of(path, b"1\n2\n3\n", generation ^ 1)
     pairing = match_saved_files([other], _found(path))
     assert (pairing.resumed, pairing.gone, list(pairing.new.values())) == (
         [],
         [other],
         [Match(str(path), path.stat().st_ino, 6)],
     )
-    same = _state_of(path, b"1\n2\n3\n", generation)
+    same = state_of(path, b"1\n2\n3\n", generation)
     assert [state for _, _, state in match_saved_files([same], _found(path)).resumed] == [same]
 
 
@@ -107,7 +95,7 @@ def test_a_file_of_the_same_generation_is_the_same_file_under_any_name_and_bytes
     file, rewritten and renamed. It is resumed, for its first look to say it changed."""
     path = inputs / "a.txt"
     path.write_bytes(b"1\n2\n3\n")
-    saved = _state_of(path, b"1\n2\n3\n", _generation(path))
+    saved = state_of(path, b"1\n2\n3\n", _generation(path))
     path.write_bytes(b"7\n")  # truncated and written again: the same inode
     renamed = inputs / "a.txt.1"
     path.rename(renamed)
@@ -249,7 +237,7 @@ def test_a_closed_file_is_known_again_only_by_its_generation(
     as without generations."""
     path = inputs / "a.txt"
     path.write_bytes(b"1\n2\n3\n")
-    saved = _state_of(path, b"1\n2\n3\n", _generation(path))
+    saved = state_of(path, b"1\n2\n3\n", _generation(path))
     monkeypatch.setattr(source, "generation_of", lambda _fd: None)
     closed = FileState(
         saved.path,

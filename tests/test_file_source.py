@@ -23,27 +23,11 @@ from service.sources.files import scan
 from service.sources.files.partition import FilePartition
 from service.sources.files.scan import FileKey, InputPatterns, Match
 from service.sources.files.source import FileSource, match_saved_files
-from service.storage.checkpoint import Checkpoint, CheckpointStore, FileState, identify_input
+from service.storage.checkpoint import Checkpoint, CheckpointStore
 from service.telemetry.logs import configure_logging
+from tests.saved_states import state_of
 
 CONSUMED = b"1\n2\n3\n"
-
-
-def _state_of(path: Path, consumed: bytes) -> FileState:
-    """What a checkpoint holds for `path` once `consumed` (its first bytes) was read."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        identity = identify_input(fd, len(consumed))
-    finally:
-        os.close(fd)
-    lines = consumed.count(b"\n")
-    position = Position(
-        offset=len(consumed),
-        lines=lines,
-        records=lines,
-        sum=sum(int(n) for n in consumed.split()),
-    )
-    return FileState(str(path), path.stat().st_ino, identity, position)
 
 
 def _rotate(live: Path, renamed: Path) -> None:
@@ -57,7 +41,7 @@ def test_a_file_renamed_while_its_head_is_checked_is_neither_resumed_nor_new(
 ) -> None:
     live = tmp_path / "numbers.txt"
     live.write_bytes(CONSUMED + b"4\n")
-    state = _state_of(live, CONSUMED)
+    state = state_of(live, CONSUMED)
     patterns = InputPatterns((str(tmp_path / "*.txt*"),))
     found = patterns.scan()
     _rotate(live, tmp_path / "numbers.txt.1")  # after the scan, before the look
@@ -79,7 +63,7 @@ def test_a_rotation_during_the_start_up_scan_resumes_the_renamed_file_where_it_w
     live = tmp_path / "in" / "numbers.txt"
     live.parent.mkdir()
     live.write_bytes(CONSUMED + b"4\n")
-    state = _state_of(live, CONSUMED)
+    state = state_of(live, CONSUMED)
     settings = Settings(
         input=(str(tmp_path / "in" / "*.txt*"),),
         checkpoint=tmp_path / "checkpoint.json",
