@@ -5,7 +5,8 @@ Rule 1: a file is a partition keyed by (device, inode) while the worker runs, so
         its generation where known, and its first bytes (read through the very inode the scan
         found, so a rotation in that instant is looked at again, never read twice); one not
         found under any pattern is kept closed, as in rule 2, so it is never read twice if it
-        is back.
+        is back, where its generation tells it from a new file given its inode number (else
+        its counts are folded into `gone` at once).
 Rule 2: following, the patterns are scanned every `poll_interval`: a new file starts at 0
         (`file_discovered`); one renamed out of every pattern is read until it has not grown for
         `close_inactive`, then closed and kept, closed, so it is never read twice (for
