@@ -38,14 +38,20 @@ def _expected(*contents: bytes) -> tuple[int, int]:
     return expected.sum, expected.records
 
 
+def _generation(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return generation_of(fd)
+    finally:
+        os.close(fd)
+
+
 def _generations_kept(directory: Path) -> bool:
     probe = directory / ".generation-probe"
     probe.write_bytes(b"")
-    fd = os.open(probe, os.O_RDONLY)
     try:
-        return generation_of(fd) is not None
+        return _generation(probe) is not None
     finally:
-        os.close(fd)
         probe.unlink()
 
 
@@ -60,14 +66,6 @@ def inputs(tmp_path: Path) -> Path:
 def _found(path: Path) -> dict[tuple[int, int], Match]:
     info = path.stat()
     return {(info.st_dev, info.st_ino): Match(str(path), info.st_ino, info.st_size)}
-
-
-def _generation(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return generation_of(fd)
-    finally:
-        os.close(fd)
 
 
 def test_a_file_of_another_generation_is_another_file_whatever_it_holds(inputs: Path) -> None:
