@@ -24,8 +24,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# The kernel is compiled by the editable install; a changed C file is compiled again.
-$(BIN)/.kernel: $(BIN)/.installed service/core/_kernel.c setup.py
+# The native parts are compiled by the editable install; a changed C file is compiled again.
+$(BIN)/.kernel: $(BIN)/.installed service/core/_kernel.c service/lifecycle/_deadline.c setup.py
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

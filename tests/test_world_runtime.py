@@ -320,6 +320,39 @@ def test_sigterm_while_a_number_of_millions_of_digits_is_converted_saves_before_
     assert "Traceback" not in worker.stderr
 
 
+def test_sigterm_while_one_step_of_a_conversion_holds_the_interpreter_exits_in_time(
+    tmp_path: Path,
+) -> None:
+    """A record of 30,000,000 digits: one step of its conversion holds the interpreter for
+    seconds, so no Python code runs, signal handlers included. SIGTERM still ends the process
+    within shutdown_timeout (1 s): by the deadline's two lines, exit 1, the checkpoint on disk
+    whole; or, had the stop got in between two steps, with the final checkpoint before it."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n" + b"9" * 30_000_000 + b"\n2\n")
+    args = ["--max-line-bytes", "100000000", "--log-format", "json", "--shutdown-timeout", "1"]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("worker_started")
+    assert _a_helper_thread_has_worked(worker, seconds=0.5)  # the conversion is under way
+    sent = worker.signal(signal.SIGTERM)
+    code = worker.finish(timeout=60)
+    assert worker.ended is not None
+    assert worker.ended - sent < 1.8  # the timeout, and the deadline's 0.2 s to write its lines
+    if code == 0:
+        final = worker.wait_for("checkpoint_saved", reason="shutdown")
+        assert (final["offset"], final["records"], final["sum"]) == (2, 1, 1)
+    else:
+        fatal, stopped = worker.events[-2:]
+        assert "shutdown_timeout=1.0s" in fatal["message"]
+        assert (stopped["event"], stopped["exit_code"], stopped["reason"]) == (
+            "worker_stopped",
+            1,
+            "shutdown_timeout",
+        )
+    assert "Traceback" not in worker.stderr
+    saved = tmp_path / "checkpoint.json"
+    if saved.exists():  # whole, and nothing of the long line in it
+        assert json.loads(saved.read_text())["offset"] <= 2
+
+
 # --- SIGHUP ------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,6 @@ import functools
 import gc
 import os
 import signal
-import threading
 from dataclasses import asdict
 from types import FrameType
 from typing import Any, NoReturn
@@ -34,11 +33,18 @@ from service.core.parsing import Parsed
 from service.core.position import Pacer, Periodic, Position, RateMeter, percent_done
 from service.descriptors import reserve_descriptors
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
+from service.lifecycle.deadline import NOW, ShutdownDeadline
 from service.lifecycle.partition import Partition, ReadStatus, Source
 from service.settings import Settings
 from service.storage.checkpoint import require_directory_of, write_json
 from service.storage.lock import HEARTBEAT_INTERVAL
-from service.telemetry.logs import Logger, last_words, on_output_closed, stop_waiting_for_reader
+from service.telemetry.logs import (
+    Logger,
+    last_words,
+    on_output_closed,
+    rendered_last_words,
+    stop_waiting_for_reader,
+)
 from service.telemetry.wiring import telemetry_for
 
 __all__ = ["run_worker"]
@@ -64,24 +70,17 @@ def _exit_at_next_signal() -> None:
         signal.signal(signum, _exit_now)
 
 
-def _exit_after(seconds: float) -> None:
-    """End the process `seconds` from now, whatever it waits for (a save on a stalled disk,
-    which no cancellation can interrupt): the checkpoint on disk is whole at any instant."""
-
-    def expire() -> None:
-        message = (
-            f"shutdown took longer than shutdown_timeout={seconds}s (a stalled disk?); "
-            "exiting without the final checkpoint; the one on disk is whole"
-        )
-        stopped = {"exit_code": 1, "reason": "shutdown_timeout"}
-        last_words(
-            [("fatal_error", "error", {"message": message}), ("worker_stopped", "info", stopped)],
-            1,
-        )
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
+def _shutdown_deadline(seconds: float) -> ShutdownDeadline:
+    """The process ends `seconds` after a stop begins, whatever it waits for; its last lines
+    say so. The checkpoint on disk is whole at any instant."""
+    message = (
+        f"shutdown took longer than shutdown_timeout={seconds}s (a stalled disk, or a number "
+        "of millions of digits in conversion?); exiting without the final checkpoint; the one "
+        "on disk is whole"
+    )
+    stopped: dict[str, Any] = {"exit_code": 1, "reason": "shutdown_timeout"}
+    lines = [("fatal_error", "error", {"message": message}), ("worker_stopped", "info", stopped)]
+    return ShutdownDeadline(seconds, STOP_SIGNALS, rendered_last_words(lines, NOW), exit_code=1)
 
 
 class _Worker:
@@ -102,7 +101,8 @@ class _Worker:
         self.started = False  # the source holds the state to resume from
         self.completed = False
         self.caught_up_at: Position | None = None
-        self.shutdown_deadline_set = False
+        # Watching from now on: a stop signal starts its countdown the instant it arrives.
+        self.deadline = _shutdown_deadline(settings.shutdown_timeout)
         self.pacer = Pacer(settings.max_rate)
         self.records_read = 0  # by this process: the progress rate's measure, never falling
         self.rate = RateMeter(0, 0.0)
@@ -229,9 +229,7 @@ class _Worker:
             self.scope.cancel()
 
     def _bound_shutdown(self) -> None:
-        if not self.shutdown_deadline_set:
-            self.shutdown_deadline_set = True
-            _exit_after(self.settings.shutdown_timeout)
+        self.deadline.begin()
 
     # --- run ----------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ __all__ = [
     "configure_logging",
     "last_words",
     "on_output_closed",
+    "rendered_last_words",
     "renders_json",
     "route_output",
     "stop_waiting_for_reader",
@@ -250,6 +251,18 @@ def route_output(stream: TextIO) -> None:
             handler.setStream(_LogStream(stream))
 
 
+def rendered_last_words(lines: list[tuple[str, str, dict[str, Any]]], now: str) -> bytes:
+    """(event, level, fields) lines as the configured format writes them, stamped `now`."""
+    text = ""
+    for event, level, fields in lines:
+        if _as_json:
+            text += exact_json({**fields, "event": event, "level": level, "timestamp": now}) + "\n"
+        else:
+            shown = " ".join(f"{key}={value}" for key, value in fields.items())
+            text += f"{now} [{level}] {event} {shown}\n"
+    return text.encode()
+
+
 def last_words(lines: list[tuple[str, str, dict[str, Any]]], exit_code: int) -> NoReturn:
     """Write (event, level, fields) lines and end the process with `exit_code` at once.
 
@@ -258,14 +271,7 @@ def last_words(lines: list[tuple[str, str, dict[str, Any]]], exit_code: int) -> 
     descriptor by a thread of their own, given a moment, and the process ends either way.
     """
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    text = ""
-    for event, level, fields in lines:
-        if _as_json:
-            text += exact_json({**fields, "event": event, "level": level, "timestamp": now}) + "\n"
-        else:
-            shown = " ".join(f"{key}={value}" for key, value in fields.items())
-            text += f"{now} [{level}] {event} {shown}\n"
-    data = text.encode()
+    data = rendered_last_words(lines, now)
 
     def write() -> None:
         with contextlib.suppress(OSError):
