@@ -221,6 +221,15 @@ JOURNEYS: dict[str, tuple[bool, list[tuple[Event, State]]]] = {
             (_A.OPENED, _S.CAUGHT_UP),
         ],
     ),
+    "parked, deleted, and its inode another file's when reopened: folded as deleted": (
+        False,
+        [
+            (_A.OPENED, _S.OPEN),
+            (_C.UNCHANGED, _S.CAUGHT_UP),
+            (_A.PARKED, _S.PARKED),
+            (_C.DELETED, _S.DELETED),
+        ],
+    ),
     "parked, then renamed out: closed": (
         False,
         [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from service.sources.files.scan import Match
 from service.sources.files.source import match_saved_files
 from service.storage.checkpoint import FileState, generation_of
 from tests.oracle import expected_of_files
-from tests.processes import cli, events_of
+from tests.processes import WorkerProcess, cli, events_of
 from tests.saved_states import state_of
 
 GLOB = ["run", "--input", "in/*.txt*"]
@@ -129,6 +130,21 @@ def test_a_file_rewritten_and_renamed_while_stopped_is_an_input_change(
     assert _result(cwd) == _expected(b"7\n", b"100\n")
 
 
+def _delete_and_give_its_inode_to(deleted: Path, new: Path, content: bytes) -> None:
+    """Delete `deleted`, and create `new` holding `content` on the inode number it had."""
+    inode = deleted.stat().st_ino
+    deleted.unlink()
+    # ext4 hands out the lowest free inode of the directory's group: files outside the glob
+    # take the lower ones other tests freed, until one is given the number just freed.
+    for attempt in range(2000):
+        filler = deleted.parent / f"filler-{attempt}"
+        filler.write_bytes(content)
+        if filler.stat().st_ino == inode:
+            filler.rename(new)
+            return
+    pytest.skip("the file system gave no new file the deleted file's inode number")
+
+
 def test_a_new_file_that_took_a_deleted_files_inode_is_read_whole(inputs: Path) -> None:
     """`rm a.txt`, then a new file with the same bytes, while the worker is stopped: the file
     system gives the new file the freed inode number. It is a new file, read from its start,
@@ -137,25 +153,44 @@ def test_a_new_file_that_took_a_deleted_files_inode_is_read_whole(inputs: Path) 
     content = b"".join(b"%d\n" % n for n in range(1, 101))
     (inputs / "a.txt").write_bytes(content)
     assert cli(GLOB, cwd).returncode == 0
-    inode = (inputs / "a.txt").stat().st_ino
-    (inputs / "a.txt").unlink()
-    # ext4 hands out the lowest free inode of the directory's group: files outside the glob
-    # take the lower ones other tests freed, until one is given the number just freed.
-    for attempt in range(2000):
-        filler = inputs / f"filler-{attempt}"
-        filler.write_bytes(content)
-        if filler.stat().st_ino == inode:
-            filler.rename(inputs / "b.txt")
-            break
-    else:
-        pytest.skip("the file system gave no new file the deleted file's inode number")
-    assert (inputs / "b.txt").stat().st_ino == inode
+    _delete_and_give_its_inode_to(inputs / "a.txt", inputs / "b.txt", content)
     again = cli(GLOB, cwd)
     assert again.returncode == 0
     events = events_of(again.stdout)
     assert [e["path"] for e in events if e["event"] == "file_discovered"] == ["in/b.txt"]
     assert not [e for e in events if e["event"] == "file_rotated"]
     assert _result(cwd) == _expected(content, content)
+
+
+def test_a_parked_file_deleted_and_its_inode_given_to_a_new_file_is_not_read_on(
+    inputs: Path,
+) -> None:
+    """Following two files with one slot, so a caught-up file is parked (closed until a scan
+    brings news of it). Deleted while parked, and a new file with the same first lines and more
+    given its inode number and name: the new file is read whole, and the deleted one's records
+    stay counted, not taken for growth of the old file."""
+    cwd = inputs.parent
+    a = b"".join(b"%d\n" % n for n in range(1, 101))
+    b = b"".join(b"%d\n" % n for n in range(1000, 1051))
+    (inputs / "a.txt").write_bytes(a)
+    (inputs / "b.txt").write_bytes(b)
+    args = ["--input", "in/*.txt", "--follow", "--max-open-files", "1", "--poll-interval", "0.05"]
+    # No timer save meanwhile: its temp file could take the freed inode number first.
+    worker = WorkerProcess([*args, "--checkpoint-interval", "3600"], cwd)
+    worker.wait_for("caught_up")
+    caught_up = len([e for e in worker.events if e["event"] == "caught_up"])
+    new = a + b"".join(b"%d\n" % n for n in range(5000, 5010))
+    _delete_and_give_its_inode_to(inputs / "a.txt", inputs / "a.txt", new)
+    removed = worker.wait_for("file_removed", path="in/a.txt")
+    assert removed["reason"] == "deleted"
+    deadline = time.monotonic() + 30
+    while len([e for e in worker.events if e["event"] == "caught_up"]) == caught_up:
+        assert time.monotonic() < deadline, "the new file was never read"
+        time.sleep(0.05)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    final = worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert (final["sum"], final["records"]) == _expected(a, b, new)
 
 
 def test_a_file_out_of_every_pattern_while_stopped_resumes_where_it_was_when_back(

@@ -44,6 +44,7 @@ __all__ = [
     "identify_input",
     "require_directory_of",
     "require_regular_file",
+    "same_generation",
     "sealed",
     "total_of",
     "write_json",
@@ -96,6 +97,12 @@ def generation_of(fd: int) -> int | None:
     except OSError:
         return None
     return int.from_bytes(answer[: struct.calcsize("i")], sys.byteorder)
+
+
+def same_generation(known: int | None, now: int | None) -> bool | None:
+    """Whether two generations of one inode number show the same file; None when either is
+    not known (the file system keeps none, or a state saved without one)."""
+    return None if known is None or now is None else known == now
 
 
 def _now() -> str:

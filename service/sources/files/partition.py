@@ -55,7 +55,13 @@ from service.sources.files.changes import Change, Look, classify
 from service.sources.files.life import LOOK_FIRST, NOT_OPEN, Action, FileLife, State
 from service.sources.files.reading import Chunk, ChunkBuffers, read_chunks
 from service.sources.files.scan import FileKey
-from service.storage.checkpoint import FileState, InputIdentity, generation_of, identify_input
+from service.storage.checkpoint import (
+    FileState,
+    InputIdentity,
+    generation_of,
+    identify_input,
+    same_generation,
+)
 from service.telemetry.logs import Logger
 
 __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition", "Shared"]
@@ -209,10 +215,19 @@ class FilePartition:
                 self.life.on(Action.MISSED if self.settings.follow else Change.RENAMED_OUT)
             return False
         fd, info = opened
+        generation = generation_of(fd)
+        reopened = self.life.state is State.PARKED
+        if reopened and same_generation(self.generation, generation) is False:
+            # Its inode is another file's now: the one it followed was deleted while parked.
+            # It is folded like a deleted file, and the next scan finds the new one as new.
+            os.close(fd)
+            self.slots.release_on_behalf_of(self)
+            self.life.on(Change.DELETED)
+            return False
         first = self.life.state is State.WAITING_FOR_SLOT
         self.life.on(Action.OPENED)
         self.fd, self.key, self.inode = fd, (info.st_dev, info.st_ino), info.st_ino
-        self.generation = generation_of(fd)
+        self.generation = generation
         self.size = info.st_size
         if first and self.position.offset > 0:
             await self._check_saved_state(info.st_size)

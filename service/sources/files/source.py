@@ -48,6 +48,7 @@ from service.storage.checkpoint import (
     FileState,
     generation_of,
     require_regular_file,
+    same_generation,
     total_of,
 )
 from service.storage.lock import WorkerLock, lock_path_for
@@ -101,7 +102,7 @@ def _looks_like(match: Match, state: FileState) -> tuple[bool, bool | None]:
         return False, None
     finally:
         os.close(fd)
-    same = None if None in (generation, state.generation) else generation == state.generation
+    same = same_generation(state.generation, generation)
     return hashlib.sha256(head).hexdigest() == state.identity.head_sha256, same
 
 
@@ -148,19 +149,19 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
             candidates, rewritten, unsure = [], [], []
             for key in same_inode:
                 try:
-                    head_matches, same_generation = _looks_like(unclaimed[key], state)
+                    head_matches, generation_matches = _looks_like(unclaimed[key], state)
                 except _Moved:
                     pairing.moving.add(key)
                     continue
-                if same_generation is False or (
-                    state.closed and state.generation is not None and not same_generation
+                if generation_matches is False or (
+                    state.closed and state.generation is not None and not generation_matches
                 ):
                     # The inode number was used again: another file. A closed file, kept
                     # for when it comes back, is only ever known again by its generation.
                     continue
                 if head_matches:
                     candidates.append(key)
-                elif same_generation:
+                elif generation_matches:
                     rewritten.append(key)
                 else:
                     unsure.append(key)
