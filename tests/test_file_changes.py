@@ -221,6 +221,10 @@ JOURNEYS: dict[str, tuple[bool, list[tuple[Event, State]]]] = {
             (_A.OPENED, _S.CAUGHT_UP),
         ],
     ),
+    "resumed, deleted while waiting for a slot, its inode another file's: folded": (
+        False,
+        [(_C.DELETED, _S.DELETED), (_C.RENAMED_OUT, _S.DELETED)],
+    ),
     "parked, deleted, and its inode another file's when reopened: folded as deleted": (
         False,
         [

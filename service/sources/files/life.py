@@ -90,6 +90,7 @@ BY_IDENTITY: dict[tuple[State, Event], State] = {
     (_S.CAUGHT_UP, _C.DELETED): _S.DELETED,
     (_S.PARKED, _C.RENAMED): _S.PARKED,
     (_S.PARKED, _C.RENAMED_OUT): _S.CLOSED,  # its new name is unknown: nothing to reopen
+    (_S.WAITING_FOR_SLOT, _C.DELETED): _S.DELETED,  # resumed; its inode is another file's now
     (_S.PARKED, _C.DELETED): _S.DELETED,  # reopened, its inode is another file's (generation)
     (_S.RENAMED_OUT, _C.GREW): _S.RENAMED_OUT,
     (_S.RENAMED_OUT, _C.UNCHANGED): _S.RENAMED_OUT,

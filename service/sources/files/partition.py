@@ -54,7 +54,7 @@ from service.settings import Settings
 from service.sources.files.changes import Change, Look, classify
 from service.sources.files.life import LOOK_FIRST, NOT_OPEN, Action, FileLife, State
 from service.sources.files.reading import Chunk, ChunkBuffers, read_chunks
-from service.sources.files.scan import FileKey
+from service.sources.files.scan import FileKey, Match
 from service.storage.checkpoint import (
     FileState,
     InputIdentity,
@@ -116,6 +116,7 @@ class FilePartition:
         self.fd: int | None = None  # open while it holds a slot
         self._chunks: AsyncGenerator[Chunk, None] | None = None  # reading from the position on
         self.size: int | None = None
+        self.changed_ns = 0  # its inode's change time when it was last looked at
         self.last_growth = anyio.current_time()
         self.life = FileLife(by_name=plain)
         self._snapshot: FileState | None = None  # the last one handed out
@@ -174,10 +175,16 @@ class FilePartition:
         self.path = path
         self.touched = True
 
-    def has_news(self, size: int | None) -> bool:
-        """Whether a scan that found it with `size` bytes (None: under no name) may mean there
-        is something to read, or to look at: parked, it is opened again only then."""
-        return size is None or size != self.size or self.life.state is not State.PARKED
+    def has_news(self, match: Match | None) -> bool:
+        """Whether what a scan found of it (None: under no name) may mean there is something to
+        read, or to look at: parked, it is opened again only then. A rewrite of the same size,
+        or a new file given its inode number, changes its inode's change time."""
+        return (
+            match is None
+            or match.size != self.size
+            or match.changed_ns != self.changed_ns
+            or self.life.state is not State.PARKED
+        )
 
     def renamed_out(self) -> None:
         """A scan found it under no pattern: read on until idle, or closed if it is not open."""
@@ -216,10 +223,10 @@ class FilePartition:
             return False
         fd, info = opened
         generation = generation_of(fd)
-        reopened = self.life.state is State.PARKED
-        if reopened and same_generation(self.generation, generation) is False:
-            # Its inode is another file's now: the one it followed was deleted while parked.
-            # It is folded like a deleted file, and the next scan finds the new one as new.
+        if not self.plain and same_generation(self.generation, generation) is False:
+            # Its inode is another file's now: the one it followed (resumed from the saved
+            # state, or parked) was deleted while it had no descriptor. It is folded like a
+            # deleted file, and the next scan finds the new one as new.
             os.close(fd)
             self.slots.release_on_behalf_of(self)
             self.life.on(Change.DELETED)
@@ -378,7 +385,7 @@ class FilePartition:
     async def _look_at_end(self) -> ReadStatus:
         """At the end of what was there (following): grown, changed, gone, or caught up."""
         opened = os.fstat(self._fd())
-        self.size = opened.st_size
+        self.size, self.changed_ns = opened.st_size, opened.st_ctime_ns
         at_name = self._key_at_name() if self.plain else None
         offset = self.position.offset
         prefix = None

@@ -37,11 +37,13 @@ _GLOB_CHARACTERS = frozenset("*?[")
 
 @dataclass(frozen=True)
 class Match:
-    """A regular file a scan found: the name it was found under, and its size then."""
+    """A regular file a scan found: the name it was found under, its size and its inode's
+    change time (st_ctime_ns: any write, rename or replacement on that inode moves it) then."""
 
     path: str
     inode: int
     size: int
+    changed_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ class InputPatterns:
                     continue  # gone between the listing and the look, or unreadable
                 key = (info.st_dev, info.st_ino)
                 if stat.S_ISREG(info.st_mode) and not own.holds(name, key, link=link):
-                    found.setdefault(key, Match(name, info.st_ino, info.st_size))
+                    found.setdefault(key, Match(name, info.st_ino, info.st_size, info.st_ctime_ns))
         if loops is not None:
             loops.extend(skipped)
         return found

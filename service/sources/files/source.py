@@ -363,6 +363,7 @@ class FileSource:
             match.path, self.settings, self.log, self.shared, resume=resume, key=key
         )
         partition.size = match.size  # its lag, until it is opened and looked at again
+        partition.changed_ns = match.changed_ns
         self.active[partition] = None
         self.states[partition] = partition.snapshot()
         return partition
@@ -406,8 +407,7 @@ class FileSource:
                 partition.renamed_to(found_as)
             elif change is Change.RENAMED_OUT:
                 partition.renamed_out()
-            size = None if match is None else match.size
-            if partition in self.parked and partition.has_news(size):
+            if partition in self.parked and partition.has_news(match):
                 del self.parked[partition]
                 woken.append(partition)
         # A file renamed while it is checked (`moving`) is neither: the next scan tells.
