@@ -203,6 +203,10 @@ def _remember_stop_signals(received: list[int]) -> None:
 
     def remember(signum: int, _frame: object) -> None:
         received.append(signum)
+        # A start-up log line may be waiting for a reader that does not read: not for long now.
+        logs = sys.modules.get("service.telemetry.logs")
+        if logs is not None:
+            logs.stop_waiting_for_reader()
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, remember)

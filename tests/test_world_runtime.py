@@ -7,6 +7,7 @@ goes away, real signals, real sockets that hang up, reset or say nothing.
 from __future__ import annotations
 
 import array
+import contextlib
 import decimal
 import fcntl
 import json
@@ -196,6 +197,44 @@ def test_a_reader_that_stops_reading_cannot_keep_sigterm_from_saving(tmp_path: P
     assert cli(["run", "--input", "data/*.txt"], tmp_path).returncode == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["sum"], result["records"]) == (sum(range(3000)), 3000)
+
+
+def test_sigterm_while_the_first_log_line_waits_for_a_full_pipe_is_a_graceful_stop(
+    workdir: Path,
+) -> None:
+    """stdout is a pipe already full that nobody reads: the worker's first line waits in a
+    write during start-up. SIGTERM then stops it gracefully after the reader's grace (exit 0),
+    not by the shutdown deadline (exit 1, 5 s later)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 4096)
+    os.set_blocking(write_end, True)
+    worker = subprocess.Popen(
+        [*RUN, "--log-format", "json"],
+        cwd=workdir,
+        env=worker_env(),
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+    )
+    os.close(write_end)
+    try:
+        waiting = time.monotonic() + 30
+        while "poll" not in Path(f"/proc/{worker.pid}/wchan").read_text():
+            assert time.monotonic() < waiting, "the worker never waited to write its log"
+            time.sleep(0.05)
+        sent = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        worker.kill()
+        worker.communicate()
+        os.close(read_end)
+    assert worker.returncode == 0
+    assert took < READER_GRACE + 1.5
+    assert b"Traceback" not in stderr
 
 
 def test_a_second_sigterm_exits_at_once_while_a_log_write_waits_for_the_reader(
