@@ -245,6 +245,24 @@ def _address(value: Any) -> str:
     return address
 
 
+def _servers(value: Any) -> str:
+    """host:port,... of brokers, each port 1..65535 (a broker has a port of its own)."""
+    servers: str = _text(non_empty=True)(value)
+    for server in servers.split(","):
+        try:
+            _host, port = split_address(server)
+        except ValueError:
+            port = 0
+        if any(c.isspace() for c in server):
+            port = 0
+        if not 0 < port <= 65535:
+            raise ValueError(
+                f"expected host:port,... with ports 1..65535, such as localhost:9092 "
+                f"(not {server!r})"
+            )
+    return servers
+
+
 def _setting(default: Any, convert: Convert, description: str, *, secret: bool = False) -> Any:
     """A setting; a `secret` one is never shown (repr, errors), and has a `<name>_file` twin."""
     return dataclasses.field(
@@ -289,7 +307,7 @@ class Settings:
     source: SourceKind = _setting("file", _choice(SourceKind), "read the input file or Kafka")
     kafka_bootstrap_servers: str = _setting(
         "localhost:9092",
-        _text(pattern=r"\S+:\d+(,\S+:\d+)*", hint="host:port,... such as localhost:9092"),
+        _servers,
         "host:port,... of Kafka",
     )
     kafka_topic: str = _setting("numbers", _text(non_empty=True), "the Kafka topic of numbers")

@@ -255,6 +255,9 @@ BAD_VALUES = [
     ("source", "s3"),
     ("kafka_bootstrap_servers", ""),
     ("kafka_bootstrap_servers", "localhost"),
+    ("kafka_bootstrap_servers", "localhost:99999"),  # no such port
+    ("kafka_bootstrap_servers", "localhost:0"),
+    ("kafka_bootstrap_servers", "a:9092, b:9092"),
     ("kafka_topic", ""),
     ("kafka_group", ""),
     ("kafka_security_protocol", "TLS"),
