@@ -421,6 +421,24 @@ def test_publish_to_a_missing_topic_the_broker_does_not_create_is_one_line(
     assert time.monotonic() - started < 40
 
 
+@pytest.mark.parametrize("follow", [False, True], ids=["run", "follow"])
+def test_a_worker_on_a_missing_topic_the_broker_does_not_create_is_one_line(
+    kafka: Broker, tmp_path: Path, follow: bool
+) -> None:
+    """A worker given a topic that does not exist, on a broker that does not create topics on
+    first use: one error line that says so and exit 1, not an outage retried for ever."""
+    topic = f"missing-{time.monotonic_ns()}"
+    env = kafka_env(kafka, topic, f"group-{topic}")
+    started = time.monotonic()
+    done = cli(["run", *(["--follow"] if follow else [])], tmp_path, env)
+    assert done.returncode == 1, done.stdout
+    (message,) = _fatal_lines(done.stdout)
+    assert f"Kafka topic {topic!r} does not exist" in message
+    assert "broker_available" not in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert time.monotonic() - started < 40
+
+
 def test_a_broker_restart_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
     """The broker (its own, for this test) restarted while a worker reads and commits: the
     worker waits it out, and the total is exact."""

@@ -29,6 +29,7 @@ from aiokafka.errors import (
     KafkaError,
     OffsetMetadataTooLargeError,
     OffsetOutOfRangeError,
+    UnknownTopicOrPartitionError,
 )
 from aiokafka.structs import OffsetAndMetadata
 
@@ -43,6 +44,7 @@ from service.sources.kafka.client import (
     connect,
     describe_error,
     group_generation,
+    partitions_of,
     quiet_abandoned_requests,
 )
 from service.sources.kafka.commit_state import (
@@ -125,7 +127,17 @@ class GroupMember:
         await connect(self.admin.start, self._settings, "connect to Kafka", watch)
         watch.probe_with(self.admin)
         self.consumer.subscribe([self._settings.kafka_topic], listener=_Listener(self))
-        await connect(self.consumer.start, self._settings, "join the Kafka consumer group", watch)
+        await connect(self._join, self._settings, "join the Kafka consumer group", watch)
+
+    async def _join(self) -> None:
+        try:
+            await self.consumer.start()
+        except UnknownTopicOrPartitionError:
+            # Retriable to aiokafka, and the brokers answer meanwhile, so no outage bound would
+            # end the wait. Where the broker creates topics on first use the join made it;
+            # elsewhere a topic that does not exist is one error line (TopicMissing) at once.
+            await partitions_of(self.admin, self._settings)
+            raise
 
     async def close(self) -> None:
         """Leave the group (after the final commit) and disconnect."""
