@@ -6,12 +6,15 @@ Every total is compared with the independent oracle of the input file that was p
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -196,6 +199,50 @@ def test_a_stop_while_no_broker_answers_at_start_up_exits_0_at_once(tmp_path: Pa
     sent = worker.signal(signal.SIGTERM)
     assert worker.finish(timeout=30) == 0, "".join(worker.raw)
     assert time.monotonic() - sent < 5
+    assert not worker.errors
+
+
+@pytest.fixture
+def silent_dns(tmp_path: Path) -> Iterator[list[str]]:
+    """A prefix that runs a command with a resolv.conf of its own (a mount namespace), naming a
+    DNS server that reads every query and never answers: a name lookup waits about 10 s."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a resolv.conf of the worker's own")
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.77.0.1", 53))
+    threading.Thread(target=_swallow, args=(server,), daemon=True).start()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.77.0.1\n")
+    bind = f'mount --bind {resolv} /etc/resolv.conf && exec "$@"'
+    try:
+        yield ["unshare", "--mount", "sh", "-c", bind, "sh"]
+    finally:
+        server.close()
+
+
+def _swallow(server: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed at the end of the test
+        while True:
+            server.recvfrom(4096)
+
+
+def test_a_stop_while_dns_does_not_answer_for_the_broker_exits_0_at_once(
+    tmp_path: Path, silent_dns: list[str]
+) -> None:
+    """The broker's name is looked up on a DNS server that never answers (as in Docker while
+    the broker's container is stopped), holding a thread about 10 s: SIGTERM still exits 0 at
+    once, not at the shutdown deadline with exit 1."""
+    env = worker_env(
+        WORKER_SOURCE="kafka",
+        WORKER_KAFKA_BOOTSTRAP_SERVERS="kafka.example:9092",
+        WORKER_KAFKA_UNAVAILABLE_TIMEOUT="0",
+    )
+    worker = WorkerProcess([], tmp_path, env, prefix=silent_dns)
+    worker.wait_for("worker_started", timeout=30)
+    time.sleep(1)  # the lookup is under way
+    sent = worker.signal(signal.SIGTERM)
+    assert worker.finish(timeout=30) == 0, "".join(worker.raw)
+    assert time.monotonic() - sent < 2
     assert not worker.errors
 
 

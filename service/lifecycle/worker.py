@@ -19,6 +19,7 @@ import functools
 import gc
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from types import FrameType
 from typing import Any, NoReturn
@@ -441,6 +442,16 @@ class _Worker:
         return code, reason
 
 
+class _UnwaitedExecutor(ThreadPoolExecutor):
+    """The loop's default executor, where asyncio looks names up (`getaddrinfo`). When the loop
+    closes it is not waited for: a broker's name that DNS does not answer holds a thread for
+    about 10 s, and by then the run has ended, its last line written; the process exits
+    without it (`cli.console`)."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
+
+
 def _source_for(settings: Settings, log: Logger) -> Source:
     if settings.source == "kafka":
         from service.sources.kafka.source import KafkaSource
@@ -465,6 +476,7 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
     gc.freeze()
     gc.enable()
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(_UnwaitedExecutor())
 
     def output_closed() -> None:  # from whichever thread logged
         with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over anyway
