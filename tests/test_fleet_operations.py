@@ -33,12 +33,15 @@ SESSION_TIMEOUT = 3.0  # kafka_env's
 OUTAGE = 30.0
 
 
-def _published(broker: Broker, workdir: Path, partitions: int, lines: int) -> dict[str, str]:
-    """A new topic holding `lines` noisy lines, 100 to a message; the environment to read it."""
+def _published(
+    broker: Broker, workdir: Path, partitions: int, lines: int, per_message: int = 100
+) -> dict[str, str]:
+    """A new topic holding `lines` noisy lines, `per_message` to a message; the environment to
+    read it."""
     topic = create_topic(broker, partitions)
     env = kafka_env(broker, topic, f"group-{topic}", WORKER_CHECKPOINT_INTERVAL="0.2")
     (workdir / "numbers.txt").write_bytes(noisy_numbers(lines, seed=partitions))
-    done = cli(["publish", "--lines-per-message", "100"], workdir, env)
+    done = cli(["publish", "--lines-per-message", str(per_message)], workdir, env)
     assert done.returncode == 0, done.stdout + done.stderr
     return env
 
@@ -83,15 +86,20 @@ def _first_reads(
     return found
 
 
-@pytest.mark.parametrize("heir_rate", ["1000", "0"])
+@pytest.mark.parametrize(
+    ("heir_rate", "per_message"),
+    [("1000", 100), ("0", 100), ("1000", 1000)],
+    ids=["paced", "unpaced", "paced-a-second-a-message"],
+)
 def test_after_a_sigkill_the_heir_reads_the_moved_partitions_within_the_session_timeout(
-    kafka: Broker, tmp_path: Path, heir_rate: str
+    kafka: Broker, tmp_path: Path, heir_rate: str, per_message: int
 ) -> None:
     """A paced or unpaced heir reads the first record of each partition a SIGKILLed member
     owned within the session timeout + 2 s: the records those partitions had committed before
-    were read by the dead member, and never count against the heir's pace. Unpaced, it then
+    were read by the dead member, and never count against the heir's pace, nor does one moved
+    partition's first message (a second of the pace) delay the next one's. Unpaced, it then
     completes the run with the oracle's totals."""
-    env = _published(kafka, tmp_path, partitions=6, lines=60_000)
+    env = _published(kafka, tmp_path, partitions=6, lines=60_000, per_message=per_message)
     victim = _member(tmp_path, "victim", env, WORKER_MAX_RATE="3000")
     victim.wait_for("checkpoint_saved", timeout=30)
     heir = _member(tmp_path, "heir", env, WORKER_MAX_RATE=heir_rate)

@@ -303,16 +303,21 @@ class GroupMember:
     async def _fetch(self, max_messages: int) -> dict[TopicPartition, list[Any]]:
         """Messages from the fetched buffers. A few at a time (paced), take turns among the
         owned partitions first: aiokafka hands out one partition's buffer before the next's,
-        which would starve a partition that just arrived. A partition a rebalance gave this
-        member anew is read as soon as its first fetch is in, before any turn."""
+        which would starve a partition that just arrived. The partitions a rebalance gave this
+        member anew are read as soon as their first fetches are in, before any turn, and
+        together: the pace's delay comes after all of them, not between them (a message can
+        hold a second of the pace)."""
         getmany = self.consumer.getmany
         batches: dict[TopicPartition, list[Any]]
         if max_messages < MAX_RECORDS and self.owned:
+            batches = {}
             for tp in sorted(self._fresh & set(self.owned)):
-                batches = await getmany(tp, timeout_ms=0, max_records=max_messages)
-                if batches:
+                first = await getmany(tp, timeout_ms=0, max_records=max_messages)
+                if first:
                     self._fresh.discard(tp)
-                    return batches
+                    batches.update(first)
+            if batches:
+                return batches
             # The awaits above let a rebalance run: it may have taken every partition.
             turns = sorted(self.owned)
             if turns:
