@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError, LeaderNotAvailableError
+from aiokafka.errors import KafkaConnectionError, KafkaError, LeaderNotAvailableError
 
 from service.errors import UsageError, WorkerError
 from service.settings import Settings
@@ -36,6 +36,7 @@ __all__ = [
     "admin_client",
     "client_options",
     "describe_error",
+    "diagnosed",
     "group_generation",
     "partitions_of",
     "quiet_abandoned_requests",
@@ -114,6 +115,14 @@ async def refusal(settings: Settings) -> KafkaError | None:
     return None
 
 
+async def diagnosed(error: KafkaError, settings: Settings) -> KafkaError:
+    """The failure to act on: a failure to connect may be a refusal for good (a wrong
+    password), which the brokers tell when asked once more."""
+    if isinstance(error, KafkaConnectionError):
+        return await refusal(settings) or error
+    return error
+
+
 def quiet_abandoned_requests() -> None:
     """A request given up on (a timer commit the brokers did not answer in time) goes on inside
     aiokafka, shielded, and may end in a KafkaError nobody awaits: the worker reported the
@@ -163,9 +172,10 @@ async def connect(
             while True:
                 try:
                     return await call()
-                except KafkaError as error:
+                except KafkaError as failure:
+                    error = await diagnosed(failure, settings)
                     if not error.retriable:
-                        raise
+                        raise error from None
                     last = error
                     await anyio.sleep(0.2)
     except TimeoutError:

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from service.settings import Settings
-from service.sources.kafka.client import KafkaUnavailable, describe_error, refusal
+from service.sources.kafka.client import KafkaUnavailable, describe_error, diagnosed
 from service.telemetry.logs import Logger
 
 __all__ = ["MAX_TICK_GAP", "BrokerWatch", "OutageClock"]
@@ -97,9 +97,8 @@ class BrokerWatch:
         while True:
             try:
                 result = await call()
-            except KafkaError as error:
-                if isinstance(error, KafkaConnectionError):
-                    error = await refusal(self._settings) or error
+            except KafkaError as failure:
+                error = await diagnosed(failure, self._settings)
                 if not error.retriable:
                     servers = self._settings.kafka_bootstrap_servers
                     raise KafkaUnavailable(
