@@ -40,10 +40,16 @@ def test_a_state_survives_its_commit_metadata(position: Position) -> None:
         '{"v":1,"lines":"1","records":0,"bad_records":0,"sum":"0"}',
         '{"v":1,"lines":0,"records":-1,"bad_records":0,"sum":"0"}',
         '{"v":1,"lines":1,"records":1,"bad_records":1,"sum":"0"}',
+        '{"v":1,"lines":1,"records":1,"bad_records":0,"sum":"\u0663"}',  # an Arabic-Indic 3
+        '{"v":1,"lines":1,"records":1,"bad_records":0,"sum":" 5"}',
+        '{"v":1,"lines":1,"records":1,"bad_records":0,"sum":"5","extra":1}',
+        '{"v":1,"lines":1,"records":1,"bad_records":0,"sum":"5","sum":"7"}',
+        '{"v":true,"lines":1,"records":1,"bad_records":0,"sum":"5"}',
     ],
 )
 def test_metadata_that_is_not_our_state_is_refused(metadata: str) -> None:
-    """Anything but a version 1 state with sane counts is refused, never read as zeros."""
+    """Anything but exactly a version 1 state with sane counts is refused, never read as zeros
+    or as some other number."""
     with pytest.raises(StateUnreadable):
         decode(5, metadata)
 

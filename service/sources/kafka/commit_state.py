@@ -12,6 +12,7 @@ Rule 3: a message is whole: its value holds complete lines by the input rules, a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from service.core.decimal_text import decimal_of, int_of
@@ -49,23 +50,43 @@ def encode(position: Position) -> str:
     )
 
 
+_KEYS = frozenset({"v", "lines", "records", "bad_records", "sum"})
+_SUM = re.compile(r"-?[0-9]+")  # ASCII digits only, as `encode` writes them
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise StateUnreadable("its commit metadata repeats a key")
+    return value
+
+
 def decode(offset: int, metadata: str) -> Position:
-    """The state committed at `offset` with `metadata`; StateUnreadable if it is not ours."""
+    """The state committed at `offset` with `metadata`; StateUnreadable if it is not exactly
+    what `encode` writes (a key more, a key twice, a sum in other digits or with spaces)."""
     try:
-        value = json.loads(metadata)
+        value = json.loads(metadata, object_pairs_hook=_unique_keys)
+    except StateUnreadable:
+        raise
     except ValueError:
         raise StateUnreadable("its commit metadata is not JSON") from None
-    if not isinstance(value, dict) or value.get("v") != STATE_VERSION:
+    version = value.get("v") if isinstance(value, dict) else None
+    if type(version) is not int or version != STATE_VERSION:
         raise StateUnreadable(f"its commit metadata is not a version {STATE_VERSION} state")
     counts = [value.get(key) for key in ("lines", "records", "bad_records")]
     total = value.get("sum")
-    if not all(type(count) is int and count >= 0 for count in counts) or not isinstance(total, str):
+    if (
+        set(value) != _KEYS
+        or not all(type(count) is int and count >= 0 for count in counts)
+        or not isinstance(total, str)
+        or not _SUM.fullmatch(total)
+    ):
         raise StateUnreadable("its commit metadata has a wrong shape")
     try:
         exact = int_of(total)
     except ValueError:
         raise StateUnreadable("its commit metadata has a sum that is not an integer") from None
-    lines, records, bad_records = (int(count) for count in counts)  # type: ignore[arg-type]
+    lines, records, bad_records = (int(count) for count in counts)
     if offset < 0 or records + bad_records > lines:
         raise StateUnreadable("its commit metadata contradicts itself")
     return Position(offset, lines, records, bad_records, exact)
