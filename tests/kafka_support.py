@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
 from aiokafka.structs import OffsetAndMetadata
 
 from tests.kafka_broker import Broker
@@ -21,10 +21,12 @@ from tests.oracle import expected_of
 from tests.processes import WorkerProcess, worker_env
 
 __all__ = [
+    "add_partitions",
     "committed_offsets",
     "committed_states",
     "create_topic",
     "delete_records_before",
+    "delete_topic",
     "kafka_env",
     "mismatched_commits",
     "noisy_numbers",
@@ -48,11 +50,21 @@ async def _with_admin(broker: Broker, action: Any) -> Any:
         await admin.close()
 
 
-def create_topic(broker: Broker, partitions: int) -> str:
-    """A new topic with a unique name and `partitions` partitions."""
-    name = f"numbers-{uuid.uuid4().hex[:10]}"
+def create_topic(broker: Broker, partitions: int, name: str | None = None) -> str:
+    """A new topic with `partitions` partitions, named `name` or a unique name."""
+    name = name or f"numbers-{uuid.uuid4().hex[:10]}"
     _run(_with_admin(broker, lambda admin: admin.create_topics([NewTopic(name, partitions, 1)])))
     return name
+
+
+def delete_topic(broker: Broker, topic: str) -> None:
+    _run(_with_admin(broker, lambda admin: admin.delete_topics([topic])))
+
+
+def add_partitions(broker: Broker, topic: str, total: int) -> None:
+    """Grow `topic` to `total` partitions."""
+    more = {topic: NewPartitions(total_count=total)}
+    _run(_with_admin(broker, lambda admin: admin.create_partitions(more)))
 
 
 def delete_records_before(broker: Broker, topic: str, partition: int, offset: int) -> None:

@@ -22,7 +22,15 @@ from typing import Any
 import pytest
 
 from tests.kafka_broker import Broker, start_broker
-from tests.kafka_support import create_topic, kafka_env, mismatched_commits, noisy_numbers, settle
+from tests.kafka_support import (
+    add_partitions,
+    create_topic,
+    delete_topic,
+    kafka_env,
+    mismatched_commits,
+    noisy_numbers,
+    settle,
+)
 from tests.oracle import expected_of
 from tests.processes import WorkerProcess, cli, events_of, worker_env
 from tests.scrape import get
@@ -169,6 +177,71 @@ def test_three_workers_ride_out_a_broker_stopped_at_start_up_and_frozen_mid_run(
         for worker in workers:
             worker.kill()
         broker.stop()
+
+
+def test_a_topic_deleted_mid_run_is_one_warning_and_not_ready_until_it_is_back(
+    kafka: Broker, tmp_path: Path
+) -> None:
+    """The topic deleted under a following worker: one `topic_missing` warning, /readyz 503
+    saying so while /healthz stays 200, no exit; created again: `topic_available`, ready, and
+    SIGTERM still exits 0."""
+    env = _published(kafka, tmp_path, partitions=2, lines=2_000)
+    topic = env["WORKER_KAFKA_TOPIC"]
+    worker = _member(tmp_path, "a", env, WORKER_FOLLOW="true", WORKER_METRICS_ADDRESS="127.0.0.1:0")
+    try:
+        worker.wait_for("caught_up", timeout=60)
+        delete_topic(kafka, topic)
+        missing = worker.wait_for("topic_missing", timeout=30)
+        assert missing["level"] == "warning"
+        assert topic in missing["message"]
+        address = worker.wait_for("metrics_listening")["address"]
+        _wait_until(lambda: get(f"http://{address}/readyz")[0] == 503, timeout=10)
+        assert "does not exist" in get(f"http://{address}/readyz")[1]
+        assert get(f"http://{address}/healthz")[0] == 200
+        assert worker.process.poll() is None
+        create_topic(kafka, 2, name=topic)
+        worker.wait_for("topic_available", timeout=30)
+        _wait_until(lambda: get(f"http://{address}/readyz")[0] == 200, timeout=10)
+        assert len(worker.named("topic_missing")) == 1
+        _publish_lines(tmp_path / "again", env, b"7\n8\n")  # read from the new topic
+        worker.wait_for("checkpoint_saved", timeout=30, records=2, sum="15")
+        worker.signal(signal.SIGTERM)
+        assert worker.finish(timeout=30) == 0, "".join(worker.raw)
+    finally:
+        worker.kill()
+
+
+def _publish_lines(directory: Path, env: dict[str, str], lines: bytes) -> None:
+    """Publish `lines` from a file of their own (publish resumes each file by its name)."""
+    directory.mkdir()
+    name = f"{directory.name}.txt"
+    (directory / name).write_bytes(lines)
+    done = cli(["publish", "--input", name, "--lines-per-message", "1"], directory, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_partitions_added_mid_run_are_read_within_seconds(kafka: Broker, tmp_path: Path) -> None:
+    """A topic grown from 1 to 3 partitions under a following worker: it is given the new
+    partitions and reads what is published to them within 30 s, not the client's 5 minutes."""
+    env = _published(kafka, tmp_path, partitions=1, lines=1_000)
+    worker = _member(tmp_path, "a", env, WORKER_FOLLOW="true")
+    try:
+        before = worker.wait_for("caught_up", timeout=60)
+        add_partitions(kafka, env["WORKER_KAFKA_TOPIC"], 3)
+        _publish_lines(tmp_path / "more", env, b"".join(b"%d\n" % n for n in range(1, 31)))
+        worker.wait_for(
+            "caught_up",
+            timeout=30,
+            records=before["records"] + 30,
+            sum=before["sum"] + sum(range(1, 31)),
+        )
+        worker.signal(signal.SIGTERM)
+        assert worker.finish(timeout=30) == 0, "".join(worker.raw)
+        final = worker.wait_for("checkpoint_saved", reason="shutdown")
+        assert len(final["partitions"]) == 3
+        assert all(offset > 0 for offset in final["partitions"].values()), final
+    finally:
+        worker.kill()
 
 
 def test_past_kafka_unavailable_timeout_without_a_broker_is_one_line_and_exit_1(
