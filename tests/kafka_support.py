@@ -26,7 +26,6 @@ __all__ = [
     "committed_states",
     "create_topic",
     "delete_records_before",
-    "delete_topic",
     "kafka_env",
     "mismatched_commits",
     "noisy_numbers",
@@ -55,10 +54,6 @@ def create_topic(broker: Broker, partitions: int, name: str | None = None) -> st
     name = name or f"numbers-{uuid.uuid4().hex[:10]}"
     _run(_with_admin(broker, lambda admin: admin.create_topics([NewTopic(name, partitions, 1)])))
     return name
-
-
-def delete_topic(broker: Broker, topic: str) -> None:
-    _run(_with_admin(broker, lambda admin: admin.delete_topics([topic])))
 
 
 def add_partitions(broker: Broker, topic: str, total: int) -> None:

@@ -25,7 +25,6 @@ from tests.kafka_broker import Broker, start_broker
 from tests.kafka_support import (
     add_partitions,
     create_topic,
-    delete_topic,
     kafka_env,
     mismatched_commits,
     noisy_numbers,
@@ -177,38 +176,6 @@ def test_three_workers_ride_out_a_broker_stopped_at_start_up_and_frozen_mid_run(
         for worker in workers:
             worker.kill()
         broker.stop()
-
-
-def test_a_topic_deleted_mid_run_is_one_warning_and_not_ready_until_it_is_back(
-    kafka: Broker, tmp_path: Path
-) -> None:
-    """The topic deleted under a following worker: one `topic_missing` warning, /readyz 503
-    saying so while /healthz stays 200, no exit; created again: `topic_available`, ready, and
-    SIGTERM still exits 0."""
-    env = _published(kafka, tmp_path, partitions=2, lines=2_000)
-    topic = env["WORKER_KAFKA_TOPIC"]
-    worker = _member(tmp_path, "a", env, WORKER_FOLLOW="true", WORKER_METRICS_ADDRESS="127.0.0.1:0")
-    try:
-        worker.wait_for("caught_up", timeout=60)
-        delete_topic(kafka, topic)
-        missing = worker.wait_for("topic_missing", timeout=30)
-        assert missing["level"] == "warning"
-        assert topic in missing["message"]
-        address = worker.wait_for("metrics_listening")["address"]
-        _wait_until(lambda: get(f"http://{address}/readyz")[0] == 503, timeout=10)
-        assert "does not exist" in get(f"http://{address}/readyz")[1]
-        assert get(f"http://{address}/healthz")[0] == 200
-        assert worker.process.poll() is None
-        create_topic(kafka, 2, name=topic)
-        worker.wait_for("topic_available", timeout=30)
-        _wait_until(lambda: get(f"http://{address}/readyz")[0] == 200, timeout=10)
-        assert len(worker.named("topic_missing")) == 1
-        _publish_lines(tmp_path / "again", env, b"7\n8\n")  # read from the new topic
-        worker.wait_for("checkpoint_saved", timeout=30, records=2, sum="15")
-        worker.signal(signal.SIGTERM)
-        assert worker.finish(timeout=30) == 0, "".join(worker.raw)
-    finally:
-        worker.kill()
 
 
 def _publish_lines(directory: Path, env: dict[str, str], lines: bytes) -> None:

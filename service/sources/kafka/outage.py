@@ -9,9 +9,6 @@ Rule 2: the first failure to reach the brokers starts an outage: one `broker_una
         running, a metadata request every PROBE_INTERVAL tells whether the brokers answer.
 Rule 3: an outage longer than `kafka_unavailable_timeout` (0: never) ends the run with one
         error line (KafkaUnavailable, exit 1).
-Rule 4: the probe asks about the topic: a topic deleted while the worker runs is one
-        `topic_missing` warning, and the worker is not ready until it is back (`topic_available`);
-        it is not an outage (the brokers answer), and the worker waits for it.
 """
 
 from __future__ import annotations
@@ -21,9 +18,8 @@ from typing import TypeVar
 
 import anyio
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from service.lifecycle.partition import Reachable
 from service.settings import Settings
 from service.sources.kafka.client import KafkaUnavailable, describe_error, diagnosed
 from service.telemetry.logs import Logger
@@ -84,8 +80,7 @@ class BrokerWatch:
         self.clock = OutageClock(settings.kafka_unavailable_timeout)
         self._last_error = ""
         self._admin: AIOKafkaAdminClient | None = None  # probed once started
-        self._on_change: Reachable = lambda _yes, _why="": None
-        self._topic_present = True  # as the last probe found it
+        self._on_change: Callable[[bool], None] = lambda _available: None
 
     @property
     def available(self) -> bool:
@@ -119,7 +114,7 @@ class BrokerWatch:
     def failed(self, why: str) -> None:
         self._last_error = why
         if self.clock.failed():
-            self._tell()
+            self._on_change(False)
             self._log.warning(
                 "broker_unavailable",
                 servers=self._settings.kafka_bootstrap_servers,
@@ -130,36 +125,12 @@ class BrokerWatch:
     def answered(self) -> None:
         away = self.clock.answered()
         if away is not None:
-            self._tell()
+            self._on_change(True)
             self._log.info("broker_available", unavailable_for=round(away, 1))
 
-    def _topic_found(self, present: bool) -> None:
-        if present == self._topic_present:
-            return
-        self._topic_present = present
-        self._tell()
-        topic = self._settings.kafka_topic
-        if present:
-            self._log.info("topic_available", topic=topic)
-        else:
-            self._log.warning(
-                "topic_missing",
-                topic=topic,
-                message=f"Kafka topic {topic!r} does not exist (deleted?); waiting for it",
-            )
-
-    def _tell(self) -> None:
-        """Ready when the brokers answer and the topic is there."""
-        if not self.available:
-            self._on_change(False)
-        elif not self._topic_present:
-            self._on_change(False, f"Kafka topic {self._settings.kafka_topic!r} does not exist")
-        else:
-            self._on_change(True)
-
-    async def run(self, on_change: Reachable) -> None:
+    async def run(self, on_change: Callable[[bool], None]) -> None:
         """Tick the clock and probe the brokers until cancelled; KafkaUnavailable past the bound.
-        `on_change` is told when the worker cannot read (an outage, the topic gone) and can."""
+        `on_change(available)` is told when an outage starts and ends."""
         self._on_change = on_change
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._probe)
@@ -177,10 +148,9 @@ class BrokerWatch:
             await anyio.sleep(PROBE_INTERVAL)
             if self._admin is None:
                 continue  # start-up: its own calls tell (`reach`)
-            topic = self._settings.kafka_topic
             try:
                 with anyio.fail_after(PROBE_TIMEOUT):
-                    entries = await self._admin.describe_topics([topic])
+                    await self._admin.describe_cluster()
             except TimeoutError:
                 self.failed(f"no answer within {PROBE_TIMEOUT:g} s")
             except KafkaError as error:
@@ -189,7 +159,3 @@ class BrokerWatch:
                 self.failed(describe_error(error))
             else:
                 self.answered()
-                missing = UnknownTopicOrPartitionError.errno
-                self._topic_found(
-                    not any(e["topic"] == topic and e["error_code"] == missing for e in entries)
-                )
