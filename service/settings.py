@@ -249,18 +249,21 @@ def _servers(value: Any) -> str:
     """host:port,... of brokers, each port 1..65535 (a broker has a port of its own)."""
     servers: str = _text(non_empty=True)(value)
     for server in servers.split(","):
-        try:
-            _host, port = split_address(server)
-        except ValueError:
-            port = 0
-        if any(c.isspace() for c in server):
-            port = 0
-        if not 0 < port <= 65535:
+        if not _is_broker_address(server):
             raise ValueError(
                 f"expected host:port,... with ports 1..65535, such as localhost:9092 "
                 f"(not {server!r})"
             )
     return servers
+
+
+def _is_broker_address(server: str) -> bool:
+    if any(c.isspace() for c in server):
+        return False
+    try:
+        return split_address(server)[1] > 0  # split_address bounds it by 65535
+    except ValueError:
+        return False
 
 
 def _setting(default: Any, convert: Convert, description: str, *, secret: bool = False) -> Any:

@@ -49,9 +49,9 @@ async def _with_admin(broker: Broker, action: Any) -> Any:
         await admin.close()
 
 
-def create_topic(broker: Broker, partitions: int, name: str | None = None) -> str:
-    """A new topic with `partitions` partitions, named `name` or a unique name."""
-    name = name or f"numbers-{uuid.uuid4().hex[:10]}"
+def create_topic(broker: Broker, partitions: int) -> str:
+    """A new topic with a unique name and `partitions` partitions."""
+    name = f"numbers-{uuid.uuid4().hex[:10]}"
     _run(_with_admin(broker, lambda admin: admin.create_topics([NewTopic(name, partitions, 1)])))
     return name
 

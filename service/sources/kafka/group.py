@@ -112,8 +112,8 @@ class GroupMember:
             # A caught-up member's fetch waits this long at the broker, and a partition the
             # group gives it is fetched only after: short, so a hand-over reads at once.
             fetch_max_wait_ms=100,
-            # How soon partitions added to the topic, or the topic created again after it was
-            # deleted, are seen and assigned (the client's default: 5 minutes).
+            # How soon partitions added to the topic are seen and assigned (the client's
+            # default: 5 minutes).
             metadata_max_age_ms=_METADATA_MAX_AGE_MS,
         )
         self.admin = AIOKafkaAdminClient(**options)
