@@ -120,6 +120,44 @@ def test_kernel_equals_reference_and_oracle(
     matches_oracle(region + tail, result, max_line_bytes)
 
 
+# Lines of digits alone, 9 to 38 wide, are taken by whole blocks of 64 bytes, a line carried
+# from one block into the next: blank lines among them, and a line too wide, signed, padded or
+# bad, which ends the blocks, at every place of a block.
+WIDE_DIGITS = st.text("0123456789", min_size=9, max_size=38).map(str.encode)
+BLOCK_BREAKERS = st.sampled_from(
+    [b"", b"", b"1", b"9" * 39, b"9" * 70, b"-123456789012", b"+1234567890", b" 1234567890", b"12x"]
+)
+WIDE_REGIONS = st.builds(
+    lambda lead, lines: lead + b"".join(line + b"\n" for line in lines),
+    LEAD,
+    st.lists(st.one_of(WIDE_DIGITS, WIDE_DIGITS, WIDE_DIGITS, BLOCK_BREAKERS), max_size=120),
+)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=300, deadline=None)
+@given(region=WIDE_REGIONS, max_line_bytes=st.sampled_from([4096, 63, 64, 38, 20]))
+def test_wide_lines_of_digits_alone_equal_the_reference_and_oracle(
+    path: str, region: bytes, max_line_bytes: int
+) -> None:
+    """Lines of 9 to 38 digits, whole blocks of them or broken up, count and sum exactly."""
+    matches_oracle(region, both(region, path, max_line_bytes), max_line_bytes)
+    both(region, path, max_line_bytes, stop_at_bad=True, bad_details=3)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("blanks", [1, 2])
+def test_blank_lines_at_every_place_of_a_block_of_wide_lines(path: str, blanks: int) -> None:
+    """A blank line among lines of 19 digits is no record, at whichever byte of a block it
+    falls, the first included."""
+    lines = b"1234567890123456789\n" * 12
+    for shift in range(1, 65):
+        region = b"7\n" * 70 + b"8" * shift + b"\n" + lines + b"\n" * blanks + lines
+        result = both(region, path)
+        matches_oracle(region, result, 4096)
+        assert result.records == 70 + 1 + 24
+
+
 @pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=150, deadline=None)
 @given(region=REGIONS, max_line_bytes=LIMITS, details=st.integers(min_value=0, max_value=70))

@@ -285,7 +285,9 @@ static void ck_scan_scalar(const uint8_t *buf, size_t len, size_t start, const c
  * digit's place is the number of digits after it in its run, and a vector multiply-add
  * weighs every digit by its power of ten. When every line is a record of at most 38 digits
  * (or blank), each run of digits is multiply-added into 4-digit groups that are summed by
- * place in vector lanes, and weighed by their powers of ten only now and then. Otherwise each
+ * place in vector lanes, and weighed by their powers of ten only now and then; lines of such
+ * wide numbers of digits alone are taken by whole blocks of 64 bytes instead, a line crossing
+ * from one block into the next, since a step would leave up to half its bytes. Otherwise each
  * line of the step is checked on its own against its slice of the masks; its digits are
  * combined by multiply-adds, and a line the masks cannot vouch for (bad, blank, too long,
  * wider) goes to `ck_take`, the scalar path's own code, so every path reports bad lines,
@@ -735,6 +737,11 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
         while (CK_NEXT_STEP(CLASSIFY, ck_run_step_kind(&m, taken)) &&                       \
                kind == CK_STEP_RUNS &&                                                      \
                quad_runs < CK_QUAD_FLUSH_RUNS - 64) {                                       \
+            if ((m.digit | m.newline) == ~0ULL) {                                           \
+                size_t from = s;                                                            \
+                CK_DIGIT_BLOCKS(CLASSIFY, QUADS);                                           \
+                if (s != from) continue; /* the step at the open line's start, anew */      \
+            }                                                                               \
             unsigned runs;                                                                  \
             CK_FOR_EACH_RUN(buf, s, &m, taken, runs, CK_RUN_##QUADS);                       \
             records += runs;                                                                \
@@ -750,6 +757,48 @@ static inline void ck_finish(const ck_state *st, size_t line_start, int stop, ck
     st->lines += lines;                                                                     \
     st->records += records;                                                                 \
     return s;
+
+/* Lines of digits alone, 9 to 38 of them, by whole blocks of 64 bytes from the line start `s`:
+ * a step ends at its last '\n', which leaves up to half of it for the next step when lines are
+ * that wide, where a block leaves nothing. The line still open at a block's end is carried over
+ * to the next block as its start. A block is taken only when every byte of it is a digit or a
+ * '\n' and no line ending in it is wider than 38 digits; `s` is then the open line's start,
+ * where the steps go on. */
+#define CK_DIGIT_BLOCKS(CLASSIFY, QUADS)                                                    \
+    do {                                                                                    \
+        size_t b_ = s;                                                                      \
+        while (len - b_ >= CK_BLOCK && quad_runs < CK_QUAD_FLUSH_RUNS - 64) {               \
+            __builtin_prefetch(buf + b_ + CK_PREFETCH);                                     \
+            CLASSIFY(buf + b_, &m);                                                         \
+            uint64_t ends_ = m.newline;                                                     \
+            if ((m.digit | ends_) != ~0ULL || ends_ == 0) break;                            \
+            size_t open_ = b_ + 64 - (size_t)__builtin_clzll(ends_);                        \
+            ck_runs g_ = ck_runs_of(m.digit);                                               \
+            if (b_ + (size_t)__builtin_ctzll(ends_) - s > CK_MAX_DIGITS || ck_too_wide(&g_)) \
+                break;                                                                      \
+            unsigned ends_count_ = (unsigned)__builtin_popcountll(ends_);                   \
+            /* a line is a record when a digit is right before its '\n': bit 0 looks back */ \
+            records += (size_t)__builtin_popcountll(ends_ & ((m.digit << 1) | (s < b_)));   \
+            lines += ends_count_;                                                           \
+            quad_runs += ends_count_;                                                       \
+            do {                                                                            \
+                CK_NEXT_LINE(buf, b_, ends_, s, CK_RUN_##QUADS);                            \
+                CK_NEXT_LINE(buf, b_, ends_, s, CK_RUN_##QUADS);                            \
+            } while (ends_);                                                                \
+            s = open_;                                                                      \
+            b_ += CK_BLOCK;                                                                 \
+        }                                                                                   \
+    } while (0)
+
+/* The run of digits of the line from `start` to the next '\n' of `ends` (block at `base`) added
+ * by QUADS, and `start` moved past it; with no '\n' left, no digits are added (n = 0). */
+#define CK_NEXT_LINE(buf, base, ends, start, QUADS)                                         \
+    do {                                                                                    \
+        size_t e_ = (base) + ((unsigned)_tzcnt_u64(ends) & 63);                             \
+        QUADS((buf) + e_, (e_ - (start)) & (size_t)(0 - (uint64_t)((ends) != 0)), 0);       \
+        start = e_ + 1;                                                                     \
+        ends = _blsr_u64(ends);                                                             \
+    } while (0)
 
 /* Classify the step at `s` into m and taken (its lines' bits), and set kind to KIND (which may
  * fill w): 1. Or 0, kind set to CK_STEP_LINES, when no step is to be taken here: less than a
@@ -825,15 +874,25 @@ ck_classify_avx2(const uint8_t *p, ck_masks *m) {
                             _mm256_cmpeq_epi8(_mm256_min_epu8(dy, nine), dy));
     m->newline = ck_movemask2(CK_EQ2(x, '\n'), CK_EQ2(y, '\n'));
     /* Each mask costs compares and moves to general registers: those of bytes the step cannot
-     * hold are not made. Digits and '\n's, then CRLF endings, are the common steps. */
+     * hold are not made. Digits and '\n's are the common step, then blanks and '\r's, taken in
+     * one mask: where each of them is right before a '\n' (CRLF endings, or one trailing
+     * blank), a blank and a '\r' are alike valid, so `cr` holds them all and `blank` none. */
     m->sign = m->minus = m->blank = m->cr = 0;
     if ((m->digit | m->newline) == ~0ULL) return;
-    m->cr = ck_movemask2(CK_EQ2(x, '\r'), CK_EQ2(y, '\r'));
-    if ((m->digit | m->newline | m->cr) == ~0ULL) return;
-    m->minus = ck_movemask2(CK_EQ2(x, '-'), CK_EQ2(y, '-'));
-    m->sign = m->minus | ck_movemask2(CK_EQ2(x, '+'), CK_EQ2(y, '+'));
-    m->blank = ck_movemask2(_mm256_or_si256(CK_EQ2(x, ' '), CK_EQ2(x, '\t')),
-                            _mm256_or_si256(CK_EQ2(y, ' '), CK_EQ2(y, '\t')));
+    __m256i crx = CK_EQ2(x, '\r'), cry = CK_EQ2(y, '\r');
+    uint64_t loose = ck_movemask2(
+        _mm256_or_si256(_mm256_or_si256(CK_EQ2(x, ' '), CK_EQ2(x, '\t')), crx),
+        _mm256_or_si256(_mm256_or_si256(CK_EQ2(y, ' '), CK_EQ2(y, '\t')), cry));
+    if ((loose & ~(m->newline >> 1)) == 0) {
+        m->cr = loose;
+    } else {
+        m->cr = ck_movemask2(crx, cry);
+        m->blank = loose & ~m->cr;
+    }
+    if ((m->digit | m->newline | loose) == ~0ULL) return;
+    m->sign = ck_movemask2(_mm256_or_si256(CK_EQ2(x, '+'), CK_EQ2(x, '-')),
+                           _mm256_or_si256(CK_EQ2(y, '+'), CK_EQ2(y, '-')));
+    if (m->sign) m->minus = ck_movemask2(CK_EQ2(x, '-'), CK_EQ2(y, '-'));
 }
 
 CK_AVX512_TARGET static inline __attribute__((always_inline)) void
