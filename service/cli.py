@@ -204,9 +204,12 @@ def _remember_stop_signals(received: list[int]) -> None:
     def remember(signum: int, _frame: object) -> None:
         received.append(signum)
         # A start-up log line may be waiting for a reader that does not read: not for long now.
-        logs = sys.modules.get("service.telemetry.logs")
-        if logs is not None:
-            logs.stop_waiting_for_reader()
+        # The module may be half imported: then `configure_logging` below sees `received`.
+        stop_waiting = getattr(
+            sys.modules.get("service.telemetry.logs"), "stop_waiting_for_reader", None
+        )
+        if stop_waiting is not None:
+            stop_waiting()
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, remember)
@@ -234,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {error.message}", file=sys.stderr)
         return error.exit_code
 
-    from service.telemetry.logs import configure_logging
+    from service.telemetry.logs import configure_logging, stop_waiting_for_reader
 
     log = configure_logging(settings.log_format, settings.log_level)
+    if early_signals:  # a stop asked for while logging was being set up
+        stop_waiting_for_reader()
     if args.command != "run":  # the collector was off for start-up (`console`)
         gc.freeze()
         gc.enable()

@@ -8,10 +8,14 @@ are not on one are left alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import re
+import select
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -138,6 +142,44 @@ def test_ctrl_c_stops_gracefully_and_leaves_no_progress_line(terminal: Terminal)
     assert any("checkpoint_saved" in line and "reason=shutdown" in line for line in screen)
     assert not any("records/s" in line or "━" in line for line in screen)
     assert "reason=shutdown" in screen[-1]
+
+
+def test_a_terminal_closed_under_the_worker_is_a_graceful_stop(tmp_path: Path) -> None:
+    """The terminal goes away (a closed window, an ssh drop) while the progress line is on it:
+    SIGHUP, the final checkpoint, exit 0 and worker_stopped last, though the line can no longer
+    be taken off a terminal that is gone."""
+    (tmp_path / "numbers.txt").write_bytes(NUMBERS)
+    log = tmp_path / "run.log"
+    argv = [sys.executable, "-m", "service", "run", "--log-format", "console"]
+    argv += ["--max-rate", "20000"]
+    pid, terminal = pty.fork()  # the child's controlling terminal: its stderr, here
+    if pid == 0:
+        try:
+            os.chdir(tmp_path)
+            os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
+            os.execve(sys.executable, argv, worker_env())
+        finally:
+            os._exit(127)
+    try:
+        shown = b""
+        deadline = time.monotonic() + 30
+        while b"records/s" not in shown:  # the progress line is on the terminal
+            assert time.monotonic() < deadline, f"no progress line: {shown[-500:]!r}"
+            if select.select([terminal], [], [], 1)[0]:
+                shown += os.read(terminal, 65536)
+        os.close(terminal)  # the terminal is gone: the kernel sends SIGHUP
+        while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline + 30, "the worker did not exit"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    lines = log.read_text().splitlines()
+    assert os.waitstatus_to_exitcode(ended[1]) == 0, "\n".join(lines[-5:])
+    assert any("shutdown_requested" in line and "SIGHUP" in line for line in lines)
+    assert any("checkpoint_saved" in line and "reason=shutdown" in line for line in lines)
+    assert "worker_stopped" in lines[-1]
+    assert "reason=shutdown" in lines[-1]
 
 
 def test_json_logs_on_a_terminal_have_no_progress_line(terminal: Terminal) -> None:

@@ -12,6 +12,7 @@ import decimal
 import fcntl
 import json
 import os
+import pty
 import random
 import re
 import select
@@ -197,6 +198,67 @@ def test_a_reader_that_stops_reading_cannot_keep_sigterm_from_saving(tmp_path: P
     assert cli(["run", "--input", "data/*.txt"], tmp_path).returncode == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["sum"], result["records"]) == (sum(range(3000)), 3000)
+
+
+def _console_log_on(stdout_is_a_terminal: bool, workdir: Path, **env: str) -> bytes:
+    """What `run --log-format console` writes to its stdout: a pipe, or a terminal (a pty)."""
+    (workdir / "numbers.txt").write_bytes(b"1\n2\n")
+    if not stdout_is_a_terminal:
+        return cli(["run", "--log-format", "console"], workdir, worker_env(**env)).stdout.encode()
+    reader, writer = pty.openpty()
+    worker = subprocess.Popen(
+        [*RUN, "--log-format", "console"],
+        cwd=workdir,
+        env=worker_env(**env),
+        stdout=writer,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(writer)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the worker closed the terminal's last end
+        while chunk := os.read(reader, 65536):
+            shown += chunk
+    os.close(reader)
+    assert worker.wait(timeout=60) == 0
+    return shown
+
+
+@pytest.mark.parametrize(
+    ("terminal", "env", "coloured"),
+    [(True, {}, True), (True, {"NO_COLOR": "1"}, False), (False, {}, False)],
+    ids=["terminal", "terminal-NO_COLOR", "pipe"],
+)
+def test_console_logs_are_coloured_only_on_a_terminal_without_no_color(
+    workdir: Path, terminal: bool, env: dict[str, str], coloured: bool
+) -> None:
+    """Console logs read by a person at a terminal are coloured; NO_COLOR (no-color.org) turns
+    that off, and a file or a pipe never gets escape codes."""
+    shown = _console_log_on(terminal, workdir, **env)
+    assert b"worker_stopped" in shown
+    assert (b"\x1b[" in shown) is coloured
+
+
+def test_a_stop_signal_while_the_logs_module_is_half_imported_is_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signal can land while `service.telemetry.logs` is being imported, its functions not yet
+    defined: the start-up handler notes the stop all the same, with no AttributeError (which
+    ended a worker stopped during start-up with a traceback and exit 1)."""
+    from types import ModuleType
+
+    from service.cli import _remember_stop_signals
+
+    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE)
+    before = {signum: signal.getsignal(signum) for signum in stop_signals}
+    monkeypatch.setitem(sys.modules, "service.telemetry.logs", ModuleType("service.telemetry.logs"))
+    received: list[int] = []
+    try:
+        _remember_stop_signals(received)
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert received == [signal.SIGTERM]
 
 
 def test_sigterm_while_the_first_log_line_waits_for_a_full_pipe_is_a_graceful_stop(

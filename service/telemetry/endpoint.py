@@ -262,7 +262,10 @@ class ProbeServer:
     def close(self) -> None:
         """Stop serving, without waiting for the serving thread's next poll (up to 0.5 s): the
         worker is shutting down, and its exit ends the thread anyway."""
-        threading.Thread(target=self._stop, name="metrics-http-stop", daemon=True).start()
+        try:
+            threading.Thread(target=self._stop, name="metrics-http-stop", daemon=True).start()
+        except RuntimeError:  # no thread to be had (a memory limit): the exit closes the socket
+            pass
 
     def _stop(self) -> None:
         self._server.shutdown()

@@ -184,6 +184,12 @@ def renders_json(log_format: str) -> bool:
     return log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
 
 
+def _colours_wanted() -> bool:
+    """Colours for a person at a terminal, unless NO_COLOR asks for none (no-color.org); never
+    escape codes in a file or a pipe."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
 def _import_structlog(as_json: bool) -> None:
     """Import structlog; for JSON logs, without rich.
 
@@ -221,7 +227,9 @@ def configure_logging(log_format: str, log_level: str) -> Logger:
         renderer = structlog.processors.JSONRenderer(exact_json)
     else:
         shared.append(_long_ints_as_text)
-        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_colours_wanted(), exception_formatter=structlog.dev.plain_traceback
+        )
     level = _LEVELS[log_level]
     structlog.configure(
         processors=[*shared, renderer],

@@ -148,8 +148,11 @@ class ProgressDisplay(Telemetry):
     def close(self) -> None:
         if self._live is None:
             return
-        self._live.stop()
-        self._live = None
+        live, self._live = self._live, None
+        try:
+            live.stop()
+        except OSError:  # the terminal is gone (a closed window, an ssh drop): no line to take off
+            pass
         if self._same_terminal:
             route_output(sys.stdout)
 
