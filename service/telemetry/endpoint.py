@@ -262,10 +262,9 @@ class ProbeServer:
     def close(self) -> None:
         """Stop serving, without waiting for the serving thread's next poll (up to 0.5 s): the
         worker is shutting down, and its exit ends the thread anyway."""
-        try:
+        # No thread to be had (a memory limit): the exit closes the socket all the same.
+        with contextlib.suppress(RuntimeError):
             threading.Thread(target=self._stop, name="metrics-http-stop", daemon=True).start()
-        except RuntimeError:  # no thread to be had (a memory limit): the exit closes the socket
-            pass
 
     def _stop(self) -> None:
         self._server.shutdown()

@@ -12,6 +12,7 @@ Rule 3: while it shows on the terminal the logs go to, log lines go through its 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -149,10 +150,9 @@ class ProgressDisplay(Telemetry):
         if self._live is None:
             return
         live, self._live = self._live, None
-        try:
+        # The terminal may be gone (a closed window, an ssh drop): no line left to take off.
+        with contextlib.suppress(OSError):
             live.stop()
-        except OSError:  # the terminal is gone (a closed window, an ssh drop): no line to take off
-            pass
         if self._same_terminal:
             route_output(sys.stdout)
 
