@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Literal, get_args
 
 from service.environment import ENV_PREFIX, worker_environment
 from service.errors import UsageError
-from service.storage.atomic import MAX_CONFIG_BYTES, read_regular_file
+from service.storage.atomic import LONGEST_WRITTEN_NAME, MAX_CONFIG_BYTES, read_regular_file
 
 __all__ = [
     "ENV_PREFIX",
@@ -168,6 +169,17 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+def _written_file(value: Any) -> Path:
+    """The path of a file the worker writes (the checkpoint, the result): a file's, not a
+    directory's, with a name short enough for its temporary files."""
+    path = _path(value)
+    if str(value).rsplit("/", 1)[-1] in ("", ".", ".."):
+        raise ValueError("expected a file's path, not a directory's")
+    if len(os.fsencode(path.name)) > LONGEST_WRITTEN_NAME:
+        raise ValueError(f"expected a file name of at most {LONGEST_WRITTEN_NAME} bytes")
+    return path
+
+
 class Listed(tuple[str, ...]):
     """Paths and globs given as a list (TOML, a JSON list), even a list of one: a list's files
     are followed by identity, like a glob's, never as one plain path."""
@@ -285,8 +297,8 @@ class Settings:
         _patterns(at_least_one=True),
         "the numbers file: a path, a glob, or a list of them",
     )
-    checkpoint: Path = _setting(Path("checkpoint.json"), _path, "the checkpoint file")
-    result: Path = _setting(Path("result.json"), _path, "the result file")
+    checkpoint: Path = _setting(Path("checkpoint.json"), _written_file, "the checkpoint file")
+    result: Path = _setting(Path("result.json"), _written_file, "the result file")
     checkpoint_interval: float = _setting(1.0, _seconds(), "seconds between checkpoints")
     follow: bool = _setting(False, _switch, "keep reading as the input grows")
     poll_interval: float = _setting(0.5, _seconds(), "seconds between looks at a followed input")

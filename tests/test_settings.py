@@ -275,6 +275,13 @@ BAD_VALUES = [
     ("max_rate", "\u0661"),
     ("max_line_bytes", "\u0662"),
     ("max_line_bytes", "1_0"),
+    ("checkpoint", "/"),  # a directory's path, where a file is written
+    ("checkpoint", "state/"),
+    ("checkpoint", "state/."),
+    ("checkpoint", ".."),
+    ("result", "/"),
+    ("checkpoint", "c" * 242),  # its temporary file's name would not fit a directory entry
+    ("result", "r" * 242),
     ("input", "[" * 3000),  # a JSON list nested past the parser's recursion limit
     ("exclude", "[" * 3000 + "]" * 3000),
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from service.storage.atomic import LONGEST_WRITTEN_NAME
 from tests.oracle import expected_of, expected_of_files
 from tests.processes import WorkerProcess, cli, events_of, worker_env
 from tests.strace import strace_prefix
@@ -324,6 +325,20 @@ def test_idle_followed_files_beyond_the_open_slots_are_not_reopened(tmp_path: Pa
     worker.wait_for("caught_up", records=501, sum=sum(range(500)) + 1000)
     worker.signal(signal.SIGTERM)
     assert worker.finish() == 0
+
+
+def test_the_longest_names_allowed_for_the_checkpoint_and_result_are_saved(tmp_path: Path) -> None:
+    """Names of the longest length the settings allow: every save (its temporary file's name
+    included) and the lock fit a directory entry; one byte more is exit 2 before any reading."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n3\n")
+    checkpoint, result = "c" * LONGEST_WRITTEN_NAME, "r" * LONGEST_WRITTEN_NAME
+    done = cli(["run", "--checkpoint", checkpoint, "--result", result], tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert _json(tmp_path / result)["sum"] == 6
+    assert _json(tmp_path / checkpoint)["offset"] == 6
+    done = cli(["run", "--checkpoint", checkpoint + "c"], tmp_path)
+    assert done.returncode == 2
+    assert "at most" in done.stderr
 
 
 def test_a_missing_result_directory_is_found_at_start_up(tmp_path: Path) -> None:

@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 TEMP_SUFFIX = ".tmp"
+# The longest name of a file written here: its temporary file, `.NAME.XXXXXXXX.tmp`, must fit a
+# directory entry (255 bytes), or a save would fail only once the input had been read.
+LONGEST_WRITTEN_NAME = 255 - len("..XXXXXXXX") - len(TEMP_SUFFIX)
 MAX_CONFIG_BYTES = 1 << 20  # a config file, or a secret's file, is small
 
 
