@@ -110,7 +110,11 @@ def _changed_since(path: str, state: FileState, size: int) -> bool:
     except OSError:
         return False  # gone since the scan: the next run says what became of it
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return True  # a directory or a FIFO in its place now: not what was consumed
         return identify_input(fd, offset) != state.identity
+    except OSError:
+        return False  # unreadable now: the next run says why
     finally:
         os.close(fd)
 

@@ -573,17 +573,23 @@ def test_status_reports_progress_for_people_and_as_json(workdir: Path) -> None:
     assert f"{report['records']:,}" in text
 
 
-@pytest.mark.parametrize("change", ["truncated", "same size, other bytes"])
+@pytest.mark.parametrize("change", ["truncated", "same size, other bytes", "now a directory"])
 def test_status_says_when_the_input_no_longer_holds_what_was_consumed(
     workdir: Path, change: str
 ) -> None:
-    """An input cut below the checkpoint's offset, or rewritten in its consumed prefix: status
-    names it as changed and gives no percent, instead of one past 100 or a wrong one."""
-    assert cli(["run"], workdir).returncode == 0
+    """An input cut below the checkpoint's offset, rewritten in its consumed prefix, or a
+    directory in its place: status names it as changed and gives no percent, instead of one
+    past 100, a wrong one or a traceback."""
     path = workdir / "numbers.txt"
+    if change == "now a directory":  # smaller than a directory's size: only a read can tell
+        path.write_bytes(b"1\n2\n")
+    assert cli(["run"], workdir).returncode == 0
     data = path.read_bytes()
     if change == "truncated":
         path.write_bytes(data[:1000])
+    elif change == "now a directory":
+        path.unlink()
+        path.mkdir()
     else:
         path.write_bytes((b"8" if data[:1] == b"9" else b"9") + data[1:])
     report = json.loads(cli(["status", "--json"], workdir).stdout)
