@@ -198,6 +198,27 @@ def test_own_files_are_never_read_whatever_path_reaches_them(tmp_path: Path, rea
         assert len(result["files"]) == 3  # type: ignore[arg-type]
 
 
+def test_a_plain_input_that_the_output_is_redirected_to_is_exit_2(tmp_path: Path) -> None:
+    """`run --input log.txt >> log.txt`: each log line would be read back as a bad record, and
+    each of those logged, for as long as it runs. One line and exit 2, nothing read."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"1\n2\n")
+    with log.open("ab") as output:
+        done = subprocess.run(
+            [sys.executable, "-m", "service", "run", "--input", "log.txt", "--follow"],
+            cwd=tmp_path,
+            env=worker_env(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    events = events_of(log.read_bytes().split(b"\n", 2)[2].decode())
+    assert [e["event"] for e in events] == ["worker_started", "fatal_error", "worker_stopped"]
+    assert "where the log lines go" in str(events[1]["message"])
+    assert not (tmp_path / "checkpoint.json").exists()
+
+
 @pytest.mark.parametrize("linked", ["from the glob", "as the settings"])
 def test_links_to_own_files_under_the_glob_are_never_read_between_saves(
     tmp_path: Path, linked: str

@@ -66,7 +66,7 @@ class _OwnFiles:
             file = identity_of(str(path))
             if file is not None:
                 files.add(file)
-        files |= _log_files()
+        files |= log_files()
         return cls(names_in, frozenset(p.name for p in own), frozenset(files), {})
 
     def holds(self, path: str, key: FileKey, *, link: bool) -> bool:
@@ -95,7 +95,7 @@ class _OwnFiles:
         return any(name == own or _is_temp_of(name, own) for own in self.names)
 
 
-def _log_files() -> set[FileKey]:
+def log_files() -> set[FileKey]:
     """The files stdout and stderr write to, when they are files (`run > data/out.log`): read
     as input, each log line would be a bad record, whose reading logs another line."""
     files = set()

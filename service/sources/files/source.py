@@ -39,7 +39,7 @@ from service.sources.files.changes import Change, classify_scan
 from service.sources.files.life import State
 from service.sources.files.partition import CHUNK_BYTES, READS_AT_ONCE, FilePartition, Shared
 from service.sources.files.reading import ChunkBuffers
-from service.sources.files.scan import FileKey, InputPatterns, Match, identity_of
+from service.sources.files.scan import FileKey, InputPatterns, Match, identity_of, log_files
 from service.storage.atomic import temp_files_of
 from service.storage.checkpoint import (
     IDENTITY_WINDOW,
@@ -182,7 +182,8 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
 def refuse_shared_files(settings: Settings, plain_input: Path | None) -> None:
     """The checkpoint, its lock, the result and a plain input path are four files: a path that
     names two of them (by itself, a link or a linked directory) would have the worker write
-    over its own input or state. That is a usage error, found before anything is written."""
+    over its own input or state, and an input that stdout or stderr writes to would be read
+    back. That is a usage error, found before anything is written."""
     named = [
         ("checkpoint", settings.checkpoint),
         ("result", settings.result),
@@ -192,6 +193,11 @@ def refuse_shared_files(settings: Settings, plain_input: Path | None) -> None:
         named.append(("input", plain_input))
     # Each path's file once: where its links lead, and what it is if it exists already.
     files = [(what, path, os.path.realpath(path), identity_of(str(path))) for what, path in named]
+    if plain_input is not None and identity_of(str(plain_input)) in log_files():
+        raise UsageError(
+            f"input {shown(str(plain_input))} is where the log lines go (stdout or stderr): "
+            "each would be read back as a bad record; give the output its own file"
+        )
     for index, (what, _path, real, identity) in enumerate(files):
         for other, other_path, other_real, other_identity in files[index + 1 :]:
             if real == other_real or (identity is not None and identity == other_identity):
