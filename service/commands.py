@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import stat
@@ -207,6 +208,10 @@ def reset(settings: Settings, log: Logger) -> int:
             (settings.result, written_path(settings.result)),
             *((temp, temp) for temp in temp_files_of(settings.checkpoint)),
         ]
+        for name, path in named:  # all or nothing: what cannot be removed is found first
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(path.stat().st_mode):
+                    raise WorkerError(f"cannot remove {name}: it is a directory; nothing removed")
         for name, path in named:
             try:
                 path.unlink()

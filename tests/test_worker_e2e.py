@@ -504,6 +504,18 @@ def test_reset_refuses_while_a_worker_runs_then_starts_over(workdir: Path) -> No
     assert any(e["event"] == "checkpoint_not_found" for e in events_of(rerun.stdout))
 
 
+def test_reset_removes_nothing_when_one_of_its_files_is_a_directory(workdir: Path) -> None:
+    """`reset --result DIR`: one line and exit 1 before anything is removed, the checkpoint
+    kept, rather than a checkpoint gone and then an error."""
+    assert cli(["run"], workdir).returncode == 0
+    (workdir / "elsewhere").mkdir()
+    refused = cli(["reset", "--result", "elsewhere"], workdir)
+    assert refused.returncode == 1
+    assert "nothing removed" in refused.stdout
+    assert (workdir / "checkpoint.json").exists()
+    assert (workdir / "elsewhere").is_dir()
+
+
 def test_generate_is_reproducible_atomic_and_refuses_to_overwrite(tmp_path: Path) -> None:
     """Same seed, same file; no overwrite without --force; --if-missing is a no-op."""
     assert cli(["generate", "--count", "1000", "--seed", "5"], tmp_path).returncode == 0
