@@ -709,6 +709,33 @@ def test_idle_connections_beyond_every_slot_cannot_starve_a_probe(
     _stop_cleanly(worker)
 
 
+def test_idle_connections_cannot_starve_a_probe_when_one_slot_is_left(
+    workdir: Path, running: list[WorkerProcess]
+) -> None:
+    """Under `ulimit -n 16` the endpoint serves one connection at a time. Three silent
+    connections, accepted one after another once the kernel hands them over: each probe for
+    ten seconds is still answered at once, never after a silent one's timeout (the handler of
+    a connection just accepted may not yet have said that it waits for its request)."""
+    env = worker_env(WORKER_METRICS_ADDRESS="127.0.0.1:0")
+    args = ["--follow", "--max-rate", "20000"]
+    worker = WorkerProcess(args, workdir, env, prefix=(*_WITH_ULIMIT, "16"))
+    running.append(worker)
+    address = _address(worker)
+    silent = [socket.create_connection(address, timeout=10) for _ in range(3)]
+    try:
+        slowest = 0.0
+        for _ in range(20):
+            started = time.monotonic()
+            assert get(f"http://{address[0]}:{address[1]}/healthz")[0] == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.5)
+        assert slowest < 1.0
+    finally:
+        for connection in silent:
+            connection.close()
+    _stop_cleanly(worker)
+
+
 def test_probes_are_answered_with_descriptors_past_1024(tmp_path: Path) -> None:
     """1,100 followed files held open: the endpoint's sockets get descriptors past select()'s
     FD_SETSIZE, and probes are still answered."""

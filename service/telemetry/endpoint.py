@@ -40,6 +40,7 @@ __all__ = ["LISTEN_BACKLOG", "READ_TIMEOUT", "ProbeServer", "serving_on"]
 
 LISTEN_BACKLOG = 1024  # connections the kernel holds while every slot is busy (a scrape burst)
 READ_TIMEOUT = 5.0  # seconds a client may take to send its request
+SLOT_LOOK_INTERVAL = 0.05  # seconds between looks for a client to hang up on, all slots taken
 MAX_REQUEST_LINE = 8192  # bytes in the request line or in one header line
 MAX_HEADERS = 100
 _RECEIVE_BYTES = 4096
@@ -84,9 +85,12 @@ class _Server(socketserver.ThreadingTCPServer):
         """Accept only when a slot is free: until then the client waits in the backlog, and
         holds none of the worker's descriptors. A client is waiting now, so when every slot is
         taken the connection waiting longest for its request is hung up on to make room."""
-        if not self.slots.acquire(blocking=False):
+        # Looked at again and again: the handler of a connection just accepted may not have
+        # said yet that it waits for its request, and a slot should not wait out its timeout.
+        while not self.slots.acquire(blocking=False):
             self._hang_up_on_the_longest_unfinished()
-            self.slots.acquire()
+            if self.slots.acquire(timeout=SLOT_LOOK_INTERVAL):
+                break
         try:
             return super().get_request()
         except BaseException:
