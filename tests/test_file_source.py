@@ -21,7 +21,7 @@ from service.lifecycle.partition import ReadStatus
 from service.settings import Settings
 from service.sources.files import scan
 from service.sources.files.partition import FilePartition
-from service.sources.files.scan import FileKey, InputPatterns, Match
+from service.sources.files.scan import FileKey, InputPatterns, Match, ScanNotes
 from service.sources.files.source import FileSource, match_saved_files
 from service.storage.checkpoint import Checkpoint, CheckpointStore
 from service.telemetry.logs import configure_logging
@@ -79,10 +79,10 @@ def test_a_rotation_during_the_start_up_scan_resumes_the_renamed_file_where_it_w
     scans = 0
 
     def scan_then_rotate(
-        self: InputPatterns, loops: list[str] | None = None
+        self: InputPatterns, notes: ScanNotes | None = None
     ) -> dict[FileKey, Match]:
         nonlocal scans
-        found = real_scan(self, loops)
+        found = real_scan(self, notes)
         scans += 1
         if scans == 1:
             _rotate(live, live.with_name("numbers.txt.1"))

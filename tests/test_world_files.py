@@ -322,6 +322,51 @@ def test_a_directory_symlink_loop_under_double_star_is_walked_once(tmp_path: Pat
     assert len([e for e in events_of(done.stdout) if e["event"] == "directory_loop"]) == 1
 
 
+# Permissions hold for root too once it runs without the capabilities that override them.
+_NO_OVERRIDE = ("dac_override", "dac_read_search")
+_AS_IF_NOT_ROOT = (
+    (
+        "setpriv",
+        f"--bounding-set=-{',-'.join(_NO_OVERRIDE)}",
+        f"--inh-caps=-{',-'.join(_NO_OVERRIDE)}",
+    )
+    if os.geteuid() == 0
+    else ()
+)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "locked"), [("in/**", "in/locked"), ("in/locked/*.txt", "in/locked")]
+)
+def test_a_directory_the_globs_cannot_list_is_said_once_a_run(
+    tmp_path: Path, pattern: str, locked: str
+) -> None:
+    """A directory of inputs that cannot be listed (mode 000): a `directory_unreadable` warning
+    naming it and why, once a run however many scans meet it; the readable files are read."""
+    (tmp_path / "in" / "locked").mkdir(parents=True)
+    (tmp_path / "in" / "a.txt").write_bytes(b"1\n2\n3\n")
+    (tmp_path / "in" / "locked" / "b.txt").write_bytes(b"10\n")
+    (tmp_path / locked).chmod(0)
+    try:
+        args = ["--input", pattern, "--follow", "--poll-interval", "0.05"]
+        worker = WorkerProcess(args, tmp_path, prefix=_AS_IF_NOT_ROOT)
+        try:
+            worker.wait_for(("caught_up", "waiting_for_files"))
+            time.sleep(0.5)  # scans go on meeting it
+            worker.signal(signal.SIGTERM)
+            assert worker.finish() == 0
+        finally:
+            worker.kill()
+    finally:
+        (tmp_path / locked).chmod(0o755)
+    [warning] = worker.named("directory_unreadable")
+    assert warning["path"] == locked
+    assert "Permission denied" in str(warning["message"])
+    final = worker.wait_for("checkpoint_saved", reason="shutdown")
+    expected = 6 if pattern == "in/**" else 0
+    assert final["sum"] == expected
+
+
 def test_idle_followed_files_beyond_the_open_slots_are_not_reopened(tmp_path: Path) -> None:
     """500 followed files for 8 slots: caught up, the files that gave their slot up are opened
     again only when a scan sees them change, not at every poll; one that grows is read."""

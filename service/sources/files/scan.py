@@ -20,7 +20,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -131,11 +131,26 @@ def _is_temp_of(name: str, own: str) -> bool:
     return name.startswith(f".{own}.") and name.endswith(TEMP_SUFFIX)
 
 
-def _expand(pattern: str, loops: list[str]) -> list[str]:
+@dataclass
+class ScanNotes:
+    """What a scan met besides files: directories a `**` reached a second time through a
+    symbolic link (walked once), and directories it could not list, with why."""
+
+    loops: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    def note_unreadable(self, directory: str, error: OSError) -> None:
+        if not isinstance(error, (FileNotFoundError, NotADirectoryError)):  # gone: nothing lost
+            self.unreadable.setdefault(directory or ".", error.strerror or str(error))
+
+
+def _expand(pattern: str, notes: ScanNotes) -> list[str]:
     """The names a glob matches, like `glob.glob(pattern, recursive=True)`, but `**` walks each
-    directory once: a directory reached again through a symlink is appended to `loops`."""
+    directory once (a directory reached again through a symlink is noted in `notes.loops`),
+    and a directory it cannot list is noted, where glob would pass it over in silence."""
     parts = pattern.split(os.sep)
     if "**" not in parts:
+        _look_into_first_listed(parts, pattern.startswith(os.sep), notes)
         return glob.glob(pattern)
     at = parts.index("**")
     head = os.sep.join(parts[:at]) or (os.sep if pattern.startswith(os.sep) else "")
@@ -143,12 +158,25 @@ def _expand(pattern: str, loops: list[str]) -> list[str]:
     bases = glob.glob(head) if _GLOB_CHARACTERS & set(head) else [head]
     names: list[str] = []
     for base in bases:
-        for directory in _directories_under(base, loops):
-            names += _expand(os.path.join(glob.escape(directory), rest), loops)
+        for directory in _directories_under(base, notes):
+            names += _expand(os.path.join(glob.escape(directory), rest), notes)
     return names
 
 
-def _directories_under(base: str, loops: list[str]) -> list[str]:
+def _look_into_first_listed(parts: list[str], absolute: bool, notes: ScanNotes) -> None:
+    """The directory a glob lists first (`data` of `data/*.txt`) opened, to note it when it
+    cannot be listed: the usual way a whole directory of inputs goes missing unseen."""
+    at = next((i for i, part in enumerate(parts) if _GLOB_CHARACTERS & set(part)), None)
+    if at is None:
+        return
+    directory = os.sep.join(parts[:at]) or (os.sep if absolute else ".")
+    try:
+        os.close(os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
+    except OSError as error:
+        notes.note_unreadable(directory, error)
+
+
+def _directories_under(base: str, notes: ScanNotes) -> list[str]:
     """`base` and every directory below it (hidden ones aside, as glob does), each once."""
     found: list[str] = []
     seen: set[FileKey] = set()
@@ -159,15 +187,16 @@ def _directories_under(base: str, loops: list[str]) -> list[str]:
         if key is None:
             continue
         if key in seen:
-            loops.append(directory)
+            notes.loops.append(directory)
             continue
         seen.add(key)
         found.append(directory)
         try:
             with os.scandir(directory or ".") as entries:
                 below = [e.name for e in entries if not e.name.startswith(".") and _is_dir(e)]
-        except OSError:
-            continue  # unreadable or gone: nothing below it to read
+        except OSError as error:
+            notes.note_unreadable(directory, error)
+            continue  # nothing below it to read
         stack += [os.path.join(directory, name) for name in sorted(below, reverse=True)]
     return found
 
@@ -213,17 +242,15 @@ class InputPatterns:
             for pattern in self.exclude
         )
 
-    def scan(self, loops: list[str] | None = None) -> dict[FileKey, Match]:
-        """Every regular file of the input now, by (device, inode); blocking, cheap.
-
-        Directories a `**` reached a second time (loops) are appended to `loops`.
-        """
+    def scan(self, notes: ScanNotes | None = None) -> dict[FileKey, Match]:
+        """Every regular file of the input now, by (device, inode); blocking, cheap. What else
+        the globs met goes into `notes`."""
         own = _OwnFiles.look(self.own_files)
         found: dict[FileKey, Match] = {}
-        skipped: list[str] = []
+        notes = notes or ScanNotes()
         for pattern in self.patterns:
             names = (
-                sorted(_expand(pattern, skipped)) if _GLOB_CHARACTERS & set(pattern) else [pattern]
+                sorted(_expand(pattern, notes)) if _GLOB_CHARACTERS & set(pattern) else [pattern]
             )
             for name in names:
                 if self._is_excluded(name):
@@ -238,8 +265,6 @@ class InputPatterns:
                 key = (info.st_dev, info.st_ino)
                 if stat.S_ISREG(info.st_mode) and not own.holds(name, key, link=link):
                     found.setdefault(key, Match(name, info.st_ino, info.st_size, info.st_ctime_ns))
-        if loops is not None:
-            loops.extend(skipped)
         return found
 
     @classmethod

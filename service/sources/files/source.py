@@ -39,7 +39,14 @@ from service.sources.files.changes import Change, classify_scan
 from service.sources.files.life import State
 from service.sources.files.partition import CHUNK_BYTES, READS_AT_ONCE, FilePartition, Shared
 from service.sources.files.reading import ChunkBuffers
-from service.sources.files.scan import FileKey, InputPatterns, Match, identity_of, log_files
+from service.sources.files.scan import (
+    FileKey,
+    InputPatterns,
+    Match,
+    ScanNotes,
+    identity_of,
+    log_files,
+)
 from service.storage.atomic import temp_files_of
 from service.storage.checkpoint import (
     IDENTITY_WINDOW,
@@ -232,6 +239,7 @@ class FileSource:
         self.saving = anyio.Lock()
         self.waiting_logged = False
         self.loop_logged = False
+        self.unreadable_logged: set[str] = set()  # directories said to be unreadable this run
         self.started = False
 
     def describe(self) -> str:
@@ -347,16 +355,25 @@ class FileSource:
         return partitions
 
     async def _scan(self) -> dict[FileKey, Match]:
-        """The files of the input now, off the event loop; a `**` loop is said once a run."""
-        loops: list[str] = []
-        found = await anyio.to_thread.run_sync(self.patterns.scan, loops)
-        if loops and not self.loop_logged:
+        """The files of the input now, off the event loop; a `**` loop is said once a run, and
+        a directory that cannot be listed once a run for each."""
+        notes = ScanNotes()
+        found = await anyio.to_thread.run_sync(self.patterns.scan, notes)
+        if notes.loops and not self.loop_logged:
             self.loop_logged = True
             self.log.warning(
                 "directory_loop",
-                path=loops[0],
+                path=shown(notes.loops[0]),
                 message="a directory reached again through a symbolic link is walked once",
             )
+        for directory, reason in notes.unreadable.items():
+            if directory not in self.unreadable_logged:
+                self.unreadable_logged.add(directory)
+                self.log.warning(
+                    "directory_unreadable",
+                    path=shown(directory),
+                    message=f"cannot list {shown(directory)}: {reason}; files in it are not read",
+                )
         return found
 
     def _log_waiting(self) -> None:
