@@ -595,6 +595,8 @@ _ODD_REQUESTS = {
     "bare LF, a query": (b"GET /healthz?probe=1 HTTP/1.1\n\n", b"200"),
     "POST": (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"405"),
     "unknown path": (b"GET /nothing-here HTTP/1.1\r\n\r\n", b"404"),
+    "absolute-form": (b"GET http://127.0.0.1:9/healthz?x HTTP/1.1\r\nHost: h\r\n\r\n", b"200"),
+    "absolute-form, other path": (b"GET HTTP://h/nothing-here HTTP/1.1\r\n\r\n", b"404"),
     "binary garbage": (b"\x00\xff garbage\r\n\r\n", b"400"),
     "no version": (b"GET /metrics\r\n\r\n", b"400"),
     "10 kB target": (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n", b"414"),

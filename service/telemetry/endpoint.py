@@ -147,6 +147,16 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+def _path_of(target: str) -> str:
+    """A request target's path: origin-form (`/metrics?x`) as sent, absolute-form
+    (`http://host:9108/metrics`, which a server must accept: RFC 9112) without its scheme and
+    authority; the query dropped."""
+    scheme, separator, rest = target.partition("://")
+    if separator and scheme.lower() in ("http", "https"):
+        target = "/" + rest.partition("/")[2]
+    return target.split("?", 1)[0]
+
+
 class _Handler(socketserver.StreamRequestHandler):
     """One request per connection: the request line and headers read within their limits,
     GET or HEAD answered, the connection closed."""
@@ -169,7 +179,7 @@ class _Handler(socketserver.StreamRequestHandler):
         if method not in ("GET", "HEAD"):
             self._answer(405, b"only GET and HEAD\n", extra="Allow: GET, HEAD\r\n")
             return
-        self._answer(*self._route(target.split("?", 1)[0]), head_only=method == "HEAD")
+        self._answer(*self._route(_path_of(target)), head_only=method == "HEAD")
 
     def _read_head(self) -> list[bytes] | tuple[int, bytes] | None:
         """The request line and header lines, all within `READ_TIMEOUT` of the first byte (a
