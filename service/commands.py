@@ -66,6 +66,9 @@ def generate(
             raise WorkerError(f"{name} exists; refusing to overwrite it without --force")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
+    for leftover in temp_files_of(output):  # a killed generate's: the real file is intact
+        with contextlib.suppress(OSError):
+            leftover.unlink()
     try:
         atomic_write(output, _numbers(count, seed))
     except OSError as error:

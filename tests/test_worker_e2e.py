@@ -504,6 +504,22 @@ def test_reset_refuses_while_a_worker_runs_then_starts_over(workdir: Path) -> No
     assert any(e["event"] == "checkpoint_not_found" for e in events_of(rerun.stdout))
 
 
+def test_a_killed_generate_leaves_a_temporary_file_the_next_one_removes(tmp_path: Path) -> None:
+    """SIGKILL mid-write leaves the temporary file (nothing can remove it then); the next
+    `generate` of the same output removes it, and the output is whole."""
+    command = [sys.executable, "-m", "service", "generate", "--count", "5000000", "--seed", "1"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=worker_env(), stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not any(tmp_path.glob(".numbers.txt.*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()
+    process.communicate(timeout=30)
+    assert any(tmp_path.glob(".numbers.txt.*"))
+    assert cli(["generate", "--count", "1000", "--seed", "1"], tmp_path).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["numbers.txt"]
+    assert (tmp_path / "numbers.txt").read_bytes().count(b"\n") == 1000
+
+
 def test_reset_removes_nothing_when_one_of_its_files_is_a_directory(workdir: Path) -> None:
     """`reset --result DIR`: one line and exit 1 before anything is removed, the checkpoint
     kept, rather than a checkpoint gone and then an error."""
