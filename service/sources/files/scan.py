@@ -150,7 +150,6 @@ def _expand(pattern: str, notes: ScanNotes) -> list[str]:
     and a directory it cannot list is noted, where glob would pass it over in silence."""
     parts = pattern.split(os.sep)
     if "**" not in parts:
-        _look_into_first_listed(parts, pattern.startswith(os.sep), notes)
         return glob.glob(pattern)
     at = parts.index("**")
     head = os.sep.join(parts[:at]) or (os.sep if pattern.startswith(os.sep) else "")
@@ -163,13 +162,15 @@ def _expand(pattern: str, notes: ScanNotes) -> list[str]:
     return names
 
 
-def _look_into_first_listed(parts: list[str], absolute: bool, notes: ScanNotes) -> None:
-    """The directory a glob lists first (`data` of `data/*.txt`) opened, to note it when it
-    cannot be listed: the usual way a whole directory of inputs goes missing unseen."""
+def _look_into_first_listed(pattern: str, notes: ScanNotes) -> None:
+    """The directory a glob without `**` lists first (`data` of `data/*.txt`) opened, to note
+    it when it cannot be listed: the usual way a whole directory of inputs goes missing unseen.
+    (`**` notes every directory it walks.)"""
+    parts = pattern.split(os.sep)
     at = next((i for i, part in enumerate(parts) if _GLOB_CHARACTERS & set(part)), None)
-    if at is None:
+    if at is None or "**" in parts:
         return
-    directory = os.sep.join(parts[:at]) or (os.sep if absolute else ".")
+    directory = os.sep.join(parts[:at]) or (os.sep if pattern.startswith(os.sep) else ".")
     try:
         os.close(os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
     except OSError as error:
@@ -249,9 +250,10 @@ class InputPatterns:
         found: dict[FileKey, Match] = {}
         notes = notes or ScanNotes()
         for pattern in self.patterns:
-            names = (
-                sorted(_expand(pattern, notes)) if _GLOB_CHARACTERS & set(pattern) else [pattern]
-            )
+            names = [pattern]
+            if _GLOB_CHARACTERS & set(pattern):
+                _look_into_first_listed(pattern, notes)
+                names = sorted(_expand(pattern, notes))
             for name in names:
                 if self._is_excluded(name):
                     continue
