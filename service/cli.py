@@ -316,6 +316,7 @@ def _point_closed_std_streams_at_null() -> None:
 def console() -> NoReturn:
     """The `checkpoint-worker` console script."""
     import contextlib
+    import errno
     import os
     import signal
 
@@ -342,6 +343,12 @@ def console() -> NoReturn:
         code = 130
     except _Stopped as stopped:
         code = 128 + stopped.signum
+    except OSError as error:
+        if error.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        # No descriptor left even for a module's file (`ulimit -n` of a few): one line, no trace.
+        print(f"{PROG}: error: {error.strerror}; raise the open-files limit", file=sys.stderr)
+        code = 1
     # Every file is written and closed by now. Skipping the interpreter's teardown of anyio,
     # structlog and the rest saves time on every exit, a stop on SIGTERM included.
     for stream in (sys.stdout, sys.stderr):

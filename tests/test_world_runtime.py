@@ -922,6 +922,25 @@ _WITH_ULIMIT = (
 )
 
 
+@pytest.mark.parametrize("limit", ["6", "8"])
+def test_too_few_descriptors_for_the_modules_themselves_is_one_line(
+    workdir: Path, limit: str
+) -> None:
+    """`ulimit -n` so low that a module of the worker cannot be opened to be imported: one
+    line naming the cause and exit 1, not a traceback."""
+    done = subprocess.run(
+        [*_WITH_ULIMIT, limit, *RUN, "--metrics-address", "127.0.0.1:0"],
+        cwd=workdir,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith("Too many open files; raise the open-files limit")
+
+
 def test_idle_connections_under_a_low_ulimit_cannot_starve_the_checkpoint(tmp_path: Path) -> None:
     """150 idle connections to the metrics port under `ulimit -n 128`, reading 300 files: the
     worker warns once, keeps saving, and SIGTERM still exits 0 after its final checkpoint."""
