@@ -36,7 +36,7 @@ from service.telemetry.endpoint import READ_TIMEOUT
 from service.telemetry.logs import READER_GRACE
 from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
 from tests.oracle import expected_of
-from tests.processes import RUN, WorkerProcess, cli, worker_env
+from tests.processes import RUN, WorkerProcess, cli, unmeasured, worker_env
 from tests.scrape import by_label, get, samples_of
 
 SEED = 20261204
@@ -718,7 +718,8 @@ def test_idle_connections_cannot_starve_a_probe_when_one_slot_is_left(
     connections, accepted one after another once the kernel hands them over: each probe for
     ten seconds is still answered at once, never after a silent one's timeout (the handler of
     a connection just accepted may not yet have said that it waits for its request)."""
-    env = worker_env(WORKER_METRICS_ADDRESS="127.0.0.1:0")
+    # Unmeasured: coverage's own files would take descriptors the limit leaves so few of.
+    env = unmeasured(worker_env(WORKER_METRICS_ADDRESS="127.0.0.1:0"))
     args = ["--follow", "--max-rate", "20000"]
     worker = WorkerProcess(args, workdir, env, prefix=(*_WITH_ULIMIT, "16"))
     running.append(worker)
@@ -931,7 +932,7 @@ def test_too_few_descriptors_for_the_modules_themselves_is_one_line(
     done = subprocess.run(
         [*_WITH_ULIMIT, limit, *RUN, "--metrics-address", "127.0.0.1:0"],
         cwd=workdir,
-        env=worker_env(),
+        env=unmeasured(worker_env()),  # coverage would need descriptors of its own first
         capture_output=True,
         text=True,
         timeout=60,
