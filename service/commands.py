@@ -85,9 +85,12 @@ def _present_files(settings: Settings, saved: tuple[FileState, ...]) -> list[dic
     pairs: list[tuple[str, FileState | None, int]]
     if plain is not None:
         try:
-            size = plain.stat().st_size
+            info = plain.stat()
         except OSError:
             return []
+        if not stat.S_ISREG(info.st_mode):
+            return []  # a directory or a FIFO in its place: `run` refuses it, with why
+        size = info.st_size
         pairs = [(str(plain), saved_state_of_plain_path(saved, str(plain)), size)]
     else:
         pairing = match_saved_files(saved, patterns.scan())
@@ -114,11 +117,9 @@ def _changed_since(path: str, state: FileState, size: int) -> bool:
     except OSError:
         return False  # gone since the scan: the next run says what became of it
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return True  # a directory or a FIFO in its place now: not what was consumed
         return identify_input(fd, offset) != state.identity
-    except OSError:
-        return False  # unreadable now: the next run says why
+    except OSError:  # replaced by a directory since the look, or unreadable: `run` says why
+        return False
     finally:
         os.close(fd)
 
@@ -157,6 +158,15 @@ def _status_of(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _size_shown(size: int | None, settings: Settings) -> str:
+    if size is not None:
+        return f"{size:,} bytes"
+    plain = input_patterns(settings).plain_path
+    if plain is not None and os.path.lexists(plain):
+        return "not a regular file"
+    return "missing"
+
+
 def status(settings: Settings, *, as_json: bool) -> int:
     """Print the checkpoint as a person wants it (or as JSON)."""
     report = _status_of(settings)
@@ -168,7 +178,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
     size = report["input_size"]
     rows = [
         ("checkpoint", report["checkpoint"]),
-        ("input", f"{report['input']} ({'missing' if size is None else f'{size:,} bytes'})"),
+        ("input", f"{report['input']} ({_size_shown(size, settings)})"),
         ("offset", f"{report['offset']:,}"),
         ("records", f"{report['records']:,}"),
         ("bad_records", f"{report['bad_records']:,}"),

@@ -601,23 +601,17 @@ def test_status_reports_progress_for_people_and_as_json(workdir: Path) -> None:
     assert f"{report['records']:,}" in text
 
 
-@pytest.mark.parametrize("change", ["truncated", "same size, other bytes", "now a directory"])
+@pytest.mark.parametrize("change", ["truncated", "same size, other bytes"])
 def test_status_says_when_the_input_no_longer_holds_what_was_consumed(
     workdir: Path, change: str
 ) -> None:
-    """An input cut below the checkpoint's offset, rewritten in its consumed prefix, or a
-    directory in its place: status names it as changed and gives no percent, instead of one
-    past 100, a wrong one or a traceback."""
+    """An input cut below the checkpoint's offset, or rewritten in its consumed prefix: status
+    names it as changed and gives no percent, instead of one past 100 or a wrong one."""
     path = workdir / "numbers.txt"
-    if change == "now a directory":  # smaller than a directory's size: only a read can tell
-        path.write_bytes(b"1\n2\n")
     assert cli(["run"], workdir).returncode == 0
     data = path.read_bytes()
     if change == "truncated":
         path.write_bytes(data[:1000])
-    elif change == "now a directory":
-        path.unlink()
-        path.mkdir()
     else:
         path.write_bytes((b"8" if data[:1] == b"9" else b"9") + data[1:])
     report = json.loads(cli(["status", "--json"], workdir).stdout)
@@ -627,6 +621,26 @@ def test_status_says_when_the_input_no_longer_holds_what_was_consumed(
     text = cli(["status"], workdir).stdout
     assert "changed     numbers.txt" in text
     assert "%" not in text
+
+
+def test_status_says_when_the_input_is_no_longer_a_regular_file(workdir: Path) -> None:
+    """A directory where the input was (smaller than a directory's size, so only a look at
+    what it is can tell): status says so, with no size or percent, and no traceback; `run`
+    refuses it with one line."""
+    path = workdir / "numbers.txt"
+    path.write_bytes(b"1\n2\n")
+    assert cli(["run"], workdir).returncode == 0
+    path.unlink()
+    path.mkdir()
+    shown = cli(["status", "--json"], workdir)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert (report["input_size"], report["percent"], report["files"]) == (None, None, [])
+    text = cli(["status"], workdir).stdout
+    assert "input       numbers.txt (not a regular file)" in text
+    refused = cli(["run"], workdir)
+    assert refused.returncode == 1
+    assert "not a regular file" in refused.stdout
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
