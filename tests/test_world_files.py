@@ -217,6 +217,10 @@ def test_a_plain_input_that_the_output_is_redirected_to_is_exit_2(tmp_path: Path
     assert [e["event"] for e in events] == ["worker_started", "fatal_error", "worker_stopped"]
     assert "where the log lines go" in str(events[1]["message"])
     assert not (tmp_path / "checkpoint.json").exists()
+    with log.open("ab") as output:  # `reset` reads no input: its lines may go anywhere
+        command = [sys.executable, "-m", "service", "reset", "--input", "log.txt"]
+        done = subprocess.run(command, cwd=tmp_path, env=worker_env(), stdout=output, timeout=60)
+    assert done.returncode == 0
 
 
 @pytest.mark.parametrize("linked", ["from the glob", "as the settings"])

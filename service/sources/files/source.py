@@ -189,8 +189,7 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
 def refuse_shared_files(settings: Settings, plain_input: Path | None) -> None:
     """The checkpoint, its lock, the result and a plain input path are four files: a path that
     names two of them (by itself, a link or a linked directory) would have the worker write
-    over its own input or state, and an input that stdout or stderr writes to would be read
-    back. That is a usage error, found before anything is written."""
+    over its own input or state. That is a usage error, found before anything is written."""
     named = [
         ("checkpoint", settings.checkpoint),
         ("result", settings.result),
@@ -200,11 +199,6 @@ def refuse_shared_files(settings: Settings, plain_input: Path | None) -> None:
         named.append(("input", plain_input))
     # Each path's file once: where its links lead, and what it is if it exists already.
     files = [(what, path, os.path.realpath(path), identity_of(str(path))) for what, path in named]
-    if plain_input is not None and identity_of(str(plain_input)) in log_files():
-        raise UsageError(
-            f"input {shown(str(plain_input))} is where the log lines go (stdout or stderr): "
-            "each would be read back as a bad record; give the output its own file"
-        )
     for index, (what, _path, real, identity) in enumerate(files):
         for other, other_path, other_real, other_identity in files[index + 1 :]:
             if real == other_real or (identity is not None and identity == other_identity):
@@ -248,7 +242,13 @@ class FileSource:
     # --- start up -----------------------------------------------------------------------------
 
     def acquire(self) -> None:
-        refuse_shared_files(self.settings, self.patterns.plain_path)
+        plain = self.patterns.plain_path
+        refuse_shared_files(self.settings, plain)
+        if plain is not None and identity_of(str(plain)) in log_files():
+            raise UsageError(
+                f"input {shown(str(plain))} is where the log lines go (stdout or stderr): "
+                "each would be read back as a bad record; give the output its own file"
+            )
         require_regular_file(self.settings.checkpoint)  # before its lock is made beside it
         self.lock.acquire()
 
