@@ -22,7 +22,12 @@ from typing import Any, Literal, get_args
 
 from service.environment import ENV_PREFIX, worker_environment
 from service.errors import UsageError
-from service.storage.atomic import LONGEST_WRITTEN_NAME, MAX_CONFIG_BYTES, read_regular_file
+from service.storage.atomic import (
+    LONGEST_WRITTEN_NAME,
+    MAX_CONFIG_BYTES,
+    NAME_MAX,
+    read_regular_file,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -373,6 +378,18 @@ class Settings:
             except ValueError as error:
                 raise _InvalidSetting(field.name, value, str(error)) from None
             object.__setattr__(self, field.name, converted)
+        if self.source == "kafka":
+            self._fit_heartbeat_name()
+
+    def _fit_heartbeat_name(self) -> None:
+        """A Kafka worker's heartbeat is a file named after the checkpoint, this host and its
+        pid: that name must fit a directory entry too, whatever the pid."""
+        from service.health import LONGEST_HEARTBEAT_NAME_ADDED
+
+        room = NAME_MAX - LONGEST_HEARTBEAT_NAME_ADDED
+        if len(os.fsencode(self.checkpoint.name)) > room:
+            reason = f"expected a file name of at most {room} bytes with the kafka source here"
+            raise _InvalidSetting("checkpoint", str(self.checkpoint), reason)
 
 
 def setting_fields() -> tuple[dataclasses.Field[Any], ...]:

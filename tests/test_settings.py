@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from service.errors import UsageError
+from service.health import LONGEST_HEARTBEAT_NAME_ADDED
 from service.settings import Settings, load_settings, setting_fields, split_address
 from service.sources.files.source import input_patterns
+from service.storage.atomic import LONGEST_WRITTEN_NAME, NAME_MAX
 from tests.processes import cli
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")
@@ -285,6 +287,20 @@ BAD_VALUES = [
     ("input", "[" * 3000),  # a JSON list nested past the parser's recursion limit
     ("exclude", "[" * 3000 + "]" * 3000),
 ]
+
+
+def test_a_kafka_workers_checkpoint_name_leaves_room_for_its_heartbeats() -> None:
+    """With the kafka source the checkpoint's name also names the heartbeat file, with this
+    host's name and a pid added: a name too long for that is exit 2 at start, not a failed
+    write later; one that fits is taken."""
+    room = NAME_MAX - LONGEST_HEARTBEAT_NAME_ADDED
+    with pytest.raises(UsageError) as caught:
+        load_settings({"source": "kafka", "checkpoint": "c" * (room + 1)}, None)
+    assert caught.value.exit_code == 2
+    assert f"at most {room} bytes" in caught.value.message
+    fits = "c" * min(room, LONGEST_WRITTEN_NAME)
+    assert load_settings({"source": "kafka", "checkpoint": fits}, None).checkpoint.name == fits
+    assert load_settings({"checkpoint": "c" * LONGEST_WRITTEN_NAME}, None).source == "file"
 
 
 @pytest.mark.parametrize(("name", "value"), BAD_VALUES)

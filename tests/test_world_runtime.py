@@ -201,15 +201,17 @@ def test_a_reader_that_stops_reading_cannot_keep_sigterm_from_saving(tmp_path: P
 
 
 def _console_log_on(stdout_is_a_terminal: bool, workdir: Path, **env: str) -> bytes:
-    """What `run --log-format console` writes to its stdout: a pipe, or a terminal (a pty)."""
+    """What `run --log-format console` writes to its stdout: a pipe, or a terminal (a pty).
+    NO_COLOR only if given here, whatever the caller's environment holds."""
     (workdir / "numbers.txt").write_bytes(b"1\n2\n")
+    environment = {k: v for k, v in worker_env().items() if k != "NO_COLOR"} | env
     if not stdout_is_a_terminal:
-        return cli(["run", "--log-format", "console"], workdir, worker_env(**env)).stdout.encode()
+        return cli(["run", "--log-format", "console"], workdir, environment).stdout.encode()
     reader, writer = pty.openpty()
     worker = subprocess.Popen(
         [*RUN, "--log-format", "console"],
         cwd=workdir,
-        env=worker_env(**env),
+        env=environment,
         stdout=writer,
         stderr=subprocess.DEVNULL,
     )
@@ -597,6 +599,7 @@ _ODD_REQUESTS = {
     "unknown path": (b"GET /nothing-here HTTP/1.1\r\n\r\n", b"404"),
     "absolute-form": (b"GET http://127.0.0.1:9/healthz?x HTTP/1.1\r\nHost: h\r\n\r\n", b"200"),
     "absolute-form, other path": (b"GET HTTP://h/nothing-here HTTP/1.1\r\n\r\n", b"404"),
+    "absolute-form, a query only": (b"GET http://h?x=/metrics HTTP/1.1\r\n\r\n", b"404"),
     "binary garbage": (b"\x00\xff garbage\r\n\r\n", b"400"),
     "no version": (b"GET /metrics\r\n\r\n", b"400"),
     "10 kB target": (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n", b"414"),

@@ -25,7 +25,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
+    "LONGEST_WRITTEN_NAME",
     "MAX_CONFIG_BYTES",
+    "NAME_MAX",
     "TEMP_SUFFIX",
     "atomic_write",
     "fsync_directory",
@@ -36,9 +38,10 @@ __all__ = [
 ]
 
 TEMP_SUFFIX = ".tmp"
+NAME_MAX = 255  # bytes in a directory entry's name (Linux's file systems)
 # The longest name of a file written here: its temporary file, `.NAME.XXXXXXXX.tmp`, must fit a
-# directory entry (255 bytes), or a save would fail only once the input had been read.
-LONGEST_WRITTEN_NAME = 255 - len("..XXXXXXXX") - len(TEMP_SUFFIX)
+# directory entry, or a save would fail only once the input had been read.
+LONGEST_WRITTEN_NAME = NAME_MAX - len("..XXXXXXXX") - len(TEMP_SUFFIX)
 MAX_CONFIG_BYTES = 1 << 20  # a config file, or a secret's file, is small
 
 

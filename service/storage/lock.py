@@ -26,7 +26,7 @@ from pathlib import Path
 
 from service.errors import CheckpointWriteFailed, LockHeld, LockLost
 
-__all__ = ["HEARTBEAT_INTERVAL", "WorkerLock", "lock_path_for", "read_holder"]
+__all__ = ["HEARTBEAT_INTERVAL", "PID_MAX", "WorkerLock", "lock_path_for", "read_holder"]
 
 HEARTBEAT_INTERVAL = 1.0
 _ATTEMPTS = 5  # opens of a lock file that keeps being replaced before giving up
@@ -40,7 +40,7 @@ def lock_path_for(checkpoint: Path) -> Path:
 
 
 _HOLDER_BYTES = 32  # a pid and a newline, with room to spare
-_PID_MAX = 1 << 22  # Linux's largest pid (PID_MAX_LIMIT on 64-bit)
+PID_MAX = 1 << 22  # Linux's largest pid (PID_MAX_LIMIT on 64-bit)
 _NEVER_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never blocks
 
 
@@ -61,7 +61,7 @@ def read_holder(lock_path: Path) -> int | None:
     if not (text.isascii() and text.isdigit()):
         return None
     pid = int(text)
-    return pid if 0 < pid <= _PID_MAX else None  # 0 would name every process of our group
+    return pid if 0 < pid <= PID_MAX else None  # 0 would name every process of our group
 
 
 def _refuse_odd_lock(fd: int, path: Path) -> None:

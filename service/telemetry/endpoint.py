@@ -85,10 +85,12 @@ class _Server(socketserver.ThreadingTCPServer):
         """Accept only when a slot is free: until then the client waits in the backlog, and
         holds none of the worker's descriptors. A client is waiting now, so when every slot is
         taken the connection waiting longest for its request is hung up on to make room."""
-        # Looked at again and again: the handler of a connection just accepted may not have
-        # said yet that it waits for its request, and a slot should not wait out its timeout.
+        # One client hung up on for each accept, looked for again and again until there is one:
+        # the handler of a connection just accepted may not have said yet that it waits for its
+        # request, and the accept should not wait out that client's timeout.
+        hung_up = False
         while not self.slots.acquire(blocking=False):
-            self._hang_up_on_the_longest_unfinished()
+            hung_up = hung_up or self._hang_up_on_the_longest_unfinished()
             if self.slots.acquire(timeout=SLOT_LOOK_INTERVAL):
                 break
         try:
@@ -113,14 +115,16 @@ class _Server(socketserver.ThreadingTCPServer):
             with self._unfinished_lock:
                 self._unfinished.pop(connection, None)
 
-    def _hang_up_on_the_longest_unfinished(self) -> None:
+    def _hang_up_on_the_longest_unfinished(self) -> bool:
+        """Whether a client was hung up on (none waits for its request: every slot answers)."""
         with self._unfinished_lock:
             oldest = next(iter(self._unfinished), None)
             if oldest is None:
-                return  # every slot is answering a request: wait for one to end
+                return False
             del self._unfinished[oldest]
             with contextlib.suppress(OSError):  # already gone: its slot is coming back anyway
                 oldest.shutdown(socket.SHUT_RDWR)  # its handler wakes, reads nothing, ends
+            return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
@@ -151,10 +155,11 @@ def _path_of(target: str) -> str:
     """A request target's path: origin-form (`/metrics?x`) as sent, absolute-form
     (`http://host:9108/metrics`, which a server must accept: RFC 9112) without its scheme and
     authority; the query dropped."""
+    target = target.split("?", 1)[0]
     scheme, separator, rest = target.partition("://")
     if separator and scheme.lower() in ("http", "https"):
         target = "/" + rest.partition("/")[2]
-    return target.split("?", 1)[0]
+    return target
 
 
 class _Handler(socketserver.StreamRequestHandler):
