@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "RUN",
@@ -67,6 +67,21 @@ def unmeasured(env: dict[str, str]) -> dict[str, str]:
     """`env` without coverage's variables: a Python process started with it is not traced, so
     it runs at its own speed (coverage's tracer about doubles a worker's CPU time)."""
     return {k: v for k, v in env.items() if not k.startswith("COVERAGE_")}
+
+
+def cli_writing_to(
+    output: IO[Any], args: Sequence[str], cwd: Path, *, stderr: int | None = subprocess.PIPE
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `python -m service ARGS` to completion, its stdout the open file `output` (a log
+    file, /dev/full); its stderr captured, or `subprocess.STDOUT` to the same file."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=cwd,
+        env=worker_env(),
+        stdout=output,
+        stderr=stderr,
+        timeout=120,
+    )
 
 
 def cli(

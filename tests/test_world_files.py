@@ -16,7 +16,7 @@ import pytest
 
 from service.storage.atomic import LONGEST_WRITTEN_NAME
 from tests.oracle import expected_of, expected_of_files
-from tests.processes import WorkerProcess, cli, events_of, worker_env
+from tests.processes import WorkerProcess, cli, cli_writing_to, events_of, worker_env
 from tests.strace import strace_prefix
 
 FAST = ["--poll-interval", "0.05", "--checkpoint-interval", "0.05"]
@@ -204,22 +204,15 @@ def test_a_plain_input_that_the_output_is_redirected_to_is_exit_2(tmp_path: Path
     log = tmp_path / "log.txt"
     log.write_bytes(b"1\n2\n")
     with log.open("ab") as output:
-        done = subprocess.run(
-            [sys.executable, "-m", "service", "run", "--input", "log.txt", "--follow"],
-            cwd=tmp_path,
-            env=worker_env(),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            timeout=60,
-        )
+        args = ["run", "--input", "log.txt", "--follow"]
+        done = cli_writing_to(output, args, tmp_path, stderr=subprocess.STDOUT)
     assert done.returncode == 2
     events = events_of(log.read_bytes().split(b"\n", 2)[2].decode())
     assert [e["event"] for e in events] == ["worker_started", "fatal_error", "worker_stopped"]
     assert "where the log lines go" in str(events[1]["message"])
     assert not (tmp_path / "checkpoint.json").exists()
     with log.open("ab") as output:  # `reset` reads no input: its lines may go anywhere
-        command = [sys.executable, "-m", "service", "reset", "--input", "log.txt"]
-        done = subprocess.run(command, cwd=tmp_path, env=worker_env(), stdout=output, timeout=60)
+        done = cli_writing_to(output, ["reset", "--input", "log.txt"], tmp_path)
     assert done.returncode == 0
 
 

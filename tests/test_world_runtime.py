@@ -36,7 +36,7 @@ from service.telemetry.endpoint import READ_TIMEOUT
 from service.telemetry.logs import READER_GRACE
 from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
 from tests.oracle import expected_of
-from tests.processes import RUN, WorkerProcess, cli, unmeasured, worker_env
+from tests.processes import RUN, WorkerProcess, cli, cli_writing_to, unmeasured, worker_env
 from tests.scrape import by_label, get, samples_of
 
 SEED = 20261204
@@ -145,14 +145,7 @@ def test_a_log_that_cannot_be_written_never_stops_the_work(workdir: Path) -> Non
     """stdout on a full device (/dev/full: every write fails with ENOSPC): the run completes
     with the exact result and exit 0, and nothing is printed in the log's place."""
     with open("/dev/full", "w") as full:
-        done = subprocess.run(
-            [*RUN, "--checkpoint-interval", "0.05"],
-            cwd=workdir,
-            env=worker_env(),
-            stdout=full,
-            stderr=subprocess.PIPE,
-            timeout=120,
-        )
+        done = cli_writing_to(full, ["run", "--checkpoint-interval", "0.05"], workdir)
     assert done.returncode == 0
     assert done.stderr == b""
     _assert_resumes_to_the_exact_sum(workdir)
