@@ -17,10 +17,9 @@ import socket
 import time
 from pathlib import Path
 
-from service.storage.lock import HEARTBEAT_INTERVAL, PID_MAX, lock_path_for, read_holder
+from service.storage.lock import HEARTBEAT_INTERVAL, lock_path_for, read_holder
 
 __all__ = [
-    "LONGEST_HEARTBEAT_NAME_ADDED",
     "STALE_AFTER",
     "check_health",
     "check_kafka_health",
@@ -28,10 +27,6 @@ __all__ = [
 ]
 
 STALE_AFTER = 10 * HEARTBEAT_INTERVAL
-
-
-# Bytes a heartbeat's name adds to the checkpoint's, at most: this host's name, the largest pid.
-LONGEST_HEARTBEAT_NAME_ADDED = len(f".{socket.gethostname()}.{PID_MAX}.heartbeat".encode())
 
 
 def heartbeat_path(checkpoint: Path, pid: int) -> Path:

@@ -384,10 +384,12 @@ class Settings:
     def _fit_heartbeat_name(self) -> None:
         """A Kafka worker's heartbeat is a file named after the checkpoint, this host and its
         pid: that name must fit a directory entry too, whatever the pid."""
-        from service.health import LONGEST_HEARTBEAT_NAME_ADDED
+        from service.health import heartbeat_path
+        from service.storage.lock import PID_MAX
 
-        room = NAME_MAX - LONGEST_HEARTBEAT_NAME_ADDED
-        if len(os.fsencode(self.checkpoint.name)) > room:
+        longest = os.fsencode(heartbeat_path(self.checkpoint, PID_MAX).name)
+        if len(longest) > NAME_MAX:
+            room = NAME_MAX - (len(longest) - len(os.fsencode(self.checkpoint.name)))
             reason = f"expected a file name of at most {room} bytes with the kafka source here"
             raise _InvalidSetting("checkpoint", str(self.checkpoint), reason)
 

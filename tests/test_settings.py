@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ from typing import Any
 import pytest
 
 from service.errors import UsageError
-from service.health import LONGEST_HEARTBEAT_NAME_ADDED
+from service.health import heartbeat_path
 from service.settings import Settings, load_settings, setting_fields, split_address
 from service.sources.files.source import input_patterns
 from service.storage.atomic import LONGEST_WRITTEN_NAME, NAME_MAX
+from service.storage.lock import PID_MAX
 from tests.processes import cli
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")
@@ -293,7 +295,8 @@ def test_a_kafka_workers_checkpoint_name_leaves_room_for_its_heartbeats() -> Non
     """With the kafka source the checkpoint's name also names the heartbeat file, with this
     host's name and a pid added: a name too long for that is exit 2 at start, not a failed
     write later; one that fits is taken."""
-    room = NAME_MAX - LONGEST_HEARTBEAT_NAME_ADDED
+    added = len(os.fsencode(heartbeat_path(Path("c"), PID_MAX).name)) - 1  # host, pid, suffix
+    room = NAME_MAX - added
     with pytest.raises(UsageError) as caught:
         load_settings({"source": "kafka", "checkpoint": "c" * (room + 1)}, None)
     assert caught.value.exit_code == 2
