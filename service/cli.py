@@ -334,9 +334,11 @@ def console() -> NoReturn:
         raise _Stopped(signum)
 
     # SIGTERM and SIGHUP unwind like Ctrl+C, so `generate` removes its unfinished temporary
-    # file (`run` takes these signals over: it stops gracefully instead).
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, stop)
+    # file. Not for `run`: it takes these signals over to stop gracefully, and once they are
+    # caught at all a stop must be graceful (before that, their default ends it).
+    if sys.argv[1:2] != ["run"]:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, stop)
     try:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet
