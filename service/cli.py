@@ -197,9 +197,12 @@ def _settings_of(args: argparse.Namespace) -> Settings:
 
 
 def _remember_stop_signals(received: list[int]) -> None:
-    """Until the worker listens, note SIGTERM/SIGINT/SIGHUP instead of dying: it stops gracefully
-    then. A closed pipe is an error to handle (EPIPE), never a signal that kills `run`."""
+    """Until the worker listens, note a stop signal instead of dying: it stops gracefully then;
+    and ignore the signals it ignores. A closed pipe is an error to handle (EPIPE), never a
+    signal that kills `run`."""
     import signal
+
+    from service.signals import IGNORED_SIGNALS, STOP_SIGNALS
 
     def remember(signum: int, _frame: object) -> None:
         received.append(signum)
@@ -211,9 +214,10 @@ def _remember_stop_signals(received: list[int]) -> None:
         if stop_waiting is not None:
             stop_waiting()
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, remember)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for signum in (*IGNORED_SIGNALS, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,12 +337,15 @@ def console() -> NoReturn:
     def stop(signum: int, _frame: object) -> NoReturn:
         raise _Stopped(signum)
 
-    # SIGTERM and SIGHUP unwind like Ctrl+C, so `generate` removes its unfinished temporary
-    # file. Not for `run`: it takes these signals over to stop gracefully, and once they are
-    # caught at all a stop must be graceful (before that, their default ends it).
+    # Stop signals unwind like Ctrl+C, so `generate` removes its unfinished temporary file. Not
+    # for `run`: it takes these signals over to stop gracefully, and once they are caught at all
+    # a stop must be graceful (before that, their default ends it).
     if sys.argv[1:2] != ["run"]:
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, stop)
+        from service.signals import STOP_SIGNALS
+
+        for signum in STOP_SIGNALS:
+            if signum != signal.SIGINT:
+                signal.signal(signum, stop)
     try:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet

@@ -249,8 +249,9 @@ class WorkerProcess:
         return int(started["pid"]) if started else None
 
     def wait_catching(self, signum: int, timeout: float = 30) -> bool:
-        """True once the worker has a handler for `signum` (SigCgt in /proc): before that, any
-        process dies of the signal's default action, and no code of the worker has run."""
+        """True once the worker has a handler for `signum`, or ignores it (SigCgt or SigIgn in
+        /proc): before that, any process dies of the signal's default action, and no code of
+        the worker has run."""
         pid = self.pid()
         deadline = time.monotonic() + timeout
         while pid is not None and time.monotonic() < deadline:
@@ -258,8 +259,11 @@ class WorkerProcess:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 return False
-            caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
-            if int(caught.split()[1], 16) & (1 << (signum - 1)):
+            taken = 0
+            for line in status.splitlines():
+                if line.startswith(("SigCgt:", "SigIgn:")):
+                    taken |= int(line.split()[1], 16)
+            if taken & (1 << (signum - 1)):
                 return True
             time.sleep(0.002)
         return False

@@ -643,7 +643,7 @@ def test_status_says_when_the_input_is_no_longer_a_regular_file(workdir: Path) -
     assert "not a regular file" in refused.stdout
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT])
 def test_a_stopped_generate_leaves_no_partial_file(tmp_path: Path, signum: int) -> None:
     """`generate` stopped mid-write by a signal: exit 128 + n, no output file and no temporary
     file left behind."""

@@ -449,32 +449,100 @@ def test_sigterm_while_one_step_of_a_conversion_holds_the_interpreter_exits_in_t
         assert json.loads(saved.read_text())["offset"] <= 2
 
 
-# --- SIGHUP ------------------------------------------------------------------------------------
+# --- signals other than SIGTERM and SIGINT --------------------------------------------------
 
 
-def test_sighup_is_a_graceful_stop_like_sigterm(workdir: Path) -> None:
-    """SIGHUP (a closed terminal, an ssh drop): final checkpoint, exit 0, exact resume."""
+# SIGHUP (a closed terminal, an ssh drop), SIGQUIT (Ctrl+\\), SIGXCPU (the CPU-time limit's
+# warning), SIGPWR (a failing power supply): each ends a process by default.
+OTHER_STOP_SIGNALS = [signal.SIGHUP, signal.SIGQUIT, signal.SIGXCPU, signal.SIGPWR]
+
+
+@pytest.mark.parametrize("signum", OTHER_STOP_SIGNALS, ids=lambda s: s.name)
+def test_other_stop_signals_are_a_graceful_stop_like_sigterm(
+    workdir: Path, signum: signal.Signals
+) -> None:
+    """Final checkpoint, exit 0, exact resume; `shutdown_requested` names the signal."""
     worker = WorkerProcess(["--max-rate", "50000", "--checkpoint-interval", "0.2"], workdir)
     worker.wait_for("checkpoint_saved", reason="timer")
-    worker.signal(signal.SIGHUP)
+    worker.signal(signum)
     assert worker.finish() == 0
-    worker.wait_for("shutdown_requested", signal="SIGHUP")
+    worker.wait_for("shutdown_requested", signal=signum.name)
     final = worker.wait_for("checkpoint_saved", reason="shutdown")
     assert json.loads((workdir / "checkpoint.json").read_text())["offset"] == final["offset"]
     _assert_resumes_to_the_exact_sum(workdir)
 
 
-def test_sighup_counts_as_a_stop_signal_at_start_up(workdir: Path) -> None:
-    """A SIGHUP as soon as the worker catches it still stops it gracefully with exit 0."""
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGQUIT], ids=lambda s: s.name)
+def test_other_stop_signals_count_as_a_stop_at_start_up(
+    workdir: Path, signum: signal.Signals
+) -> None:
+    """Such a signal as soon as the worker catches it still stops it gracefully with exit 0."""
     worker = WorkerProcess(["--max-rate", "50000"], workdir)
-    assert worker.wait_catching(signal.SIGHUP)
-    worker.signal(signal.SIGHUP)
+    assert worker.wait_catching(signum)
+    worker.signal(signum)
     assert worker.finish() == 0
     assert worker.noise == []
 
 
+# Signals other programs give a meaning (reopen logs, reload, dump, timers, profilers): the
+# worker has none of these, and each would end a process by default.
+NO_MEANING_SIGNALS = [
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGSTKFLT,
+    signal.SIGRTMIN,
+    signal.SIGRTMIN + 3,
+    signal.SIGRTMAX,
+]
+
+
+def test_signals_with_no_meaning_to_the_worker_are_ignored_and_said_once(workdir: Path) -> None:
+    """`kill -USR1` (a log-rotation script's habit) and the like: the worker goes on reading,
+    says once per signal that it ignored it, and still stops gracefully and resumes exactly."""
+    worker = WorkerProcess(["--max-rate", "50000", "--checkpoint-interval", "0.2"], workdir)
+    before = worker.wait_for("checkpoint_saved", reason="timer")
+    for _ in range(2):
+        for signum in NO_MEANING_SIGNALS:
+            worker.signal(signum)
+    last = worker.wait_for("signal_ignored", signal="SIGRTMAX")
+    after = worker.wait_for(
+        "checkpoint_saved",
+        reason="timer",
+        timestamp=lambda t: t > last["timestamp"],
+    )
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0, worker.tail()
+    ignored = [e["signal"] for e in worker.events if e["event"] == "signal_ignored"]
+    named = ["SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGSTKFLT"]
+    assert sorted(ignored) == sorted([*named, "SIGRTMIN", "SIGRTMIN+3", "SIGRTMAX"])
+    assert after["offset"] > before["offset"]  # it went on reading
+    final = worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert json.loads((workdir / "checkpoint.json").read_text())["offset"] == final["offset"]
+    _assert_resumes_to_the_exact_sum(workdir)
+
+
+def test_a_signal_with_no_meaning_at_start_up_changes_nothing(workdir: Path) -> None:
+    """Sent the instant the worker takes it over, before it listens: not a stop, not a death."""
+    worker = WorkerProcess(["--max-rate", "50000", "--checkpoint-interval", "0.2"], workdir)
+    assert worker.wait_catching(signal.SIGUSR1)
+    worker.signal(signal.SIGUSR1)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0, worker.tail()
+    assert worker.noise == []
+
+
 @pytest.mark.parametrize(
-    ("first", "second"), [(signal.SIGHUP, signal.SIGTERM), (signal.SIGTERM, signal.SIGHUP)]
+    ("first", "second"),
+    [
+        (signal.SIGHUP, signal.SIGTERM),
+        (signal.SIGTERM, signal.SIGHUP),
+        (signal.SIGQUIT, signal.SIGQUIT),
+    ],
 )
 def test_a_second_stop_signal_with_sighup_exits_at_once(
     workdir: Path, first: signal.Signals, second: signal.Signals
@@ -496,7 +564,7 @@ def test_a_second_stop_signal_with_sighup_exits_at_once(
         assert saved["sum"] == expected_of(data[: saved["offset"]]).sum
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT])
 def test_a_stop_signal_after_completion_changes_nothing(tmp_path: Path, signum: int) -> None:
     """A signal that comes while a worker that finished its input is exiting (`docker compose
     stop` racing the end) neither kills it nor changes its exit: 0, and the result stands."""

@@ -5,7 +5,8 @@ Start up: the source takes its lock, loads the saved state and finds its partiti
 Run:      one task group: a reader task per partition (ask it for a batch, report bad records,
           pace, wait `poll_interval` when it is caught up), the source's rescans when following,
           the timer (checkpoint, heartbeat, progress) and the signal listener, which only asks
-          for shutdown. SIGHUP stops like SIGTERM (no reload), and so does a closed stdout.
+          for shutdown. SIGHUP stops like SIGTERM (no reload), and so does a closed stdout;
+          a signal the worker has no use for (SIGUSR1...) is ignored (`service.signals`).
 Shut down: the final checkpoint, shielded from cancellation and bounded by `shutdown_timeout`;
           then one summary line. A second signal during shutdown exits at once; a signal
           after the run ended by itself (completed, failed) changes nothing but the bound.
@@ -37,6 +38,7 @@ from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.deadline import NOW, ShutdownDeadline
 from service.lifecycle.partition import Partition, ReadStatus, Source
 from service.settings import Settings
+from service.signals import IGNORED_SIGNALS, STOP_SIGNALS, signal_name
 from service.storage.checkpoint import require_directory_of, write_json
 from service.storage.lock import HEARTBEAT_INTERVAL
 from service.telemetry.logs import (
@@ -51,7 +53,6 @@ from service.telemetry.wiring import telemetry_for
 __all__ = ["run_worker"]
 
 PROGRESS_INTERVAL = 10.0
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _AT_THE_END = frozenset({ReadStatus.CAUGHT_UP, ReadStatus.PARKED})  # not behind
 
 
@@ -97,6 +98,7 @@ class _Worker:
         self.unstarted = 0  # partitions found, waiting for a turn to start reading
         self.failure: WorkerError | None = None
         self.stop_signal: int | None = None
+        self.signals_ignored: set[int] = set()  # each said once
         self.listening = True  # for stop signals: until the run ends by itself
         self.output_closed = False
         self.started = False  # the source holds the state to resume from
@@ -183,8 +185,13 @@ class _Worker:
             stop_waiting_for_reader()  # the loop may be the one waiting, in a log write
             loop.call_soon_threadsafe(self._request_shutdown, signum, scope)
 
+        def on_ignored_signal(signum: int, _frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self._say_ignored, signum)
+
         for stop_signal in STOP_SIGNALS:
             signal.signal(stop_signal, on_signal)
+        for ignored in IGNORED_SIGNALS:
+            signal.signal(ignored, on_ignored_signal)
         try:
             task_status.started()
             for signum in early_signals:  # arrived before this listener took over
@@ -192,9 +199,20 @@ class _Worker:
                 return
             await anyio.sleep_forever()
         finally:
+            for ignored in IGNORED_SIGNALS:  # the loop may be closed when the next one comes
+                signal.signal(ignored, signal.SIG_IGN)
             if self.stop_signal is None:
                 self.listening = False  # a signal already on its way to the loop changes nothing
                 self.ignore_late_signals()
+
+    def _say_ignored(self, signum: int) -> None:
+        if signum not in self.signals_ignored:
+            self.signals_ignored.add(signum)
+            self.log.warning(
+                "signal_ignored",
+                signal=signal_name(signum),
+                message="the worker goes on reading; stop it with SIGTERM, SIGINT or SIGHUP",
+            )
 
     def ignore_late_signals(self) -> None:
         """The run already ended (completed, failed, stdout closed): its outcome is decided and
@@ -215,7 +233,7 @@ class _Worker:
         self.stop_signal = signum
         _exit_at_next_signal()
         self._bound_shutdown()
-        self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        self.log.info("shutdown_requested", signal=signal_name(signum))
         scope.cancel()
 
     def stop_for_closed_output(self) -> None:

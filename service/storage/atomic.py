@@ -24,6 +24,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from service.signals import STOP_SIGNALS
+
 __all__ = [
     "LONGEST_WRITTEN_NAME",
     "MAX_CONFIG_BYTES",
@@ -94,9 +96,6 @@ def _new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
 def replaceable(target: Path) -> Path:
     """The file a write of `target` replaces (through its links); an OSError when what is there
     is not a regular file (Rule 5)."""
@@ -116,7 +115,7 @@ def atomic_write(target: Path, pieces: Iterable[bytes]) -> None:
     directory = target.parent
     # A stop signal whose handler raises (Ctrl+C) is held while the temporary file is created:
     # raised between its creation and the `try`, it would leave the file behind (Rule 2).
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         fd, temp_name = tempfile.mkstemp(
             prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=directory

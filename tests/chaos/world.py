@@ -1,5 +1,6 @@
 """Part `world`: the world around a running worker, at random instants. HTTP clients that hang up,
-reset, stay idle or come in bursts; SIGHUP as the stop signal; stdout's reader going away
+reset, stay idle or come in bursts; signals the worker ignores (SIGUSR1...); SIGHUP and SIGQUIT
+as the stop signal; stdout's reader going away
 (`run | head`); SIGSTOP/SIGCONT with probes timing out meanwhile."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from service.signals import signal_name
 from tests.chaos.checks import (
     bytes_or_none,
     check_on_disk,
@@ -34,7 +36,8 @@ from tests.processes import RUN, WorkerProcess, unmeasured, worker_env
 __all__ = ["part"]
 
 METRICS = ["--metrics-address", "127.0.0.1:0"]
-STOPS = (signal.SIGTERM, signal.SIGHUP)
+STOPS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+NO_MEANING = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGRTMIN + 2)
 
 
 def _ready_with_endpoint(
@@ -99,7 +102,8 @@ def _burst(tally: Tally, label: str, address: tuple[str, int], size: int) -> Non
 
 def _hostile_clients(tally: Tally, cwd: Path, lives: int, rng: random.Random) -> None:
     """Lives of a paced worker while clients hang up, reset, idle and burst at random instants,
-    each life ended by SIGTERM or SIGHUP: exit 0, the shutdown save, no traceback."""
+    and signals it ignores come, each life ended by a stop signal: exit 0, the shutdown save,
+    no traceback."""
     label = "world/hostile HTTP clients"
     data = noisy_input(rng, int(RATE * 1.2 * lives))
     (cwd / INPUT).write_bytes(data)
@@ -113,7 +117,7 @@ def _hostile_clients(tally: Tally, cwd: Path, lives: int, rng: random.Random) ->
         idle: list[socket.socket] = []
         deadline = time.monotonic() + rng.uniform(0.3, 1.0)
         while time.monotonic() < deadline and worker.process.poll() is None:
-            action = rng.choice(["hang up", "hang up", "idle", "burst", "probe"])
+            action = rng.choice(["hang up", "hang up", "idle", "burst", "probe", "signal"])
             if action == "hang up":
                 tally.fault(_hang_up(address, rng))
             elif action == "idle":
@@ -124,6 +128,10 @@ def _hostile_clients(tally: Tally, cwd: Path, lives: int, rng: random.Random) ->
                 size = rng.choice([50, 100, 200])
                 _burst(tally, label, address, size)
                 tally.fault(f"burst of {size} concurrent scrapes")
+            elif action == "signal":
+                ignored = rng.choice(NO_MEANING)
+                worker.signal(ignored)
+                tally.fault(f"{signal_name(ignored)} to ignore")
             elif _scrape(address, rng.choice(["/healthz", "/readyz", "/metrics"])) == 0:
                 tally.violation(label, "a probe went unanswered while the worker ran")
             time.sleep(rng.uniform(0.0, 0.1))
@@ -134,7 +142,7 @@ def _hostile_clients(tally: Tally, cwd: Path, lives: int, rng: random.Random) ->
             connection.close()
         assert worker.ended is not None
         tally.peak("stop signal to exit under hostile clients (s)", worker.ended - sent)
-        tally.fault(f"{signal.Signals(signum).name} graceful stop under hostile clients")
+        tally.fault(f"{signal_name(signum)} graceful stop under hostile clients")
         _expect_graceful(tally, label, worker, cwd, before, signum)
         check_on_disk(tally, label, cwd / CHECKPOINT, oracle)
         if worker.named("completed"):
@@ -245,7 +253,7 @@ def _closed_stdout(tally: Tally, cwd: Path, lives: int, rng: random.Random) -> N
 
 
 def part(tally: Tally, root: Path, rng: random.Random, short: bool) -> None:
-    """Hostile HTTP clients, SIGHUP, a closed stdout, SIGSTOP/SIGCONT with probes timing out."""
+    """Hostile HTTP clients, signals, a closed stdout, SIGSTOP/SIGCONT with probes timing out."""
     lives = 3 if short else 25
     scenarios: list[Callable[[Tally, Path, int, random.Random], None]] = [
         _hostile_clients,

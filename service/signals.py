@@ -1,0 +1,46 @@
+"""The signals `run` acts on. Every signal whose default action ends a process is one of two kinds
+here, so that none of them ends the worker without its final checkpoint.
+
+Stop signals end the run gracefully: the final checkpoint, then exit 0; a second one during the
+shutdown exits at once with 128 + its number. Besides SIGTERM, SIGINT and SIGHUP: SIGQUIT
+(Ctrl+\\, and the graceful stop of nginx and others), SIGXCPU (the CPU-time limit's warning, a
+second before the kernel's SIGKILL) and SIGPWR (a failing power supply).
+
+Ignored signals are those other programs give a meaning of their own (reopen the logs, reload,
+dump, a timer, a profiler's tick, the real-time signals): the worker has none of these, so it
+keeps reading and says once per signal that it ignored it. Faults (SIGSEGV, SIGBUS, SIGABRT...)
+and SIGKILL are neither: a process cannot go on after them.
+"""
+
+from __future__ import annotations
+
+import signal
+
+__all__ = ["IGNORED_SIGNALS", "STOP_SIGNALS", "signal_name"]
+
+STOP_SIGNALS: tuple[int, ...] = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGXCPU,
+    signal.SIGPWR,
+)
+
+IGNORED_SIGNALS: tuple[int, ...] = (
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGSTKFLT,
+    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+)
+
+
+def signal_name(signum: int) -> str:
+    """`SIGTERM`, or `SIGRTMIN+3` for a real-time signal (which has no name of its own)."""
+    if signal.SIGRTMIN < signum < signal.SIGRTMAX:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+    return signal.Signals(signum).name
