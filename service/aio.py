@@ -29,6 +29,7 @@ from service.library import (
     write_position,
 )
 from service.library import load_checkpoint as _load_checkpoint
+from service.storage.atomic import open_regular_file
 
 __all__ = ["load_checkpoint", "number_stream", "save_checkpoint"]
 
@@ -62,7 +63,8 @@ async def number_stream(
     """Yield (offset after the line, number) for each record from byte `offset` on, through
     aiofiles, one thread hop a chunk."""
     stream = Stream(filename, offset, max_line_bytes)
-    async with aiofiles.open(filename, "rb", buffering=0) as handle:
+    fd, _ = await anyio.to_thread.run_sync(open_regular_file, filename)
+    async with aiofiles.open(fd, "rb", buffering=0) as handle:
         await handle.seek(offset)
         while chunk := await handle.read(STREAM_CHUNK_BYTES):
             for record in stream.feed(chunk):

@@ -139,7 +139,7 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def _add_own_flags(name: str, command: argparse.ArgumentParser) -> None:
     """The flags of the command `name` besides the settings."""
     if name == "generate":
-        command.add_argument("--count", type=int, default=DEFAULT_COUNT, help="how many numbers")
+        command.add_argument("--count", type=_count, default=DEFAULT_COUNT, help="how many numbers")
         command.add_argument("--seed", type=int, default=None, help="same seed, same file")
         command.add_argument(
             "--output", type=_output_path, default=None, help="default: the input setting"
@@ -158,10 +158,24 @@ def _add_own_flags(name: str, command: argparse.ArgumentParser) -> None:
 
 
 def _output_path(text: str) -> Path:
-    """`generate --output`: a path; an empty one would name the working directory."""
-    if not text:
-        raise argparse.ArgumentTypeError("must name a file, not be empty")
-    return Path(text)
+    """`generate --output`: a file's path, written as the checkpoint is (`written_file`)."""
+    from service.settings import written_file
+
+    try:
+        return written_file(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _count(text: str) -> int:
+    """`generate --count`: from 0 to MAX_COUNT."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= count <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_COUNT:,}, got {count}")
+    return count
 
 
 def _healthcheck(argv: list[str]) -> int:
@@ -274,8 +288,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
             output = args.output if args.output is not None else plain
             assert output is not None
-            if not 0 <= args.count <= MAX_COUNT:
-                raise UsageError(f"--count must be from 0 to {MAX_COUNT:,}, got {args.count}")
             refuse_shared_files(settings, output)  # the output is an input: never the state
             return generate(
                 output, args.count, args.seed, force=args.force, if_missing=args.if_missing, log=log
@@ -330,6 +342,9 @@ def console() -> NoReturn:
     gc.disable()
 
     _point_closed_std_streams_at_null()
+    for stream in (sys.stdout, sys.stderr):  # a name `PYTHONIOENCODING=ascii` cannot encode
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
 
     # `status | head` ends us quietly, like any CLI (`run` ignores SIGPIPE again: it must save).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -353,10 +368,17 @@ def console() -> NoReturn:
     except _Stopped as stopped:
         code = 128 + stopped.signum
     except OSError as error:
-        if error.errno not in (errno.EMFILE, errno.ENFILE):
-            raise
-        # No descriptor left even for a module's file (`ulimit -n` of a few): one line, no trace.
-        print(f"{PROG}: error: {error.strerror}; raise the open-files limit", file=sys.stderr)
+        # Output that cannot be written (`status > /dev/full`), no descriptor left even for a
+        # module's file (`ulimit -n` of a few): one line, no traceback.
+        message = error.strerror or type(error).__name__
+        if error.errno in (errno.EMFILE, errno.ENFILE):
+            message += "; raise the open-files limit"
+        elif isinstance(error.filename, (str, bytes)):
+            from service.core.names import shown
+
+            message = f"{shown(os.fsdecode(error.filename))}: {message}"
+        with contextlib.suppress(OSError, ValueError):
+            print(f"{PROG}: error: {message}", file=sys.stderr)
         code = 1
     # Every file is written and closed by now. Skipping the interpreter's teardown of anyio,
     # structlog and the rest saves time on every exit, a stop on SIGTERM included.

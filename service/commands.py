@@ -185,7 +185,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
         ("sum", decimal_of(report["sum"])),
         ("percent", "-" if report["percent"] is None else f"{report['percent']:.2f}%"),
         ("completed", "yes" if report["completed"] else "no"),
-        ("updated_at", report["updated_at"] or "-"),
+        ("updated_at", shown(str(report["updated_at"])) if report["updated_at"] else "-"),
     ]
     for name, value in rows:
         print(f"{name:<12}{value}")
@@ -209,31 +209,43 @@ def status(settings: Settings, *, as_json: bool) -> int:
 
 def reset(settings: Settings, log: Logger) -> int:
     """Remove the checkpoint and the result; refuse while a worker holds the lock, and when
-    either is the input (`run` refuses such settings too): that is data, not state."""
+    either is the input (`run` refuses such settings too): that is data, not state. All or
+    nothing: what cannot be removed is found before anything is."""
     refuse_shared_files(settings, input_patterns(settings).plain_path)
+    checkpoint = written_path(settings.checkpoint)  # a link's file, as every save wrote it
+    # The result first, the checkpoint last: stopped half-way, the next run still resumes.
+    named = [(settings.result, written_path(settings.result)), (settings.checkpoint, checkpoint)]
+    for name, path in named:
+        _refuse_to_remove(name, path)
     lock = WorkerLock(settings.checkpoint)
     lock.acquire(purpose="reset")
     try:
         removed = []
-        checkpoint = written_path(settings.checkpoint)  # a link's file, as every save wrote it
-        named = [
-            (settings.checkpoint, checkpoint),
-            (settings.result, written_path(settings.result)),
-            *((temp, temp) for temp in temp_files_of(settings.checkpoint)),
-        ]
-        for name, path in named:  # all or nothing: what cannot be removed is found first
-            with contextlib.suppress(OSError):
-                if stat.S_ISDIR(path.stat().st_mode):
-                    raise WorkerError(f"cannot remove {name}: it is a directory; nothing removed")
-        for name, path in named:
+        temps = [(temp, temp) for temp in temp_files_of(settings.checkpoint)]
+        for name, path in [named[0], *temps, named[1]]:
             try:
                 path.unlink()
                 removed.append(str(name))
             except FileNotFoundError:
                 pass
             except OSError as error:
-                raise WorkerError(f"cannot remove {name}: {error.strerror}") from None
+                raise WorkerError(f"cannot remove {shown(str(name))}: {error.strerror}") from None
     finally:
         lock.release()
     log.info("reset", removed=removed)
     return 0
+
+
+def _refuse_to_remove(name: Path, path: Path) -> None:
+    """A WorkerError unless `path` is a regular file whose directory lets it go, or nothing."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # nothing there (or nothing reachable): nothing to remove
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise WorkerError(f"cannot remove {shown(str(name))}: it is {what}; nothing removed")
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # a read-only mount, a locked directory
+        raise WorkerError(
+            f"cannot remove {shown(str(name))}: its directory is not writable; nothing removed"
+        )

@@ -25,6 +25,8 @@ Rule 4: a save takes the worker's lock for its instant, so never while a worker 
 
 from __future__ import annotations
 
+import errno
+import operator
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from pathlib import Path
 from service.core.parsing import LineParser, Region, line_values
 from service.core.position import Position
 from service.errors import CheckpointOfSeveralFiles, InputChanged
+from service.settings import MAX_LINE_BYTES
+from service.storage.atomic import open_regular_file, replaceable
 from service.storage.checkpoint import (
     Checkpoint,
     CheckpointStore,
@@ -125,11 +129,18 @@ def _check_unchanged(filename: str | Path, state: FileState, path: Path) -> None
     """Raise InputChanged unless the file still starts with what the checkpoint consumed."""
     offset = state.position.offset
     try:
-        fd = os.open(filename, os.O_RDONLY)
+        fd, info = open_regular_file(filename)
     except FileNotFoundError:
         return  # nothing to resume wrongly: reading it will say it is missing
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        raise InputChanged(
+            f"input {filename} is no longer a regular file; delete {path} to start over",
+            "replaced",
+        ) from None
     try:
-        size = os.fstat(fd).st_size
+        size = info.st_size
         identity = state.identity
         same = size >= offset and (identity is None or identify_input(fd, offset) == identity)
     finally:
@@ -170,6 +181,11 @@ def position_at(
     lines: int | None = None,
 ) -> Position:
     """The position to save: the counts given, else those a stream of this process reached."""
+    offset, running_sum = _whole(offset, "offset"), _whole(running_sum, "running_sum")
+    records, bad_records, lines = (
+        None if count is None else _whole(count, name)
+        for count, name in ((records, "records"), (bad_records, "bad_records"), (lines, "lines"))
+    )
     known = _counted.get(_key(input))
     counted = known[1:] if known is not None and known[0] == offset else (0, 0, 0)
     records = counted[1] if records is None else records
@@ -184,14 +200,21 @@ def position_at(
     return Position(offset, lines, records, bad_records, running_sum)
 
 
+def _whole(value: object, name: str) -> int:
+    """`value` as an int: any integer type (numpy's too), never a bool, a float or text."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    return operator.index(value)  # type: ignore[arg-type]
+
+
 def write_position(path: Path, input: str | Path, position: Position) -> None:
     """Replace `input`'s entry in the checkpoint at `path` (blocking, atomic, durable)."""
+    replaceable(path)  # /dev/null, a FIFO, a directory: refused before a lock is made beside it
     lock = WorkerLock(path)
     lock.acquire(purpose="save a checkpoint")
     try:
-        fd = os.open(input, os.O_RDONLY)
+        fd, info = open_regular_file(input)
         try:
-            info = os.fstat(fd)
             if position.offset > info.st_size:
                 raise ValueError(
                     f"offset {position.offset} is past the end of {input} ({info.st_size} bytes)"
@@ -218,6 +241,9 @@ class Stream:
     counts at each yielded position kept for `save_checkpoint`."""
 
     def __init__(self, filename: str | Path, offset: int, max_line_bytes: int) -> None:
+        offset, max_line_bytes = _whole(offset, "offset"), _whole(max_line_bytes, "max_line_bytes")
+        if not 1 <= max_line_bytes <= MAX_LINE_BYTES:
+            raise ValueError(f"max_line_bytes must be from 1 to {MAX_LINE_BYTES}: {max_line_bytes}")
         self.key = _key(filename)
         known = _counted.get(self.key)
         if known is None or known[0] != offset:
@@ -265,7 +291,8 @@ def number_stream(
     Blank lines and bad records are skipped (and counted), by the worker's input rules.
     """
     stream = Stream(filename, offset, max_line_bytes)
-    with open(filename, "rb", buffering=0) as handle:
+    fd, _ = open_regular_file(filename)
+    with open(fd, "rb", buffering=0) as handle:
         handle.seek(offset)
         while chunk := handle.read(STREAM_CHUNK_BYTES):
             yield from stream.feed(chunk)

@@ -20,14 +20,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from service.core.names import shown
 from service.environment import ENV_PREFIX, worker_environment
 from service.errors import UsageError
 from service.storage.atomic import (
     LONGEST_WRITTEN_NAME,
     MAX_CONFIG_BYTES,
     NAME_MAX,
+    PATH_MAX,
     read_regular_file,
 )
+from service.storage.lock import lock_path_for
 
 __all__ = [
     "ENV_PREFIX",
@@ -105,10 +108,12 @@ def _seconds(*, zero: bool = False) -> Convert:
 
 def _integer(*, ge: int, le: int | None = None) -> Convert:
     def convert(value: Any) -> int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
         if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
             value = int(value)
+        elif isinstance(value, str) and _DECIMAL.fullmatch(value):
+            value = float(value)  # `1e3` or `4096.0`, as a TOML file may give it
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+            value = int(value)  # exactly the whole number written
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("expected a whole number")
         if value < ge:
@@ -167,16 +172,23 @@ def _refuse_nul(value: str) -> None:
 
 def _path(value: Any) -> Path:
     if isinstance(value, Path):
-        return value
+        value = str(value)
     if not isinstance(value, str) or not value:
         raise ValueError("expected a path")
     _refuse_nul(value)
+    _refuse_too_long(value)
     return Path(value)
 
 
-def _written_file(value: Any) -> Path:
-    """The path of a file the worker writes (the checkpoint, the result): a file's, not a
-    directory's, with a name short enough for its temporary files."""
+def _refuse_too_long(path: str) -> None:
+    """No system call takes a longer path, and walking one costs time in its square."""
+    if len(os.fsencode(path)) >= PATH_MAX:
+        raise ValueError(f"a path of at most {PATH_MAX - 1} bytes")
+
+
+def written_file(value: Any) -> Path:
+    """The path of a file the worker writes (the checkpoint, the result, generate's output): a
+    file's, not a directory's, with a name short enough for its temporary files."""
     path = _path(value)
     if str(value).rsplit("/", 1)[-1] in ("", ".", ".."):
         raise ValueError("expected a file's path, not a directory's")
@@ -213,6 +225,7 @@ def _patterns(*, at_least_one: bool) -> Convert:
             raise ValueError("an empty path or glob")
         for pattern in value:
             _refuse_nul(pattern)
+            _refuse_too_long(pattern)
         if at_least_one and not value:
             raise ValueError("no path or glob")
         # A list (TOML, JSON) of one stays a list; one path, or a tuple made already, is not.
@@ -302,8 +315,8 @@ class Settings:
         _patterns(at_least_one=True),
         "the numbers file: a path, a glob, or a list of them",
     )
-    checkpoint: Path = _setting(Path("checkpoint.json"), _written_file, "the checkpoint file")
-    result: Path = _setting(Path("result.json"), _written_file, "the result file")
+    checkpoint: Path = _setting(Path("checkpoint.json"), written_file, "the checkpoint file")
+    result: Path = _setting(Path("result.json"), written_file, "the result file")
     checkpoint_interval: float = _setting(1.0, _seconds(), "seconds between checkpoints")
     follow: bool = _setting(False, _switch, "keep reading as the input grows")
     poll_interval: float = _setting(0.5, _seconds(), "seconds between looks at a followed input")
@@ -408,20 +421,20 @@ class _InvalidSetting(ValueError):
 def _read_config(config_file: Path) -> dict[str, Any]:
     import tomllib  # only when a file is given: it is not free at start-up
 
+    name = shown(str(config_file))
+
     try:
         return tomllib.loads(read_regular_file(config_file, MAX_CONFIG_BYTES).decode())
     except OSError as error:
         raise UsageError(
-            f"cannot read config file {config_file} (--config, WORKER_CONFIG): {error.strerror}"
+            f"cannot read config file {name} (--config, WORKER_CONFIG): {error.strerror}"
         ) from None
     except UnicodeDecodeError:
-        raise UsageError(f"config file {config_file} is not UTF-8 text") from None
+        raise UsageError(f"config file {name} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"config file {config_file} is not valid TOML: {error}") from None
+        raise UsageError(f"config file {name} is not valid TOML: {error}") from None
     except RecursionError:
-        raise UsageError(
-            f"config file {config_file} is not valid TOML: nested too deeply"
-        ) from None
+        raise UsageError(f"config file {name} is not valid TOML: nested too deeply") from None
 
 
 def _secrets_from_files(settings: Settings) -> Settings:
@@ -449,18 +462,48 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
     from_file = _read_config(config_file) if config_file is not None else {}
     for key in from_file:
         if key not in names:
-            raise UsageError(f"unknown setting {key!r} in {config_file}")
-    values = {**from_file, **worker_environment(names), **flags}  # later sources win
+            raise UsageError(f"unknown setting {key!r} in {shown(str(config_file))}")
+    from_environment = worker_environment(names)
+    values = {**from_file, **from_environment, **flags}  # later sources win
     try:
-        return _secrets_from_files(Settings(**values))
+        settings = _secrets_from_files(Settings(**values))
     except _InvalidSetting as error:
-        sources = f"--{error.name.replace('_', '-')}, {ENV_PREFIX}{error.name.upper()}"
-        if config_file is not None:
-            sources += f" or {config_file}"
+        if error.name in flags:
+            source = f"--{error.name.replace('_', '-')}"
+        elif error.name in from_environment:
+            source = f"{ENV_PREFIX}{error.name.upper()}"
+        else:
+            source = shown(str(config_file))
         secret = next(f for f in setting_fields() if f.name == error.name).metadata["secret"]
         given = repr(error.value)
         given = given if len(given) <= 80 else given[:76] + " ..."  # a line, not a screenful
-        shown = "" if secret else f", got {given}"  # a secret is never echoed
+        echoed = "" if secret else f", got {given}"  # a secret is never echoed
         raise UsageError(
-            f"invalid setting {error.name!r} ({sources}): {error.reason}{shown}"
+            f"invalid setting {error.name!r} ({source}): {error.reason}{echoed}"
         ) from None
+    if config_file is not None:
+        _refuse_writing_over(config_file, settings)
+    return settings
+
+
+def _refuse_writing_over(config_file: Path, settings: Settings) -> None:
+    """The checkpoint, its lock and the result are written: none may be the config file."""
+    try:
+        config = os.stat(config_file)
+    except OSError:  # gone since it was read: nothing to write over
+        return
+    written = (
+        ("checkpoint", settings.checkpoint),
+        ("result", settings.result),
+        ("the checkpoint's lock", lock_path_for(settings.checkpoint)),
+    )
+    for what, path in written:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) == (config.st_dev, config.st_ino):
+            raise UsageError(
+                f"{what} and the config file are the same file ({shown(str(config_file))}): "
+                "give each its own path"
+            )

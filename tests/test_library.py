@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import decimal
 import functools
 import inspect
+import os
 import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,8 +21,9 @@ import service
 from service import aio, library
 from service.errors import CheckpointCorrupt, CheckpointOfSeveralFiles, InputChanged, LockHeld
 from service.library import load_checkpoint, number_stream, save_checkpoint
+from service.settings import MAX_LINE_BYTES
 from tests.oracle import expected_of
-from tests.processes import WorkerProcess
+from tests.processes import WorkerProcess, cli
 
 Pairs = list[tuple[int, int]]
 
@@ -353,3 +358,108 @@ def test_the_async_forms_are_coroutines_and_an_async_generator() -> None:
     assert inspect.iscoroutinefunction(aio.load_checkpoint)
     assert inspect.iscoroutinefunction(aio.save_checkpoint)
     assert inspect.isasyncgenfunction(aio.number_stream)
+
+
+@pytest.mark.parametrize(
+    ("values", "refused"),
+    [
+        ({"running_sum": True}, "running_sum must be an integer, not bool"),
+        ({"offset": True}, "offset must be an integer, not bool"),
+        ({"records": False}, "records must be an integer, not bool"),
+        ({"running_sum": 6.0}, "running_sum must be an integer, not float"),
+        ({"running_sum": decimal.Decimal(6)}, "running_sum must be an integer, not Decimal"),
+        ({"running_sum": "6"}, "running_sum must be an integer, not str"),
+    ],
+)
+@pytest.mark.parametrize("form", ["sync", "async"])
+def test_a_save_of_a_number_that_is_no_integer_is_a_type_error_and_keeps_the_checkpoint(
+    tmp_path: Path, values: dict[str, object], refused: str, form: str
+) -> None:
+    """`save_checkpoint(pos, total > 0)` by mistake: a TypeError, and the checkpoint on disk is
+    the one before, still loadable (a `True` written as the sum made it unreadable)."""
+    checkpoint = tmp_path / "checkpoint.json"
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_bytes(b"1\n2\n3\n")
+    save_checkpoint(4, 3, checkpoint, input=numbers)
+    before = checkpoint.read_bytes()
+    arguments: dict[str, Any] = {"offset": 6, "running_sum": 6, **values}
+    if form == "sync":
+        save = functools.partial(save_checkpoint, path=checkpoint, input=numbers, **arguments)
+    else:
+        save_async = functools.partial(aio.save_checkpoint, path=checkpoint, input=numbers)
+        save = functools.partial(asyncio.run, save_async(**arguments))
+    with pytest.raises(TypeError, match=refused):
+        save()
+    assert checkpoint.read_bytes() == before
+    assert tuple(load_checkpoint(checkpoint)) == (4, 3)
+
+
+def test_numpy_integers_are_integers_to_a_save(tmp_path: Path) -> None:
+    """A sum kept in a numpy integer is saved as the integer it holds."""
+    numpy = pytest.importorskip("numpy")
+    checkpoint = tmp_path / "checkpoint.json"
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n3\n")
+    save_checkpoint(numpy.int64(6), numpy.int64(6), checkpoint, input=tmp_path / "numbers.txt")
+    assert tuple(load_checkpoint(checkpoint)) == (6, 6)
+
+
+_HANGS_WITHOUT_O_NONBLOCK = """
+import contextlib, sys
+from service import load_checkpoint, number_stream, save_checkpoint
+what = sys.argv[1]
+try:
+    if what == "load":
+        load_checkpoint("checkpoint.json")
+    elif what == "save to a fifo input":
+        save_checkpoint(0, 0, "other.json", input="numbers.txt")
+    elif what == "save to a fifo checkpoint":
+        save_checkpoint(0, 0, "fifo.json", input="data.txt")
+    else:
+        next(number_stream("numbers.txt"))
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+@pytest.mark.parametrize(
+    ("what", "raised"),
+    [
+        ("load", "InputChanged input numbers.txt is no longer a regular file"),
+        ("save to a fifo input", "OSError [Errno 22] not a regular file: 'numbers.txt'"),
+        ("save to a fifo checkpoint", "OSError [Errno 22] not a regular file: '/"),
+        ("stream", "OSError [Errno 22] not a regular file: 'numbers.txt'"),
+    ],
+)
+def test_a_fifo_is_refused_by_the_library_never_waited_on(
+    tmp_path: Path, what: str, raised: str
+) -> None:
+    """A FIFO where the input or the checkpoint was (the worker refuses one too): an error at
+    once, where opening it waited for a writer forever, holding the worker's lock for a save;
+    and no lock file is made beside a checkpoint that is no file."""
+    (tmp_path / "data.txt").write_bytes(b"1\n2\n")
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
+    with contextlib.chdir(tmp_path):  # the checkpoint names the input as the test does below
+        save_checkpoint(2, 1, "checkpoint.json", input="numbers.txt")
+    (tmp_path / "numbers.txt").unlink()
+    os.mkfifo(tmp_path / "numbers.txt")
+    os.mkfifo(tmp_path / "fifo.json")
+    done = subprocess.run(
+        [sys.executable, "-c", _HANGS_WITHOUT_O_NONBLOCK, what],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.stdout.startswith(raised), done.stdout + done.stderr
+    assert not (tmp_path / "fifo.json.lock").exists()
+    assert (
+        cli(["run", "--input", "data.txt", "--checkpoint", "other.json"], tmp_path).returncode == 0
+    )
+
+
+@pytest.mark.parametrize("limit", [0, -1, MAX_LINE_BYTES + 1])
+def test_a_stream_with_no_line_it_could_accept_is_a_value_error(tmp_path: Path, limit: int) -> None:
+    """`max_line_bytes=0` would make every line bad and the sum silently 0."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
+    with pytest.raises(ValueError, match="max_line_bytes must be from 1 to"):
+        next(number_stream(tmp_path / "numbers.txt", max_line_bytes=limit))

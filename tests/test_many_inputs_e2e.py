@@ -384,6 +384,25 @@ def test_a_version_1_checkpoint_resumes_exactly_and_becomes_version_2(tmp_path: 
     assert _json(tmp_path / "checkpoint.json")["version"] == 2
 
 
+def test_status_shows_a_checkpoints_text_escaped(tmp_path: Path) -> None:
+    """An edited checkpoint (format 1 has no checksum) whose `updated_at` holds a terminal's
+    escape sequence and a newline: `status` prints it escaped, on its one line."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
+    v1 = {
+        "version": 1,
+        "input": "numbers.txt",
+        **{k: v for k, v in expected_of(b"").__dict__.items() if k != "bad_lines"},
+        "completed": False,
+        "updated_at": "\x1b[2J\x1b[31mhacked\nsum         0",
+    }
+    (tmp_path / "checkpoint.json").write_text(json.dumps(v1))
+    done = cli(["status"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "\x1b" not in done.stdout
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("updated_at")]
+    assert line == "updated_at  \\x1b[2J\\x1b[31mhacked\\x0asum         0"
+
+
 def test_a_flipped_digit_in_a_checkpoint_is_corrupt_and_left_untouched(data: Path) -> None:
     """One digit of a sum changed in a format-2 checkpoint: exit 1, the file as it was."""
     _stop_midway(["--input", "in/*.txt"], data.parent)
@@ -412,14 +431,13 @@ def test_generate_with_a_glob_input_needs_an_output(tmp_path: Path) -> None:
         (["--output", "result.json"], "result and input"),
         (["--output", "checkpoint.json.lock"], "lock and input"),
         (["--output", "checkpoint.json", "--force"], "checkpoint and input"),
-        (["--output", "n.txt", "--count", "99999999999999999999"], "--count must be from 0"),
     ],
 )
-def test_generate_never_writes_over_the_workers_own_files_nor_fills_the_disk(
+def test_generate_never_writes_over_the_workers_own_files(
     tmp_path: Path, args: list[str], named: str
 ) -> None:
     """`generate` writes an input: never the checkpoint, its lock or the result (exit 2, one
-    line, the file untouched), and a count of absurd size is a typo, refused before a byte."""
+    line, the file untouched)."""
     (tmp_path / "checkpoint.json").write_bytes(b"{}")
     done = cli(["generate", *args], tmp_path)
     assert done.returncode == 2
@@ -427,6 +445,29 @@ def test_generate_never_writes_over_the_workers_own_files_nor_fills_the_disk(
     assert named in error["message"]
     assert (tmp_path / "checkpoint.json").read_bytes() == b"{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--count", "99999999999999999999"], "argument --count: must be from 0 to"),
+        (["--count", "-1"], "argument --count: must be from 0 to"),
+        (["--count", "1e3"], "argument --count: expected a whole number"),
+        (["--output", "new/"], "argument --output: expected a file's path"),
+        (["--output", "a" * 5000], "argument --output: a path of at most 4095 bytes"),
+    ],
+)
+def test_generate_refuses_an_absurd_count_or_output_as_a_usage_error(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    """A count of absurd size is a typo that would fill the disk, and `new/` names a directory:
+    each one line on stderr and exit 2, as any bad flag, before a byte is written."""
+    done = cli(["generate", *args], tmp_path)
+    assert done.returncode == 2
+    assert named in done.stderr
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")

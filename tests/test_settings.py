@@ -447,6 +447,50 @@ def test_values_are_typed_whatever_their_source(tmp_path: Path) -> None:
     assert type(settings.max_line_bytes) is int
 
 
+@pytest.mark.parametrize("written", ["1e3", "1000.0", "1E+3", " 1000 "])
+def test_a_whole_number_is_read_alike_from_every_source(
+    written: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`1e3` is a thousand for an integer setting from a flag, a variable or the file alike,
+    as the documented way of writing numbers says."""
+    assert load_settings({"max_line_bytes": written}, None).max_line_bytes == 1000
+    config = write_config(tmp_path, f"max_line_bytes = {written.strip()}\n")
+    assert load_settings({}, config).max_line_bytes == 1000
+    monkeypatch.setenv("WORKER_MAX_LINE_BYTES", written)
+    assert load_settings({}, None).max_line_bytes == 1000
+
+
+def test_a_bad_value_names_the_one_source_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flag, the variable or the file: the one that gave the value, not a list of all."""
+    config = write_config(tmp_path, 'max_rate = "fast"\n')
+    with pytest.raises(UsageError, match=rf"'max_rate' \({config}\): expected a number"):
+        load_settings({}, config)
+    monkeypatch.setenv("WORKER_MAX_RATE", "quick")
+    with pytest.raises(UsageError, match=r"'max_rate' \(WORKER_MAX_RATE\): expected a number"):
+        load_settings({}, config)
+    with pytest.raises(UsageError, match=r"'max_rate' \(--max-rate\): expected a number"):
+        load_settings({"max_rate": "x"}, config)
+
+
+@pytest.mark.parametrize("setting", ["input", "checkpoint", "result", "exclude"])
+def test_a_path_longer_than_the_system_takes_is_refused_at_once(setting: str) -> None:
+    """800 KB of `a/a/...`: one line and exit 2 at once, where walking it took minutes."""
+    with pytest.raises(UsageError, match=f"'{setting}' .*a path of at most 4095 bytes"):
+        load_settings({setting: "a/" * 400_000 + "c.json"}, None)
+    assert load_settings({setting: "a/" * 2000 + "c.json"}, None)  # 4,006 bytes: fine
+
+
+def test_a_config_file_name_is_shown_escaped_on_one_line(tmp_path: Path) -> None:
+    """A config file named with a newline or bytes that are not UTF-8: one line, escaped."""
+    for name in ("a\nb.toml", os.fsdecode(b"bad\xff.toml")):
+        done = cli(["status", "--config", name], cwd=tmp_path, timeout=60)
+        assert done.returncode == 2
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+        assert ("a\\x0ab.toml" if "\n" in name else "bad\\xff.toml") in done.stderr
+
+
 def test_settings_built_in_code_are_validated_too() -> None:
     """`Settings(...)` from Python checks its values as the command line does."""
     assert Settings(max_line_bytes=512).max_line_bytes == 512

@@ -532,6 +532,26 @@ def test_reset_removes_nothing_when_one_of_its_files_is_a_directory(workdir: Pat
     assert (workdir / "elsewhere").is_dir()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
+def test_reset_removes_nothing_when_the_result_cannot_be_removed(workdir: Path) -> None:
+    """A result on a read-only mount: one line and exit 1 before anything is removed; the
+    checkpoint is kept (removed first, the run would start over from nothing)."""
+    mount = workdir / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        assert cli(["run", "--result", "ro/result.json"], workdir).returncode == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        checkpoint = (workdir / "checkpoint.json").read_bytes()
+        refused = cli(["reset", "--result", "ro/result.json"], workdir)
+        assert refused.returncode == 1
+        assert "ro/result.json: its directory is not writable; nothing removed" in refused.stdout
+        assert (workdir / "checkpoint.json").read_bytes() == checkpoint
+        assert (mount / "result.json").exists()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
 def test_generate_is_reproducible_atomic_and_refuses_to_overwrite(tmp_path: Path) -> None:
     """Same seed, same file; no overwrite without --force; --if-missing is a no-op."""
     assert cli(["generate", "--count", "1000", "--seed", "5"], tmp_path).returncode == 0
@@ -554,20 +574,21 @@ def test_generate_is_reproducible_atomic_and_refuses_to_overwrite(tmp_path: Path
 
 
 def test_generate_to_a_name_the_file_system_refuses_is_one_line(tmp_path: Path) -> None:
-    """A name longer than the file system takes, whole or as a directory on the way: one
-    error line, exit 1, no traceback, nothing written. An empty name is a usage error, and a
-    directory is no file to write or to find there."""
-    for output in ["a" * 256, "b" * 300 + "/x.txt"]:
-        for extra in ([], ["--if-missing"]):
-            done = cli(["generate", "--count", "1", "--output", output, *extra], tmp_path)
-            assert done.returncode == 1
-            assert "Traceback" not in done.stdout + done.stderr
-            (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
-            assert "File name too long" in error["message"]
-    empty = cli(["generate", "--count", "1", "--output", ""], tmp_path)
-    assert empty.returncode == 2
-    assert "--output" in empty.stderr
-    assert len(empty.stderr.splitlines()) == 1
+    """A directory on the way with a name longer than the file system takes: one error line,
+    exit 1, no traceback, nothing written. An empty name, or one too long for the file's
+    temporary twin, is a usage error, and a directory is no file to write or to find there."""
+    for extra in ([], ["--if-missing"]):
+        output = "b" * 300 + "/x.txt"
+        done = cli(["generate", "--count", "1", "--output", output, *extra], tmp_path)
+        assert done.returncode == 1
+        assert "Traceback" not in done.stdout + done.stderr
+        (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+        assert "File name too long" in error["message"]
+    for output, named in [("", "expected a path"), ("a" * 256, "expected a file name of at most")]:
+        refused = cli(["generate", "--count", "1", "--output", output], tmp_path)
+        assert refused.returncode == 2
+        assert f"argument --output: {named}" in refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
     assert os.listdir(tmp_path) == []
     (tmp_path / "folder").mkdir()
     for extra in ([], ["--if-missing"], ["--force"]):

@@ -135,6 +135,81 @@ def test_a_result_or_checkpoint_that_is_no_regular_file_is_refused_and_left_as_i
     assert not (tmp_path / "target.lock").exists()
     assert cli(["generate", "--force", "--output", "target", "--count", "3"], tmp_path).returncode
     assert os.lstat(target).st_mode == before.st_mode
+    # `reset` with the same setting (say WORKER_RESULT=/dev/null) removes it no more than `run`
+    # wrote it, through a link either.
+    (tmp_path / "link").symlink_to(target)
+    for named in ("target", "link"):
+        refused = cli(["reset", setting, named], tmp_path, timeout=30)
+        assert refused.returncode == 1
+        assert "nothing removed" in _one_error(refused)
+        after = os.lstat(target)
+        assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert not (tmp_path / "target.lock").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "reset"])
+@pytest.mark.parametrize(
+    "named", ["--result data/b.txt", "--checkpoint data/b.txt", "--checkpoint state.json"]
+)
+def test_a_file_of_a_glob_named_as_the_result_or_checkpoint_is_exit_2(
+    tmp_path: Path, command: str, named: str
+) -> None:
+    """The worker's own files are never read, so a file of numbers that a glob matches, named
+    as the result or the checkpoint (or reached through a link so named), would be written
+    over by `run` or deleted by `reset`: exit 2 naming it, and every file as it was."""
+    (tmp_path / "data").mkdir()
+    files = {"a.txt": _numbers(100, 1), "b.txt": _numbers(100, 2)}
+    for name, data in files.items():
+        (tmp_path / "data" / name).write_bytes(data)
+    (tmp_path / "state.json").symlink_to("data/b.txt")
+    setting, path = named.split()
+    done = cli([command, "--input", "data/*.txt", setting, path], tmp_path)
+    assert done.returncode == 2
+    assert f"{path} is a file of the input (data/*.txt)" in _one_error(done)
+    for name, data in files.items():
+        assert (tmp_path / "data" / name).read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_the_results_and_checkpoints_of_a_glob_inside_its_own_directory_still_work(
+    tmp_path: Path,
+) -> None:
+    """Beside the refusal above: a checkpoint and result that the glob matches by name are the
+    worker's own files, never read, run after run, and `reset` removes them."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_bytes(_numbers(100, 1))
+    own = ["--input", "data/*", "--checkpoint", "data/c.txt", "--result", "data/r.txt"]
+    for _ in range(2):
+        assert cli(["run", *own], tmp_path).returncode == 0
+    result = json.loads((tmp_path / "data" / "r.txt").read_text())
+    assert result["sum"] == expected_of(_numbers(100, 1)).sum
+    assert cli(["reset", *own], tmp_path).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["a.txt", "c.txt.lock"]
+
+
+@pytest.mark.parametrize(
+    ("config_name", "key", "value", "named"),
+    [
+        ("worker.toml", "result", "worker.toml", "result and the config file"),
+        ("worker.toml", "checkpoint", "./worker.toml", "checkpoint and the config file"),
+        ("state.lock", "checkpoint", "state", "the checkpoint's lock and the config file"),
+    ],
+)
+def test_the_config_file_is_never_written_as_one_of_the_workers_files(
+    tmp_path: Path, config_name: str, key: str, value: str, named: str
+) -> None:
+    """`result = "worker.toml"` in worker.toml itself: exit 2 before anything is written, the
+    config file as it was (a run would replace it with JSON, and the next fail to read it)."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
+    config = tmp_path / config_name
+    text = f'{key} = "{value}"\n'.encode()
+    config.write_bytes(text)
+    for command in ("run", "reset", "status"):
+        done = cli([command, "--config", config_name], tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert named in done.stderr
+        assert config.read_bytes() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["numbers.txt", config_name])
 
 
 def test_a_symlinked_checkpoint_is_written_through_and_keeps_one_lock(tmp_path: Path) -> None:

@@ -151,6 +151,30 @@ def test_a_log_that_cannot_be_written_never_stops_the_work(workdir: Path) -> Non
     _assert_resumes_to_the_exact_sum(workdir)
 
 
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["healthcheck"]])
+def test_a_command_whose_output_cannot_be_written_says_so_in_one_line(
+    workdir: Path, args: list[str]
+) -> None:
+    """`status > /dev/full`: exit 1 and one line on stderr, never a traceback. (Log lines are
+    another matter: a log write that fails is dropped, and the work goes on.)"""
+    assert cli(["run"], workdir).returncode == 0
+    with open("/dev/full", "w") as full:
+        done = cli_writing_to(full, args, workdir)
+    assert done.returncode == 1
+    assert done.stderr.decode() == "checkpoint-worker: error: No space left on device\n"
+
+
+def test_names_an_ascii_terminal_cannot_show_are_escaped_not_a_traceback(tmp_path: Path) -> None:
+    """`PYTHONIOENCODING=ascii` (or a C locale's stdout) and a file name that is not ASCII:
+    `status` shows it escaped, exit 0."""
+    (tmp_path / "données✓.txt").write_bytes(b"1\n2\n")
+    env = worker_env(PYTHONIOENCODING="ascii")
+    assert cli(["run", "--input", "données✓.txt"], tmp_path, env).returncode == 0
+    done = cli(["status", "--input", "données✓.txt"], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert "input       donn\\xe9es\\u2713.txt (4 bytes)" in done.stdout
+
+
 def _worker_stuck_writing_its_log(tmp_path: Path) -> subprocess.Popen[bytes]:
     """A worker following 3,000 files (a `file_discovered` line each: far more than a pipe
     holds) whose stdout nobody reads: once this returns, it waits in a log write."""

@@ -30,9 +30,11 @@ __all__ = [
     "LONGEST_WRITTEN_NAME",
     "MAX_CONFIG_BYTES",
     "NAME_MAX",
+    "PATH_MAX",
     "TEMP_SUFFIX",
     "atomic_write",
     "fsync_directory",
+    "open_regular_file",
     "read_regular_file",
     "replaceable",
     "temp_files_of",
@@ -41,6 +43,7 @@ __all__ = [
 
 TEMP_SUFFIX = ".tmp"
 NAME_MAX = 255  # bytes in a directory entry's name (Linux's file systems)
+PATH_MAX = 4096  # bytes in a path a system call takes, its closing NUL included (Linux)
 # The longest name of a file written here: its temporary file, `.NAME.XXXXXXXX.tmp`, must fit a
 # directory entry, or a save would fail only once the input had been read.
 LONGEST_WRITTEN_NAME = NAME_MAX - len("..XXXXXXXX") - len(TEMP_SUFFIX)
@@ -139,14 +142,24 @@ def atomic_write(target: Path, pieces: Iterable[bytes]) -> None:
     fsync_directory(directory)
 
 
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The bytes of `path`, a regular file of at most `limit` bytes; an OSError saying why not."""
-    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+def open_regular_file(path: str | Path) -> tuple[int, os.stat_result]:
+    """A descriptor of `path` open for reading, and its stat; an OSError when it is not a
+    regular file. O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of `path`, a regular file of at most `limit` bytes; an OSError saying why not."""
+    fd, info = open_regular_file(path)
+    try:
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes")
         pieces: list[bytes] = []

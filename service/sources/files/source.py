@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, replace
@@ -206,6 +207,40 @@ def refuse_shared_files(settings: Settings, plain_input: Path | None) -> None:
                     f"{what} and {other} are the same file ({shown(str(other_path))}): "
                     "give each its own path"
                 )
+    if plain_input is None:
+        _refuse_input_files_as_state(settings)
+
+
+def _refuse_input_files_as_state(settings: Settings) -> None:
+    """A glob's files exclude the checkpoint and the result by name, so a file of numbers that
+    a pattern matches, named as either, would be overwritten (or, by `reset`, deleted). One
+    that holds no JSON object, as every checkpoint and result does, is such a file."""
+    patterns: InputPatterns | None = None
+    for what, path in (("checkpoint", settings.checkpoint), ("result", settings.result)):
+        identity = identity_of(str(path))
+        if identity is None or not _holds_data(path):
+            continue
+        patterns = patterns or InputPatterns(settings.input, settings.exclude)  # none excluded
+        if identity in patterns.scan():
+            raise UsageError(
+                f"{what} {shown(str(path))} is a file of the input ({patterns.describe()}) and "
+                f"holds no {what}: give the {what} a path of its own"
+            )
+
+
+def _holds_data(path: Path) -> bool:
+    """Whether `path` is a regular file whose first bytes are not a JSON object's (`{`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        head = os.read(fd, 64).lstrip() if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return bool(head) and not head.startswith(b"{")
 
 
 class FileSource:
