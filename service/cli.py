@@ -38,8 +38,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line and exit 2, instead of argparse's usage block; no secret in it."""
         argv: list[str] = getattr(self, "argv", [])
-        safe = _flags_safe_to_echo(self if self.complete else _build_parser())
-        message = _without_values(message, argv, safe)
+        command = next((word for word in argv if word in _COMMANDS), None)
+        if argv[:1] and argv[0].startswith("-") and command is not None:
+            # `checkpoint-worker --max-rate 5 status`: say where flags go, echoing no value.
+            flag = argv[0].split("=", 1)[0]
+            message = f"the command comes first, then its flags: `{PROG} {command} {flag} ...`"
+        else:
+            safe = _flags_safe_to_echo(self if self.complete else _build_parser())
+            message = _without_values(message, argv, safe)
         self.exit(2, f"{PROG}: error: {message} (see `{PROG} --help`)\n")
 
 

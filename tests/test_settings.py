@@ -400,6 +400,16 @@ def test_unreadable_config_file(name: str, tmp_path: Path) -> None:
         pytest.param(["run", "--max-rate"], "--max-rate", id="missing-value"),
         pytest.param(["status", "--config", "nowhere.toml"], "nowhere.toml", id="missing-config"),
         pytest.param(["frobnicate"], "frobnicate", id="unknown-command"),
+        pytest.param(
+            ["--max-rate", "5", "status"],
+            "the command comes first, then its flags: `checkpoint-worker status --max-rate ...`",
+            id="flag-before-command",
+        ),
+        pytest.param(
+            ["--kafka-sasl-password", "s3cret", "run"],
+            "`checkpoint-worker run --kafka-sasl-password ...`",
+            id="secret-before-command",
+        ),
     ],
 )
 def test_cli_usage_error_is_one_line_and_exit_2(
@@ -411,6 +421,7 @@ def test_cli_usage_error_is_one_line_and_exit_2(
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert named in done.stderr
     assert "Traceback" not in done.stderr
+    assert "s3cret" not in done.stderr
     assert not (tmp_path / "checkpoint.json").exists()
 
 
