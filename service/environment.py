@@ -2,6 +2,9 @@
 
 Rule 1: a variable names a setting whatever its case (`WORKER_FOLLOW`, `worker_follow`), as on
         most tools. This module imports nothing heavy: `healthcheck` reads it too.
+Rule 2: a `WORKER_*` variable that names no setting is not an error (the prefix is a common
+        one), but `run` says so, with the variable it may have meant: a misspelt setting would
+        otherwise be silently left at its default.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 
-__all__ = ["ENV_PREFIX", "worker_environment"]
+__all__ = ["ENV_PREFIX", "unknown_worker_variables", "worker_environment"]
 
 ENV_PREFIX = "WORKER_"
+# The compose file's image tag (`docker-compose.yml`): the project's own, though not a setting.
+_NOT_SETTINGS = frozenset({"image"})
 
 
 def worker_environment(names: Collection[str]) -> dict[str, str]:
@@ -22,3 +27,24 @@ def worker_environment(names: Collection[str]) -> dict[str, str]:
         if key.upper().startswith(ENV_PREFIX) and name in names:
             found[name] = value
     return found
+
+
+def unknown_worker_variables(names: Collection[str]) -> list[tuple[str, str | None]]:
+    """Each `WORKER_*` variable that names none of `names` (nor `config`), sorted, with the
+    setting's variable it most resembles, if one is close."""
+    known = {*names, "config", *_NOT_SETTINGS}
+    unknown = sorted(
+        key
+        for key in os.environ
+        if key.upper().startswith(ENV_PREFIX)
+        and key.lower().removeprefix(ENV_PREFIX.lower()) not in known
+    )
+    if not unknown:
+        return []
+    import difflib  # only when there is something to suggest
+
+    variables = [ENV_PREFIX + name.upper() for name in sorted({*names, "config"})]
+    return [
+        (key, next(iter(difflib.get_close_matches(key.upper(), variables, n=1, cutoff=0.8)), None))
+        for key in unknown
+    ]

@@ -16,7 +16,7 @@ from service.settings import Settings, load_settings, setting_fields, split_addr
 from service.sources.files.source import input_patterns
 from service.storage.atomic import LONGEST_WRITTEN_NAME, NAME_MAX
 from service.storage.lock import PID_MAX
-from tests.processes import cli
+from tests.processes import cli, events_of, worker_env
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")
 
@@ -201,6 +201,26 @@ def test_worker_config_variable_is_not_an_unknown_setting(monkeypatch: pytest.Mo
     """WORKER_CONFIG names the file; it is not mistaken for a setting."""
     monkeypatch.setenv("WORKER_CONFIG", "somewhere.toml")
     assert dataclasses.asdict(load_settings({}, None)) == DOCUMENTED_DEFAULTS
+
+
+def test_a_misspelt_variable_is_named_with_the_one_it_may_mean(tmp_path: Path) -> None:
+    """A `WORKER_*` variable that names no setting leaves nothing unsaid: `run` warns, once each,
+    and goes on with the settings it has; a setting's own variable is not warned about."""
+    (tmp_path / "numbers.txt").write_text("4\n5\n")
+    env = worker_env(
+        WORKER_CHEKPOINT_INTERVAL="7", WORKER_REPLICA="2", WORKER_IMAGE="x", WORKER_MAX_RATE="0"
+    )
+    done = cli(["run"], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    ignored = [e for e in events if e["event"] == "variable_ignored"]
+    assert [(e["variable"], e.get("did_you_mean"), e["level"]) for e in ignored] == [
+        ("WORKER_CHEKPOINT_INTERVAL", "WORKER_CHECKPOINT_INTERVAL", "warning"),
+        ("WORKER_REPLICA", None, "warning"),
+    ]
+    assert "did you mean WORKER_CHECKPOINT_INTERVAL?" in ignored[0]["message"]
+    completed = [e for e in events if e["event"] == "completed"]
+    assert [e["sum"] for e in completed] == [9]
 
 
 @pytest.mark.parametrize(

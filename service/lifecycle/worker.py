@@ -34,10 +34,11 @@ from service.core.names import shown
 from service.core.parsing import Parsed
 from service.core.position import Pacer, Periodic, Position, RateMeter, percent_done
 from service.descriptors import reserve_descriptors
+from service.environment import unknown_worker_variables
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.deadline import NOW, ShutdownDeadline
 from service.lifecycle.partition import Partition, ReadStatus, Source
-from service.settings import Settings
+from service.settings import Settings, setting_fields
 from service.signals import IGNORED_SIGNALS, STOP_SIGNALS, signal_name
 from service.storage.checkpoint import require_directory_of, write_json
 from service.storage.lock import HEARTBEAT_INTERVAL
@@ -509,6 +510,7 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
         version=__version__,
         follow=settings.follow,
     )
+    _say_unknown_variables(log)
     try:
         await worker.run(early_signals)
     finally:
@@ -518,3 +520,15 @@ async def run_worker(settings: Settings, log: Logger, early_signals: list[int]) 
     worker.ignore_late_signals()  # the exit code is decided: a signal now cannot change it
     log.info("worker_stopped", exit_code=code, reason=reason, **counters)
     return code
+
+
+def _say_unknown_variables(log: Logger) -> None:
+    """A misspelt `WORKER_*` variable leaves its setting at the default: say so, once each."""
+    for variable, meant in unknown_worker_variables({field.name for field in setting_fields()}):
+        hint = f"; did you mean {meant}?" if meant else ""
+        log.warning(
+            "variable_ignored",
+            variable=shown(variable),
+            message=f"{shown(variable)} names no setting and is ignored{hint}",
+            **({"did_you_mean": meant} if meant else {}),
+        )
