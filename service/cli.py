@@ -39,9 +39,11 @@ class _Parser(argparse.ArgumentParser):
         """One line and exit 2, instead of argparse's usage block; no secret in it."""
         argv: list[str] = getattr(self, "argv", [])
         command = next((word for word in argv if word in _COMMANDS), None)
-        if argv[:1] and argv[0].startswith("-") and command is not None:
+        top_level = self._subparsers is not None  # a command's parser sees only its own words
+        if top_level and argv[:1] and argv[0].startswith("-") and command is not None:
             # `checkpoint-worker --max-rate 5 status`: say where flags go, echoing no value.
-            flag = argv[0].split("=", 1)[0]
+            attached = _FLAG_WITH_ATTACHED_VALUE.match(argv[0])
+            flag = attached["flag"] if attached else argv[0]
             message = f"the command comes first, then its flags: `{PROG} {command} {flag} ...`"
         else:
             safe = _flags_safe_to_echo(self if self.complete else _build_parser())
@@ -174,13 +176,13 @@ def _output_path(text: str) -> Path:
 
 
 def _count(text: str) -> int:
-    """`generate --count`: from 0 to MAX_COUNT."""
+    """`generate --count`: from 0 to MAX_COUNT, written as a whole-number setting is."""
+    from service.settings import whole_number
+
     try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= count <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_COUNT:,}, got {count}")
+        count: int = whole_number(ge=0, le=MAX_COUNT)(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{error}, got {text!r}") from None
     return count
 
 

@@ -40,6 +40,8 @@ __all__ = [
     "load_settings",
     "setting_fields",
     "split_address",
+    "whole_number",
+    "written_file",
 ]
 
 MAX_LINE_BYTES = 1 << 30  # the largest max_line_bytes: one line held in memory at most
@@ -106,7 +108,9 @@ def _seconds(*, zero: bool = False) -> Convert:
     return convert
 
 
-def _integer(*, ge: int, le: int | None = None) -> Convert:
+def whole_number(*, ge: int, le: int | None = None) -> Convert:
+    """A whole number from ge to le, written `1000`, `1e3` or `1000.0`; ValueError otherwise."""
+
     def convert(value: Any) -> int:
         if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
             value = int(value)
@@ -325,7 +329,7 @@ class Settings:
         "skip", _choice(OnBadRecord), "skip or fail on a bad line"
     )
     max_line_bytes: int = _setting(
-        4096, _integer(ge=1, le=MAX_LINE_BYTES), "longest line accepted, in bytes"
+        4096, whole_number(ge=1, le=MAX_LINE_BYTES), "longest line accepted, in bytes"
     )
     on_input_change: OnInputChange = _setting(
         "fail", _choice(OnInputChange), "when the input no longer matches the checkpoint"
@@ -375,7 +379,7 @@ class Settings:
     close_inactive: float = _setting(
         5.0, _seconds(), "seconds a file renamed out of every pattern is still read"
     )
-    max_open_files: int = _setting(256, _integer(ge=1), "files open at once; others wait")
+    max_open_files: int = _setting(256, whole_number(ge=1), "files open at once; others wait")
     forget_closed_after: float = _setting(
         86400.0, _seconds(zero=True), "seconds a closed file's position is kept, 0 = forever"
     )
@@ -468,10 +472,12 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
     try:
         settings = _secrets_from_files(Settings(**values))
     except _InvalidSetting as error:
-        if error.name in flags:
-            source = f"--{error.name.replace('_', '-')}"
-        elif error.name in from_environment:
-            source = f"{ENV_PREFIX}{error.name.upper()}"
+        # A secret read from its `<name>_file` twin came from wherever that twin was given.
+        given_as = next((n for n in (error.name, error.name + "_file") if n in values), error.name)
+        if given_as in flags:
+            source = f"--{given_as.replace('_', '-')}"
+        elif given_as in from_environment:
+            source = f"{ENV_PREFIX}{given_as.upper()}"
         else:
             source = shown(str(config_file))
         secret = next(f for f in setting_fields() if f.name == error.name).metadata["secret"]

@@ -450,9 +450,10 @@ def test_generate_never_writes_over_the_workers_own_files(
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--count", "99999999999999999999"], "argument --count: must be from 0 to"),
-        (["--count", "-1"], "argument --count: must be from 0 to"),
-        (["--count", "1e3"], "argument --count: expected a whole number"),
+        (["--count", "99999999999999999999"], "argument --count: must be at most 10000000000"),
+        (["--count", "2e10"], "argument --count: must be at most 10000000000"),
+        (["--count", "-1"], "argument --count: must be at least 0"),
+        (["--count", "1.5"], "argument --count: expected a whole number, got '1.5'"),
         (["--output", "new/"], "argument --output: expected a file's path"),
         (["--output", "a" * 5000], "argument --output: a path of at most 4095 bytes"),
     ],
@@ -468,6 +469,13 @@ def test_generate_refuses_an_absurd_count_or_output_as_a_usage_error(
     assert done.stdout == ""
     assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_takes_a_count_written_as_a_whole_number_setting_is(tmp_path: Path) -> None:
+    """`--count 1e3` is 1000, as `max_line_bytes = 1e3` is: one way to write a number."""
+    done = cli(["generate", "--count", "1e3", "--output", "n.txt", "--seed", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len((tmp_path / "n.txt").read_bytes().splitlines()) == 1000
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")

@@ -505,6 +505,26 @@ def test_a_bad_value_names_the_one_source_it_came_from(
         load_settings({"max_rate": "x"}, config)
 
 
+def test_a_bad_secret_read_from_its_file_names_where_that_file_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password file holding a NUL: the error names `--kafka-sasl-password-file`, its
+    variable or the config file, whichever gave it, and never the secret."""
+    secret_file = tmp_path / "pw"
+    secret_file.write_bytes(b"s3cr\0t\n")
+    config = write_config(tmp_path, f'kafka_sasl_password_file = "{secret_file}"\n')
+    expected = r"'kafka_sasl_password' \({}\): must not hold a NUL"
+    with pytest.raises(UsageError, match=expected.format(config)) as from_config:
+        load_settings({}, config)
+    monkeypatch.setenv("WORKER_KAFKA_SASL_PASSWORD_FILE", str(secret_file))
+    with pytest.raises(UsageError, match=expected.format("WORKER_KAFKA_SASL_PASSWORD_FILE")):
+        load_settings({}, config)
+    flags = {"kafka_sasl_password_file": str(secret_file)}
+    with pytest.raises(UsageError, match=expected.format("--kafka-sasl-password-file")):
+        load_settings(flags, None)
+    assert "s3cr" not in from_config.value.message
+
+
 @pytest.mark.parametrize("setting", ["input", "checkpoint", "result", "exclude"])
 def test_a_path_longer_than_the_system_takes_is_refused_at_once(setting: str) -> None:
     """800 KB of `a/a/...`: one line and exit 2 at once, where walking it took minutes."""
