@@ -14,6 +14,7 @@ thread, so the event loop keeps turning. aiofiles runs on asyncio only.
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -32,6 +33,12 @@ from service.library import load_checkpoint as _load_checkpoint
 from service.storage.atomic import open_regular_file
 
 __all__ = ["load_checkpoint", "number_stream", "save_checkpoint"]
+
+
+def _open_for_reading(filename: str | Path) -> io.FileIO:
+    """A file object owning a descriptor of `filename`, a regular file (OSError otherwise)."""
+    fd, _ = open_regular_file(filename)
+    return io.FileIO(fd, "rb", closefd=True)
 
 
 async def load_checkpoint(
@@ -63,11 +70,14 @@ async def number_stream(
     """Yield (offset after the line, number) for each record from byte `offset` on, through
     aiofiles, one thread hop a chunk."""
     stream = Stream(filename, offset, max_line_bytes)
-    fd, _ = await anyio.to_thread.run_sync(open_regular_file, filename)
-    async with aiofiles.open(fd, "rb", buffering=0) as handle:
-        await handle.seek(offset)
-        while chunk := await handle.read(STREAM_CHUNK_BYTES):
-            for record in stream.feed(chunk):
-                yield record
+    # The descriptor is closed here whatever happens, a cancellation while aiofiles opens
+    # its own file object on it included (that one does not close it).
+    owner = await anyio.to_thread.run_sync(_open_for_reading, filename)
+    with owner:
+        async with aiofiles.open(owner.fileno(), "rb", buffering=0, closefd=False) as handle:
+            await handle.seek(offset)
+            while chunk := await handle.read(STREAM_CHUNK_BYTES):
+                for record in stream.feed(chunk):
+                    yield record
     for record in stream.end():
         yield record

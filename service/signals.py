@@ -3,8 +3,9 @@ here, so that none of them ends the worker without its final checkpoint.
 
 Stop signals end the run gracefully: the final checkpoint, then exit 0; a second one during the
 shutdown exits at once with 128 + its number. Besides SIGTERM, SIGINT and SIGHUP: SIGQUIT
-(Ctrl+\\, and the graceful stop of nginx and others), SIGXCPU (the CPU-time limit's warning, a
-second before the kernel's SIGKILL) and SIGPWR (a failing power supply).
+(Ctrl+\\, and the graceful stop of nginx and others), SIGXCPU (the CPU-time limit's warning,
+repeated each second of CPU until the hard limit's SIGKILL: a repeat is not a second signal)
+and SIGPWR (a failing power supply).
 
 Ignored signals are those other programs give a meaning of their own (reopen the logs, reload,
 dump, a timer, a profiler's tick, the real-time signals): the worker has none of these, so it

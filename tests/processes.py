@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from service.signals import IGNORED_SIGNALS
+
 __all__ = [
     "RUN",
     "Event",
@@ -249,9 +251,11 @@ class WorkerProcess:
         return int(started["pid"]) if started else None
 
     def wait_catching(self, signum: int, timeout: float = 30) -> bool:
-        """True once the worker has a handler for `signum`, or ignores it (SigCgt or SigIgn in
-        /proc): before that, any process dies of the signal's default action, and no code of
-        the worker has run."""
+        """True once the worker has a handler for `signum` (SigCgt in /proc), or ignores it
+        (SigIgn) when it is one of the signals the worker ignores: before that, any process dies
+        of the signal's default action, and no code of the worker has run. A stop signal ignored
+        (inherited from `nohup`) never counts: it would stop nothing."""
+        fields = ("SigCgt:", "SigIgn:") if signum in IGNORED_SIGNALS else ("SigCgt:",)
         pid = self.pid()
         deadline = time.monotonic() + timeout
         while pid is not None and time.monotonic() < deadline:
@@ -261,7 +265,7 @@ class WorkerProcess:
                 return False
             taken = 0
             for line in status.splitlines():
-                if line.startswith(("SigCgt:", "SigIgn:")):
+                if line.startswith(fields):
                     taken |= int(line.split()[1], 16)
             if taken & (1 << (signum - 1)):
                 return True

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import service
@@ -89,6 +90,29 @@ async def test_async_stream_yields_the_same(numbers: Path) -> None:
     """service.aio's number_stream yields exactly what number_stream does."""
     pairs = [pair async for pair in aio.number_stream(numbers)]
     assert pairs == list(number_stream(numbers))
+
+
+@pytest.mark.anyio
+async def test_an_async_stream_cancelled_at_any_moment_leaves_no_descriptor_open(
+    numbers: Path,
+) -> None:
+    """A task reading the async stream, cancelled while it opens the file or reads it: every
+    descriptor it opened is closed, so a service that restarts readers never runs out."""
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def read_some() -> None:
+        async with contextlib.aclosing(aio.number_stream(numbers)) as stream:
+            async for _ in stream:
+                pass
+
+    before = open_descriptors()
+    for attempt in range(60):
+        with anyio.move_on_after(attempt * 0.0002):
+            await read_some()
+    await anyio.sleep(0.05)  # a thread still opening sees its result dropped
+    assert open_descriptors() == before
 
 
 @pytest.mark.parametrize("index", [0, 1, 20_000, -2, -1])

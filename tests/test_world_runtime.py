@@ -588,6 +588,23 @@ def test_a_second_stop_signal_with_sighup_exits_at_once(
         assert saved["sum"] == expected_of(data[: saved["offset"]]).sum
 
 
+def test_sigxcpu_repeated_by_the_kernel_is_not_a_second_stop(workdir: Path) -> None:
+    """Past its CPU-time limit a process gets SIGXCPU each second until the hard limit: the
+    repeats during the shutdown the first one began leave it to finish, final checkpoint and
+    exit 0."""
+    data = (workdir / "numbers.txt").read_bytes()
+    worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.1"], workdir)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    worker.signal(signal.SIGXCPU)
+    worker.wait_for("shutdown_requested", signal="SIGXCPU")
+    worker.signal(signal.SIGXCPU)
+    worker.signal(signal.SIGXCPU)
+    assert worker.finish() == 0, worker.tail()
+    saved = [e for e in worker.events if e["event"] == "checkpoint_saved"][-1]
+    assert saved["reason"] == "shutdown"
+    assert saved["sum"] == expected_of(data[: saved["offset"]]).sum
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT])
 def test_a_stop_signal_after_completion_changes_nothing(tmp_path: Path, signum: int) -> None:
     """A signal that comes while a worker that finished its input is exiting (`docker compose
@@ -953,6 +970,8 @@ def test_a_bad_secret_names_the_setting_never_its_value(
         ["run", f"--kafka-sasl-passwd={SECRET}"],  # misspelt, the value attached
         ["run", "--kafka-sasl-pasword", SECRET, "--follow"],  # misspelt, the value after it
         ["--kafka-sasl-password", SECRET, "run"],  # before the command
+        [f"--kafka-sasl-password:{SECRET}", "run"],  # before it, a colon for the equals sign
+        [f"--kafka-sasl-password {SECRET}", "run"],  # before it, one quoted word
         ["healthcheck", f"--kafka-sasl-pass={SECRET}"],
         ["run", f"--kafka-sasl-password:{SECRET}"],  # a colon typed for the equals sign
         ["run", f"--kafka-sasl-password {SECRET}"],  # one quoted word
@@ -977,6 +996,9 @@ def test_a_mistyped_command_line_still_names_what_is_wrong(tmp_path: Path) -> No
     count = cli(["generate", "--count", "ten"], tmp_path)
     assert count.returncode == 2
     assert "'ten'" in _one_error_line(count)
+    # A command's own flags: a later word that is a command's name (`run`) changes nothing.
+    named_run = cli(["generate", "--count", "ten", "--output", "run"], tmp_path)
+    assert "argument --count: expected a whole number, got 'ten'" in _one_error_line(named_run)
 
 
 def test_a_traceback_in_the_log_never_shows_local_variables(tmp_path: Path) -> None:

@@ -71,6 +71,8 @@ def _exit_at_next_signal() -> None:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, _exit_now)
+    # Past the CPU-time limit the kernel sends SIGXCPU again each second: not a second stop.
+    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
 
 
 def _shutdown_deadline(seconds: float) -> ShutdownDeadline:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, replace
@@ -48,7 +47,7 @@ from service.sources.files.scan import (
     identity_of,
     log_files,
 )
-from service.storage.atomic import temp_files_of
+from service.storage.atomic import open_regular_file, temp_files_of
 from service.storage.checkpoint import (
     IDENTITY_WINDOW,
     Checkpoint,
@@ -231,11 +230,11 @@ def _refuse_input_files_as_state(settings: Settings) -> None:
 def _holds_data(path: Path) -> bool:
     """Whether `path` is a regular file whose first bytes are not a JSON object's (`{`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd, _ = open_regular_file(path)
     except OSError:
         return False
     try:
-        head = os.read(fd, 64).lstrip() if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        head = os.read(fd, 64).lstrip()
     except OSError:
         return False
     finally:
