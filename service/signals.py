@@ -19,24 +19,19 @@ import signal
 
 __all__ = ["IGNORED_SIGNALS", "STOP_SIGNALS", "signal_name"]
 
-STOP_SIGNALS: tuple[int, ...] = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGXCPU,
-    signal.SIGPWR,
+
+def _those_here(*names: str) -> tuple[int, ...]:
+    # SIGPWR, SIGSTKFLT and the real-time signals are Linux's: the library imports this anywhere.
+    return tuple(getattr(signal, name) for name in names if hasattr(signal, name))
+
+
+STOP_SIGNALS: tuple[int, ...] = _those_here(
+    "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGXCPU", "SIGPWR"
 )
 
 IGNORED_SIGNALS: tuple[int, ...] = (
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGALRM,
-    signal.SIGVTALRM,
-    signal.SIGPROF,
-    signal.SIGIO,
-    signal.SIGSTKFLT,
-    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+    *_those_here("SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGSTKFLT"),
+    *(range(signal.SIGRTMIN, signal.SIGRTMAX + 1) if hasattr(signal, "SIGRTMIN") else ()),
 )
 
 
