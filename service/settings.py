@@ -34,6 +34,7 @@ from service.storage.lock import lock_path_for
 
 __all__ = [
     "ENV_PREFIX",
+    "GLOB_CHARACTERS",
     "MAX_LINE_BYTES",
     "Listed",
     "Settings",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 MAX_LINE_BYTES = 1 << 30  # the largest max_line_bytes: one line held in memory at most
+GLOB_CHARACTERS = frozenset("*?[")  # a path holding one of these is a glob
+# Levels of a glob from its first wildcard on: the standard glob walks each by a recursive call.
+MAX_GLOB_LEVELS = 128
 
 
 OnBadRecord = Literal["skip", "fail"]
@@ -85,6 +89,9 @@ def _number(
             raise ValueError("expected a finite number") from None
         if not math.isfinite(number):
             raise ValueError("expected a finite number")
+        mantissa = value.lower().partition("e")[0] if isinstance(value, str) else ""
+        if number == 0 and re.search("[1-9]", mantissa):  # `1e-400`: no float holds it
+            raise ValueError("too close to 0 to tell from it: give 0 or a larger number")
         if gt is not None and not number > gt:
             raise ValueError(f"must be greater than {gt:g}")
         if ge is not None and not number >= ge:
@@ -190,6 +197,14 @@ def _refuse_too_long(path: str) -> None:
         raise ValueError(f"a path of at most {PATH_MAX - 1} bytes")
 
 
+def _refuse_too_deep(pattern: str) -> None:
+    """A thousand `*/` levels would exhaust the interpreter's stack in the standard glob."""
+    parts = pattern.split(os.sep)
+    first = next((at for at, part in enumerate(parts) if GLOB_CHARACTERS & set(part)), len(parts))
+    if len(parts) - first > MAX_GLOB_LEVELS:
+        raise ValueError(f"a glob of at most {MAX_GLOB_LEVELS} levels from its first wildcard on")
+
+
 def written_file(value: Any) -> Path:
     """The path of a file the worker writes (the checkpoint, the result, generate's output): a
     file's, not a directory's, with a name short enough for its temporary files."""
@@ -230,6 +245,7 @@ def _patterns(*, at_least_one: bool) -> Convert:
         for pattern in value:
             _refuse_nul(pattern)
             _refuse_too_long(pattern)
+            _refuse_too_deep(pattern)
         if at_least_one and not value:
             raise ValueError("no path or glob")
         # A list (TOML, JSON) of one stays a list; one path, or a tuple made already, is not.

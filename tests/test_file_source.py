@@ -212,6 +212,31 @@ async def test_a_line_of_millions_of_digits_is_converted_while_the_event_loop_tu
     assert longest_gap < took / 2
 
 
+def test_repeated_double_stars_walk_each_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`**/**/**/*.txt` matches what `**/*.txt` does, and costs what it does: each repeat would
+    otherwise walk every directory below each one the previous walk found, without end."""
+    for name in ("a/b/c/1.txt", "a/b/2.txt", "a/3.txt", "4.txt", "d/e/5.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"1\n")
+    monkeypatch.chdir(tmp_path)
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path: str = ".") -> object:
+        listed.append(os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    once = {m.path for m in InputPatterns(("**/*.txt",)).scan().values()}
+    listings_once, listed[:] = len(listed), []
+    repeated = {m.path for m in InputPatterns(("/".join(["**"] * 12) + "/*.txt",)).scan().values()}
+    assert repeated == once
+    assert len(once) == 5
+    assert len(listed) == listings_once
+
+
 @pytest.mark.parametrize(
     ("exclude", "read"),
     [

@@ -308,6 +308,9 @@ BAD_VALUES = [
     ("result", "r" * 242),
     ("input", "[" * 3000),  # a JSON list nested past the parser's recursion limit
     ("exclude", "[" * 3000 + "]" * 3000),
+    ("max_rate", "1e-400"),  # no float holds it: it would read as 0, no limit at all
+    ("forget_closed_after", "1e-400"),  # likewise 0, "never forget"
+    ("input", "*/" * 200 + "*"),  # deeper than the standard glob walks
 ]
 
 
@@ -531,6 +534,22 @@ def test_a_path_longer_than_the_system_takes_is_refused_at_once(setting: str) ->
     with pytest.raises(UsageError, match=f"'{setting}' .*a path of at most 4095 bytes"):
         load_settings({setting: "a/" * 400_000 + "c.json"}, None)
     assert load_settings({setting: "a/" * 2000 + "c.json"}, None)  # 4,006 bytes: fine
+
+
+@pytest.mark.parametrize("setting", ["input", "exclude"])
+def test_a_glob_deeper_than_the_standard_glob_walks_is_one_line(
+    tmp_path: Path, setting: str
+) -> None:
+    """A thousand `*/` levels (2,001 bytes, a legal length) would exhaust the stack of the
+    standard glob: `status` and `run` say so in one line and exit 2, never a traceback."""
+    deep = "*/" * 1000 + "*"
+    for command in ("status", "run"):
+        done = cli([command, f"--{setting}", deep], tmp_path)
+        assert done.returncode == 2
+        assert "a glob of at most 128 levels from its first wildcard on" in done.stderr
+        assert "Traceback" not in done.stderr
+    plain_deep = "d/" * 1000 + "*.txt"  # deep, but walked from its one wildcard only
+    assert load_settings({setting: plain_deep}, None)
 
 
 def test_a_config_file_name_is_shown_escaped_on_one_line(tmp_path: Path) -> None:

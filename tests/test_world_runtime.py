@@ -1103,6 +1103,11 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact
     typed = "data/\\\\xffbad.txt"
     (data / "red\x1b[31m.txt").write_bytes(b"5\n")
     red = "data/red\\x1b[31m.txt"
+    # U+0085 (a control character, in UTF-8) and the byte 0x85 (not UTF-8): two names, two shows.
+    (data / "\x85nel.txt").write_bytes(b"6\n")
+    with open(os.fsencode(data) + b"/\x85nel.txt", "wb") as handle:
+        handle.write(b"7\n")
+    control, raw = "data/\\u0085nel.txt", "data/\\x85nel.txt"
     env = {"WORKER_INPUT": "data/*.txt", "WORKER_METRICS_ADDRESS": "127.0.0.1:0"}
     worker = WorkerProcess(["--follow"], tmp_path, worker_env(**env))
     running.append(worker)
@@ -1112,11 +1117,11 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact
     status, text = get(f"http://{host}:{port}/metrics")
     assert status == 200
     positions = by_label(samples_of(text), "checkpoint_worker_position", "partition")
-    assert positions == {"data/good.txt": 3, escaped: 6, typed: 2, red: 2}
+    assert positions == {"data/good.txt": 3, escaped: 6, typed: 2, red: 2, control: 2, raw: 2}
     _stop_cleanly(worker)
     shown = cli(["status", "--json"], tmp_path, worker_env(**env))
     assert sorted(entry["path"] for entry in json.loads(shown.stdout)["files"]) == sorted(
-        [escaped, "data/good.txt", typed, red]
+        [escaped, "data/good.txt", typed, red, control, raw]
     )
     for_people = cli(["status"], tmp_path, worker_env(**env)).stdout
     assert red in for_people
@@ -1128,6 +1133,8 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact
         b"data/\xffbad.txt",
         b"data/\\xffbad.txt",
         b"data/red\x1b[31m.txt",
+        b"data/\xc2\x85nel.txt",
+        b"data/\x85nel.txt",
     }
 
 

@@ -25,14 +25,13 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from service.core.names import shown
-from service.settings import Listed
+from service.settings import GLOB_CHARACTERS, Listed
 from service.storage.atomic import TEMP_SUFFIX, written_path
 from service.storage.lock import lock_path_for
 
 __all__ = ["FileKey", "InputPatterns", "Match", "identity_of"]
 
 FileKey = tuple[int, int]  # (st_dev, st_ino) of a file seen by this process
-_GLOB_CHARACTERS = frozenset("*?[")
 
 
 @dataclass(frozen=True)
@@ -153,8 +152,10 @@ def _expand(pattern: str, notes: ScanNotes) -> list[str]:
         return glob.glob(pattern)
     at = parts.index("**")
     head = os.sep.join(parts[:at]) or (os.sep if pattern.startswith(os.sep) else "")
+    while parts[at + 1 : at + 2] == ["**"]:  # `**/**` matches what one `**` does, walked once
+        at += 1
     rest = os.sep.join(parts[at + 1 :]) or "*"  # a trailing `**`: every file below, too
-    bases = glob.glob(head) if _GLOB_CHARACTERS & set(head) else [head]
+    bases = glob.glob(head) if GLOB_CHARACTERS & set(head) else [head]
     names: list[str] = []
     for base in bases:
         for directory in _directories_under(base, notes):
@@ -167,7 +168,7 @@ def _look_into_first_listed(pattern: str, notes: ScanNotes) -> None:
     it when it cannot be listed: the usual way a whole directory of inputs goes missing unseen.
     (`**` notes every directory it walks.)"""
     parts = pattern.split(os.sep)
-    at = next((i for i, part in enumerate(parts) if _GLOB_CHARACTERS & set(part)), None)
+    at = next((i for i, part in enumerate(parts) if GLOB_CHARACTERS & set(part)), None)
     if at is None or "**" in parts:
         return
     directory = os.sep.join(parts[:at]) or (os.sep if pattern.startswith(os.sep) else ".")
@@ -221,7 +222,7 @@ class InputPatterns:
     def plain_path(self) -> Path | None:
         """The one path when the input is a single plain path (not a list of one), else None."""
         listed = isinstance(self.patterns, Listed)
-        if len(self.patterns) == 1 and not listed and not _GLOB_CHARACTERS & set(self.patterns[0]):
+        if len(self.patterns) == 1 and not listed and not GLOB_CHARACTERS & set(self.patterns[0]):
             return Path(self.patterns[0])
         return None
 
@@ -251,7 +252,7 @@ class InputPatterns:
         notes = notes or ScanNotes()
         for pattern in self.patterns:
             names = [pattern]
-            if _GLOB_CHARACTERS & set(pattern):
+            if GLOB_CHARACTERS & set(pattern):
                 _look_into_first_listed(pattern, notes)
                 names = sorted(_expand(pattern, notes))
             for name in names:
