@@ -233,6 +233,30 @@ def test_past_kafka_unavailable_timeout_without_a_broker_is_one_line_and_exit_1(
     assert "Traceback" not in done.stdout + done.stderr
 
 
+def test_a_broker_address_that_accepts_and_never_answers_is_away_within_seconds(
+    tmp_path: Path,
+) -> None:
+    """A frozen broker (or anything listening there) takes the connection and answers nothing:
+    the worker sees no broker within seconds, as a probe does, and the 1 s bound ends it soon
+    after; not after the two 10 s request timeouts it once waited first."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes each connection; nothing ever reads or writes
+        env = worker_env(
+            WORKER_SOURCE="kafka",
+            WORKER_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{silent.getsockname()[1]}",
+            WORKER_KAFKA_UNAVAILABLE_TIMEOUT="1",
+        )
+        started = time.monotonic()
+        done = cli(["run"], tmp_path, env)
+        took = time.monotonic() - started
+    assert done.returncode == 1
+    assert took < 12, f"took {took:.1f} s"
+    (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert "kafka_unavailable_timeout" in error["message"]
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 def test_a_stop_while_no_broker_answers_at_start_up_exits_0_at_once(tmp_path: Path) -> None:
     """SIGTERM to a worker waiting for a broker (no bound): exit 0 well within
     shutdown_timeout, with no error."""

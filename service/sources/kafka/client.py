@@ -30,10 +30,12 @@ if TYPE_CHECKING:
     from service.sources.kafka.outage import BrokerWatch
 
 __all__ = [
+    "ANSWER_TIMEOUT",
     "CONNECT_TIMEOUT",
     "KafkaUnavailable",
     "TopicMissing",
     "admin_client",
+    "admin_options",
     "client_options",
     "describe_error",
     "diagnosed",
@@ -44,6 +46,10 @@ __all__ = [
 
 CONNECT_TIMEOUT = 15.0
 _REQUEST_TIMEOUT_MS = 10_000
+# A broker that takes longer to answer a metadata request is away (a frozen broker accepts
+# connections and answers nothing): the admin client's requests, the outage probe, the check
+# for a refused login.
+ANSWER_TIMEOUT = 3.0
 T = TypeVar("T")
 
 
@@ -53,6 +59,12 @@ class KafkaUnavailable(WorkerError):
 
 class TopicMissing(KafkaUnavailable):
     """`kafka_topic` does not exist on the brokers."""
+
+
+def admin_options(settings: Settings) -> dict[str, Any]:
+    """An admin client's options: its requests (metadata, offsets) are answered at once or
+    the broker is away, and a silent one is told as such in seconds, not tens."""
+    return {**client_options(settings), "request_timeout_ms": int(ANSWER_TIMEOUT * 1000)}
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -96,11 +108,11 @@ async def refusal(settings: Settings) -> KafkaError | None:
     host, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
     options = client_options(settings)
     try:
-        with anyio.fail_after(_REQUEST_TIMEOUT_MS / 1000):
+        with anyio.fail_after(ANSWER_TIMEOUT):
             connection = await create_conn(
                 host,
                 int(port),
-                request_timeout_ms=_REQUEST_TIMEOUT_MS,
+                request_timeout_ms=int(ANSWER_TIMEOUT * 1000),
                 security_protocol=options["security_protocol"],
                 ssl_context=options.get("ssl_context"),
                 sasl_mechanism=options.get("sasl_mechanism"),
@@ -146,7 +158,7 @@ def describe_error(error: BaseException) -> str:
 @asynccontextmanager
 async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client; KafkaUnavailable when the brokers cannot be reached in time."""
-    admin = AIOKafkaAdminClient(**client_options(settings))
+    admin = AIOKafkaAdminClient(**admin_options(settings))
     await connect(admin.start, settings, "connect to Kafka")
     try:
         yield admin

@@ -40,6 +40,7 @@ from service.lifecycle.partition import Gauge
 from service.settings import Settings
 from service.sources.kafka.client import (
     KafkaUnavailable,
+    admin_options,
     client_options,
     connect,
     describe_error,
@@ -116,7 +117,7 @@ class GroupMember:
             # default: 5 minutes).
             metadata_max_age_ms=_METADATA_MAX_AGE_MS,
         )
-        self.admin = AIOKafkaAdminClient(**options)
+        self.admin = AIOKafkaAdminClient(**admin_options(settings))
         self.owned: dict[TopicPartition, Position] = {}
         self._committed: dict[TopicPartition, Position] = {}
         self._epoch = 0  # bumped by every change of ownership (Rule 3)

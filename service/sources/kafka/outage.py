@@ -21,7 +21,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from service.settings import Settings
-from service.sources.kafka.client import KafkaUnavailable, describe_error, diagnosed
+from service.sources.kafka.client import (
+    ANSWER_TIMEOUT,
+    KafkaUnavailable,
+    describe_error,
+    diagnosed,
+)
 from service.telemetry.logs import Logger
 
 __all__ = ["MAX_TICK_GAP", "BrokerWatch", "OutageClock"]
@@ -29,7 +34,7 @@ __all__ = ["MAX_TICK_GAP", "BrokerWatch", "OutageClock"]
 MAX_TICK_GAP = 1.0  # a longer gap between ticks: the process did not run, and it does not count
 TICK = 0.25
 PROBE_INTERVAL = 1.0
-PROBE_TIMEOUT = 3.0  # a frozen broker accepts connections and answers nothing
+PROBE_TIMEOUT = ANSWER_TIMEOUT  # a frozen broker accepts connections and answers nothing
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
 T = TypeVar("T")
 
