@@ -42,6 +42,7 @@ __all__ = [
     "group_generation",
     "partitions_of",
     "quiet_abandoned_requests",
+    "reason_of",
 ]
 
 CONNECT_TIMEOUT = 15.0
@@ -155,6 +156,14 @@ def describe_error(error: BaseException) -> str:
     return f"{name}: {text}" if text and text != name else name
 
 
+def reason_of(error: KafkaError) -> str:
+    """Why a call failed, for a person: a failed connection says so without aiokafka's list of
+    socket addresses."""
+    if isinstance(error, KafkaConnectionError):
+        return "no connection to a broker"
+    return describe_error(error)
+
+
 @asynccontextmanager
 async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client; KafkaUnavailable when the brokers cannot be reached in time."""
@@ -191,7 +200,7 @@ async def connect(
                     last = error
                     await anyio.sleep(0.2)
     except TimeoutError:
-        detail = f" (last: {describe_error(last)})" if last else ""
+        detail = f" (last: {reason_of(last)})" if last else ""
         raise KafkaUnavailable(
             f"cannot {what} at {servers}: no answer within {CONNECT_TIMEOUT:.0f} s{detail}"
         ) from None

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import anyio
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from service.settings import Settings
 from service.sources.kafka.client import (
@@ -26,6 +26,7 @@ from service.sources.kafka.client import (
     KafkaUnavailable,
     describe_error,
     diagnosed,
+    reason_of,
 )
 from service.telemetry.logs import Logger
 
@@ -37,12 +38,6 @@ PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = ANSWER_TIMEOUT  # a frozen broker accepts connections and answers nothing
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
 T = TypeVar("T")
-
-
-def _reason(error: KafkaError) -> str:
-    if isinstance(error, KafkaConnectionError):  # its text lists socket addresses
-        return "no connection to a broker"
-    return describe_error(error)
 
 
 class OutageClock:
@@ -109,7 +104,7 @@ class BrokerWatch:
                     raise KafkaUnavailable(
                         f"cannot {what} at {servers}: {describe_error(error)}"
                     ) from None
-                self.failed(f"cannot {what}: {_reason(error)}")
+                self.failed(f"cannot {what}: {reason_of(error)}")
                 await anyio.sleep(backoff)
                 backoff = min(2 * backoff, _BACKOFF_MAX)
                 continue
@@ -159,7 +154,7 @@ class BrokerWatch:
             except TimeoutError:
                 self.failed(f"no answer within {PROBE_TIMEOUT:g} s")
             except KafkaError as error:
-                self.failed(_reason(error))
+                self.failed(reason_of(error))
             except Exception as error:  # aiokafka without metadata yet: no broker answers
                 self.failed(describe_error(error))
             else:
