@@ -257,6 +257,19 @@ def test_a_broker_address_that_accepts_and_never_answers_is_away_within_seconds(
     assert "Traceback" not in done.stdout + done.stderr
 
 
+def test_status_without_a_broker_says_why_in_words(tmp_path: Path) -> None:
+    """`status` of a Kafka worker with no broker at the address: exit 1, one error line saying
+    there is no connection, not aiokafka's error name twice and its socket tuples."""
+    env = worker_env(
+        WORKER_SOURCE="kafka", WORKER_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{_closed_port()}"
+    )
+    done = cli(["status"], tmp_path, env)
+    assert done.returncode == 1
+    (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
+    assert "(last: no connection to a broker)" in error["message"]
+    assert "AddressFamily" not in error["message"]
+
+
 def test_a_stop_while_no_broker_answers_at_start_up_exits_0_at_once(tmp_path: Path) -> None:
     """SIGTERM to a worker waiting for a broker (no bound): exit 0 well within
     shutdown_timeout, with no error."""
