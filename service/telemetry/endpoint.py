@@ -21,6 +21,7 @@ Rule 3: the world's clients cannot hurt the worker. At most `max_connections` ar
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import socket
 import socketserver
@@ -45,6 +46,7 @@ MAX_REQUEST_LINE = 8192  # bytes in the request line or in one header line
 MAX_HEADERS = 100
 _RECEIVE_BYTES = 4096
 _PLAIN = "text/plain; charset=utf-8"
+_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")
 
 _REASONS = {
     200: "OK",
@@ -54,6 +56,7 @@ _REASONS = {
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
 
 
@@ -177,10 +180,16 @@ class _Handler(socketserver.StreamRequestHandler):
             self._answer(*head)
             return
         words = head[0].decode("latin-1").split()
-        if len(words) != 3 or not words[2].startswith("HTTP/"):
+        if len(words) != 3 or not _VERSION.fullmatch(words[2]):
             self._answer(400, b"bad request line\n")
             return
-        method, target, _ = words
+        method, target, version = words
+        if not version.startswith("HTTP/1."):
+            self._answer(505, b"HTTP/1.0 and HTTP/1.1 only\n")
+            return
+        if any(b":" not in line for line in head[1:]):
+            self._answer(400, b"bad header line\n")
+            return
         if method not in ("GET", "HEAD"):
             self._answer(405, b"only GET and HEAD\n", extra="Allow: GET, HEAD\r\n")
             return
