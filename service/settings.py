@@ -115,6 +115,16 @@ def _seconds(*, zero: bool = False) -> Convert:
     return convert
 
 
+def _whole_or_float(text: str) -> int | float:
+    """`1e100` as exactly that whole number, as its digits would be; otherwise a float."""
+    import decimal  # only for a number written with a point or an exponent
+
+    exact = decimal.Decimal(text)
+    if exact.is_finite() and exact == exact.to_integral_value() and exact.adjusted() < 4096:
+        return int(exact)
+    return float(text)
+
+
 def whole_number(*, ge: int, le: int | None = None) -> Convert:
     """A whole number from ge to le, written `1000`, `1e3` or `1000.0`; ValueError otherwise."""
 
@@ -122,7 +132,7 @@ def whole_number(*, ge: int, le: int | None = None) -> Convert:
         if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
             value = int(value)
         elif isinstance(value, str) and _DECIMAL.fullmatch(value):
-            value = float(value)  # `1e3` or `4096.0`, as a TOML file may give it
+            value = _whole_or_float(value.strip())  # `1e3` or `4096.0`, as TOML may give it
         if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
             value = int(value)  # exactly the whole number written
         if isinstance(value, bool) or not isinstance(value, int):

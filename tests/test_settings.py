@@ -494,6 +494,14 @@ def test_a_whole_number_is_read_alike_from_every_source(
     assert load_settings({}, None).max_line_bytes == 1000
 
 
+def test_a_large_whole_number_reads_the_same_with_an_exponent_or_in_digits() -> None:
+    """`1e100` is exactly the number its 101 digits are, not "expected a whole number"."""
+    digits = "1" + "0" * 100
+    with_exponent = load_settings({"max_open_files": "1e100"}, None).max_open_files
+    assert with_exponent == load_settings({"max_open_files": digits}, None).max_open_files
+    assert with_exponent == 10**100
+
+
 def test_a_bad_value_names_the_one_source_it_came_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
