@@ -17,6 +17,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -77,6 +78,8 @@ def _number(
     *, gt: float | None = None, ge: float | None = None, le: float | None = None
 ) -> Convert:
     def convert(value: Any) -> float:
+        if isinstance(value, Decimal):  # a TOML float, as written (`_read_config`)
+            value = str(value)
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError("expected a number")
         if isinstance(value, str) and not _DECIMAL.fullmatch(value):
@@ -115,24 +118,26 @@ def _seconds(*, zero: bool = False) -> Convert:
     return convert
 
 
-def _whole_or_float(text: str) -> int | float:
-    """`1e100` as exactly that whole number, as its digits would be; otherwise a float."""
-    import decimal  # only for a number written with a point or an exponent
-
-    exact = decimal.Decimal(text)
-    if exact.is_finite() and exact == exact.to_integral_value() and exact.adjusted() < 4096:
-        return int(exact)
-    return float(text)
+def _whole(text: str) -> int:
+    """`1e100` or `4096.0` as exactly the whole number its digits are; ValueError otherwise."""
+    exact = Decimal(text)
+    if not exact.is_finite() or exact != exact.to_integral_value():
+        raise ValueError("expected a whole number")
+    if exact.adjusted() >= 4096:  # the int would take a while to build, and mean nothing
+        raise ValueError("expected a whole number of at most 4096 digits")
+    return int(exact)
 
 
 def whole_number(*, ge: int, le: int | None = None) -> Convert:
     """A whole number from ge to le, written `1000`, `1e3` or `1000.0`; ValueError otherwise."""
 
     def convert(value: Any) -> int:
+        if isinstance(value, Decimal):  # a TOML float, as written (`_read_config`)
+            value = str(value)
         if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
             value = int(value)
         elif isinstance(value, str) and _DECIMAL.fullmatch(value):
-            value = _whole_or_float(value.strip())  # `1e3` or `4096.0`, as TOML may give it
+            value = _whole(value.strip())  # `1e3` or `4096.0`
         if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
             value = int(value)  # exactly the whole number written
         if isinstance(value, bool) or not isinstance(value, int):
@@ -454,7 +459,9 @@ def _read_config(config_file: Path) -> dict[str, Any]:
     name = shown(str(config_file))
 
     try:
-        return tomllib.loads(read_regular_file(config_file, MAX_CONFIG_BYTES).decode())
+        # Floats as written: `1e-400` is not 0, and `1e20` is a whole number (`_number`).
+        text = read_regular_file(config_file, MAX_CONFIG_BYTES).decode()
+        return tomllib.loads(text, parse_float=Decimal)
     except OSError as error:
         raise UsageError(
             f"cannot read config file {name} (--config, WORKER_CONFIG): {error.strerror}"
@@ -507,7 +514,7 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
         else:
             source = shown(str(config_file))
         secret = next(f for f in setting_fields() if f.name == error.name).metadata["secret"]
-        given = repr(error.value)
+        given = str(error.value) if isinstance(error.value, Decimal) else repr(error.value)
         given = given if len(given) <= 80 else given[:76] + " ..."  # a line, not a screenful
         echoed = "" if secret else f", got {given}"  # a secret is never echoed
         raise UsageError(

@@ -237,6 +237,29 @@ def test_repeated_double_stars_walk_each_directory_once(
     assert len(listed) == listings_once
 
 
+def test_an_exclude_of_many_double_stars_costs_what_one_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`**/**/.../nomatch` against a deep file: each name is compared a bounded number of
+    times, where trying every split of the path at every `**` grew without end."""
+    deep = tmp_path.joinpath(*"abcdefghijkl") / "n.txt"
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes(b"1\n")
+    compared: list[str] = []
+    real_fnmatchcase = scan.fnmatchcase
+
+    def counting_fnmatchcase(name: str, pattern: str) -> bool:
+        compared.append(name)
+        return real_fnmatchcase(name, pattern)
+
+    monkeypatch.setattr(scan, "fnmatchcase", counting_fnmatchcase)
+    monkeypatch.chdir(tmp_path)
+    exclude = "/".join(["**"] * 10) + "/nomatch"
+    found = InputPatterns(("**/*.txt",), (exclude,)).scan()
+    assert [m.path for m in found.values()] == [str(deep.relative_to(tmp_path))]
+    assert len(compared) < 1000
+
+
 @pytest.mark.parametrize(
     ("exclude", "read"),
     [

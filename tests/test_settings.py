@@ -502,6 +502,28 @@ def test_a_large_whole_number_reads_the_same_with_an_exponent_or_in_digits() -> 
     assert with_exponent == 10**100
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("max_rate = 1e-400", "too close to 0"),  # a float holds no such number: not "no limit"
+        ("forget_closed_after = 1e-400", "too close to 0"),  # nor "forever"
+        ("max_line_bytes = 1.5", "expected a whole number, got 1.5"),
+    ],
+)
+def test_a_toml_number_is_checked_as_written(tmp_path: Path, line: str, expected: str) -> None:
+    """The file's numbers are read as their text, like a flag's: none becomes 0 by rounding."""
+    with pytest.raises(UsageError, match=expected):
+        load_settings({}, write_config(tmp_path, line + "\n"))
+
+
+def test_a_toml_whole_number_with_an_exponent_is_exact(tmp_path: Path) -> None:
+    """`max_open_files = 1e20` is 10**20 in the file as on the command line."""
+    config = write_config(tmp_path, "max_open_files = 1e20\ncheckpoint_interval = 2.5\n")
+    settings = load_settings({}, config)
+    assert settings.max_open_files == 10**20
+    assert settings.checkpoint_interval == 2.5
+
+
 def test_a_bad_value_names_the_one_source_it_came_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -118,12 +118,17 @@ def identity_of(path: str) -> FileKey | None:
 
 def _glob_matches(parts: list[str], names: list[str]) -> bool:
     """Whether the path components `names` match the glob components `parts` as glob matches
-    them: each one by `fnmatch`, and `**` any number of them, none included."""
-    if not parts:
-        return not names
-    if parts[0] == "**":
-        return any(_glob_matches(parts[1:], names[skip:]) for skip in range(len(names) + 1))
-    return bool(names) and fnmatchcase(names[0], parts[0]) and _glob_matches(parts[1:], names[1:])
+    them: each one by `fnmatch`, and `**` any number of them, none included. One pass over the
+    parts, keeping how many names each match so far can have used: many `**` cost no more."""
+    reachable = {0}
+    for part in parts:
+        if part == "**":
+            reachable = set(range(min(reachable), len(names) + 1))
+        else:
+            reachable = {n + 1 for n in reachable if n < len(names) and fnmatchcase(names[n], part)}
+        if not reachable:
+            return False
+    return len(names) in reachable
 
 
 def _is_temp_of(name: str, own: str) -> bool:

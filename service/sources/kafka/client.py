@@ -108,12 +108,15 @@ async def refusal(settings: Settings) -> KafkaError | None:
     when it does not answer: aiokafka reports both as 'Unable to bootstrap'."""
     host, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
     options = client_options(settings)
+    # A login takes a TLS handshake and SASL round trips: as long as any request may take.
+    plain = options["security_protocol"] == "PLAINTEXT"
+    timeout = ANSWER_TIMEOUT if plain else _REQUEST_TIMEOUT_MS / 1000
     try:
-        with anyio.fail_after(ANSWER_TIMEOUT):
+        with anyio.fail_after(timeout):
             connection = await create_conn(
                 host,
                 int(port),
-                request_timeout_ms=int(ANSWER_TIMEOUT * 1000),
+                request_timeout_ms=int(timeout * 1000),
                 security_protocol=options["security_protocol"],
                 ssl_context=options.get("ssl_context"),
                 sasl_mechanism=options.get("sasl_mechanism"),
