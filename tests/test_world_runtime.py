@@ -1143,8 +1143,12 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact
 
 @pytest.mark.parametrize(
     ("name", "escaped"),
-    [(b"x\xff\xfe.txt", "x\\xff\\xfe.txt"), (b"a\nb.txt", "a\\x0ab.txt")],
-    ids=["not-utf8", "newline"],
+    [
+        (b"x\xff\xfe.txt", "x\\xff\\xfe.txt"),
+        (b"a\nb.txt", "a\\x0ab.txt"),
+        ("n\u202etxt.exe".encode(), "n\\u202etxt.exe"),  # shows as `nexe.txt` unescaped
+    ],
+    ids=["not-utf8", "newline", "right-to-left-override"],
 )
 def test_a_plain_input_is_shown_with_the_one_escaping_everywhere(
     tmp_path: Path, name: bytes, escaped: str

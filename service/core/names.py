@@ -4,10 +4,10 @@ Rule 1: a name is kept exactly as the operating system gave it (a `str` holding 
         not UTF-8 as a surrogate, Python's `surrogateescape`); the checkpoint keeps those bytes.
 Rule 2: wherever a name is shown, `shown` escapes it the same way, so every output stays valid
         UTF-8 and one file reads the same everywhere: each byte that is not UTF-8 and each
-        ASCII control character (an ESC would drive a terminal) becomes `\\xNN`, each control
-        character past ASCII (U+0080 to U+009F, which are not those bytes) `\\uNNNN`, and a
-        backslash `\\\\`. Two names are never shown alike: `a\\xff` typed as text reads
-        `a\\\\xff`.
+        ASCII control character (an ESC would drive a terminal) becomes `\\xNN`, every other
+        character that does not print (U+0085, which is not the byte 0x85; U+202E, which turns
+        text around) `\\uNNNN`, and a backslash `\\\\`. Two names are never shown alike:
+        `a\\xff` typed as text reads `a\\\\xff`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def _escaped(character: str) -> str:
         return "\\\\"
     if code < 0x20 or code == 0x7F:
         return f"\\x{code:02x}"
-    # C1 controls, and a surrogate no file system gave (a hand-edited checkpoint).
-    if 0x80 <= code <= 0x9F or 0xD800 <= code <= 0xDFFF:
-        return f"\\u{code:04x}"
+    # C1 controls, format characters (U+202E turns the text after it around), line and
+    # paragraph separators, a surrogate no file system gave (a hand-edited checkpoint).
+    if not character.isprintable():
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
     return character
