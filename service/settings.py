@@ -17,7 +17,6 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -74,12 +73,25 @@ MIN_SHUTDOWN_SECONDS = 0.1  # a final save (write, fsync, rename, fsync) needs a
 MAX_RATE = 1e12  # numbers per second: far past any machine, and well inside a float's range
 
 
+class _TomlFloat:
+    """A float of the TOML file as written (`_read_config`): `1e-400` is not 0, and `1e20` is
+    a whole number. Only the number settings take one, as they take a float."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def _number(
     *, gt: float | None = None, ge: float | None = None, le: float | None = None
 ) -> Convert:
     def convert(value: Any) -> float:
-        if isinstance(value, Decimal):  # a TOML float, as written (`_read_config`)
-            value = str(value)
+        if isinstance(value, _TomlFloat):
+            value = value.text
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError("expected a number")
         if isinstance(value, str) and not _DECIMAL.fullmatch(value):
@@ -120,6 +132,8 @@ def _seconds(*, zero: bool = False) -> Convert:
 
 def _whole(text: str) -> int:
     """`1e100` or `4096.0` as exactly the whole number its digits are; ValueError otherwise."""
+    from decimal import Decimal  # only for a whole number written with a point or exponent
+
     exact = Decimal(text)
     if not exact.is_finite() or exact != exact.to_integral_value():
         raise ValueError("expected a whole number")
@@ -132,8 +146,8 @@ def whole_number(*, ge: int, le: int | None = None) -> Convert:
     """A whole number from ge to le, written `1000`, `1e3` or `1000.0`; ValueError otherwise."""
 
     def convert(value: Any) -> int:
-        if isinstance(value, Decimal):  # a TOML float, as written (`_read_config`)
-            value = str(value)
+        if isinstance(value, _TomlFloat):
+            value = value.text
         if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
             value = int(value)
         elif isinstance(value, str) and _DECIMAL.fullmatch(value):
@@ -459,9 +473,8 @@ def _read_config(config_file: Path) -> dict[str, Any]:
     name = shown(str(config_file))
 
     try:
-        # Floats as written: `1e-400` is not 0, and `1e20` is a whole number (`_number`).
         text = read_regular_file(config_file, MAX_CONFIG_BYTES).decode()
-        return tomllib.loads(text, parse_float=Decimal)
+        return tomllib.loads(text, parse_float=_TomlFloat)
     except OSError as error:
         raise UsageError(
             f"cannot read config file {name} (--config, WORKER_CONFIG): {error.strerror}"
@@ -514,7 +527,7 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
         else:
             source = shown(str(config_file))
         secret = next(f for f in setting_fields() if f.name == error.name).metadata["secret"]
-        given = str(error.value) if isinstance(error.value, Decimal) else repr(error.value)
+        given = repr(error.value)
         given = given if len(given) <= 80 else given[:76] + " ..."  # a line, not a screenful
         echoed = "" if secret else f", got {given}"  # a secret is never echoed
         raise UsageError(
