@@ -19,12 +19,19 @@ ENV_PREFIX = "WORKER_"
 _NOT_SETTINGS = frozenset({"image"})
 
 
+def _named(key: str) -> str | None:
+    """The lower-case name a `WORKER_*` variable gives (`max_rate`), or None for any other."""
+    return (
+        key.lower().removeprefix(ENV_PREFIX.lower()) if key.upper().startswith(ENV_PREFIX) else None
+    )
+
+
 def worker_environment(names: Collection[str]) -> dict[str, str]:
     """The `WORKER_*` variables that name one of `names` (lower-case setting names)."""
     found: dict[str, str] = {}
     for key, value in os.environ.items():
-        name = key.lower().removeprefix(ENV_PREFIX.lower())
-        if key.upper().startswith(ENV_PREFIX) and name in names:
+        name = _named(key)
+        if name is not None and name in names:
             found[name] = value
     return found
 
@@ -33,12 +40,7 @@ def unknown_worker_variables(names: Collection[str]) -> list[tuple[str, str | No
     """Each `WORKER_*` variable that names none of `names` (nor `config`), sorted, with the
     setting's variable it most resembles, if one is close."""
     known = {*names, "config", *_NOT_SETTINGS}
-    unknown = sorted(
-        key
-        for key in os.environ
-        if key.upper().startswith(ENV_PREFIX)
-        and key.lower().removeprefix(ENV_PREFIX.lower()) not in known
-    )
+    unknown = sorted(key for key in os.environ if _named(key) not in (None, *known))
     if not unknown:
         return []
     import difflib  # only when there is something to suggest
