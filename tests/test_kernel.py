@@ -194,21 +194,27 @@ def test_any_chunking_gives_the_oracle(
 @settings(max_examples=25, deadline=None)
 @given(
     lines=st.lists(LINE, min_size=1, max_size=40),
-    parts=st.integers(min_value=2, max_value=5),
+    parts=st.integers(min_value=5, max_value=8),
     shift=st.integers(min_value=0, max_value=200),
+    long_line_at=st.none() | st.integers(min_value=0, max_value=100),
 )
 def test_regions_split_for_threads_give_the_oracle(
-    path: str, lines: list[bytes], parts: int, shift: int
+    path: str, lines: list[bytes], parts: int, shift: int, long_line_at: int | None
 ) -> None:
-    """A region cut into pieces for the parsing threads, each parsed and committed in order,
-    adds up to the oracle's answer for the whole (cuts land in every kind of line)."""
+    """A chunk of ordinary lines is one region; one that holds a line far longer than the rest
+    is cut into pieces for the parsing threads. Either way, each region parsed and committed in
+    order adds up to the oracle's answer for the whole (cuts land in every kind of line)."""
     block = b"".join(line + b"\n" for line in lines)
     data = b"7\n" * shift + block * (2 * 65536 // len(block) + 2)
+    if long_line_at is not None:  # as long as all the others: longer than two pieces of five
+        at = data.find(b"\n", len(data) * long_line_at // 100) + 1
+        data = data[:at] + b"1" + b"0" * len(data) + b"\n" + data[at:]
     parser = LineParser(
         Position(), max_line_bytes=4096, stop_at_bad=False, details=DetailBudget(UNLIMITED)
     )
     pieces = parser.split(data, parts)
-    assert len(pieces) > 1
+    assert (len(pieces) > 1) == (long_line_at is not None)
+    assert max(len(line) + 1 for line in data.split(b"\n")) <= max(p.longest_line for p in pieces)
     bad: list[BadRecord] = []
     with pinned(path):
         for piece in pieces:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 from service.core import _kernel
 from service.core.decimal_text import int_of
@@ -80,6 +81,12 @@ class Region:
     data: Buffer
     offset: int
     parsed: RegionResult | None = None
+    line_bound: int | None = None  # no line is longer; None: known only as the whole region
+
+    @property
+    def longest_line(self) -> int:
+        """At least the length of its longest line: how long its parse may hold a thread."""
+        return len(self.data) if self.line_bound is None else self.line_bound
 
 
 @dataclass(frozen=True)
@@ -173,19 +180,24 @@ def line_values(region: Buffer, max_line_bytes: int) -> Iterator[tuple[int, int 
 def _cut(
     chunk: bytes | bytearray, start: int, end: int, chunk_offset: int, parts: int
 ) -> list[Region]:
-    """The whole lines `chunk[start:end]` as up to `parts` views of about equal size."""
+    """The whole lines `chunk[start:end]`: one region when no line is longer than two of
+    `parts` pieces of about equal size; otherwise those pieces, as views, for threads to
+    parse at once (a line far longer than the rest may take seconds to convert)."""
     view = memoryview(chunk)
     parts = max(1, min(parts, (end - start) // MIN_PIECE_BYTES))
-    regions: list[Region] = []
+    bounds = [start]
     for part in range(1, parts):
-        cut = chunk.find(b"\n", start + (end - start) // (parts - part + 1), end)
+        begin = bounds[-1]
+        cut = chunk.find(b"\n", begin + (end - begin) // (parts - part + 1), end)
         if cut < 0 or cut + 1 >= end:
             break
-        regions.append(Region(view[start : cut + 1], chunk_offset + start))
-        start = cut + 1
-    if start < end:
-        regions.append(Region(view[start:end], chunk_offset + start))
-    return regions
+        bounds.append(cut + 1)
+    bounds.append(end)
+    pieces = list(pairwise(bounds))
+    longest = max(after - before for before, after in pieces)
+    if longest <= 2 * ((end - start) // parts):  # ordinary lines: one call parses them all
+        return [Region(view[start:end], chunk_offset + start, line_bound=longest)]
+    return [Region(view[before:after], chunk_offset + before) for before, after in pieces]
 
 
 class DetailBudget:

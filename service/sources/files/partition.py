@@ -71,8 +71,8 @@ __all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition", "Shared"]
 CHUNK_BYTES = 6 * 1024 * 1024
 READS_AT_ONCE = 2  # chunks in memory at once, over all files: one parsed while the next is read
 PARSE_THREADS = 2  # helpers parsing a chunk that holds a line of millions of digits
-PIECES_PER_CHUNK = 8  # a region much longer than a piece holds a line far longer than most
-_LONGEST_PARSED_ON_THE_LOOP = 2 * CHUNK_BYTES // PIECES_PER_CHUNK  # bytes of one region
+PIECES_PER_CHUNK = 8  # cut into for threads when a line is far longer than most
+_LONGEST_PARSED_ON_THE_LOOP = 2 * CHUNK_BYTES // PIECES_PER_CHUNK  # bytes of one line
 _PACED_BATCHES_PER_SECOND = 10
 _SMALLEST_READ = 64 * 1024
 
@@ -481,7 +481,7 @@ class FilePartition:
         millions of digits."""
         if sum(len(r.data) for r in regions) < MIN_PIECE_BYTES:
             return [self.parser.parse(r) for r in regions]
-        if max(len(r.data) for r in regions) <= _LONGEST_PARSED_ON_THE_LOOP:
+        if max(r.longest_line for r in regions) <= _LONGEST_PARSED_ON_THE_LOOP:
             # The read ahead's task takes its turn first and hands its read to a thread, so the
             # next chunk is read on the other core while this thread parses this one (the kernel
             # releases the GIL; the loop waits one chunk's parse, under 2 ms). A helper thread
@@ -489,7 +489,7 @@ class FilePartition:
             # all, and waiting for it cost a thread round trip a chunk.
             await anyio.lowlevel.checkpoint()
             return [self.parser.parse(r) for r in regions]
-        # A region far longer than a piece holds a line of millions of digits, whose conversion
+        # A line far longer than a piece may be a number of millions of digits, whose conversion
         # may take seconds: helper threads take every region, and the loop goes on beating.
         pending = iter(range(len(regions)))  # next() holds the GIL: each index goes to one thread
         results: list[RegionResult | None] = [None] * len(regions)
