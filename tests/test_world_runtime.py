@@ -32,6 +32,7 @@ import pytest
 
 from service.descriptors import MAX_CONNECTIONS
 from service.settings import MAX_LINE_BYTES
+from service.sources.files.partition import CHUNK_BYTES
 from service.telemetry.endpoint import READ_TIMEOUT
 from service.telemetry.logs import READER_GRACE
 from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
@@ -423,10 +424,12 @@ def _a_helper_thread_has_worked(worker: WorkerProcess, seconds: float) -> bool:
 def test_sigterm_while_a_number_of_millions_of_digits_is_converted_saves_before_it(
     tmp_path: Path,
 ) -> None:
-    """A legal record of 8,000,000 digits takes seconds to convert, in helper threads. SIGTERM
+    """A legal record of millions of digits takes seconds to convert, in helper threads. SIGTERM
     meanwhile does not wait for it: exit 0 inside the shutdown timeout, with the final
-    checkpoint at the line before it (nothing of it committed), and no watchdog line."""
-    (tmp_path / "numbers.txt").write_bytes(b"1\n" + b"9" * 8_000_000 + b"\n2\n")
+    checkpoint at the line before it (nothing of it committed), and no watchdog line. The line
+    before it ends in an earlier chunk, so it was committed on its own."""
+    digits = CHUNK_BYTES + 600_000
+    (tmp_path / "numbers.txt").write_bytes(b"1\n" + b"9" * digits + b"\n2\n")
     worker = WorkerProcess(["--max-line-bytes", "100000000", "--log-format", "json"], tmp_path)
     worker.wait_for("worker_started")
     assert _a_helper_thread_has_worked(worker, seconds=0.5)  # the conversion is under way
