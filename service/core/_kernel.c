@@ -423,9 +423,9 @@ ck_weigh_avx2(const uint8_t *p, const uint8_t *keep, __m256i odd, __m256i hundre
     __m256i x = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi8('0'));
     __m256i digit = _mm256_cmpeq_epi8(_mm256_min_epu8(x, _mm256_set1_epi8(9)), x);
     x = _mm256_and_si256(x, _mm256_and_si256(digit, _mm256_loadu_si256((const __m256i *)keep)));
-    /* x * 10 in odd places: x + 9x, where 9x = (x << 3) + x has no carry out of a byte */
-    __m256i nine = _mm256_add_epi8(_mm256_slli_epi16(x, 3), x);
-    x = _mm256_add_epi8(x, _mm256_and_si256(odd, nine));
+    /* x * 10 in odd places, looked up (each 16-byte lane holds the table) */
+    __m256i tens = _mm256_shuffle_epi8(_mm256_setr_epi8(CK_TENS, CK_TENS), x);
+    x = _mm256_blendv_epi8(x, tens, odd);
     __m256i weight = _mm256_add_epi8(_mm256_set1_epi8(1),
                                      _mm256_and_si256(hundreds, _mm256_set1_epi8(99)));
     __m256i all = _mm256_maddubs_epi16(x, weight); /* <= 18000 */
@@ -868,10 +868,10 @@ CK_AVX2_TARGET static inline __attribute__((always_inline)) void
 ck_classify_avx2(const uint8_t *p, ck_masks *m) {
     __m256i x = _mm256_loadu_si256((const __m256i *)p);
     __m256i y = _mm256_loadu_si256((const __m256i *)(p + 32));
-    __m256i nine = _mm256_set1_epi8(9), zero = _mm256_set1_epi8('0');
-    __m256i dx = _mm256_sub_epi8(x, zero), dy = _mm256_sub_epi8(y, zero);
-    m->digit = ck_movemask2(_mm256_cmpeq_epi8(_mm256_min_epu8(dx, nine), dx),
-                            _mm256_cmpeq_epi8(_mm256_min_epu8(dy, nine), dy));
+    /* A digit, shifted by 128 - '0', is one of the ten lowest signed bytes. */
+    __m256i shift = _mm256_set1_epi8((char)(128 - '0')), below = _mm256_set1_epi8(-128 + 10);
+    m->digit = ck_movemask2(_mm256_cmpgt_epi8(below, _mm256_add_epi8(x, shift)),
+                            _mm256_cmpgt_epi8(below, _mm256_add_epi8(y, shift)));
     m->newline = ck_movemask2(CK_EQ2(x, '\n'), CK_EQ2(y, '\n'));
     /* Each mask costs compares and moves to general registers: those of bytes the step cannot
      * hold are not made. Digits and '\n's are the common step, then blanks and '\r's, taken in
