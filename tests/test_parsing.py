@@ -569,6 +569,29 @@ def test_parser_under_fail_matches_oracle(
 
 
 @settings(max_examples=300, deadline=None)
+@given(
+    case=chunked(),
+    max_line_bytes=LIMITS,
+    stale=st.lists(st.sampled_from([b"\n", b"7", b"x"]), min_size=1, max_size=20).map(b"".join),
+)
+def test_a_chunk_in_a_bigger_buffer_splits_as_its_bytes_alone(
+    case: tuple[bytes, list[bytes]], max_line_bytes: int, stale: bytes
+) -> None:
+    """A chunk read into the start of a reused buffer (`size` bytes of it) gives the regions and
+    the held line of those bytes alone: what the buffer held before is never parsed."""
+    _, chunks = case
+    alone = LineParser(Position(), max_line_bytes=max_line_bytes, stop_at_bad=False)
+    in_buffer = LineParser(Position(), max_line_bytes=max_line_bytes, stop_at_bad=False)
+    for chunk in chunks:
+        expected = [(bytes(r.data), r.offset, r.parsed) for r in alone.split(chunk)]
+        buffer = bytearray(chunk + stale)
+        regions = in_buffer.split(buffer, size=len(chunk))
+        assert [(bytes(r.data), r.offset, r.parsed) for r in regions] == expected
+        assert in_buffer.split_offset == alone.split_offset
+    assert in_buffer.finish() == alone.finish()
+
+
+@settings(max_examples=300, deadline=None)
 @given(case=chunked(), max_line_bytes=LIMITS, resume_line=st.integers(min_value=0))
 def test_resume_from_any_line_start_matches_one_run(
     case: tuple[bytes, list[bytes]], max_line_bytes: int, resume_line: int

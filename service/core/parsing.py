@@ -243,37 +243,41 @@ class LineParser:
         """The input offset just past the last byte handed to `split`."""
         return self._split_offset
 
-    def split(self, chunk: bytes | bytearray, parts: int = 1) -> list[Region]:
-        """Cut the next chunk of input into regions of whole lines, in input order.
+    def split(
+        self, chunk: bytes | bytearray, parts: int = 1, *, size: int | None = None
+    ) -> list[Region]:
+        """Cut the next chunk of input, its first `size` bytes (all by default), into regions of
+        whole lines, in input order.
 
         The chunk is not copied: its whole lines become up to `parts` views of it (for threads
         to parse at once), and a line begun in an earlier chunk a small region of its own. Only
         the start of an unfinished line is kept past the call, as a copy.
         """
+        end = len(chunk) if size is None else size
         regions: list[Region] = []
         chunk_offset = self._split_offset
-        self._split_offset += len(chunk)
+        self._split_offset += end
         begin = 0
         if self._dropped:
-            end = chunk.find(b"\n")
-            if end < 0:
-                self._dropped += len(chunk)
+            first = chunk.find(b"\n", 0, end)
+            if first < 0:
+                self._dropped += end
                 return regions
             line_start = chunk_offset - self._dropped
-            regions.append(self._too_long(line_start, consumed=self._dropped + end + 1))
+            regions.append(self._too_long(line_start, consumed=self._dropped + first + 1))
             self._dropped = 0
-            begin = end + 1
-        last = chunk.rfind(b"\n", begin)  # the held start of a line never holds one
+            begin = first + 1
+        last = chunk.rfind(b"\n", begin, end)  # the held start of a line never holds one
         if last < 0:
-            tail = self._held + chunk[begin:]
+            tail = self._held + chunk[begin:end]
         else:
             if self._held:
-                first = chunk.find(b"\n", begin)
+                first = chunk.find(b"\n", begin, end)
                 line_start = chunk_offset + begin - len(self._held)
                 regions.append(Region(self._held + chunk[begin : first + 1], line_start))
                 begin = first + 1
             regions.extend(_cut(chunk, begin, last + 1, chunk_offset, parts))
-            tail = bytes(memoryview(chunk)[last + 1 :])  # a copy: the chunk's buffer is reused
+            tail = bytes(memoryview(chunk)[last + 1 : end])  # a copy: the buffer is reused
         if len(tail) > self.max_line_bytes:
             # Known bad before its end arrives: under "fail" that stops the run right here.
             self._held, self._dropped = b"", len(tail)

@@ -357,7 +357,7 @@ class FilePartition:
                 if chunk.error is not None:
                     raise InputUnreadable(f"cannot read input {self.label}: {chunk.error.strerror}")
                 self.last_growth = anyio.current_time()
-                regions = self.parser.split(chunk.data, PIECES_PER_CHUNK)
+                regions = self.parser.split(chunk.data, PIECES_PER_CHUNK, size=chunk.size)
                 batch = await self._parse_and_commit(regions)
                 return self._step(batch, ReadStatus.READING)
             except anyio.get_cancelled_exc_class():

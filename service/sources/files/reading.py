@@ -6,9 +6,11 @@ Rule 2: a chunk holds a reading slot from before its read until its consumer rel
         its parse ends), so at most `ChunkBuffers.count` chunks exist over all files, the one
         read ahead included. A released slot goes straight to the read waiting longest, started
         in the same step: it is not left for a task that the next parse would hold up.
-Rule 3: a full-size chunk is read into a buffer of the pool (`readinto`), allocated once and
-        reused: a run does not allocate and free a chunk per read, which let the heap creep.
-        A released chunk's bytes belong to the pool again: the consumer keeps no view of them.
+Rule 3: a chunk of at least `POOLED_SHARE` of a full one (the end of a big file included) is read
+        into a buffer of the pool (`readinto`), allocated once and reused: a run does not
+        allocate and free a chunk per read, which let the heap creep, nor fault in fresh pages
+        for each file's end. A released chunk's bytes belong to the pool again: the consumer
+        keeps no view of them.
 Rule 4: while the consumer parses a full chunk, the next one is read ahead as a task of its own,
         as soon as a slot is free. Closing the generator waits for that read and frees its
         slot; a read is never abandoned to a thread that would still fill memory.
@@ -32,15 +34,23 @@ import anyio
 __all__ = ["Chunk", "ChunkBuffers", "read_chunks"]
 
 TURN_CHUNKS = 16  # full chunks a file reads in a row while another waits for its turn
+POOLED_SHARE = 4  # a read of a quarter of a full chunk or more uses a buffer of the pool
 
 
 class Chunk:
-    """Bytes read from the file, or why not; the pool's buffer its bytes are in, if any."""
+    """Bytes read from the file (the first `size` of `data`), or why not; the pool's buffer
+    they are in, if any."""
 
     def __init__(self) -> None:
         self.data: bytes | bytearray = b""
+        self.size = 0
         self.error: OSError | None = None
         self.buffer: bytearray | None = None
+
+    @property
+    def filled(self) -> memoryview:
+        """The bytes read, as a view: valid until the chunk is released."""
+        return memoryview(self.data)[: self.size]
 
 
 class ChunkBuffers:
@@ -72,7 +82,7 @@ class ChunkBuffers:
         """The chunk is done with: its slot and its buffer serve the next read."""
         if chunk.buffer is not None:
             self._free.append(chunk.buffer)
-            chunk.buffer, chunk.data = None, b""
+            chunk.buffer, chunk.data, chunk.size = None, b"", 0
         if self._waiting:
             self._waiting.popleft().start()  # the slot passes on
         else:
@@ -114,12 +124,13 @@ class _Read:
     async def _read(self) -> None:
         chunk, buffers = self.chunk, self.buffers
         try:
-            if self.size != buffers.size:  # the end of a file, a paced read: small, or once
+            if self.size < buffers.size // POOLED_SHARE:  # a small file, a paced read
                 chunk.data = await self.file.read(self.size)
+                chunk.size = len(chunk.data)
                 return
-            buffer = buffers.lend(chunk)
-            filled = await self.file.readinto(buffer)
-            chunk.data = buffer if filled == len(buffer) else bytes(memoryview(buffer)[:filled])
+            chunk.data = buffer = buffers.lend(chunk)
+            into = buffer if self.size == len(buffer) else memoryview(buffer)[: self.size]
+            chunk.size = await self.file.readinto(into)
         except OSError as error:  # kept for when the chunk is used
             chunk.error = error
 
@@ -164,10 +175,10 @@ async def read_chunks(
                         return
                 chunk = await pending.done()
                 pending = None
-                if not chunk.data and chunk.error is None:  # the end, as of now
+                if not chunk.size and chunk.error is None:  # the end, as of now
                     buffers.release(chunk)
                     return
-                read += len(chunk.data)
+                read += chunk.size
                 if turn.reads_on(chunk):  # ahead: started as soon as a slot is free
                     pending = _next_read(file, buffers, turn, size(read))
                 yield chunk
@@ -209,7 +220,7 @@ class _Turn:
     def reads_on(self, chunk: Chunk) -> bool:
         """Whether to read the next chunk ahead: after a full chunk read in the turn, unless
         `TURN_CHUNKS` of them were read while another file waits."""
-        if len(chunk.data) < self.buffers.size:  # shorter than asked: the end, as of now
+        if chunk.size < self.buffers.size:  # shorter than a full chunk: the end, as of now
             self.wanted = False
             self.end()
             return False
