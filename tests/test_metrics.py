@@ -272,6 +272,30 @@ def test_each_file_of_a_glob_is_a_partition_and_a_deleted_ones_series_is_dropped
     _stop(worker)
 
 
+def test_a_rotated_files_series_moves_to_its_new_name(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """A file renamed within the patterns is one partition under its new path: its series is
+    not left behind, frozen, under the old one."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "numbers.txt").write_bytes(b"5\n" * 1000)
+    args = ["--input", "in/numbers.txt*", "--follow", "--poll-interval", "0.05"]
+    worker = _start(running, tmp_path, *args)
+    worker.wait_for("caught_up", sum=5000)
+    (tmp_path / "in" / "numbers.txt").rename(tmp_path / "in" / "numbers.txt.1")
+    worker.wait_for("file_rotated", path="in/numbers.txt.1")
+    deadline = time.monotonic() + 10
+    while (positions := by_label(_scrape(worker), "checkpoint_worker_position", "partition")) != {
+        "in/numbers.txt.1": 2000
+    }:
+        assert time.monotonic() < deadline, positions
+        time.sleep(0.05)
+    assert by_label(_scrape(worker), "checkpoint_worker_lag_bytes", "partition") == {
+        "in/numbers.txt.1": 0
+    }
+    _stop(worker)
+
+
 def test_a_file_waiting_for_its_turn_lags_by_its_whole_size(
     tmp_path: Path, running: list[WorkerProcess]
 ) -> None:

@@ -308,7 +308,7 @@ class _Worker:
                 if step.status is ReadStatus.CLOSED:
                     # Its series goes before the source logs `file_removed`: a scrape after that
                     # line never shows it.
-                    self.telemetry.partition_gone(partition.label)
+                    self.telemetry.partition_gone(partition)
                 self.source.retire(partition)
                 self._set_status(partition, None)
                 await self._catch_up()
@@ -341,7 +341,7 @@ class _Worker:
         self._report_position(partition)
 
     def _report_position(self, partition: Partition) -> None:
-        self.telemetry.partition_gauges(partition.label, partition.gauges())
+        self.telemetry.partition_gauges(partition, partition.gauges())
 
     def _report(self, partition: Partition, batch: Parsed) -> None:
         """Log the bad records a batch shows (its source keeps the run's `DetailBudget`); stop

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from service.health import STALE_AFTER
@@ -103,11 +103,11 @@ class Metrics(Telemetry):
         self._bad_records += bad_records
         self._bytes += nbytes
 
-    def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
-        self._gauges.report(label, gauges)
+    def partition_gauges(self, partition: Hashable, gauges: list[Gauge]) -> None:
+        self._gauges.report(partition, gauges)
 
-    def partition_gone(self, label: str) -> None:
-        self._gauges.forget(label)
+    def partition_gone(self, partition: Hashable) -> None:
+        self._gauges.forget(partition)
 
     def checkpoint_saved(self, reason: str, seconds: float) -> None:
         self._saves[reason] = self._saves.get(reason, 0) + 1

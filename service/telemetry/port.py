@@ -13,6 +13,7 @@ Rule 3: `consumed` takes what one batch added (the counters); `partition_gauges`
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from service.telemetry.logs import Logger
@@ -39,11 +40,12 @@ class Telemetry:
         """The input can (again) or cannot be reached now (a broker outage, no file matching
         yet): not ready while it cannot, `why` saying so."""
 
-    def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
-        """Where the streams of the partition `label` stand now (its whole list)."""
+    def partition_gauges(self, partition: Hashable, gauges: list[Gauge]) -> None:
+        """Where the streams of the lifecycle `partition` stand now (its whole list, each gauge
+        labelled as it is called now)."""
 
-    def partition_gone(self, label: str) -> None:
-        """The partition `label` vanished (deleted, revoked): forget it."""
+    def partition_gone(self, partition: Hashable) -> None:
+        """The lifecycle `partition` vanished (deleted, revoked): forget it."""
 
     def checkpoint_saved(self, reason: str, seconds: float) -> None:
         """A checkpoint was written for `reason`, in `seconds`."""
@@ -60,19 +62,20 @@ class Telemetry:
 
 class GaugeBoard:
     """The latest gauges of each lifecycle partition, written by the event loop and read by
-    another thread (a scrape, a redraw): each report replaces that partition's list."""
+    another thread (a scrape, a redraw): each report replaces that partition's list. A partition
+    is known by itself, not by its label: a rotated file's path changes, and its series with it."""
 
     def __init__(self) -> None:
-        self._by_partition: dict[str, list[Gauge]] = {}
+        self._by_partition: dict[Hashable, list[Gauge]] = {}
         self._lock = threading.Lock()
 
-    def report(self, label: str, gauges: list[Gauge]) -> None:
+    def report(self, partition: Hashable, gauges: list[Gauge]) -> None:
         with self._lock:
-            self._by_partition[label] = gauges
+            self._by_partition[partition] = gauges
 
-    def forget(self, label: str) -> None:
+    def forget(self, partition: Hashable) -> None:
         with self._lock:
-            self._by_partition.pop(label, None)
+            self._by_partition.pop(partition, None)
 
     def all(self) -> list[Gauge]:
         with self._lock:

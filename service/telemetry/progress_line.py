@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO, cast
 
@@ -140,11 +141,11 @@ class ProgressDisplay(Telemetry):
         with self._lock:
             self._rates.add(records, nbytes, time.monotonic())
 
-    def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
-        self._gauges.report(label, gauges)
+    def partition_gauges(self, partition: Hashable, gauges: list[Gauge]) -> None:
+        self._gauges.report(partition, gauges)
 
-    def partition_gone(self, label: str) -> None:
-        self._gauges.forget(label)
+    def partition_gone(self, partition: Hashable) -> None:
+        self._gauges.forget(partition)
 
     def close(self) -> None:
         if self._live is None:

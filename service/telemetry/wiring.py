@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from service.settings import Settings
@@ -42,13 +43,13 @@ class _Fanout(Telemetry):
         for part in self.parts:
             part.reachable(yes, why)
 
-    def partition_gauges(self, label: str, gauges: list[Gauge]) -> None:
+    def partition_gauges(self, partition: Hashable, gauges: list[Gauge]) -> None:
         for part in self.parts:
-            part.partition_gauges(label, gauges)
+            part.partition_gauges(partition, gauges)
 
-    def partition_gone(self, label: str) -> None:
+    def partition_gone(self, partition: Hashable) -> None:
         for part in self.parts:
-            part.partition_gone(label)
+            part.partition_gone(partition)
 
     def checkpoint_saved(self, reason: str, seconds: float) -> None:
         for part in self.parts:
