@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from service.health import STALE_AFTER
@@ -103,10 +103,10 @@ class Metrics(Telemetry):
         self._bad_records += bad_records
         self._bytes += nbytes
 
-    def partition_gauges(self, partition: Hashable, gauges: list[Gauge]) -> None:
+    def partition_gauges(self, partition: object, gauges: list[Gauge]) -> None:
         self._gauges.report(partition, gauges)
 
-    def partition_gone(self, partition: Hashable) -> None:
+    def partition_gone(self, partition: object) -> None:
         self._gauges.forget(partition)
 
     def checkpoint_saved(self, reason: str, seconds: float) -> None:

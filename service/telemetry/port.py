@@ -13,7 +13,6 @@ Rule 3: `consumed` takes what one batch added (the counters); `partition_gauges`
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from service.telemetry.logs import Logger
@@ -40,11 +39,11 @@ class Telemetry:
         """The input can (again) or cannot be reached now (a broker outage, no file matching
         yet): not ready while it cannot, `why` saying so."""
 
-    def partition_gauges(self, partition: Hashable, gauges: list[Gauge]) -> None:
+    def partition_gauges(self, partition: object, gauges: list[Gauge]) -> None:
         """Where the streams of the lifecycle `partition` stand now (its whole list, each gauge
         labelled as it is called now)."""
 
-    def partition_gone(self, partition: Hashable) -> None:
+    def partition_gone(self, partition: object) -> None:
         """The lifecycle `partition` vanished (deleted, revoked): forget it."""
 
     def checkpoint_saved(self, reason: str, seconds: float) -> None:
@@ -66,14 +65,14 @@ class GaugeBoard:
     is known by itself, not by its label: a rotated file's path changes, and its series with it."""
 
     def __init__(self) -> None:
-        self._by_partition: dict[Hashable, list[Gauge]] = {}
+        self._by_partition: dict[object, list[Gauge]] = {}
         self._lock = threading.Lock()
 
-    def report(self, partition: Hashable, gauges: list[Gauge]) -> None:
+    def report(self, partition: object, gauges: list[Gauge]) -> None:
         with self._lock:
             self._by_partition[partition] = gauges
 
-    def forget(self, partition: Hashable) -> None:
+    def forget(self, partition: object) -> None:
         with self._lock:
             self._by_partition.pop(partition, None)
 

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO, cast
 
@@ -141,10 +140,10 @@ class ProgressDisplay(Telemetry):
         with self._lock:
             self._rates.add(records, nbytes, time.monotonic())
 
-    def partition_gauges(self, partition: Hashable, gauges: list[Gauge]) -> None:
+    def partition_gauges(self, partition: object, gauges: list[Gauge]) -> None:
         self._gauges.report(partition, gauges)
 
-    def partition_gone(self, partition: Hashable) -> None:
+    def partition_gone(self, partition: object) -> None:
         self._gauges.forget(partition)
 
     def close(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from service.settings import Settings
@@ -43,11 +42,11 @@ class _Fanout(Telemetry):
         for part in self.parts:
             part.reachable(yes, why)
 
-    def partition_gauges(self, partition: Hashable, gauges: list[Gauge]) -> None:
+    def partition_gauges(self, partition: object, gauges: list[Gauge]) -> None:
         for part in self.parts:
             part.partition_gauges(partition, gauges)
 
-    def partition_gone(self, partition: Hashable) -> None:
+    def partition_gone(self, partition: object) -> None:
         for part in self.parts:
             part.partition_gone(partition)
 
