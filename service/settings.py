@@ -297,6 +297,7 @@ def split_address(address: str) -> tuple[str, int]:
     well_formed = (
         colon
         and host
+        and not any(c.isspace() for c in host)
         and port.isascii()
         and port.isdigit()
         and int(port) <= 65535
@@ -337,8 +338,6 @@ def _servers(value: Any) -> str:
 
 
 def _is_broker_address(server: str) -> bool:
-    if any(c.isspace() for c in server):
-        return False
     try:
         return split_address(server)[1] > 0  # split_address bounds it by 65535
     except ValueError:

@@ -275,6 +275,9 @@ BAD_VALUES = [
     ("metrics_address", "[::1:0"),
     ("metrics_address", "[localhost]:9108"),  # only an IPv6 address goes in brackets
     ("metrics_address", "127.0.0.1:\u0660"),  # an Arabic-Indic zero is not a port
+    ("metrics_address", " 127.0.0.1:9108"),  # a space is no part of a host name
+    ("metrics_address", "127.0.0.1 :9108"),
+    ("metrics_address", "127.0.0.1:9108 "),
     ("shutdown_timeout", "0.001"),  # no final save fits in it
     ("source", "s3"),
     ("kafka_bootstrap_servers", ""),
