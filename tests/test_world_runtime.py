@@ -1144,6 +1144,26 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact
     }
 
 
+def test_console_logs_show_a_name_escaped_once_as_status_does(tmp_path: Path) -> None:
+    """Console logs quote a name with a space, and escape it no more than `status` does: the
+    byte 0xFF and the text `\\xff` stay two names there too."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(os.fsencode(data) + b"/\xffa b.txt", "wb") as handle:
+        handle.write(b"1\n")
+    (data / "\\xffa b.txt").write_bytes(b"2\n")
+    (data / "plain.txt").write_bytes(b"3\n")
+    args = ["--input", "data/*.txt", "--log-format", "console"]
+    logged = cli(["run", *args], tmp_path, worker_env(NO_COLOR="1"))
+    assert logged.returncode == 0
+    discovered = [line for line in logged.stdout.splitlines() if "file_discovered" in line]
+    shown = [line.split("path=", 1)[1].split(" size=")[0] for line in discovered]
+    assert sorted(shown) == ["'data/\\\\xffa b.txt'", "'data/\\xffa b.txt'", "data/plain.txt"]
+    for_people = cli(["status", *args[:2]], tmp_path).stdout
+    assert "data/\\xffa b.txt " in for_people
+    assert "data/\\\\xffa b.txt " in for_people
+
+
 @pytest.mark.parametrize(
     ("name", "escaped"),
     [

@@ -179,6 +179,28 @@ def _long_ints_as_text(_logger: Any, _name: str, event: dict[str, Any]) -> dict[
     }
 
 
+_QUOTED_IF_IN_TEXT = frozenset(" \t=\"'")
+
+
+def _console_value(value: object) -> str:
+    """A field's value on the console: text as it is, quoted when it holds a space, `=` or a
+    quote. A name is shown escaped once, as in JSON logs and `status`; repr() would escape
+    its backslashes again."""
+    if isinstance(value, str):
+        return f"'{value}'" if _QUOTED_IF_IN_TEXT.intersection(value) else value
+    return repr(value)
+
+
+def _console_renderer() -> Any:
+    renderer = structlog.dev.ConsoleRenderer(
+        colors=_colours_wanted(), exception_formatter=structlog.dev.plain_traceback
+    )
+    for column in renderer.columns:
+        if column.key == "" and isinstance(column.formatter, structlog.dev.KeyValueColumnFormatter):
+            column.formatter.value_repr = _console_value  # the fields not given a column
+    return renderer
+
+
 def renders_json(log_format: str) -> bool:
     """JSON lines, or a console rendering for a person (`auto`: on a terminal)?"""
     return log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
@@ -227,9 +249,7 @@ def configure_logging(log_format: str, log_level: str) -> Logger:
         renderer = structlog.processors.JSONRenderer(exact_json)
     else:
         shared.append(_long_ints_as_text)
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=_colours_wanted(), exception_formatter=structlog.dev.plain_traceback
-        )
+        renderer = _console_renderer()
     level = _LEVELS[log_level]
     structlog.configure(
         processors=[*shared, renderer],
