@@ -185,16 +185,19 @@ def test_describe_sums_partitions_into_percent_eta_and_sum() -> None:
 @pytest.mark.parametrize(
     ("partitions", "bytes_rate", "percent", "eta_text"),
     [
-        pytest.param([], 0.0, 100.0, "--:--", id="no-partition"),
+        pytest.param([], 0.0, None, "--:--", id="no-partition-yet"),
         pytest.param([_file("a", 10, 10)], 5.0, 100.0, "--:--", id="done"),
         pytest.param([_file("a", 0, 10)], 0.0, 0.0, "--:--", id="no-rate-yet"),
         pytest.param([_file("a", 0, 7_200_000)], 1000.0, 0.0, "2:00:00", id="hours"),
     ],
 )
 def test_describe_edges(
-    partitions: list[Gauge], bytes_rate: float, percent: float, eta_text: str
+    partitions: list[Gauge], bytes_rate: float, percent: float | None, eta_text: str
 ) -> None:
-    """Nothing to read is 100%; without a rate or with nothing left the ETA is unknown."""
+    """Read to the end is 100%; before any partition is known the percent is unknown, not
+    100% (a start-up finding thousands of files); without a rate or with nothing left the ETA
+    is unknown."""
     line = describe(partitions, records_rate=0.0, bytes_rate=bytes_rate)
     assert line.percent == percent
+    assert line.text().startswith("   --%" if percent is None else f"{percent:5.1f}%")
     assert f"ETA {eta_text} " in line.text()

@@ -70,7 +70,7 @@ class RateWindow:
 class ProgressLine:
     """What the progress line says."""
 
-    percent: float
+    percent: float | None  # None: no partition known yet (start-up, a glob matching nothing)
     rate: float  # records per second
     eta: float | None  # seconds to the end of the input as it is now; None: unknown or done
     sum: int
@@ -79,8 +79,9 @@ class ProgressLine:
 
     def text(self) -> str:
         eta = "--:--" if self.eta is None else _clock(self.eta)
+        percent = "   --" if self.percent is None else f"{self.percent:5.1f}"
         return (
-            f"{self.percent:5.1f}%  {self.rate:,.0f} records/s  ETA {eta}  "
+            f"{percent}%  {self.rate:,.0f} records/s  ETA {eta}  "
             f"sum {decimal_of(self.sum)}  "
             f"partitions: {self.reading} reading, {self.caught_up} caught up"
         )
@@ -102,7 +103,7 @@ def describe(gauges: list[Gauge], records_rate: float, bytes_rate: float) -> Pro
     left = end - offset
     caught_up = sum(1 for gauge in gauges if gauge.position.offset >= gauge.end)
     return ProgressLine(
-        percent=percent_done(offset, end),
+        percent=percent_done(offset, end) if gauges else None,
         rate=records_rate,
         eta=left / bytes_rate if left > 0 and bytes_rate > 0 else None,
         sum=sum(gauge.position.sum for gauge in gauges),
@@ -171,5 +172,6 @@ class _Renderable:
     def __rich__(self) -> RenderableType:
         line = self._display.line()
         grid = Table.grid(padding=(0, 1))
-        grid.add_row(ProgressBar(total=100.0, completed=line.percent, width=24), Text(line.text()))
+        bar = ProgressBar(total=100.0, completed=line.percent or 0.0, width=24)
+        grid.add_row(bar, Text(line.text()))
         return grid
