@@ -7,6 +7,8 @@ Rule 1: at any instant the worker must be able to open its checkpoint, the tempo
 Rule 2: when the limit is too low for `max_open_files` and `MAX_CONNECTIONS`, both are lowered
         to fit, said once in a warning: a flood of idle HTTP clients or many files wait their
         turn instead of starving the checkpoint.
+Rule 3: below `LOWEST_LIMIT` not even that is sure: the worker refuses to start, in one line,
+        rather than fail with EMFILE once it has read for a while.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from __future__ import annotations
 import dataclasses
 import resource
 
+from service.errors import WorkerError
 from service.settings import Settings
 from service.telemetry.logs import Logger
 
 __all__ = [
+    "LOWEST_LIMIT",
     "MAX_CONNECTIONS",
     "RESERVED_DESCRIPTORS",
     "http_connections_allowed",
+    "require_descriptors",
     "reserve_descriptors",
 ]
 
 RESERVED_DESCRIPTORS = 64
+LOWEST_LIMIT = 16  # 13 is enough for a glob of thousands of files: a margin for inherited ones
 MAX_CONNECTIONS = 64  # HTTP connections served at once, when the limit allows
 
 
@@ -39,6 +45,16 @@ def _shared_budget() -> int:
 def http_connections_allowed() -> int:
     """At most half the shared budget goes to HTTP connections."""
     return max(1, min(MAX_CONNECTIONS, _shared_budget() // 2))
+
+
+def require_descriptors() -> None:
+    """Raise a WorkerError when the open-files limit is below `LOWEST_LIMIT`."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < LOWEST_LIMIT:
+        raise WorkerError(
+            f"the open-files limit (ulimit -n) is {soft}: the worker needs at least "
+            f"{LOWEST_LIMIT} to be sure of writing its checkpoint; raise it"
+        )
 
 
 def reserve_descriptors(settings: Settings, log: Logger) -> Settings:

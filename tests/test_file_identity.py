@@ -241,6 +241,34 @@ def test_a_resumed_file_deleted_while_waiting_for_a_slot_is_not_read_on(inputs: 
     assert _stop_and_total(worker) == expected
 
 
+def test_files_waiting_for_a_slot_are_saved_by_inode_and_never_take_a_read_files_name(
+    inputs: Path,
+) -> None:
+    """More files than slots: a file still waiting for one at a stop is saved with its inode,
+    not only its name. Rotated while stopped, so that a partly read file (closed, out of every
+    pattern meanwhile) comes back under a waiting file's old name: each resumes as itself, and
+    nothing is counted twice."""
+    cwd = inputs.parent
+    lines = b"".join(b"%d\n" % n for n in range(1, 1001))
+    for index in (1, 2, 3):
+        (inputs / f"n.txt.{index}").write_bytes(lines)
+    paced = ["--input", "in/n.txt*", "--follow", "--max-open-files", "1", "--max-rate", "200"]
+    first = WorkerProcess(paced, cwd)
+    first.wait_for("checkpoint_saved", records=lambda r: r > 0)
+    assert _stop_and_total(first)[1] < 1000  # n.txt.1 partly read; .2 and .3 wait for the slot
+    saved = json.loads((cwd / "checkpoint.json").read_text())["files"]
+    assert all(entry["inode"] is not None for entry in saved), saved
+    (inputs / "n.txt.1").rename(inputs / "held")  # out of every pattern: kept closed
+    second = WorkerProcess(paced, cwd)
+    second.wait_for("checkpoint_loaded")
+    time.sleep(0.5)  # n.txt.2 is read, n.txt.3 waits for the slot again
+    _stop_and_total(second)
+    (inputs / "n.txt.3").rename(inputs / "n.txt.4")
+    (inputs / "held").rename(inputs / "n.txt.3")  # the partly read file, under a waiting name
+    assert cli(["run", "--input", "in/n.txt*"], cwd).returncode == 0
+    assert _result(cwd) == _expected(lines, lines, lines)
+
+
 def test_a_file_out_of_every_pattern_while_stopped_resumes_where_it_was_when_back(
     tmp_path: Path,
 ) -> None:

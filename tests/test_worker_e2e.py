@@ -750,6 +750,24 @@ def test_follow_mode_notices_an_in_place_rewrite_of_consumed_data(tmp_path: Path
     assert len([e for e in worker.events if e["level"] == "error"]) == 1
 
 
+@pytest.mark.parametrize("glob", [False, True], ids=["plain path", "glob"])
+def test_follow_mode_notices_a_same_size_rewrite_in_place(tmp_path: Path, glob: bool) -> None:
+    """Following: consumed lines overwritten in place by others of the same length, the size
+    unchanged, are input_changed too: the inode's change time says it was written to."""
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "numbers.txt"
+    path.write_bytes(b"1\n" * 1000)
+    source = ["--input", "in/*.txt" if glob else "in/numbers.txt"]
+    worker = WorkerProcess([*source, "--follow", "--poll-interval", "0.05"], tmp_path)
+    worker.wait_for("caught_up", sum=1000)
+    with path.open("r+b") as handle:  # same inode, same size: only the content can tell
+        handle.write(b"9\n" * 10)
+    assert worker.finish() == 1
+    changed = worker.wait_for("input_changed")
+    assert (changed["reason"], changed["action"]) == ("content_changed", "fail")
+    assert len([e for e in worker.events if e["level"] == "error"]) == 1
+
+
 def test_follow_restart_survives_a_deleted_input_and_stops_gracefully(tmp_path: Path) -> None:
     """Following under restart: a deleted input is waited for; SIGTERM still exits 0 cleanly."""
     path = tmp_path / "numbers.txt"

@@ -30,14 +30,22 @@ from pathlib import Path
 
 import pytest
 
-from service.descriptors import MAX_CONNECTIONS
+from service.descriptors import LOWEST_LIMIT, MAX_CONNECTIONS
 from service.settings import MAX_LINE_BYTES
 from service.sources.files.partition import CHUNK_BYTES
 from service.telemetry.endpoint import READ_TIMEOUT
 from service.telemetry.logs import READER_GRACE
 from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS
 from tests.oracle import expected_of
-from tests.processes import RUN, WorkerProcess, cli, cli_writing_to, unmeasured, worker_env
+from tests.processes import (
+    RUN,
+    WorkerProcess,
+    cli,
+    cli_writing_to,
+    events_of,
+    unmeasured,
+    worker_env,
+)
 from tests.scrape import by_label, get, samples_of
 
 SEED = 20261204
@@ -1056,6 +1064,33 @@ def test_too_few_descriptors_for_the_modules_themselves_is_one_line(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().endswith("Too many open files; raise the open-files limit")
+
+
+def test_a_limit_too_low_for_the_worker_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    """Under `ulimit -n 12` the modules load, but a glob of files would fail with EMFILE once
+    read for a while: the worker refuses at start, in one line naming the limit, exit 1."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(50):
+        (data / f"{index}.txt").write_bytes(b"1\n")
+    done = subprocess.run(
+        [*_WITH_ULIMIT, "12", *RUN, "--input", "data/*.txt"],
+        cwd=tmp_path,
+        env=unmeasured(worker_env()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    events = events_of(done.stdout)
+    errors = [e for e in events if e["level"] == "error"]
+    assert [e["event"] for e in errors] == ["fatal_error"]
+    assert (
+        f"limit (ulimit -n) is 12: the worker needs at least {LOWEST_LIMIT}" in errors[0]["message"]
+    )
+    assert events[-1]["event"] == "worker_stopped"
+    assert not (tmp_path / "checkpoint.json").exists()
+    assert "Traceback" not in done.stderr
 
 
 def test_idle_connections_under_a_low_ulimit_cannot_starve_the_checkpoint(tmp_path: Path) -> None:

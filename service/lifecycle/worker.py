@@ -33,7 +33,7 @@ from service.core import _kernel
 from service.core.names import shown
 from service.core.parsing import Parsed
 from service.core.position import Pacer, Periodic, Position, RateMeter, percent_done
-from service.descriptors import reserve_descriptors
+from service.descriptors import require_descriptors, reserve_descriptors
 from service.environment import unknown_worker_variables
 from service.errors import BadRecordFound, UnexpectedError, WorkerError
 from service.lifecycle.deadline import NOW, ShutdownDeadline
@@ -129,6 +129,7 @@ class _Worker:
             partitions: list[Partition] = []
 
             async def start() -> None:
+                require_descriptors()
                 self.source.acquire()
                 require_directory_of(self.settings.result)
                 self.telemetry.open(self.log)  # /readyz says 503 until start-up is done

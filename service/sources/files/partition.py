@@ -112,7 +112,10 @@ class FilePartition:
         self.details = shared.details
         self.key = key  # (device, inode) as this process sees it; None until known
         self.plain = plain
-        self.inode = resume.inode if resume else None
+        # Known from the scan before the file is opened: a file still waiting for a slot at a
+        # save is saved by its inode too, never by its name alone (which a rotation may give to
+        # another file by the next start).
+        self.inode = resume.inode if resume else (key[1] if key else None)
         self.generation = resume.generation if resume else None
         self.parser = self._new_parser(resume.position if resume else Position())
         self.identity: InputIdentity | None = resume.identity if resume else None
@@ -388,12 +391,14 @@ class FilePartition:
     async def _look_at_end(self) -> ReadStatus:
         """At the end of what was there (following): grown, changed, gone, or caught up."""
         opened = os.fstat(self._fd())
+        written = opened.st_ctime_ns != self.changed_ns  # or renamed, since the last look
         self.size, self.changed_ns = opened.st_size, opened.st_ctime_ns
         at_name = self._key_at_name() if self.plain else None
         offset = self.position.offset
         prefix = None
-        if opened.st_size > self.parser.split_offset and offset > 0:
-            # Grown: a rewrite of what was already consumed would read as growth too.
+        if offset > 0 and (opened.st_size > self.parser.split_offset or written):
+            # Grown or written to: a rewrite of what was already consumed would read as growth,
+            # or, written over in place with as many bytes, as no change at all.
             prefix = await anyio.to_thread.run_sync(identify_input, self._fd(), offset)
         look = Look(
             read_to=self.parser.split_offset,

@@ -145,7 +145,9 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
         by_inode.setdefault(match.inode, []).append(key)
         by_path.setdefault(match.path, []).append(key)
     pairing = Pairing()
-    for state in saved:
+    # A state known only by its path goes last: it never takes a file that a state known by
+    # its inode is there for.
+    for state in sorted(saved, key=lambda s: s.inode is None):
         if state.inode is None:
             candidates = [k for k in by_path.get(state.path, ()) if k in unclaimed]
         else:
