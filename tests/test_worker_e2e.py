@@ -768,6 +768,21 @@ def test_follow_mode_notices_a_same_size_rewrite_in_place(tmp_path: Path, glob: 
     assert len([e for e in worker.events if e["level"] == "error"]) == 1
 
 
+def test_an_input_rewritten_past_the_offset_while_stopped_is_said_to_differ(
+    tmp_path: Path,
+) -> None:
+    """Rewritten while stopped with other, longer bytes that run through the offset without a
+    newline: the message says the consumed bytes differ, not that a last line went on."""
+    path = tmp_path / "numbers.txt"
+    path.write_bytes(b"1\n" * 500)
+    assert cli(["run"], tmp_path).returncode == 0
+    path.write_bytes(b"2" * 1500 + b"\n")
+    done = cli(["run"], tmp_path)
+    assert done.returncode == 1
+    changed = next(e for e in events_of(done.stdout) if e["event"] == "input_changed")
+    assert "differs from what the checkpoint consumed (first 1000 bytes)" in changed["message"]
+
+
 def test_follow_restart_survives_a_deleted_input_and_stops_gracefully(tmp_path: Path) -> None:
     """Following under restart: a deleted input is waited for; SIGTERM still exits 0 cleanly."""
     path = tmp_path / "numbers.txt"

@@ -63,6 +63,12 @@ class Look:
     edge: bytes | None = None  # seen: the last byte consumed and the next one; None: not read
 
     @property
+    def prefix_differs(self) -> bool:
+        """Whether the consumed prefix, read again, holds other bytes."""
+        known = self.prefix is not None and self.consumed is not None
+        return known and self.prefix != self.consumed
+
+    @property
     def last_line_went_on(self) -> bool:
         """Whether the line counted last without a '\n' now goes on past it (Rule 4)."""
         return self.edge is not None and len(self.edge) == 2 and b"\n" not in self.edge
@@ -80,7 +86,7 @@ def classify(look: Look) -> Change:
         return Change.DELETED
     if look.by_name and look.at_name != look.key:
         return Change.REPLACED
-    if look.prefix is not None and look.consumed is not None and look.prefix != look.consumed:
+    if look.prefix_differs:
         return Change.REWRITTEN
     if look.size > look.read_to:
         return Change.REWRITTEN if look.last_line_went_on else Change.GREW

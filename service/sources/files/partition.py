@@ -288,14 +288,14 @@ class FilePartition:
         if change is Change.TRUNCATED:
             message = f"is shorter ({size} bytes) than the checkpoint's offset {offset}"
             await self._changed(change, f"input {self.label} {message}")
-        elif change is Change.REWRITTEN and look.last_line_went_on:
+        elif change is Change.REWRITTEN and look.prefix_differs:
+            message = f"differs from what the checkpoint consumed (first {offset} bytes)"
+            await self._changed(change, f"input {self.label} {message}")
+        elif change is Change.REWRITTEN:  # the same prefix: the line counted last went on
             message = (
                 f"goes on past the checkpoint's offset {offset}, on the line counted last "
                 "(it had no newline when it was counted)"
             )
-            await self._changed(change, f"input {self.label} {message}")
-        elif change is Change.REWRITTEN:
-            message = f"differs from what the checkpoint consumed (first {offset} bytes)"
             await self._changed(change, f"input {self.label} {message}")
         elif change is Change.GREW and edge is not None and edge[1:] == b"\n" != edge[:1]:
             # The '\n' the counted line lacked: one more byte consumed, no more lines.
