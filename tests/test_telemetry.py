@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -10,7 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.core.position import Position
 from service.lifecycle.partition import Gauge
 from service.settings import load_settings
-from service.telemetry.metrics import MAX_PARTITION_SERIES, OTHER_PARTITIONS, STALLED_AFTER, Metrics
+from service.telemetry.metrics import (
+    BEAT_AWAITED,
+    MAX_PARTITION_SERIES,
+    OTHER_PARTITIONS,
+    STALLED_AFTER,
+    Metrics,
+)
 from service.telemetry.port import Telemetry
 from service.telemetry.progress_line import RATE_WINDOW, ProgressLine, RateWindow, describe
 from service.telemetry.wiring import _Fanout, telemetry_for
@@ -122,6 +129,21 @@ def test_stalled_only_past_the_threshold(since_beat: float, stalled: bool) -> No
     metrics = Metrics()
     metrics.loop_alive()
     assert (metrics.stalled_for(time.monotonic() + since_beat) is not None) is stalled
+
+
+def test_a_stale_beat_is_a_stall_only_if_no_beat_comes_while_one_is_due() -> None:
+    """A probe finding the beat stale (the process was stopped, SIGSTOP) waits for a fresh one:
+    a loop that turns again beats within BEAT_AWAITED, and is not called stalled."""
+    metrics = Metrics()
+    metrics._last_beat -= STALLED_AFTER + 3  # stopped for that long, resumed just now
+    threading.Timer(0.2, metrics.loop_alive).start()
+    assert metrics.stalled_after_a_beat_was_due() is None
+    metrics._last_beat -= STALLED_AFTER + 3  # and now a loop that does not turn again
+    asked = time.monotonic()
+    stalled = metrics.stalled_after_a_beat_was_due()
+    assert stalled is not None
+    assert stalled > STALLED_AFTER + 3
+    assert time.monotonic() - asked >= BEAT_AWAITED
 
 
 def test_ready_only_once_told() -> None:

@@ -232,7 +232,7 @@ class _Handler(socketserver.StreamRequestHandler):
             body, content_type = metrics.exposition()
             return 200, body, content_type
         if path == "/healthz":
-            stalled = metrics.stalled_for()
+            stalled = metrics.stalled_after_a_beat_was_due()
             if stalled is None:
                 return 200, b"ok: event loop turning\n", _PLAIN
             return 503, f"stalled: no heartbeat for {stalled:.1f} s\n".encode(), _PLAIN

@@ -14,6 +14,8 @@ Rule 3: per-partition gauges carry a `partition` label (a file's path; Kafka's `
         40,000 series.
 Rule 4: health is the event loop's heartbeat, read by another thread: a loop that has not beaten
         for `STALLED_AFTER` seconds is stalled, even though the process and this thread live.
+        A probe that finds the beat stale waits up to `BEAT_AWAITED` for a fresh one first: a
+        process resumed after SIGSTOP has a stale beat, and beats again at once.
 Rule 5: serving is not this module's: `Metrics` is given what serves it (the endpoint, in
         endpoint.py) and starts and stops it with the run.
 """
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from service.health import STALE_AFTER
 from service.lifecycle.partition import Standing
+from service.storage.lock import HEARTBEAT_INTERVAL
 from service.telemetry.port import GaugeBoard, Telemetry
 
 if TYPE_CHECKING:
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from service.telemetry.logs import Logger
 
 __all__ = [
+    "BEAT_AWAITED",
     "MAX_PARTITION_SERIES",
     "OTHER_PARTITIONS",
     "SAVE_BUCKETS",
@@ -45,6 +49,7 @@ __all__ = [
 
 # The same threshold as `healthcheck`'s stale heartbeat: the loop beats every second.
 STALLED_AFTER = STALE_AFTER
+BEAT_AWAITED = 2 * HEARTBEAT_INTERVAL  # before a stale beat is a stall (the loop may be resuming)
 SAVE_REASONS = ("timer", "shutdown", "completed")
 # A checkpoint write is a temporary file, two fsyncs and a rename: milliseconds on a healthy disk,
 # seconds on a stalled one.
@@ -247,3 +252,11 @@ class Metrics(Telemetry):
         """Seconds since the last heartbeat if that is longer than STALLED_AFTER, else None."""
         age = (time.monotonic() if now is None else now) - self._last_beat
         return age if age > STALLED_AFTER else None
+
+    def stalled_after_a_beat_was_due(self) -> float | None:
+        """`stalled_for`, asked again until a heartbeat was due: a process just resumed
+        (SIGCONT) has a stale beat but turns again at once, and beats within that time."""
+        deadline = time.monotonic() + BEAT_AWAITED
+        while (stalled := self.stalled_for()) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return stalled
