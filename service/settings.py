@@ -252,13 +252,17 @@ class Listed(tuple[str, ...]):
     __slots__ = ()
 
 
+_JSON_LIST = re.compile(r"\s*\[\s*[\"\[\]]")
+
+
 def _patterns(*, at_least_one: bool) -> Convert:
-    """One path or glob, a list of them, or (from the environment) a JSON list."""
+    """One path or glob, a list of them, or text that looks like a JSON list (the only way a
+    variable can give a list): `[` then `"`, `]` or `[`. `[0-9]*.log` is a glob."""
 
     def convert(value: Any) -> tuple[str, ...]:
         if isinstance(value, Path):
             value = str(value)
-        if isinstance(value, str) and value.lstrip().startswith("["):
+        if isinstance(value, str) and _JSON_LIST.match(value):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -140,6 +141,25 @@ def test_one_input_flag_is_a_plain_path_on_the_command_line(tmp_path: Path) -> N
     assert (plain.returncode, listed.returncode) == (1, 1)
     assert "input missing.txt not found" in plain.stdout
     assert "no file matches the input missing.txt" in listed.stdout
+
+
+@pytest.mark.parametrize("source", ["flag", "environment", "file"])
+def test_a_glob_that_starts_with_a_character_class_is_a_glob(tmp_path: Path, source: str) -> None:
+    """`[0-9].log` is a glob, wherever it is given: only `[` followed by `"`, `[` or `]` is
+    taken for a JSON list."""
+    (tmp_path / "1.log").write_bytes(b"1\n")
+    (tmp_path / "2.log").write_bytes(b"2\n")
+    (tmp_path / "c.toml").write_text('input = "[0-9].log"\n')
+    args, env = ["run"], worker_env()
+    if source == "flag":
+        args += ["--input", "[0-9].log"]
+    elif source == "environment":
+        env["WORKER_INPUT"] = "[0-9].log"
+    else:
+        args += ["--config", "c.toml"]
+    done = cli(args, tmp_path, env)
+    assert done.returncode == 0, done.stdout
+    assert json.loads((tmp_path / "result.json").read_text())["sum"] == 3
 
 
 @pytest.mark.parametrize(
