@@ -208,12 +208,15 @@ def _healthcheck(argv: list[str]) -> int:
 def _settings_of(args: argparse.Namespace) -> Settings:
     """The settings: the command's flags over WORKER_* variables over the config file."""
     from service.environment import worker_environment
+    from service.errors import UsageError
     from service.settings import load_settings, setting_fields
 
     names = {field.name for field in setting_fields()}
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
     if len(flags.get("input", ())) == 1:
         flags["input"] = flags["input"][0]  # one --input is one path or glob, not a list
+    if args.config == "":  # `--config "$CFG"` with CFG unset: not a run on the defaults
+        raise UsageError("--config: expected a TOML file's path, got ''")
     config = args.config or worker_environment({"config"}).get("config")
     return load_settings(flags, Path(config) if config else None)
 

@@ -225,7 +225,7 @@ def reset(settings: Settings, log: Logger) -> int:
         for name, path in [named[0], *temps, named[1]]:
             try:
                 path.unlink()
-                removed.append(str(name))
+                removed.append(shown(str(name)))
             except FileNotFoundError:
                 pass
             except OSError as error:

@@ -480,6 +480,20 @@ def test_cli_bad_value_in_config_file(tmp_path: Path) -> None:
     assert "max_line_bytes" in done.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "status", "healthcheck"])
+def test_an_empty_config_flag_is_a_usage_error_not_a_run_on_the_defaults(
+    tmp_path: Path, command: str
+) -> None:
+    """`--config "$CFG"` with CFG unset: exit 2 naming --config, nothing read or written."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n")
+    done = cli([command, "--config", ""], cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "checkpoint-worker: error: --config: expected a TOML file's path, got ''"
+    ]
+    assert not (tmp_path / "checkpoint.json").exists()
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("true", True), ("1", True), ("YES", True), ("on", True), ("false", False), ("0", False)],

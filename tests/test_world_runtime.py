@@ -1179,6 +1179,20 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_everywhere_and_kept_exact
     }
 
 
+def test_reset_names_the_files_it_removed_escaped_once(tmp_path: Path) -> None:
+    """`reset` logs what it removed as every other event shows a name: escaped, valid JSON."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n")
+    checkpoint, result = os.fsdecode(b"c\xffk\nx.json"), os.fsdecode(b"r\xff.json")
+    files = ["--checkpoint", checkpoint, "--result", result]
+    assert cli(["run", *files], tmp_path).returncode == 0
+    done = cli(["reset", *files, "--log-format", "json"], tmp_path)
+    assert done.returncode == 0
+    (reset,) = [e for e in events_of(done.stdout) if e["event"] == "reset"]
+    assert sorted(reset["removed"]) == ["c\\xffk\\x0ax.json", "r\\xff.json"]
+    assert not os.path.exists(tmp_path / checkpoint)
+    assert not os.path.exists(tmp_path / result)
+
+
 def test_console_logs_show_a_name_escaped_once_as_status_does(tmp_path: Path) -> None:
     """Console logs quote a name with a space, and escape it no more than `status` does: the
     byte 0xFF and the text `\\xff` stay two names there too."""
