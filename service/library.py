@@ -14,9 +14,11 @@ Rule 1: one checkpoint file for the library and the worker: each resumes what th
 Rule 2: the counts travel with the sum inside a process. `load_checkpoint` hands a file's lines,
         records and bad records to the `number_stream` that starts at its offset, the stream
         counts on, and `save_checkpoint(pos, ...)` saves what the stream had counted when it
-        yielded `pos`. A save at a position no stream of this process yielded saves the counts
-        passed to it (zero by default); a stream that starts at an offset no loaded checkpoint
-        named counts from zero there. Files are told apart by their absolute path.
+        yielded `pos`: at hand for the last position it yielded, counted again from where the
+        stream started for an earlier one (a read of the bytes between). A save at a position
+        no stream of this process yielded saves the counts passed to it (zero by default); a
+        stream that starts at an offset no loaded checkpoint or earlier stream reached counts
+        from zero there. Files are told apart by their absolute path.
 Rule 3: a checkpoint of several files (the worker's, of a glob) must be told which file:
         `load_checkpoint(input=...)` gives that file's own offset and sum, and `save_checkpoint`
         replaces that file's entry alone, keeping the others.
@@ -53,8 +55,12 @@ DEFAULT_MAX_LINE_BYTES = 4096
 
 Counts = tuple[int, int, int, int]  # offset, lines, records, bad_records: counted at that offset
 
-# What this process counted of each file (by absolute path), at the last position it knows.
+# Of each file (by absolute path), in this process: the counts of the checkpoint loaded last,
+# those a stream reached at the last position it yielded, and where that stream started (with
+# its line limit), from which the counts at an earlier position it yielded are found again.
+_loaded: dict[str, Counts] = {}
 _counted: dict[str, Counts] = {}
+_started: dict[str, tuple[Counts, int]] = {}
 
 
 def _key(filename: str | Path) -> str:
@@ -97,7 +103,7 @@ def load_checkpoint(
     filename = state.path if input is None else input
     _check_unchanged(filename, state, Path(path))
     p = state.position
-    _counted[_key(filename)] = (p.offset, p.lines, p.records, p.bad_records)
+    _loaded[_key(filename)] = (p.offset, p.lines, p.records, p.bad_records)
     return SavedCheckpoint(
         p.offset,
         p.sum,
@@ -186,8 +192,7 @@ def position_at(
         None if count is None else _whole(count, name)
         for count, name in ((records, "records"), (bad_records, "bad_records"), (lines, "lines"))
     )
-    known = _counted.get(_key(input))
-    counted = known[1:] if known is not None and known[0] == offset else (0, 0, 0)
+    counted = _counts_at(input, offset)
     records = counted[1] if records is None else records
     bad_records = counted[2] if bad_records is None else bad_records
     lines = max(counted[0], records + bad_records) if lines is None else lines
@@ -198,6 +203,35 @@ def position_at(
             "fit in the bytes"
         )
     return Position(offset, lines, records, bad_records, running_sum)
+
+
+def _counts_at(input: str | Path, offset: int) -> tuple[int, int, int]:
+    """(lines, records, bad_records) a stream of this process had counted at `offset`, or the
+    loaded checkpoint's there; zeros at a position neither reached."""
+    key = _key(input)
+    last, started = _counted.get(key), _started.get(key)
+    if last is not None and last[0] == offset:
+        return last[1:]
+    if last is not None and started is not None and started[0][0] <= offset < last[0]:
+        return _count_again(input, *started, offset)
+    loaded = _loaded.get(key)
+    return loaded[1:] if loaded is not None and loaded[0] == offset else (0, 0, 0)
+
+
+def _count_again(
+    input: str | Path, start: Counts, max_line_bytes: int, offset: int
+) -> tuple[int, int, int]:
+    """The counts at `offset` of a stream that started with `start`: its bytes counted again."""
+    parser = LineParser(Position(offset=start[0]), max_line_bytes=max_line_bytes, stop_at_bad=False)
+    fd, _ = open_regular_file(input)
+    with open(fd, "rb", buffering=0) as handle:
+        handle.seek(start[0])
+        while (left := offset - parser.split_offset) > 0 and (
+            chunk := handle.read(min(left, STREAM_CHUNK_BYTES))
+        ):
+            parser.feed(chunk)
+    counted = parser.finish().position  # a last line without '\n' was yielded all the same
+    return start[1] + counted.lines, start[2] + counted.records, start[3] + counted.bad_records
 
 
 def _whole(value: object, name: str) -> int:
@@ -245,10 +279,11 @@ class Stream:
         if not 1 <= max_line_bytes <= MAX_LINE_BYTES:
             raise ValueError(f"max_line_bytes must be from 1 to {MAX_LINE_BYTES}: {max_line_bytes}")
         self.key = _key(filename)
-        known = _counted.get(self.key)
-        if known is None or known[0] != offset:
-            known = (offset, 0, 0, 0)
-        _, self.lines, self.records, self.bad_records = known
+        reached = (_counted.get(self.key), _loaded.get(self.key))
+        start = next((k for k in reached if k is not None and k[0] == offset), (offset, 0, 0, 0))
+        _, self.lines, self.records, self.bad_records = start
+        _counted.pop(self.key, None)  # a position of an earlier stream is not this one's
+        _started[self.key] = (start, max_line_bytes)
         self.parser = LineParser(
             Position(offset=offset), max_line_bytes=max_line_bytes, stop_at_bad=False
         )

@@ -290,6 +290,28 @@ async def test_the_counts_carry_on_from_a_loaded_checkpoint(numbers: Path, tmp_p
     assert (saved.lines, saved.records, saved.bad_records) == counts_at(data, second[0])
 
 
+def test_a_save_at_an_earlier_position_of_a_stream_holds_the_counts_there(
+    numbers: Path, tmp_path: Path
+) -> None:
+    """Positions a stream yielded before its last one (a list of them, a save lagging behind
+    the reading), saved in any order with loads between: each save holds the counts at its
+    position, and a stream resumed from one of them counts on from there."""
+    checkpoint = tmp_path / "checkpoint.json"
+    data = numbers.read_bytes()
+    pairs = list(number_stream(numbers))
+    for index in (777, 25_000, 3, len(pairs) - 1, 1):
+        offset = pairs[index][0]
+        save_checkpoint(offset, 5, checkpoint, input=numbers)
+        saved = load_checkpoint(checkpoint)
+        assert (saved.lines, saved.records, saved.bad_records) == counts_at(data, offset)
+    resumed = number_stream(numbers, pairs[1][0])
+    for _ in range(1000):
+        next(resumed)
+    save_checkpoint(pairs[500][0], 5, checkpoint, input=numbers)  # before that stream's last
+    saved = load_checkpoint(checkpoint)
+    assert (saved.lines, saved.records, saved.bad_records) == counts_at(data, pairs[500][0])
+
+
 def _counted(data: bytes, offset: int) -> dict[str, int]:
     lines, records, bad_records = counts_at(data, offset)
     return {"lines": lines, "records": records, "bad_records": bad_records}
