@@ -124,7 +124,7 @@ def _seconds(*, zero: bool = False) -> Convert:
     bounded = _number(gt=0, ge=MIN_SECONDS, le=MAX_SECONDS)
 
     def convert(value: Any) -> float:
-        number = _number(ge=0)(value)
+        number = _number(ge=0 if zero else None)(value)
         return 0.0 if zero and number == 0 else float(bounded(number))
 
     return convert

@@ -143,6 +143,17 @@ def test_one_input_flag_is_a_plain_path_on_the_command_line(tmp_path: Path) -> N
     assert "no file matches the input missing.txt" in listed.stdout
 
 
+@pytest.mark.parametrize(
+    ("name", "bound"),
+    [("checkpoint_interval", "greater than 0"), ("kafka_unavailable_timeout", "at least 0")],
+)
+def test_a_negative_duration_is_told_the_bound_that_holds(name: str, bound: str) -> None:
+    """-1 is told what 0 would be told: a duration that must be over 0 never says `at least 0`."""
+    with pytest.raises(UsageError) as caught:
+        load_settings({name: "-1"}, None)
+    assert f"must be {bound}, got '-1'" in caught.value.message
+
+
 @pytest.mark.parametrize("source", ["flag", "environment", "file"])
 def test_a_glob_that_starts_with_a_character_class_is_a_glob(tmp_path: Path, source: str) -> None:
     """`[0-9].log` is a glob, wherever it is given: only `[` followed by `"`, `[` or `]` is
