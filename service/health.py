@@ -12,6 +12,7 @@ Rule 3: it never takes the lock (a check must not stop a worker from starting), 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
@@ -58,12 +59,33 @@ def check_kafka_health(checkpoint: Path, now: float | None = None) -> tuple[bool
     return True, f"healthy: Kafka worker pid {pid}, heartbeat {age:.1f} s ago"
 
 
+def _held(lock: Path) -> bool:
+    """Whether a process holds the lock's flock now (asked by taking it for an instant)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # and with it the flock, if taken
+    return False
+
+
 def check_health(checkpoint: Path, now: float | None = None) -> tuple[bool, str]:
     """(healthy, one line saying why)."""
     lock = lock_path_for(checkpoint)
     pid = read_holder(lock)
     if pid is None:
         return False, f"unhealthy: no worker holds {lock}"
+    if pid in (os.getpid(), os.getppid()) and not _held(lock):
+        # The lock names this very process (or its shell) and nobody holds it: asked from
+        # another PID namespace (a one-off container), where pid 1 is the asker's own.
+        return False, f"unhealthy: no worker holds {lock} (pid {pid} is this check's own)"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -73,6 +73,15 @@ def test_lock_naming_a_dead_pid_is_unhealthy(checkpoint: Path) -> None:
     assert "not running" in message
 
 
+def test_a_lock_naming_the_asker_itself_is_unhealthy_unless_held(checkpoint: Path) -> None:
+    """Asked from a one-off container, the lock's pid (the worker's 1) is the asker's own: a
+    lock that nobody holds is no worker, however fresh its heartbeat."""
+    lock_path_for(checkpoint).write_text(f"{os.getpid()}\n")
+    healthy, message = check_health(checkpoint)
+    assert not healthy
+    assert "no worker holds" in message
+
+
 def test_live_worker_with_fresh_heartbeat_is_healthy(checkpoint: Path, held: WorkerLock) -> None:
     """A held lock naming a live process with a fresh mtime is healthy."""
     assert read_holder(held.path) == os.getpid()
