@@ -213,6 +213,22 @@ def test_a_stopped_worker_hands_over_from_its_last_commit(
         assert all(taken_over[p] >= last.get(p, 0) for p in moved)
 
 
+def test_progress_says_how_much_of_the_owned_partitions_was_read(
+    published: tuple[dict[str, str], bytes], tmp_path: Path
+) -> None:
+    """A paced worker stopped mid-way: its last `progress` gives the percent of its partitions'
+    messages (up to their log end offsets) read, and how many partitions it reads, never 100%
+    from the start."""
+    env, _data = published
+    worker = WorkerProcess([], tmp_path, {**env, "WORKER_MAX_RATE": "3000"})
+    worker.wait_for("checkpoint_saved", timeout=30, records=lambda r: r > 0)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish(timeout=30) == 0
+    progress = worker.named("progress")[-1]
+    assert 0 < progress["percent"] < 50  # 60,000 lines, stopped within a second at 3,000/s
+    assert progress["partitions"] == 6
+
+
 def _wait_for_progress_after_rebalance(worker: WorkerProcess, timeout: float = 60) -> None:
     """Until `worker` was assigned partitions twice and saved after that, then a little more,
     so it holds progress it has not committed."""

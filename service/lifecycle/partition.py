@@ -124,8 +124,8 @@ class Source(Protocol):
         """Every partition's position added up, gone ones included."""
         ...
 
-    def input_size(self) -> int | None:
-        """How much there is to read in all, as last seen, when that is known."""
+    def input_size(self) -> int:
+        """How much there is to read in all, as last seen."""
         ...
 
     def changed_since_save(self) -> bool: ...

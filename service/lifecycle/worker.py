@@ -422,9 +422,9 @@ class _Worker:
             offset=total.offset,
             records=total.records,
             bad_records=total.bad_records,
-            percent=round(percent_done(total.offset, size or 0), 2),
+            percent=round(percent_done(total.offset, size), 2),
             rate=round(self.rate.rate(self.records_read, anyio.current_time()), 1),
-            partitions=len(self.status_of),
+            partitions=sum(len(partition.gauges()) for partition in self.status_of),
         )
 
     # --- shut down ----------------------------------------------------------------------------

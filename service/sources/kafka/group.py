@@ -255,10 +255,18 @@ class GroupMember:
         for tp, position in sorted(self.owned.items()):
             if tp not in assigned:  # mid-rebalance: the listener drops it next
                 continue
-            end = max(position.offset, self.consumer.highwater(tp) or 0)
+            end = self._log_end(tp, position)
             committed = self._committed.get(tp, position).offset
             found.append(Gauge(name_of(tp), position, end, end - committed, "messages"))
         return found
+
+    def log_ends(self) -> int:
+        """The messages of the owned partitions up to their log end offsets (as of their last
+        fetch): what `progress` gives the percent of."""
+        return sum(self._log_end(tp, position) for tp, position in self.owned.items())
+
+    def _log_end(self, tp: TopicPartition, position: Position) -> int:
+        return max(position.offset, self.consumer.highwater(tp) or 0)
 
     def raise_fatal(self) -> None:
         if self._fatal is not None:

@@ -161,8 +161,11 @@ class KafkaSource:
             return self._group.totals()
         return total_of(list(self.member.owned.values()))
 
-    def input_size(self) -> int | None:
-        return None
+    def input_size(self) -> int:
+        """Messages up to the log end offsets: of the owned partitions, the group's once done."""
+        if self._group is not None:
+            return self._group.totals().offset
+        return self.member.log_ends()
 
     def changed_since_save(self) -> bool:
         return self.member.changed()
