@@ -166,6 +166,34 @@ def test_healthcheck_command(tmp_path: Path) -> None:
         lock.release()
 
 
+def test_healthcheck_from_another_pid_namespace_finds_no_worker_in_its_own_pid_1(
+    tmp_path: Path,
+) -> None:
+    """A container's worker is its pid 1, and the lock says so. `healthcheck` run in another
+    PID namespace (a one-off container: `unshare` here) is pid 1 there itself: a worker that
+    lives on and beats, but in the first namespace, is no worker of its own, so exit 1 rather
+    than `healthy` about itself; in the worker's namespace the same lock is healthy."""
+    lock = WorkerLock(tmp_path / "checkpoint.json")
+    lock.acquire()
+    try:
+        lock.path.write_text("1\n")  # the pid a containerised worker writes
+        check = [sys.executable, "-m", "service", "healthcheck"]
+        elsewhere = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", *check],
+            cwd=tmp_path,
+            env=worker_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert elsewhere.returncode == 1, elsewhere.stdout + elsewhere.stderr
+        assert "no worker holds" in elsewhere.stdout
+        here = subprocess.run(check, cwd=tmp_path, env=worker_env(), capture_output=True, text=True)
+        assert here.returncode == 0, here.stdout
+    finally:
+        lock.release()
+
+
 @pytest.mark.parametrize(
     ("args", "config", "named"),
     [
