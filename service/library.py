@@ -223,13 +223,8 @@ def _count_again(
 ) -> tuple[int, int, int]:
     """The counts at `offset` of a stream that started with `start`: its bytes counted again."""
     parser = LineParser(Position(offset=start[0]), max_line_bytes=max_line_bytes, stop_at_bad=False)
-    fd, _ = open_regular_file(input)
-    with open(fd, "rb", buffering=0) as handle:
-        handle.seek(start[0])
-        while (left := offset - parser.split_offset) > 0 and (
-            chunk := handle.read(min(left, STREAM_CHUNK_BYTES))
-        ):
-            parser.feed(chunk)
+    for chunk in _chunks(input, start[0], offset):
+        parser.feed(chunk)
     counted = parser.finish().position  # a last line without '\n' was yielded all the same
     return start[1] + counted.lines, start[2] + counted.records, start[3] + counted.bad_records
 
@@ -326,9 +321,22 @@ def number_stream(
     Blank lines and bad records are skipped (and counted), by the worker's input rules.
     """
     stream = Stream(filename, offset, max_line_bytes)
+    for chunk in _chunks(filename, offset):
+        yield from stream.feed(chunk)
+    yield from stream.end()
+
+
+def _chunks(filename: str | Path, start: int, stop: int | None = None) -> Iterator[bytes]:
+    """The bytes of a regular file from `start` to `stop` (its end by default), in chunks."""
     fd, _ = open_regular_file(filename)
     with open(fd, "rb", buffering=0) as handle:
-        handle.seek(offset)
-        while chunk := handle.read(STREAM_CHUNK_BYTES):
-            yield from stream.feed(chunk)
-    yield from stream.end()
+        position = handle.seek(start)
+        while stop is None or position < stop:
+            wanted = (
+                STREAM_CHUNK_BYTES if stop is None else min(STREAM_CHUNK_BYTES, stop - position)
+            )
+            chunk = handle.read(wanted)
+            if not chunk:
+                return
+            position += len(chunk)
+            yield chunk
