@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import stat
@@ -24,7 +23,7 @@ from service.sources.files.source import (
     refuse_shared_files,
     saved_state_of_plain_path,
 )
-from service.storage.atomic import atomic_write, temp_files_of, written_path
+from service.storage.atomic import atomic_write, remove_left_temp_files, written_path
 from service.storage.checkpoint import CheckpointStore, FileState, identify_input
 from service.storage.lock import WorkerLock
 from service.telemetry.logs import Logger
@@ -66,9 +65,7 @@ def generate(
             raise WorkerError(f"{name} exists; refusing to overwrite it without --force")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
-    for leftover in temp_files_of(output):  # a killed generate's: the real file is intact
-        with contextlib.suppress(OSError):
-            leftover.unlink()
+    remove_left_temp_files(output)  # a killed generate's: the real file is intact
     try:
         atomic_write(output, _numbers(count, seed))
     except OSError as error:
@@ -221,8 +218,7 @@ def reset(settings: Settings, log: Logger) -> int:
     lock.acquire(purpose="reset")
     try:
         removed = []
-        temps = [(temp, temp) for temp in temp_files_of(settings.checkpoint)]
-        for name, path in [named[0], *temps, named[1]]:
+        for name, path in named:
             try:
                 path.unlink()
                 removed.append(shown(str(name)))
@@ -230,6 +226,7 @@ def reset(settings: Settings, log: Logger) -> int:
                 pass
             except OSError as error:
                 raise WorkerError(f"cannot remove {shown(str(name))}: {error.strerror}") from None
+        removed += [shown(str(temp)) for temp in remove_left_temp_files(checkpoint)]
     finally:
         lock.release()
     log.info("reset", removed=removed)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from service.core.position import Position
 from service.errors import CheckpointCorrupt, CheckpointWriteFailed
-from service.storage.atomic import temp_files_of
+from service.storage.atomic import remove_left_temp_files, temp_files_of
 from service.storage.checkpoint import (
     IDENTITY_WINDOW,
     Checkpoint,
@@ -128,6 +128,44 @@ def test_save_leaves_no_temporary_files(store: CheckpointStore) -> None:
         store.save(Checkpoint(Position(offset, offset, offset), "n", IDENTITY))
     assert sorted(os.listdir(store.path.parent)) == ["checkpoint.json"]
     assert temp_files_of(store.path) == []
+
+
+def test_a_temporary_file_being_written_is_never_removed_as_left_behind(tmp_path: Path) -> None:
+    """Another process holding its temporary file (a write in progress) keeps it; one nobody
+    holds (a crashed write's) is removed; a neighbour file's (`checkpoint.json.b`) is not ours."""
+    target = tmp_path / "checkpoint.json"
+    held, left, neighbours = (
+        tmp_path / name
+        for name in (
+            ".checkpoint.json.held_0ab.tmp",
+            ".checkpoint.json.left_1cd.tmp",
+            ".checkpoint.json.b.left_2ef.tmp",
+        )
+    )
+    for temp in (held, left, neighbours):
+        temp.write_text("partial")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(held)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        assert remove_left_temp_files(target) == [left]
+        assert sorted(temp_files_of(target)) == [held]
+        assert neighbours.exists()
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert remove_left_temp_files(target) == [held]
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "rb")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
 def test_save_replaces_the_file_never_rewrites_it(store: CheckpointStore) -> None:

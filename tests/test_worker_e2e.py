@@ -520,6 +520,39 @@ def test_a_killed_generate_leaves_a_temporary_file_the_next_one_removes(tmp_path
     assert (tmp_path / "numbers.txt").read_bytes().count(b"\n") == 1000
 
 
+def test_two_generates_of_one_file_at_once_both_finish_whole(tmp_path: Path) -> None:
+    """A second `generate --if-missing` started while the first is still writing never takes
+    the first one's temporary file for a crashed write's: both exit 0, the file is whole."""
+    command = [sys.executable, "-m", "service", "generate", "--count", "3000000", "--seed", "1"]
+    first = subprocess.Popen(
+        [*command, "--if-missing"], cwd=tmp_path, env=worker_env(), stdout=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 30
+    while not any(tmp_path.glob(".numbers.txt.*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = cli(["generate", "--count", "3000000", "--seed", "1", "--if-missing"], tmp_path)
+    out, _ = first.communicate(timeout=60)
+    assert (first.returncode, second.returncode) == (0, 0), out.decode() + second.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["numbers.txt"]
+    assert (tmp_path / "numbers.txt").read_bytes().count(b"\n") == 3_000_000
+
+
+def test_a_worker_never_removes_the_temporary_file_of_a_neighbours_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """`cp` and `cp.b` in one directory: a worker on `cp` leaves `cp.b`'s temporary file, the
+    shape of a save in progress, alone."""
+    (tmp_path / "numbers.txt").write_text("1\n2\n")
+    neighbours = tmp_path / ".cp.b.abcd_123.tmp"
+    neighbours.write_text("a save in progress\n")
+    own = tmp_path / ".cp.k3j_9x0q.tmp"
+    own.write_text("a crashed save\n")
+    ran = cli(["run", "--checkpoint", "cp", "--result", "r.json"], tmp_path)
+    assert ran.returncode == 0, ran.stdout
+    assert neighbours.exists()
+    assert not own.exists()
+
+
 def test_reset_removes_nothing_when_one_of_its_files_is_a_directory(workdir: Path) -> None:
     """`reset --result DIR`: one line and exit 1 before anything is removed, the checkpoint
     kept, rather than a checkpoint gone and then an error."""

@@ -11,13 +11,19 @@ Rule 4: the new file gets the permissions any program's new file gets: 0o666 les
 Rule 5: a symbolic link is written through: the file it leads to is replaced, the link stays.
         What is there must be a regular file: a device (/dev/null), a FIFO or a directory is
         refused, never replaced by a regular file.
+Rule 6: a temporary file is locked (flock) by its writer until it is renamed, and only an
+        unlocked one is removed as left behind: another process's write in progress (two
+        `generate`s of one file) is never taken for a crashed one. A temporary file is named
+        `.NAME.XXXXXXXX.tmp` exactly, so `cp`'s are never confused with `cp.b`'s.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import os
+import re
 import signal
 import stat
 import tempfile
@@ -31,11 +37,12 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "NAME_MAX",
     "PATH_MAX",
-    "TEMP_SUFFIX",
     "atomic_write",
     "fsync_directory",
+    "is_temp_file_of",
     "open_regular_file",
     "read_regular_file",
+    "remove_left_temp_files",
     "replaceable",
     "temp_files_of",
     "written_path",
@@ -59,16 +66,47 @@ def written_path(target: Path) -> Path:
     return Path(os.path.realpath(target))
 
 
+# mkstemp's random part: 8 characters of its alphabet (Rule 6).
+_TEMP_RANDOM = "[a-z0-9_]{8}"
+
+
+def is_temp_file_of(name: str, target_name: str) -> bool:
+    """Whether `name` is the shape of a temporary file of a write of `target_name` (Rule 6)."""
+    pattern = re.escape(f".{target_name}.") + _TEMP_RANDOM + re.escape(TEMP_SUFFIX)
+    return re.fullmatch(pattern, name) is not None
+
+
 def temp_files_of(target: Path) -> list[Path]:
-    """Temporary files a crashed write of `target` may have left behind."""
+    """The temporary files of writes of `target` in its directory, left behind or in progress."""
     target = written_path(target)
     directory = target.parent
-    prefix = _temp_prefix(target)
     try:
         names = os.listdir(directory)
     except OSError:
         return []
-    return [directory / n for n in names if n.startswith(prefix) and n.endswith(TEMP_SUFFIX)]
+    return [directory / name for name in names if is_temp_file_of(name, target.name)]
+
+
+def remove_left_temp_files(target: Path) -> list[Path]:
+    """Remove the temporary files crashed writes of `target` left behind, never one another
+    process is writing (Rule 6); the ones removed."""
+    return [temp for temp in temp_files_of(target) if _remove_unless_written(temp)]
+
+
+def _remove_unless_written(temp: Path) -> bool:
+    try:
+        fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Locked by us: no writer holds it; a writer that has just renamed it took the name away.
+        os.unlink(temp)
+        return True
+    except OSError:  # its writer holds it, or it is gone already
+        return False
+    finally:
+        os.close(fd)
 
 
 def fsync_directory(directory: Path) -> None:
@@ -130,12 +168,13 @@ def atomic_write(target: Path, pieces: Iterable[bytes]) -> None:
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal is raised in here
         with os.fdopen(fd, "wb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # held until renamed (Rule 6)
             for piece in pieces:
                 handle.write(piece)
             handle.flush()
             os.fchmod(handle.fileno(), _new_file_mode())
             os.fsync(handle.fileno())
-        os.replace(temp, target)
+            os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

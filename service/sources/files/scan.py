@@ -26,7 +26,7 @@ from pathlib import Path
 
 from service.core.names import shown
 from service.settings import GLOB_CHARACTERS, Listed
-from service.storage.atomic import TEMP_SUFFIX, written_path
+from service.storage.atomic import is_temp_file_of, written_path
 from service.storage.lock import lock_path_for
 
 __all__ = ["FileKey", "InputPatterns", "Match", "identity_of"]
@@ -88,10 +88,10 @@ class _OwnFiles:
         if folder not in self.directories:  # one look per directory a scan
             self.directories[folder] = identity_of(folder)
         names = self.names_in.get(self.directories[folder] or (-1, -1), frozenset())
-        return any(name == own or _is_temp_of(name, own) for own in names)
+        return any(name == own or is_temp_file_of(name, own) for own in names)
 
     def _may_be_own(self, name: str) -> bool:
-        return any(name == own or _is_temp_of(name, own) for own in self.names)
+        return any(name == own or is_temp_file_of(name, own) for own in self.names)
 
 
 def log_files() -> set[FileKey]:
@@ -129,10 +129,6 @@ def _glob_matches(parts: list[str], names: list[str]) -> bool:
         if not reachable:
             return False
     return len(names) in reachable
-
-
-def _is_temp_of(name: str, own: str) -> bool:
-    return name.startswith(f".{own}.") and name.endswith(TEMP_SUFFIX)
 
 
 @dataclass

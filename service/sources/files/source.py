@@ -18,7 +18,6 @@ Rule 3: a save takes every file's state in one step of the event loop (one insta
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
@@ -47,7 +46,7 @@ from service.sources.files.scan import (
     identity_of,
     log_files,
 )
-from service.storage.atomic import open_regular_file, temp_files_of
+from service.storage.atomic import open_regular_file, remove_left_temp_files
 from service.storage.checkpoint import (
     IDENTITY_WINDOW,
     Checkpoint,
@@ -289,11 +288,8 @@ class FileSource:
         self.lock.acquire()
 
     async def start(self) -> list[Partition]:
-        for leftover in temp_files_of(self.settings.checkpoint) + temp_files_of(
-            self.settings.result
-        ):
-            with contextlib.suppress(OSError):  # an interrupted write; the real file is intact
-                leftover.unlink()
+        for written in (self.settings.checkpoint, self.settings.result):
+            remove_left_temp_files(written)  # an interrupted write's; the real file is intact
         checkpoint = await anyio.to_thread.run_sync(self.store.load)
         if checkpoint is None:
             self.log.info("checkpoint_not_found", checkpoint=shown(str(self.settings.checkpoint)))
