@@ -77,10 +77,10 @@ def _without_values(message: str, argv: list[str], safe: set[str]) -> str:
     for previous, token in zip(["", *argv], argv, strict=False):
         # A flag's name ends at its first character that no flag has: `=`, or `:` mistyped.
         attached = _FLAG_WITH_ATTACHED_VALUE.match(token)
-        if attached and attached["flag"] not in safe:
+        if previous.startswith("-") and "=" not in previous and previous not in safe:
+            hidden[token] = "***"  # the value of a flag that may be secret, even if it is `-x`
+        elif attached and attached["flag"] not in safe:
             hidden[token] = f"{attached['flag']}{attached['separator']}***"
-        elif previous.startswith("-") and "=" not in previous and previous not in safe:
-            hidden[token] = "***"
     for token, shown in hidden.items():
         # Whole words only, quoted or not: `run` in the message is not a `run` given as a value.
         message = re.sub(rf"(?<![^\s'\"]){re.escape(token)}(?![^\s'\",])", shown, message)

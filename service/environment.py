@@ -2,6 +2,8 @@
 
 Rule 1: a variable names a setting whatever its case (`WORKER_FOLLOW`, `worker_follow`), as on
         most tools. This module imports nothing heavy: `healthcheck` reads it too.
+        Two variables that name one setting (`WORKER_CHECKPOINT`, `worker_checkpoint`) with
+        different values are a usage error: which one wins would depend on their order.
 Rule 2: a `WORKER_*` variable that names no setting is not an error (the prefix is a common
         one), but `run` says so, with the variable it may have meant: a misspelt setting would
         otherwise be silently left at its default.
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection
+
+from service.errors import UsageError
 
 __all__ = ["ENV_PREFIX", "unknown_worker_variables", "worker_environment"]
 
@@ -29,10 +33,17 @@ def _named(key: str) -> str | None:
 def worker_environment(names: Collection[str]) -> dict[str, str]:
     """The `WORKER_*` variables that name one of `names` (lower-case setting names)."""
     found: dict[str, str] = {}
+    given_by: dict[str, str] = {}
     for key, value in os.environ.items():
         name = _named(key)
-        if name is not None and name in names:
-            found[name] = value
+        if name is None or name not in names:
+            continue
+        if name in found and found[name] != value:  # no value shown: it may be a secret
+            raise UsageError(
+                f"{given_by[name]} and {key} both give the setting {name!r}, differently; keep one"
+            )
+        found[name] = value
+        given_by[name] = key
     return found
 
 

@@ -499,12 +499,15 @@ def _secrets_from_files(settings: Settings) -> Settings:
             continue
         if getattr(settings, field.name):
             raise UsageError(f"give {field.name} or {field.name}_file, not both")
+        if not os.path.lexists(path):  # then it may be the secret itself, given to the twin
+            raise UsageError(f"{field.name}_file names no file (its value is not shown)")
+        named = shown(path)
         try:
             text = read_regular_file(Path(path), MAX_CONFIG_BYTES).decode()
         except OSError as error:
-            raise UsageError(f"cannot read {field.name}_file {path}: {error.strerror}") from None
+            raise UsageError(f"cannot read {field.name}_file {named}: {error.strerror}") from None
         except UnicodeDecodeError:
-            raise UsageError(f"{field.name}_file {path} is not UTF-8 text") from None
+            raise UsageError(f"{field.name}_file {named} is not UTF-8 text") from None
         found[field.name] = text.removesuffix("\n").removesuffix("\r")
     return dataclasses.replace(settings, **found) if found else settings
 

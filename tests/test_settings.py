@@ -234,6 +234,28 @@ def test_worker_config_variable_is_not_an_unknown_setting(monkeypatch: pytest.Mo
     assert dataclasses.asdict(load_settings({}, None)) == DOCUMENTED_DEFAULTS
 
 
+def test_two_variables_that_give_one_setting_differently_are_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    """`WORKER_CHECKPOINT` and `worker_checkpoint` both set: which one won depended on their
+    order in the environment. Differing, they are one line and exit 2, no value shown; equal,
+    they are one setting."""
+    (tmp_path / "numbers.txt").write_text("4\n5\n")
+    env = worker_env(WORKER_CHECKPOINT="upper.json", worker_checkpoint="lower.json")
+    done = cli(["run"], tmp_path, env)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "WORKER_CHECKPOINT and worker_checkpoint both give the setting 'checkpoint'" in (
+        done.stderr
+    )
+    assert "upper.json" not in done.stderr
+    assert not (tmp_path / "lower.json").exists()
+    assert not (tmp_path / "upper.json").exists()
+    same = worker_env(WORKER_CHECKPOINT="upper.json", worker_checkpoint="upper.json")
+    assert cli(["run"], tmp_path, same).returncode == 0
+    assert (tmp_path / "upper.json").exists()
+
+
 def test_a_misspelt_variable_is_named_with_the_one_it_may_mean(tmp_path: Path) -> None:
     """A `WORKER_*` variable that names no setting leaves nothing unsaid: `run` warns, once each,
     and goes on with the settings it has; a setting's own variable is not warned about."""

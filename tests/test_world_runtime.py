@@ -962,6 +962,8 @@ SECRET = "s3cr3t-Pa55word"
         (f"kafka_sasl_password = [{SECRET!r}]\n", {}),
         ("", {"WORKER_KAFKA_SASL_PASSWORD": SECRET, "WORKER_KAFKA_SASL_PASSWORD_FILE": "pw"}),
         ("", {"WORKER_KAFKA_SASL_PASSWORD_FILE": "missing"}),
+        ("", {"WORKER_KAFKA_SASL_PASSWORD_FILE": SECRET}),  # the secret given to its file's twin
+        (f"kafka_sasl_password_file = {SECRET!r}\n", {}),
     ],
 )
 def test_a_bad_secret_names_the_setting_never_its_value(
@@ -989,6 +991,8 @@ def test_a_bad_secret_names_the_setting_never_its_value(
         ["healthcheck", f"--kafka-sasl-pass={SECRET}"],
         ["run", f"--kafka-sasl-password:{SECRET}"],  # a colon typed for the equals sign
         ["run", f"--kafka-sasl-password {SECRET}"],  # one quoted word
+        ["status", "--kafka-sasl-pasword", f"-{SECRET}!tail"],  # a value that looks like a flag
+        ["status", "--kafka-sasl-pasword", f"--{SECRET}=x"],
     ],
 )
 def test_a_mistyped_flag_never_echoes_a_secret_given_with_it(
