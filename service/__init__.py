@@ -15,6 +15,10 @@ _EXPORTS = {
     "load_checkpoint": "library",
     "number_stream": "library",
     "save_checkpoint": "library",
+    "CheckpointCorrupt": "errors",
+    "CheckpointOfSeveralFiles": "errors",
+    "InputChanged": "errors",
+    "LockHeld": "errors",
     "Checkpoint": "storage.checkpoint",
     "CheckpointStore": "storage.checkpoint",
     "LineParser": "core.parsing",
@@ -24,8 +28,12 @@ _EXPORTS = {
 
 __all__ = [
     "Checkpoint",
+    "CheckpointCorrupt",
+    "CheckpointOfSeveralFiles",
     "CheckpointStore",
+    "InputChanged",
     "LineParser",
+    "LockHeld",
     "Position",
     "Settings",
     "__version__",
@@ -37,6 +45,7 @@ __all__ = [
 if TYPE_CHECKING:
     from service.core.parsing import LineParser
     from service.core.position import Position
+    from service.errors import CheckpointCorrupt, CheckpointOfSeveralFiles, InputChanged, LockHeld
     from service.library import load_checkpoint, number_stream, save_checkpoint
     from service.settings import Settings
     from service.storage.checkpoint import Checkpoint, CheckpointStore

@@ -26,7 +26,10 @@ from service.library import (
     STREAM_CHUNK_BYTES,
     SavedCheckpoint,
     Stream,
+    known_counts,
     position_at,
+    saved_input,
+    stream_start,
     write_position,
 )
 from service.library import load_checkpoint as _load_checkpoint
@@ -53,15 +56,22 @@ async def save_checkpoint(
     running_sum: int,
     path: str | Path = "checkpoint.json",
     *,
-    input: str | Path = "numbers.txt",
+    input: str | Path | None = None,
     records: int | None = None,
     bad_records: int | None = None,
     lines: int | None = None,
 ) -> None:
     """`service.save_checkpoint`, written off the event loop, atomically and durably."""
-    # The counts are taken here, on the loop, before a stream can move on.
-    position = position_at(input, offset, running_sum, records, bad_records, lines)
-    await anyio.to_thread.run_sync(write_position, Path(path), input, position)
+    input = saved_input(input)
+    # What the streams counted is taken here, on the loop, before a stream can move on; a
+    # count again of the bytes before an earlier position reads the file, in the thread.
+    known = known_counts(input)
+
+    def save() -> None:
+        position = position_at(input, offset, running_sum, records, bad_records, lines, known=known)
+        write_position(Path(path), input, position)
+
+    await anyio.to_thread.run_sync(save)
 
 
 async def number_stream(
@@ -69,13 +79,14 @@ async def number_stream(
 ) -> AsyncGenerator[tuple[int, int], None]:
     """Yield (offset after the line, number) for each record from byte `offset` on, through
     aiofiles, one thread hop a chunk."""
-    stream = Stream(filename, offset, max_line_bytes)
+    start = await anyio.to_thread.run_sync(stream_start, filename, offset)
+    stream = Stream(filename, offset, start, max_line_bytes)
     # The descriptor is closed here whatever happens, a cancellation while aiofiles opens
     # its own file object on it included (that one does not close it).
     owner = await anyio.to_thread.run_sync(_open_for_reading, filename)
     with owner:
         async with aiofiles.open(owner.fileno(), "rb", buffering=0, closefd=False) as handle:
-            await handle.seek(offset)
+            await handle.seek(start)
             while chunk := await handle.read(STREAM_CHUNK_BYTES):
                 for record in stream.feed(chunk):
                     yield record

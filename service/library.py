@@ -15,14 +15,21 @@ Rule 2: the counts travel with the sum inside a process. `load_checkpoint` hands
         records and bad records to the `number_stream` that starts at its offset, the stream
         counts on, and `save_checkpoint(pos, ...)` saves what the stream had counted when it
         yielded `pos`: at hand for the last position it yielded, counted again from where the
-        stream started for an earlier one (a read of the bytes between). A save at a position
-        no stream of this process yielded saves the counts passed to it (zero by default); a
-        stream that starts at an offset no loaded checkpoint or earlier stream reached counts
-        from zero there. Files are told apart by their absolute path.
+        stream started for an earlier one (a read of the bytes between). Each of the last few
+        streams of a file keeps its own counts. A save at a position no stream of this process
+        yielded saves the counts passed to it (zero by default); a stream that starts at an
+        offset no loaded checkpoint or earlier stream reached counts from zero there. Within
+        the process, files are told apart by their absolute path.
 Rule 3: a checkpoint of several files (the worker's, of a glob) must be told which file:
         `load_checkpoint(input=...)` gives that file's own offset and sum, and `save_checkpoint`
-        replaces that file's entry alone, keeping the others.
+        replaces that file's entry alone, keeping the others. An entry is the file's by its
+        inode first, as the worker knows files, so a file named another way (from another
+        directory) is never given a second entry, which would count it twice.
 Rule 4: a save takes the worker's lock for its instant, so never while a worker runs on it.
+Rule 5: a stream starts where a line starts, and a save is where a line ends. An offset inside
+        a line is a ValueError. The one offset that is neither, the end of a last line counted
+        without its '\n', reads on after that '\n' once it has come; bytes of another kind
+        after it mean the line went on: the input changed, as the worker says too.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from service.core.parsing import LineParser, Region, line_values
 from service.core.position import Position
 from service.errors import CheckpointOfSeveralFiles, InputChanged
 from service.settings import MAX_LINE_BYTES
+from service.sources.files.changes import Change, Look, classify
 from service.storage.atomic import open_regular_file, replaceable
 from service.storage.checkpoint import (
     Checkpoint,
@@ -54,13 +62,26 @@ STREAM_CHUNK_BYTES = 256 * 1024
 DEFAULT_MAX_LINE_BYTES = 4096
 
 Counts = tuple[int, int, int, int]  # offset, lines, records, bad_records: counted at that offset
+STREAMS_KEPT = 8  # streams of one file whose counts a save can still find (Rule 2)
+
+
+@dataclass
+class _Reached:
+    """What one stream counted: where it started (with its line limit), from which the counts
+    at a position it yielded are found again, and the counts at the last one it yielded."""
+
+    start: Counts
+    max_line_bytes: int
+    last: Counts | None = None
+
 
 # Of each file (by absolute path), in this process: the counts of the checkpoint loaded last,
-# those a stream reached at the last position it yielded, and where that stream started (with
-# its line limit), from which the counts at an earlier position it yielded are found again.
+# and what its last few streams reached, newest last (Rule 2).
 _loaded: dict[str, Counts] = {}
-_counted: dict[str, Counts] = {}
-_started: dict[str, tuple[Counts, int]] = {}
+_streams: dict[str, list[_Reached]] = {}
+# The file a stream was made of last: where `save_checkpoint` saves when not told.
+_streamed_last: list[str | Path] = []
+Known = tuple[tuple[tuple[Counts, int, Counts | None], ...], Counts | None]
 
 
 def _key(filename: str | Path) -> str:
@@ -120,7 +141,7 @@ def load_checkpoint(
 def _state_of(checkpoint: Checkpoint, path: Path, input: str | Path | None) -> FileState | None:
     files = checkpoint.files
     if input is not None:
-        return next((f for f in files if _key(f.path) == _key(input)), None)
+        return _entry_of(files, input)
     if checkpoint.gone == Position() and len(files) <= 1:
         return files[0] if files else None
     names = ", ".join(f.path for f in files[:3]) + (", ..." if len(files) > 3 else "")
@@ -129,6 +150,19 @@ def _state_of(checkpoint: Checkpoint, path: Path, input: str | Path | None) -> F
         f"checkpoint {path} holds the state of {len(files)} files ({names}){gone}; "
         "name the one to resume: load_checkpoint(input=...)"
     )
+
+
+def _entry_of(files: tuple[FileState, ...], input: str | Path) -> FileState | None:
+    """`input`'s entry (Rule 3): the one of its path when that is the same file, else the one of
+    its inode, else the one of its path (another file there now: the check of its bytes says)."""
+    try:
+        inode: int | None = os.stat(input).st_ino
+    except OSError:
+        inode = None
+    by_path = [f for f in files if _key(f.path) == _key(input)]
+    same = [f for f in by_path if f.inode is None or f.inode == inode]
+    by_inode = [f for f in files if inode is not None and f.inode == inode]
+    return next(iter(same or by_inode[:1] or by_path), None)
 
 
 def _check_unchanged(filename: str | Path, state: FileState, path: Path) -> None:
@@ -147,15 +181,24 @@ def _check_unchanged(filename: str | Path, state: FileState, path: Path) -> None
         ) from None
     try:
         size = info.st_size
-        identity = state.identity
-        same = size >= offset and (identity is None or identify_input(fd, offset) == identity)
+        known = size >= offset and state.identity is not None
+        prefix = identify_input(fd, offset) if known else None
+        edge = os.pread(fd, 2, offset - 1) if offset else None
     finally:
         os.close(fd)
-    if not same:
+    look = Look(read_to=offset, consumed=state.identity, size=size, prefix=prefix, edge=edge)
+    change = classify(look)
+    if change is Change.TRUNCATED or look.prefix_differs:
         raise InputChanged(
             f"input {filename} no longer holds the {offset} bytes checkpoint {path} consumed "
             f"of it; delete {path} to start over",
-            "truncated" if size < offset else "content_changed",
+            change.value,
+        )
+    if change is Change.REWRITTEN:  # the same prefix, and its last line went on (Rule 5)
+        raise InputChanged(
+            f"input {filename} goes on past checkpoint {path}'s offset {offset} on the line "
+            f"counted last (it had no newline when it was counted); delete {path} to start over",
+            change.value,
         )
 
 
@@ -164,18 +207,33 @@ def save_checkpoint(
     running_sum: int,
     path: str | Path = "checkpoint.json",
     *,
-    input: str | Path = "numbers.txt",
+    input: str | Path | None = None,
     records: int | None = None,
     bad_records: int | None = None,
     lines: int | None = None,
 ) -> None:
-    """Save atomically and durably that `input` was consumed up to `offset`, summing to
-    `running_sum`, with the counts this process's `number_stream` reached there (or those given).
+    """Save atomically and durably that `input` (the file streamed last, else numbers.txt) was
+    consumed up to `offset`, summing to `running_sum`, with the counts this process's
+    `number_stream` reached there (or those given).
 
-    Raises LockHeld while a worker runs on the checkpoint, ValueError for counts that cannot be.
+    Raises LockHeld while a worker runs on the checkpoint, ValueError for an offset inside a
+    line or past the end, or counts that cannot be.
     """
+    input = saved_input(input)
     position = position_at(input, offset, running_sum, records, bad_records, lines)
     write_position(Path(path), input, position)
+
+
+def saved_input(input: str | Path | None) -> str | Path:
+    """The file a save is of: the one named, else the one streamed last, else numbers.txt."""
+    return input if input is not None else next(iter(_streamed_last), "numbers.txt")
+
+
+def known_counts(input: str | Path) -> Known:
+    """What this process counted of `input` so far (cheap: no I/O), for `position_at`."""
+    key = _key(input)
+    streams = tuple((r.start, r.max_line_bytes, r.last) for r in reversed(_streams.get(key, [])))
+    return streams, _loaded.get(key)
 
 
 def position_at(
@@ -185,14 +243,17 @@ def position_at(
     records: int | None = None,
     bad_records: int | None = None,
     lines: int | None = None,
+    *,
+    known: Known | None = None,
 ) -> Position:
-    """The position to save: the counts given, else those a stream of this process reached."""
+    """The position to save: the counts given, else those a stream of this process reached
+    (`known`, taken earlier, or now). May read the file to count again."""
     offset, running_sum = _whole(offset, "offset"), _whole(running_sum, "running_sum")
     records, bad_records, lines = (
         None if count is None else _whole(count, name)
         for count, name in ((records, "records"), (bad_records, "bad_records"), (lines, "lines"))
     )
-    counted = _counts_at(input, offset)
+    counted = _counts_at(input, offset, known_counts(input) if known is None else known)
     records = counted[1] if records is None else records
     bad_records = counted[2] if bad_records is None else bad_records
     lines = max(counted[0], records + bad_records) if lines is None else lines
@@ -205,16 +266,18 @@ def position_at(
     return Position(offset, lines, records, bad_records, running_sum)
 
 
-def _counts_at(input: str | Path, offset: int) -> tuple[int, int, int]:
-    """(lines, records, bad_records) a stream of this process had counted at `offset`, or the
-    loaded checkpoint's there; zeros at a position neither reached."""
-    key = _key(input)
-    last, started = _counted.get(key), _started.get(key)
-    if last is not None and last[0] == offset:
-        return last[1:]
-    if last is not None and started is not None and started[0][0] <= offset < last[0]:
-        return _count_again(input, *started, offset)
-    loaded = _loaded.get(key)
+def _counts_at(input: str | Path, offset: int, known: Known) -> tuple[int, int, int]:
+    """(lines, records, bad_records) a stream of this process had counted at `offset` (the
+    newest that reached it), or the loaded checkpoint's there; zeros where none reached."""
+    streams, loaded = known
+    for start, _, last in streams:
+        if last is not None and last[0] == offset:
+            return last[1:]
+        if start[0] == offset:
+            return start[1:]
+    for start, max_line_bytes, last in streams:
+        if last is not None and start[0] < offset < last[0]:
+            return _count_again(input, start, max_line_bytes, offset)
     return loaded[1:] if loaded is not None and loaded[0] == offset else (0, 0, 0)
 
 
@@ -244,43 +307,81 @@ def write_position(path: Path, input: str | Path, position: Position) -> None:
     try:
         fd, info = open_regular_file(input)
         try:
-            if position.offset > info.st_size:
-                raise ValueError(
-                    f"offset {position.offset} is past the end of {input} ({info.st_size} bytes)"
-                )
-            identity = identify_input(fd, position.offset) if position.offset else None
+            offset = position.offset
+            _require_line_edge(fd, input, offset, info.st_size, ends=True)
+            identity = identify_input(fd, offset) if offset else None
         finally:
             os.close(fd)
         store = CheckpointStore(path)
         existing = store.load()
-        state = FileState(str(input), info.st_ino, identity, position)
-        files: tuple[FileState, ...] = (state,)
-        gone, described = Position(), str(input)
-        if existing is not None:
-            others = tuple(f for f in existing.files if _key(f.path) != _key(input))
-            files, gone, described = (*others, state), existing.gone, existing.input
+        files: tuple[FileState, ...] = existing.files if existing is not None else ()
+        entry = _entry_of(files, input)
+        # The entry's own name for the file, as the worker matched it (Rule 3).
+        name = entry.path if entry is not None and entry.inode == info.st_ino else str(input)
+        state = FileState(name, info.st_ino, identity, position)
+        files = (*(f for f in files if f is not entry), state)
+        gone = existing.gone if existing is not None else Position()
+        described = existing.input if existing is not None else name
+        # Completed, as the worker says it: this file read to its end, and every other one too.
+        others_done = len(files) == 1 or (existing is not None and existing.completed)
+        completed = offset == info.st_size and others_done
         total = total_of([gone, *(f.position for f in files)])
-        store.save(Checkpoint(total, described, None, False, files=files, gone=gone))
+        store.save(Checkpoint(total, described, None, completed, files=files, gone=gone))
     finally:
         lock.release()
 
 
+def _require_line_edge(fd: int, filename: str | Path, offset: int, size: int, *, ends: bool) -> int:
+    """Where reading from `offset` starts (Rule 5): `offset` where a line starts (or the file
+    ends), one byte on when it ends a line counted without its '\n' that has come since. A
+    save (`ends`) is where a line ends, or the file. ValueError otherwise."""
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0: {offset}")
+    if offset > size:
+        raise ValueError(f"offset {offset} is past the end of {filename} ({size} bytes)")
+    edge = os.pread(fd, 2, offset - 1) if offset else b"\n"
+    if edge[:1] == b"\n" or offset == size:
+        return offset
+    if edge[1:] == b"\n" and not ends:
+        return offset + 1
+    raise ValueError(
+        f"offset {offset} is inside a line of {filename}: a stream starts, and a save is, "
+        "where a line starts (0, or just after a '\\n')"
+    )
+
+
+def stream_start(filename: str | Path, offset: int) -> int:
+    """Where a stream of `filename` from `offset` starts reading (blocking); ValueError for an
+    offset inside a line or outside the file, OSError for a file that is not a regular one."""
+    offset = _whole(offset, "offset")
+    fd, info = open_regular_file(filename)
+    try:
+        return _require_line_edge(fd, filename, offset, info.st_size, ends=False)
+    finally:
+        os.close(fd)
+
+
 class Stream:
     """The heart of `number_stream`, without I/O: chunks in, (position, number) out, and the
-    counts at each yielded position kept for `save_checkpoint`."""
+    counts at each yielded position kept for `save_checkpoint`. `start` is where its reading
+    starts (`stream_start`): one past `offset` when a counted line's '\n' is taken there."""
 
-    def __init__(self, filename: str | Path, offset: int, max_line_bytes: int) -> None:
-        offset, max_line_bytes = _whole(offset, "offset"), _whole(max_line_bytes, "max_line_bytes")
+    def __init__(self, filename: str | Path, offset: int, start: int, max_line_bytes: int) -> None:
+        max_line_bytes = _whole(max_line_bytes, "max_line_bytes")
         if not 1 <= max_line_bytes <= MAX_LINE_BYTES:
             raise ValueError(f"max_line_bytes must be from 1 to {MAX_LINE_BYTES}: {max_line_bytes}")
         self.key = _key(filename)
-        reached = (_counted.get(self.key), _loaded.get(self.key))
-        start = next((k for k in reached if k is not None and k[0] == offset), (offset, 0, 0, 0))
-        _, self.lines, self.records, self.bad_records = start
-        _counted.pop(self.key, None)  # a position of an earlier stream is not this one's
-        _started[self.key] = (start, max_line_bytes)
+        streams, loaded = known_counts(filename)
+        reached = [*(k for start, _, last in streams for k in (last, start)), loaded]
+        counts = next((k for k in reached if k is not None and k[0] == offset), (offset, 0, 0, 0))
+        _, self.lines, self.records, self.bad_records = counts
+        self.reached = _Reached((start, *counts[1:]), max_line_bytes)
+        kept = _streams.setdefault(self.key, [])
+        kept.append(self.reached)
+        del kept[:-STREAMS_KEPT]
+        _streamed_last[:] = [filename]
         self.parser = LineParser(
-            Position(offset=offset), max_line_bytes=max_line_bytes, stop_at_bad=False
+            Position(offset=start), max_line_bytes=max_line_bytes, stop_at_bad=False
         )
 
     def feed(self, chunk: bytes) -> Iterator[tuple[int, int]]:
@@ -307,7 +408,7 @@ class Stream:
             if isinstance(value, int):
                 self.records += 1
                 end = offset - 1 if added_newline else offset
-                _counted[self.key] = (end, self.lines, self.records, self.bad_records)
+                self.reached.last = (end, self.lines, self.records, self.bad_records)
                 yield end, value
             elif value is not None:
                 self.bad_records += 1
@@ -320,8 +421,9 @@ def number_stream(
 
     Blank lines and bad records are skipped (and counted), by the worker's input rules.
     """
-    stream = Stream(filename, offset, max_line_bytes)
-    for chunk in _chunks(filename, offset):
+    start = stream_start(filename, offset)
+    stream = Stream(filename, offset, start, max_line_bytes)
+    for chunk in _chunks(filename, start):
         yield from stream.feed(chunk)
     yield from stream.end()
 

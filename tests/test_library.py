@@ -7,11 +7,13 @@ import contextlib
 import decimal
 import functools
 import inspect
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from service.errors import CheckpointCorrupt, CheckpointOfSeveralFiles, InputCha
 from service.library import load_checkpoint, number_stream, save_checkpoint
 from service.settings import MAX_LINE_BYTES
 from tests.oracle import expected_of
-from tests.processes import WorkerProcess, cli
+from tests.processes import WorkerProcess, cli, events_of
 
 Pairs = list[tuple[int, int]]
 
@@ -200,9 +202,10 @@ def test_load_checkpoint_reports_a_corrupt_file(tmp_path: Path) -> None:
 def test_save_checkpoint_counts(numbers: Path, tmp_path: Path) -> None:
     """save_checkpoint stores the counts it is given, readable by load_checkpoint."""
     checkpoint = tmp_path / "checkpoint.json"
-    save_checkpoint(100, -7, checkpoint, input=numbers, records=20, bad_records=3)
+    offset = numbers.read_bytes().index(b"\n", 100) + 1  # where a line ends
+    save_checkpoint(offset, -7, checkpoint, input=numbers, records=20, bad_records=3)
     saved = load_checkpoint(checkpoint)
-    assert (saved.offset, saved.sum, saved.records, saved.bad_records) == (100, -7, 20, 3)
+    assert (saved.offset, saved.sum, saved.records, saved.bad_records) == (offset, -7, 20, 3)
 
 
 @pytest.mark.parametrize("name", sorted(set(service.__all__) - {"__version__"}))
@@ -377,7 +380,7 @@ def test_load_reports_an_input_that_changed(numbers: Path, tmp_path: Path, chang
     """Resuming a file that no longer holds what was consumed is InputChanged, not a wrong sum."""
     checkpoint = tmp_path / "checkpoint.json"
     data = numbers.read_bytes()
-    save_checkpoint(len(data) // 2, 0, checkpoint, input=numbers)
+    save_checkpoint(data.index(b"\n", len(data) // 2) + 1, 0, checkpoint, input=numbers)
     numbers.write_bytes(b"7" + data[1:] if change == "rewritten" else data[:100])
     with pytest.raises(InputChanged, match="no longer holds"):
         load_checkpoint(checkpoint)
@@ -509,3 +512,155 @@ def test_a_stream_with_no_line_it_could_accept_is_a_value_error(tmp_path: Path, 
     (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
     with pytest.raises(ValueError, match="max_line_bytes must be from 1 to"):
         next(number_stream(tmp_path / "numbers.txt", max_line_bytes=limit))
+
+
+# --- a file named another way, a line that went on, offsets inside a line ----------------------
+
+
+def test_a_file_named_from_another_directory_keeps_its_one_entry(tmp_path: Path) -> None:
+    """A checkpoint that names `data/a.txt` is resumed and saved from `sub/` as `../data/a.txt`:
+    the library finds the file's entry by its inode and replaces it, under the name it had, so
+    the worker on the glob counts each record once (a second entry counted 1,000 twice)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    contents = {name: b"".join(b"%d\n" % (i * 7) for i in range(3000)) for name in "ab"}
+    for name, body in contents.items():
+        (data / f"{name}.txt").write_bytes(body)
+    first = cli(["run", "--input", "data/*.txt"], tmp_path)
+    assert first.returncode == 0
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    checkpoint, named = tmp_path / "checkpoint.json", "../data/a.txt"
+    with contextlib.chdir(sub):
+        saved = load_checkpoint(checkpoint, input=named)
+        assert saved.offset == len(contents["a"])  # the worker's entry, not a new file's (0, 0)
+        offset, running_sum = saved
+        save_checkpoint(offset, running_sum, checkpoint, input=named)
+    entries = load_checkpoint(checkpoint, input=data / "a.txt").checkpoint
+    assert entries is not None
+    assert sorted(f.path for f in entries.files) == ["data/a.txt", "data/b.txt"]
+    (data / "a.txt").write_bytes(contents["a"] + b"5\n")
+    rerun = cli(["run", "--input", "data/*.txt"], tmp_path)
+    assert rerun.returncode == 0
+    whole = expected_of(contents["a"] + b"5\n" + contents["b"])
+    [completed] = [e for e in events_of(rerun.stdout) if e["event"] == "completed"]
+    assert (completed["sum"], completed["records"]) == (whole.sum, whole.records)
+
+
+def test_a_last_line_that_went_on_is_an_input_change_and_its_newline_is_taken(
+    tmp_path: Path,
+) -> None:
+    """`12` counted without its '\\n': a file that goes on `125` is InputChanged (the worker
+    says so too), never a silent 120; one that got its '\\n' resumes after it, the line the same,
+    with the counts the worker gives."""
+    numbers, checkpoint = tmp_path / "numbers.txt", tmp_path / "checkpoint.json"
+    numbers.write_bytes(b"1\n2\n12")
+    _seed_loop(numbers, checkpoint)
+    backup = checkpoint.read_bytes()
+    numbers.write_bytes(b"1\n2\n125\n100\n")
+    with pytest.raises(InputChanged, match="goes on past"):
+        load_checkpoint(checkpoint)
+    assert cli(["run"], tmp_path).returncode == 1
+    checkpoint.write_bytes(backup)
+    numbers.write_bytes(b"1\n2\n12\n5\nx\n7\n")
+    _seed_loop(numbers, checkpoint)
+    saved = load_checkpoint(checkpoint)
+    assert (saved.sum, saved.lines, saved.records, saved.bad_records) == (27, 6, 5, 1)
+    assert saved.completed
+    checkpoint.write_bytes(backup)
+    assert cli(["run"], tmp_path).returncode == 0
+    assert json.loads((tmp_path / "result.json").read_text())["lines"] == 6
+
+
+def _seed_loop(numbers: Path, checkpoint: Path) -> None:
+    """The seed's loop to the file's end: load, stream, save at each record."""
+    offset, running_sum = load_checkpoint(checkpoint)
+    for position, number in number_stream(numbers, offset):
+        running_sum += number
+        save_checkpoint(position, running_sum, checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("offset", "message"),
+    [(2, "inside a line"), (-3, "must be >= 0"), (10**6, "past the end")],
+)
+def test_an_offset_inside_a_line_or_outside_the_file_is_a_value_error(
+    tmp_path: Path, offset: int, message: str
+) -> None:
+    """A stream from, or a save at, the middle of `12345` would give a number no line holds
+    (345): a ValueError, the checkpoint never written; the async forms say the same."""
+    numbers, checkpoint = tmp_path / "numbers.txt", tmp_path / "checkpoint.json"
+    numbers.write_bytes(b"12345\n-7\n")
+    with pytest.raises(ValueError, match=message):
+        list(number_stream(numbers, offset))
+    with pytest.raises(ValueError, match=message if offset >= 0 else "counts must be"):
+        save_checkpoint(offset, 345, checkpoint, input=numbers)
+    assert not checkpoint.exists()
+
+    async def stream_async() -> None:
+        async for _ in aio.number_stream(numbers, offset):
+            pass
+
+    with pytest.raises(ValueError, match=message):
+        anyio.run(stream_async)
+
+
+def test_two_streams_of_one_file_each_keep_their_counts(numbers: Path, tmp_path: Path) -> None:
+    """A second stream of the file started before the save: the save still holds the counts
+    the first one reached at its position (they were dropped to 0)."""
+    checkpoint = tmp_path / "checkpoint.json"
+    first = number_stream(numbers)
+    running_sum = 0
+    for count, pair in enumerate(first, start=1):
+        running_sum += pair[1]
+        if count == 10_000:
+            break
+    position = pair[0]
+    second = number_stream(numbers)
+    next(second)
+    save_checkpoint(position, running_sum, checkpoint, input=numbers)
+    saved = load_checkpoint(checkpoint)
+    assert (saved.lines, saved.records, saved.bad_records) == counts_at(
+        numbers.read_bytes(), position
+    )
+
+
+def test_a_save_not_told_the_file_saves_the_one_streamed(tmp_path: Path) -> None:
+    """The seed's `save_checkpoint(pos, sum)` after a stream of `data.txt` is data.txt's, even
+    with a numbers.txt beside it; at the file's end it is completed."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n" * 100)
+    (tmp_path / "data.txt").write_bytes(b"5\n6\n")
+    with contextlib.chdir(tmp_path):
+        running_sum = 0
+        for offset, number in number_stream("data.txt"):
+            running_sum += number
+            save_checkpoint(offset, running_sum)
+            assert load_checkpoint().completed == (offset == 4)
+        saved = load_checkpoint()
+    assert (saved.input, saved.offset, saved.sum, saved.records) == ("data.txt", 4, 11, 2)
+
+
+def test_an_async_save_behind_the_reading_counts_again_off_the_event_loop(
+    numbers: Path, tmp_path: Path
+) -> None:
+    """Counting the bytes before an earlier position again reads the file: in a thread, never
+    on the event loop's."""
+    checkpoint = tmp_path / "checkpoint.json"
+    pairs = list(number_stream(numbers))
+    threads: list[str] = []
+    count_again = library._count_again
+
+    def spied(*args: Any) -> tuple[int, int, int]:
+        threads.append(threading.current_thread().name)
+        return count_again(*args)
+
+    async def save_behind() -> None:
+        await aio.save_checkpoint(pairs[900][0], 0, checkpoint, input=numbers)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(library, "_count_again", spied)
+        anyio.run(save_behind)
+    assert threads
+    assert threading.main_thread().name not in threads
+    saved = load_checkpoint(checkpoint)
+    assert (saved.lines, saved.records) == counts_at(numbers.read_bytes(), pairs[900][0])[:2]

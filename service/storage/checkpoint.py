@@ -1,6 +1,6 @@
 """The checkpoint: its format, the identities it carries, and the atomic store.
 
-Rule 1: a checkpoint is only ever replaced whole (`files.atomic_write`), never edited in place.
+Rule 1: a checkpoint is only ever replaced whole (`atomic.atomic_write`), never edited in place.
 Rule 2: a checkpoint that cannot be trusted (torn, corrupt, wrong shape, a checksum that does not
         match, unknown version) is reported and left exactly as it is: never a silent restart.
 Rule 3: a file's identity is its inode (never its device number, which a remount changes), its
