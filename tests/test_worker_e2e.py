@@ -768,6 +768,27 @@ def test_a_shutdown_past_its_timeout_ends_with_worker_stopped(workdir: Path) -> 
     _assert_checkpoint_exact(workdir, data)
 
 
+def test_time_stopped_mid_shutdown_does_not_count_against_its_timeout(workdir: Path) -> None:
+    """SIGTERM, then the process stopped (SIGSTOP, as `docker pause` does) for twice its
+    shutdown_timeout while its final save waits in fsync: once it runs again, it saves and
+    exits 0. The watchdog counts the time it ran, not the time it was stopped (it ended it)."""
+    data = (workdir / "numbers.txt").read_bytes()
+    stalled = strace_prefix("/dev/null", "fsync", "fsync:delay_enter=400000")
+    args = ["--max-rate", "100000", "--checkpoint-interval", "60", "--shutdown-timeout", "1.5"]
+    worker = WorkerProcess(args, workdir, prefix=stalled)
+    worker.wait_for("checkpoint_not_found", timeout=30)
+    time.sleep(0.3)
+    worker.signal(signal.SIGTERM)
+    worker.wait_for("shutdown_requested")
+    worker.signal(signal.SIGSTOP)
+    time.sleep(3)
+    worker.signal(signal.SIGCONT)
+    assert worker.finish() == 0
+    saved = worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert saved["offset"] > 0
+    _assert_checkpoint_exact(workdir, data)
+
+
 def test_follow_mode_notices_an_in_place_rewrite_of_consumed_data(tmp_path: Path) -> None:
     """Following: rewriting the same file with other, longer content is input_changed."""
     path = tmp_path / "numbers.txt"

@@ -184,14 +184,14 @@ def test_names_an_ascii_terminal_cannot_show_are_escaped_not_a_traceback(tmp_pat
     assert "input       donn\\xe9es\\u2713.txt (4 bytes)" in done.stdout
 
 
-def _worker_stuck_writing_its_log(tmp_path: Path) -> subprocess.Popen[bytes]:
+def _worker_stuck_writing_its_log(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
     """A worker following 3,000 files (a `file_discovered` line each: far more than a pipe
     holds) whose stdout nobody reads: once this returns, it waits in a log write."""
     data = tmp_path / "data"
     data.mkdir()
     for index in range(3000):
         (data / f"{index:04}.txt").write_bytes(f"{index}\n".encode())
-    worker = _piped_worker(["--input", "data/*.txt", "--follow"], tmp_path)
+    worker = _piped_worker(["--input", "data/*.txt", "--follow", *args], tmp_path)
     assert worker.stdout is not None
     pipe_full = time.monotonic() + 30
     held = array.array("i", [0])
@@ -224,6 +224,88 @@ def test_a_reader_that_stops_reading_cannot_keep_sigterm_from_saving(tmp_path: P
     assert cli(["run", "--input", "data/*.txt"], tmp_path).returncode == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert (result["sum"], result["records"]) == (sum(range(3000)), 3000)
+
+
+def test_a_short_shutdown_timeout_leaves_its_time_to_the_checkpoint_not_a_stalled_reader(
+    tmp_path: Path,
+) -> None:
+    """`shutdown_timeout` 0.5 s, under the reader's 1 s grace: a stalled reader gets a quarter of
+    it, and SIGTERM still saves the final checkpoint and exits 0 (the watchdog ended it, exit 1
+    and no checkpoint)."""
+    worker = _worker_stuck_writing_its_log(tmp_path, "--shutdown-timeout", "0.5")
+    try:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=10)
+    finally:
+        worker.kill()
+    worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert "files" in json.loads((tmp_path / "checkpoint.json").read_text())
+
+
+def test_a_stdout_closed_before_the_first_line_stops_run_even_when_a_warning_comes_first(
+    workdir: Path,
+) -> None:
+    """A warning logged before the worker listens for a closed stdout (`max_open_files` over
+    the descriptor limit) met the closed pipe first: the notice was used up, and `run --follow`
+    went on reading for nobody. It stops now, exit 0, with its final checkpoint."""
+    import resource
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the worker starts
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    worker = subprocess.Popen(
+        [*RUN, "--follow", "--max-rate", "20000", "--max-open-files", "2000"],
+        cwd=workdir,
+        env=worker_env(),
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        preexec_fn=low_limit,
+    )
+    os.close(write_end)
+    try:
+        _, stderr = worker.communicate(timeout=15)
+    finally:
+        worker.kill()
+        worker.communicate()
+    assert worker.returncode == 0, stderr
+    assert json.loads((workdir / "checkpoint.json").read_text())["offset"] < 200_000
+
+
+def test_a_second_stop_signal_during_start_up_exits_at_once_with_its_number(
+    workdir: Path,
+) -> None:
+    """SIGTERM and SIGINT while the worker starts (its early handler noted both): the second
+    one exits at once with 128 + its number, as it does once the worker listens; it was
+    dropped (exit 0). Pending together, the kernel hands over the lower number first."""
+    for _ in range(3):
+        worker = subprocess.Popen(
+            [*RUN, "--max-rate", "1000"],
+            cwd=workdir,
+            env=worker_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        caught = time.monotonic() + 30
+        while not _catches(worker.pid, signal.SIGTERM):  # the early handler is in place
+            assert time.monotonic() < caught
+            time.sleep(0.0005)
+        worker.send_signal(signal.SIGTERM)
+        worker.send_signal(signal.SIGINT)
+        _, stderr = worker.communicate(timeout=30)
+        assert worker.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM), stderr
+        assert b"Traceback" not in stderr
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler of its own for `signum` (`SigCgt` in its status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
 
 
 def _console_log_on(stdout_is_a_terminal: bool, workdir: Path, **env: str) -> bytes:

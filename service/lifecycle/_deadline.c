@@ -14,6 +14,10 @@
  *         the time of writing, from a second thread (the write may block on a stalled reader),
  *         waits for that at most CK_WRITE_GRACE_MS, and ends the process with `exit_code`.
  * Rule 4: its threads block every signal, so signals reach the interpreter's threads as before.
+ * Rule 5: the countdown counts time the process ran, in ticks of CK_TICK_NS: a tick that took
+ *         over CK_GAP_NS is a process that was stopped (SIGSTOP, `docker pause`, a frozen
+ *         cgroup), and counts as one tick. Stopped mid-shutdown, a worker still saves when it
+ *         runs again.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -34,6 +38,8 @@
 #define CK_NOW_LEN (sizeof(CK_NOW) - 1)
 #define CK_WRITE_GRACE_MS 200
 #define CK_MAX_TRIGGERS 8
+#define CK_TICK_NS 50000000LL  /* 50 ms */
+#define CK_GAP_NS 1000000000LL /* a tick this late: the process was stopped (Rule 5) */
 
 typedef struct {
     int wakeup_fd;               /* the read end of the wakeup pipe */
@@ -75,8 +81,24 @@ static int ck_wait_for_trigger(const ck_deadline *d) {
     }
 }
 
-static void ck_sleep_until(const struct timespec *deadline) {
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, deadline, NULL) == EINTR) {
+static int64_t ck_now_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* Sleep until the process has run `seconds` (Rule 5). */
+static void ck_count_down(double seconds) {
+    int64_t left = (int64_t)(seconds * 1e9);
+    int64_t last = ck_now_ns();
+    while (left > 0) {
+        int64_t tick = left < CK_TICK_NS ? left : CK_TICK_NS;
+        struct timespec step = {0, (long)tick};
+        nanosleep(&step, NULL); /* woken early or late: what passed is measured */
+        int64_t now = ck_now_ns();
+        int64_t passed = now - last;
+        last = now;
+        left -= passed > CK_GAP_NS ? tick : passed;
     }
 }
 
@@ -125,16 +147,7 @@ static int ck_start_thread(void *(*body)(void *), void *arg) {
 static void *ck_watch(void *arg) {
     ck_deadline *d = arg;
     if (!ck_wait_for_trigger(d)) return NULL; /* the process is ending on its own */
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    double whole = (double)(time_t)d->seconds;
-    deadline.tv_sec += (time_t)whole;
-    deadline.tv_nsec += (long)((d->seconds - whole) * 1e9);
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec += 1;
-        deadline.tv_nsec -= 1000000000L;
-    }
-    ck_sleep_until(&deadline);
+    ck_count_down(d->seconds);
     ck_stamp(d->text, d->text_len);
     if (ck_start_thread(ck_write_last_lines, d) == 0) {
         for (int waited = 0; waited < CK_WRITE_GRACE_MS && !atomic_load(&d->written); waited++) {

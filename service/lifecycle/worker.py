@@ -45,6 +45,7 @@ from service.storage.lock import HEARTBEAT_INTERVAL
 from service.telemetry.logs import (
     Logger,
     last_words,
+    limit_reader_grace,
     on_output_closed,
     rendered_last_words,
     stop_waiting_for_reader,
@@ -109,6 +110,8 @@ class _Worker:
         self.caught_up_at: Position | None = None
         # Watching from now on: a stop signal starts its countdown the instant it arrives.
         self.deadline = _shutdown_deadline(settings.shutdown_timeout)
+        # A stalled log reader gets a quarter of it at most; the final checkpoint, the rest.
+        limit_reader_grace(settings.shutdown_timeout / 4)
         self.pacer = Pacer(settings.max_rate)
         self.records_read = 0  # by this process: the progress rate's measure, never falling
         self.rate = RateMeter(0, 0.0)
@@ -198,10 +201,11 @@ class _Worker:
             signal.signal(ignored, on_ignored_signal)
         try:
             task_status.started()
-            for signum in early_signals:  # arrived before this listener took over
+            # Arrived before this listener took over: the first stops, a second exits at once.
+            for signum in early_signals:
                 self._request_shutdown(signum, scope)
-                return
-            await anyio.sleep_forever()
+            if not early_signals:
+                await anyio.sleep_forever()
         finally:
             for ignored in IGNORED_SIGNALS:  # the loop may be closed when the next one comes
                 signal.signal(ignored, signal.SIG_IGN)

@@ -9,9 +9,10 @@ Rule 3: writing a log line never raises. A line that cannot be written (EIO, ENO
 Rule 4: tracebacks never show local variables: a secret may be one.
 Rule 5: a reader that stops reading (a paused pager, a stuck log collector) holds the writer back,
         as Docker's default blocking log mode does, until a stop is asked for: from then on a
-        line waits at most `READER_GRACE` seconds for room, then is dropped, so the worker can
-        still save its final checkpoint and exit. A long line cut short that way is ended with a
-        newline before the next one, so a reader never sees two lines run together.
+        line waits at most `READER_GRACE` seconds (a quarter of `shutdown_timeout` if less) for
+        room, then is dropped, so the worker can still save its final checkpoint and exit. A
+        long line cut short that way is ended with a newline before the next one, so a reader
+        never sees two lines run together.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "Logger",
     "configure_logging",
     "last_words",
+    "limit_reader_grace",
     "on_output_closed",
     "rendered_last_words",
     "renders_json",
@@ -61,25 +63,39 @@ _POLL_SLICE_MS = 100  # how often a waiting write looks whether a stop was asked
 _PIPE_BUF = select.PIPE_BUF  # at most this much per write: it fits once poll says there is room
 
 _closed_hook: Callable[[], None] | None = None
+_reader_went_away = False  # a hook set later hears of it at once: the first line may be the one
 _as_json = True  # the format `configure_logging` chose, for `last_words`
 _closed_once = threading.Lock()
 _give_up_at: float | None = None  # monotonic time after which a stalled reader is not waited for
 _write_lock = threading.Lock()  # whole lines, whichever thread logs
 
 
+_reader_grace = READER_GRACE
+
+
+def limit_reader_grace(seconds: float) -> None:
+    """Wait at most `seconds` (if less than `READER_GRACE`) for a stalled reader after a stop:
+    a short `shutdown_timeout` must leave its time to the final checkpoint, not to a log line."""
+    global _reader_grace
+    _reader_grace = min(READER_GRACE, seconds)
+
+
 def stop_waiting_for_reader() -> None:
-    """A stop was asked for: wait at most `READER_GRACE` more for a reader that does not read.
+    """A stop was asked for: wait at most the reader's grace more for a reader that does not
+    read.
 
     Safe in a signal handler: it only sets a time."""
     global _give_up_at
     if _give_up_at is None:
-        _give_up_at = time.monotonic() + READER_GRACE
+        _give_up_at = time.monotonic() + _reader_grace
 
 
 def on_output_closed(hook: Callable[[], None] | None) -> None:
     """Call `hook` (from whichever thread logged) when the log's reader goes away; None: nobody."""
     global _closed_hook
     _closed_hook = hook
+    if hook is not None and _reader_went_away:  # gone before anyone listened
+        hook()
 
 
 class _LogStream:
@@ -154,8 +170,11 @@ class _LogStream:
             os.close(null)
         except (OSError, ValueError):
             pass
-        if _closed_once.acquire(blocking=False) and _closed_hook is not None:
-            _closed_hook()
+        global _reader_went_away
+        if _closed_once.acquire(blocking=False):
+            _reader_went_away = True
+            if _closed_hook is not None:
+                _closed_hook()
 
 
 def _room_in(fd: int) -> bool:
