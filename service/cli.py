@@ -148,7 +148,7 @@ def _add_own_flags(name: str, command: argparse.ArgumentParser) -> None:
     """The flags of the command `name` besides the settings."""
     if name == "generate":
         command.add_argument("--count", type=_count, default=DEFAULT_COUNT, help="how many numbers")
-        command.add_argument("--seed", type=int, default=None, help="same seed, same file")
+        command.add_argument("--seed", type=_seed, default=None, help="same seed, same file")
         command.add_argument(
             "--output", type=_output_path, default=None, help="default: the input setting"
         )
@@ -184,6 +184,18 @@ def _count(text: str) -> int:
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{error}, got {text!r}") from None
     return count
+
+
+def _seed(text: str) -> int:
+    """`generate --seed`: a whole number from 0 (Python's generator takes -5 as 5: two seeds
+    that gave one file)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0, got {text!r}")
+    return seed
 
 
 def _healthcheck(argv: list[str]) -> int:

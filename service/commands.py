@@ -134,7 +134,9 @@ def _status_of(settings: Settings) -> dict[str, Any]:
         # Files no longer present count with the bytes consumed from them.
         present_offsets = sum(f["offset"] for f in files)
         size = sum(f["size"] for f in files) + position.offset - present_offsets
-    completed = checkpoint.completed if checkpoint else False
+    # Completed as of the last run, and nothing since: an input grown past it is not done.
+    grown = size is not None and size > position.offset
+    completed = checkpoint is not None and checkpoint.completed and not grown
     for entry in files:
         caught_up = entry["offset"] >= entry["size"]
         entry["state"] = ("done" if completed else "caught_up") if caught_up else "reading"

@@ -456,6 +456,7 @@ def test_generate_never_writes_over_the_workers_own_files(
         (["--count", "1.5"], "argument --count: expected a whole number, got '1.5'"),
         (["--output", "new/"], "argument --output: expected a file's path"),
         (["--output", "a" * 5000], "argument --output: a path of at most 4095 bytes"),
+        (["--seed", "-5"], "argument --seed: expected a whole number from 0"),  # it gave 5's file
     ],
 )
 def test_generate_refuses_an_absurd_count_or_output_as_a_usage_error(

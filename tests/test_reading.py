@@ -17,7 +17,7 @@ import anyio.lowlevel
 import pytest
 
 from service.sources.files.reading import TURN_CHUNKS, ChunkBuffers, read_chunks
-from tests.oracle import expected_of_files
+from tests.oracle import expected_of, expected_of_files
 from tests.processes import WorkerProcess, worker_env
 
 COUNTER = Path(__file__).resolve().parent / "aiofiles_counter.py"
@@ -217,3 +217,18 @@ def test_followed_appends_come_through_aiofiles(tmp_path: Path) -> None:
     stopped = worker.named("worker_stopped")[0]
     assert (stopped["sum"], stopped["offset"]) == (expected.sum, expected.offset)
     assert _counted(report) >= expected.offset
+
+
+def test_a_paced_worker_reads_a_long_line_in_a_few_reads(tmp_path: Path) -> None:
+    """`max_rate` sizes reads to a tenth of a second of records; an 8 MB bad line holds none,
+    so the reads inside it grow with it: a few dozen, not one per batch (hundreds; at a low rate,
+    a 1 GB line took hours). The line is still one bad record."""
+    data = _numbers(1000, seed=3) + b"x" * 8_000_000 + b"\n2\n"
+    (tmp_path / "numbers.txt").write_bytes(data)
+    report = tmp_path / "reads.txt"
+    result = _counted_run(["--max-rate", "100000"], tmp_path, report)
+    expected = expected_of(data)
+    assert (result["sum"], result["bad_records"]) == (expected.sum, 1)
+    reads = report.read_text().split()
+    assert _counted(report) == len(data)
+    assert len(reads) < 40, f"{len(reads)} reads"

@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -472,6 +474,35 @@ def test_follow_mode_counts_appended_lines_once_even_split_across_writes(tmp_pat
     assert _result(tmp_path)["sum"] == 1232 + 7
 
 
+@pytest.mark.parametrize(
+    ("change", "total"),
+    [
+        pytest.param(lambda h: (h.truncate(2), h.seek(2), h.write(b"30\n")), 31, id="cut-then-on"),
+        pytest.param(lambda h: (h.seek(2), h.write(b"9\n")), 10, id="written-over"),
+        pytest.param(
+            lambda h: (h.truncate(2), h.seek(2), h.write(b"5\n")), 6, id="cut-to-its-start"
+        ),
+    ],
+)
+def test_following_an_unfinished_line_written_over_or_cut_reads_it_again(
+    tmp_path: Path, change: Callable[[BinaryIO], object], total: int
+) -> None:
+    """`1\n2` followed, the unfinished `2` held: then cut, or written over in place, before its
+    `\n` came. Nothing of that line was counted, so nothing changed: the worker reads it
+    again as it is now (it summed the stale `2` with what followed, 21 for 31)."""
+    path = tmp_path / "numbers.txt"
+    path.write_bytes(b"1\n2")
+    args = ["--follow", "--poll-interval", "0.05", "--checkpoint-interval", "0.1"]
+    worker = WorkerProcess(args, tmp_path)
+    worker.wait_for("checkpoint_saved", offset=2, sum=1)  # the `2` is held, not counted
+    with path.open("r+b") as handle:
+        change(handle)
+    worker.wait_for("caught_up", records=2, sum=total)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    assert not worker.named("input_changed")
+
+
 def test_healthcheck_is_healthy_only_while_a_worker_runs(workdir: Path) -> None:
     """healthcheck exits 0 beside a live worker and 1 once it has stopped."""
     worker = WorkerProcess(["--max-rate", "1000"], workdir)
@@ -653,6 +684,21 @@ def test_status_reports_progress_for_people_and_as_json(workdir: Path) -> None:
     text = cli(["status"], workdir).stdout
     assert "percent" in text
     assert f"{report['records']:,}" in text
+
+
+def test_status_is_not_completed_once_the_input_has_grown_past_the_run(tmp_path: Path) -> None:
+    """A completed run, then more lines: `status` says 50% and not completed (it said
+    completed beside 0%), and completed again once a run has read them."""
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_bytes(b"1\n2\n")
+    assert cli(["run"], tmp_path).returncode == 0
+    assert json.loads(cli(["status", "--json"], tmp_path).stdout)["completed"] is True
+    numbers.write_bytes(b"1\n2\n3\n4\n")
+    report = json.loads(cli(["status", "--json"], tmp_path).stdout)
+    assert (report["percent"], report["completed"]) == (50.0, False)
+    assert [f["state"] for f in report["files"]] == ["reading"]
+    assert cli(["run"], tmp_path).returncode == 0
+    assert json.loads(cli(["status", "--json"], tmp_path).stdout)["completed"] is True
 
 
 @pytest.mark.parametrize("change", ["truncated", "same size, other bytes"])

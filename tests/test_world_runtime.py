@@ -566,6 +566,24 @@ def test_sigterm_while_one_step_of_a_conversion_holds_the_interpreter_exits_in_t
         assert json.loads(saved.read_text())["offset"] <= 2
 
 
+def test_a_long_number_on_the_last_line_without_a_newline_is_converted_off_the_loop(
+    tmp_path: Path,
+) -> None:
+    """The input's last line, 4,000,000 digits and no '\\n': its conversion takes seconds, in
+    helper threads like any long line's, so the loop beats on (timer saves) and SIGTERM stops
+    the worker gracefully: exit 0, the final checkpoint before that line. On the loop's own
+    thread it ended by the watchdog, exit 1, no checkpoint."""
+    (tmp_path / "numbers.txt").write_bytes(b"1\n" + b"7" * 4_000_000)
+    args = ["--max-line-bytes", "10000000", "--checkpoint-interval", "0.1"]
+    worker = WorkerProcess([*args, "--shutdown-timeout", "2"], tmp_path)
+    worker.wait_for("checkpoint_saved", reason="timer", offset=2)
+    assert _a_helper_thread_has_worked(worker, seconds=0.3)  # the conversion is under way
+    worker.signal(signal.SIGTERM)
+    assert worker.finish(timeout=60) == 0
+    final = worker.wait_for("checkpoint_saved", reason="shutdown")
+    assert (final["offset"], final["records"], final["sum"]) == (2, 1, 1)
+
+
 # --- signals other than SIGTERM and SIGINT --------------------------------------------------
 
 

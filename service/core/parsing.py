@@ -49,7 +49,7 @@ _BLANK = re.compile(rb"[ \t]*\r?")
 _REASONS = {_kernel.NOT_AN_INTEGER: NOT_AN_INTEGER, _kernel.LINE_TOO_LONG: LINE_TOO_LONG}
 MIN_PIECE_BYTES = 65536  # a smaller region is parsed at once: a thread hop would cost more
 
-Buffer = bytes | memoryview  # a region is often a view of a larger chunk, never a copy
+Buffer = bytes | bytearray | memoryview  # a region is often a view of a larger chunk, never a copy
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class Region:
     offset: int
     parsed: RegionResult | None = None
     line_bound: int | None = None  # no line is longer; None: known only as the whole region
+    ends_input: bool = False  # its last '\n' was added: the input's last line had none
 
     @property
     def longest_line(self) -> int:
@@ -230,13 +231,19 @@ class LineParser:
         self.stop_at_bad = stop_at_bad
         self._position = start
         self._details = details or DetailBudget()
-        self._held = b""  # the start of the current unfinished line
+        # The start of the current unfinished line, grown in place: a long one is copied once.
+        self._held = bytearray()
         self._dropped = 0  # bytes of an over-long unfinished line already thrown away
         self._split_offset = start.offset  # where the next byte given to `split` sits
 
     @property
     def position(self) -> Position:
         return self._position
+
+    @property
+    def holds_a_line_start(self) -> bool:
+        """Whether the start of an unfinished line is held, waiting for the rest of it."""
+        return bool(self._held)
 
     @property
     def split_offset(self) -> int:
@@ -269,22 +276,22 @@ class LineParser:
             begin = first + 1
         last = chunk.rfind(b"\n", begin, end)  # the held start of a line never holds one
         if last < 0:
-            tail = self._held + chunk[begin:end]
+            self._held += memoryview(chunk)[begin:end]
         else:
             if self._held:
                 first = chunk.find(b"\n", begin, end)
                 line_start = chunk_offset + begin - len(self._held)
-                regions.append(Region(self._held + chunk[begin : first + 1], line_start))
+                self._held += memoryview(chunk)[begin : first + 1]
+                regions.append(Region(self._held, line_start))  # a new one is held below
                 begin = first + 1
             regions.extend(_cut(chunk, begin, last + 1, chunk_offset, parts))
-            tail = bytes(memoryview(chunk)[last + 1 : end])  # a copy: the buffer is reused
-        if len(tail) > self.max_line_bytes:
+            self._held = bytearray(memoryview(chunk)[last + 1 : end])  # a copy: buffers are reused
+        if len(self._held) > self.max_line_bytes:
             # Known bad before its end arrives: under "fail" that stops the run right here.
-            self._held, self._dropped = b"", len(tail)
+            self._dropped = len(self._held)
+            self._held = bytearray()
             if self.stop_at_bad:
-                regions.append(self._too_long(self._split_offset - len(tail), consumed=0))
-        else:
-            self._held = tail
+                regions.append(self._too_long(self._split_offset - self._dropped, consumed=0))
         return regions
 
     def _too_long(self, offset: int, consumed: int) -> Region:
@@ -298,12 +305,15 @@ class LineParser:
         """The result of one region; pure, so it may run in any thread."""
         if region.parsed is not None:
             return region.parsed
-        return parse_region(
+        result = parse_region(
             region.data,
             self.max_line_bytes,
             stop_at_bad=self.stop_at_bad,
             bad_details=self._details.left,
         )
+        if region.ends_input and result.failed is None:  # the '\n' was never in the input
+            result = replace(result, consumed=result.consumed - 1)
+        return result
 
     def commit(self, region: Region, result: RegionResult) -> Parsed:
         """Apply one region's result; regions must be committed in the order `split` made them."""
@@ -332,31 +342,30 @@ class LineParser:
         """Split, parse and commit a chunk in one step; stops at the first failure."""
         return self._run(self.split(chunk))
 
-    def take_unfinished(self) -> tuple[int, bytes] | None:
+    def take_unfinished(self) -> tuple[int, bytes | bytearray] | None:
         """The held start of an unfinished line, with its offset, handed over and forgotten."""
         if not self._held:
             return None
-        held, self._held = self._held, b""
+        held, self._held = self._held, bytearray()  # handed over, not copied
         return self._split_offset - len(held), held
 
-    def finish(self) -> Parsed:
-        """The input ended: its last line, unfinished by a '\\n', is a line all the same."""
+    def final_regions(self) -> list[Region]:
+        """The input ended: its last line, unfinished by a '\\n', is a line all the same. Its
+        region, to parse (in any thread: a number of millions of digits takes seconds) and
+        commit like the others."""
         if self._dropped:
             size, self._dropped = self._dropped, 0
-            return self._run([self._too_long(self._split_offset - size, consumed=size)])
+            return [self._too_long(self._split_offset - size, consumed=size)]
         unfinished = self.take_unfinished()
         if unfinished is None:
-            return Parsed(self._position)
+            return []
         line_start, held = unfinished
-        result = parse_region(
-            held + b"\n",
-            self.max_line_bytes,
-            stop_at_bad=self.stop_at_bad,
-            bad_details=self._details.left,
-        )
-        if result.failed is None:  # the '\n' added above was never in the input
-            result = replace(result, consumed=result.consumed - 1)
-        return self._run([Region(b"", line_start, result)])
+        held += b"\n"
+        return [Region(held, line_start, ends_input=True)]
+
+    def finish(self) -> Parsed:
+        """`final_regions` parsed and committed in this thread."""
+        return self._run(self.final_regions())
 
     def _run(self, regions: list[Region]) -> Parsed:
         bad: list[BadRecord] = []

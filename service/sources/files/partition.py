@@ -379,8 +379,8 @@ class FilePartition:
                 return self._step(Parsed(self.position), ReadStatus.READING)
             if self.size > self.parser.split_offset:  # grown while it was read: read on
                 return self._step(Parsed(self.position), ReadStatus.READING)
-            batch = self.parser.finish()
-            self._identify()
+            # In helper threads when it is a number of millions of digits: the loop beats on.
+            batch = await self._parse_and_commit(self.parser.final_regions())
             self.life.on(Action.ENDED)
             return self._step(batch, ReadStatus.DONE)
         return self._step(Parsed(self.position), await self._look_at_end())
@@ -393,6 +393,11 @@ class FilePartition:
         opened = os.fstat(self._fd())
         written = opened.st_ctime_ns != self.changed_ns  # or renamed, since the last look
         self.size, self.changed_ns = opened.st_size, opened.st_ctime_ns
+        if written and self.parser.holds_a_line_start:
+            # The unfinished line's start, held and not counted, may have been written over or
+            # cut since: read it again from the position, never the copy of it.
+            self.parser = self._new_parser(self.position)
+            await self._seek(self.position.offset)
         at_name = self._key_at_name() if self.plain else None
         offset = self.position.offset
         prefix = None
@@ -451,7 +456,11 @@ class FilePartition:
         position = self.parser.position
         bytes_per_record = position.offset / position.lines if position.lines else 8.0
         batch = self.settings.max_rate * bytes_per_record / _PACED_BATCHES_PER_SECOND
-        return max(64, min(CHUNK_BYTES, int(batch)))
+        # Inside a line longer than a batch (a bad one of megabytes): its bytes hold no record
+        # to pace, so each read is as long as what it already holds, and a line of any length
+        # takes a few dozen reads, not one per batch.
+        unfinished = self.parser.split_offset - position.offset
+        return max(64, min(CHUNK_BYTES, int(max(batch, unfinished))))
 
     def _reader(self) -> AsyncGenerator[Chunk, None]:
         """The chunks from the position on (a few at once, however many files)."""
