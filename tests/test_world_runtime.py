@@ -432,6 +432,39 @@ def test_a_second_sigterm_exits_at_once_while_a_log_write_waits_for_the_reader(
     assert not saved.exists() or "files" in json.loads(saved.read_text())
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
+def test_a_line_cut_short_by_a_full_disk_never_runs_into_the_next(tmp_path: Path) -> None:
+    """Logs to a file on a disk that fills mid-line: that line is left half written; once there
+    is room again the next line starts on a line of its own, never glued to the half one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    script = f"""
+import os, sys
+from service.telemetry.logs import configure_logging
+log = configure_logging("json", "info")
+filler = {str(mount / "filler")!r}
+with open(filler, "wb") as handle:
+    handle.write(b"x" * 40_000)
+for index in range(200):  # fills the disk, one line half written
+    log.info("padding", index=index, text="y" * 300)
+os.unlink(filler)  # room again
+log.info("after_room", done=True)
+"""
+    try:
+        with open(mount / "log.jsonl", "ab") as output:
+            done = subprocess.run(
+                [sys.executable, "-c", script], stdout=output, stderr=subprocess.PIPE, timeout=60
+            )
+        lines = (mount / "log.jsonl").read_bytes().splitlines()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(lines[-1])["event"] == "after_room"
+    whole = [line for line in lines[:-1] if line.endswith(b"}")]
+    assert len(whole) >= len(lines) - 2  # every line whole but the one the disk cut
+
+
 def test_a_long_line_cut_short_by_a_stalled_reader_never_runs_into_the_next(
     tmp_path: Path,
 ) -> None:

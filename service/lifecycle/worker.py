@@ -105,6 +105,7 @@ class _Worker:
         self.signals_ignored: set[int] = set()  # each said once
         self.listening = True  # for stop signals: until the run ends by itself
         self.output_closed = False
+        self.acquired = False  # the source holds its files (lock, heartbeat)
         self.started = False  # the source holds the state to resume from
         self.completed = False
         self.caught_up_at: Position | None = None
@@ -134,6 +135,7 @@ class _Worker:
             async def start() -> None:
                 require_descriptors()
                 self.source.acquire()
+                self.acquired = True
                 require_directory_of(self.settings.result)
                 self.telemetry.open(self.log)  # /readyz says 503 until start-up is done
                 partitions.extend(await self.source.start())
@@ -153,9 +155,12 @@ class _Worker:
             tasks.cancel_scope.cancel()
 
     async def _beat_while_starting(self) -> None:
-        """Start-up may wait long (for a broker): the loop turns meanwhile, and says so."""
+        """Start-up may wait long (for a broker): the loop turns meanwhile, and says so, to
+        `/healthz` and, once the source holds its files, to `healthcheck`."""
         while not self.started:
             self.telemetry.loop_alive()
+            if self.acquired:
+                await anyio.to_thread.run_sync(self.source.heartbeat)
             await anyio.sleep(HEARTBEAT_INTERVAL)
 
     async def _guarded(self, work: Any, scope: anyio.CancelScope) -> None:

@@ -112,7 +112,7 @@ class _LogStream:
         self.pending = ""
         self.fd: int | None = None
         self.may_stall = False
-        self.line_cut = False  # a line was given up part way: the pipe holds it without its end
+        self.line_cut = False  # a line was given up part way: the output holds it without its end
         if isinstance(stream, io.TextIOWrapper):
             try:
                 stream.flush()  # what it holds goes out before the lines written past it
@@ -146,14 +146,14 @@ class _LogStream:
         view = memoryview(data)
         while view:
             if self.may_stall and not _room_in(self.fd):
-                # A stop was asked for and the reader still does not read: the rest is dropped.
-                self.line_cut = self.line_cut or len(view) < len(data)
-                return
+                return  # a stop was asked for and the reader still does not read: dropped
             try:
                 view = view[os.write(self.fd, view[:_PIPE_BUF]) :]
             except BlockingIOError:  # a descriptor someone made non-blocking: wait for room
                 continue
-            self.line_cut = False
+            # Part of this line is out: until all of it is, the output holds a line without its
+            # end, whether the rest is dropped above or a write fails (a full disk).
+            self.line_cut = bool(view)
 
     def _guarded(self, write: Callable[..., object], *args: Any) -> None:
         try:
