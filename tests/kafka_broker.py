@@ -35,6 +35,7 @@ __all__ = [
     "SASL_USER",
     "Broker",
     "BrokerUnavailable",
+    "broker_tool",
     "fetch_jars",
     "start_broker",
 ]
@@ -187,6 +188,11 @@ def _properties(directory: Path, ports: dict[str, int], extra: dict[str, str]) -
         **extra,
     }
     return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def broker_tool(main: str, *args: str, directory: Path) -> list[str]:
+    """The command that runs one of Kafka's own tools (`kafka.admin.ConfigCommand`)."""
+    return _java(fetch_jars(), main, *args, directory=directory)
 
 
 def _java(jars: Path, main: str, *args: str, directory: Path) -> list[str]:

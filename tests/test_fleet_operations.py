@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.kafka_broker import Broker, start_broker
+from tests.kafka_broker import SASL_PASSWORD, SASL_USER, Broker, broker_tool, start_broker
 from tests.kafka_support import (
     add_partitions,
     create_topic,
@@ -175,6 +176,48 @@ def test_three_workers_ride_out_a_broker_stopped_at_start_up_and_frozen_mid_run(
     finally:
         for worker in workers:
             worker.kill()
+        broker.stop()
+
+
+def test_a_login_refused_mid_run_is_one_error_line_at_once_not_an_outage(tmp_path: Path) -> None:
+    """The worker's password changed on the broker (its own), which then restarts: the worker's
+    next login is refused for good. That is one error line naming the refusal and exit 1 within
+    seconds, as at start-up, not an outage waited out to its bound (60 s here) and reported as
+    an unreachable broker."""
+    broker = start_broker()
+    try:
+        env = _published(broker, tmp_path, partitions=2, lines=2_000)
+        secured = env | {
+            "WORKER_KAFKA_BOOTSTRAP_SERVERS": broker.sasl,
+            "WORKER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "WORKER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+            "WORKER_KAFKA_SASL_USERNAME": SASL_USER,
+            "WORKER_KAFKA_SASL_PASSWORD": SASL_PASSWORD,
+            "WORKER_KAFKA_UNAVAILABLE_TIMEOUT": "60",
+        }
+        worker = _member(tmp_path, "a", secured, WORKER_FOLLOW="true")
+        worker.wait_for("checkpoint_saved", timeout=60)
+        changed = subprocess.run(
+            broker_tool(
+                "kafka.admin.ConfigCommand",
+                *("--bootstrap-server", broker.plaintext, "--alter"),
+                *("--add-config", "SCRAM-SHA-256=[password=changed-secret]"),
+                *("--entity-type", "users", "--entity-name", SASL_USER),
+                directory=broker.directory,
+            ),
+            capture_output=True,
+            timeout=120,
+        )
+        assert changed.returncode == 0, changed.stderr
+        broker.restart()
+        restarted = time.monotonic()
+        assert worker.finish(timeout=90) == 1
+        assert time.monotonic() - restarted < 30
+        (error,) = worker.errors
+        assert "Authentication" in error["message"] or "SASL" in error["message"], error
+        assert "kafka_unavailable_timeout" not in error["message"]
+        assert SASL_PASSWORD not in "".join(worker.raw)
+    finally:
         broker.stop()
 
 

@@ -129,7 +129,7 @@ class _Worker:
             # An input out of reach for too long (a broker outage) ends the run, at start-up too.
             watch = lambda: self.source.watch(self.telemetry.reachable)  # noqa: E731
             tasks.start_soon(self._guarded, watch, tasks.cancel_scope)
-            tasks.start_soon(self._beat_while_starting)
+            tasks.start_soon(self._guarded, self._beat_while_starting, tasks.cancel_scope)
             partitions: list[Partition] = []
 
             async def start() -> None:

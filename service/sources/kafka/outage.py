@@ -9,6 +9,9 @@ Rule 2: the first failure to reach the brokers starts an outage: one `broker_una
         running, a metadata request every PROBE_INTERVAL tells whether the brokers answer.
 Rule 3: an outage longer than `kafka_unavailable_timeout` (0: never) ends the run with one
         error line (KafkaUnavailable, exit 1).
+Rule 4: a probe the brokers answer with an error is asked once more by a login of its own: a
+        refusal for good (the password changed under a running worker) is no outage to wait
+        out but one error line at once, as at start-up.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from service.sources.kafka.client import (
     describe_error,
     diagnosed,
     reason_of,
+    refusal,
 )
 from service.telemetry.logs import Logger
 
@@ -80,6 +84,7 @@ class BrokerWatch:
         self.clock = OutageClock(settings.kafka_unavailable_timeout)
         self._last_error = ""
         self._admin: AIOKafkaAdminClient | None = None  # probed once started
+        self._refused: str | None = None  # why the brokers refuse this worker for good (Rule 4)
         self._on_change: Callable[[bool], None] = lambda _available: None
 
     @property
@@ -134,10 +139,12 @@ class BrokerWatch:
         self._on_change = on_change
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._probe)
-            while not self.clock.exceeded():
+            while not self.clock.exceeded() and self._refused is None:
                 await anyio.sleep(TICK)
                 self.clock.tick(anyio.current_time())
             tasks.cancel_scope.cancel()
+        if self._refused is not None:
+            raise KafkaUnavailable(self._refused)
         raise KafkaUnavailable(
             f"cannot reach Kafka at {self._settings.kafka_bootstrap_servers} for "
             f"{self.clock.bound:g} s (kafka_unavailable_timeout); last: {self._last_error}"
@@ -154,6 +161,11 @@ class BrokerWatch:
             except TimeoutError:
                 self.failed(f"no answer within {PROBE_TIMEOUT:g} s")
             except KafkaError as error:
+                refused = await refusal(self._settings)
+                if refused is not None:
+                    servers = self._settings.kafka_bootstrap_servers
+                    self._refused = f"cannot reach Kafka at {servers}: {describe_error(refused)}"
+                    return
                 self.failed(reason_of(error))
             except Exception as error:  # aiokafka without metadata yet: no broker answers
                 self.failed(describe_error(error))
