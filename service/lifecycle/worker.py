@@ -106,6 +106,7 @@ class _Worker:
         self.listening = True  # for stop signals: until the run ends by itself
         self.output_closed = False
         self.acquired = False  # the source holds its files (lock, heartbeat)
+        self.beating = anyio.Lock()
         self.started = False  # the source holds the state to resume from
         self.completed = False
         self.caught_up_at: Position | None = None
@@ -160,8 +161,14 @@ class _Worker:
         while not self.started:
             self.telemetry.loop_alive()
             if self.acquired:
-                await anyio.to_thread.run_sync(self.source.heartbeat)
+                await self._heartbeat()
             await anyio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _heartbeat(self) -> None:
+        """One heartbeat at a time: the start-up beat's may still be in its thread when the
+        timer's first one starts, and two would both make a removed lock file again."""
+        async with self.beating:
+            await anyio.to_thread.run_sync(self.source.heartbeat)
 
     async def _guarded(self, work: Any, scope: anyio.CancelScope) -> None:
         """Run `work`; a failure is kept for shutdown and stops every task."""
@@ -402,7 +409,7 @@ class _Worker:
         heartbeats = Periodic(HEARTBEAT_INTERVAL, now)
         progress = Periodic(PROGRESS_INTERVAL, now)
         # A first beat at once: `healthcheck` finds a worker healthy as soon as it has started.
-        await anyio.to_thread.run_sync(self.source.heartbeat)
+        await self._heartbeat()
         while True:
             next_due = min(checkpoints.next_due, heartbeats.next_due, progress.next_due)
             await anyio.sleep(max(0.0, next_due - anyio.current_time()))
@@ -412,7 +419,7 @@ class _Worker:
                 self.telemetry.standing(self.source.standing())
                 for partition in list(self.status_of):
                     self._report_position(partition)
-                await anyio.to_thread.run_sync(self.source.heartbeat)
+                await self._heartbeat()
             if checkpoints.due(now) and self.source.changed_since_save():
                 await self._save("timer")
             if progress.due(now):
