@@ -45,7 +45,7 @@ from service.core.parsing import LineParser, Region, line_values
 from service.core.position import Position
 from service.errors import CheckpointOfSeveralFiles, InputChanged
 from service.settings import MAX_LINE_BYTES
-from service.sources.files.changes import Change, Look, classify
+from service.sources.files.changes import Change, Look, classify, newline_came
 from service.storage.atomic import open_regular_file, replaceable
 from service.storage.checkpoint import (
     Checkpoint,
@@ -342,7 +342,7 @@ def _require_line_edge(fd: int, filename: str | Path, offset: int, size: int, *,
     edge = os.pread(fd, 2, offset - 1) if offset else b"\n"
     if edge[:1] == b"\n" or offset == size:
         return offset
-    if edge[1:] == b"\n" and not ends:
+    if newline_came(edge) and not ends:
         return offset + 1
     raise ValueError(
         f"offset {offset} is inside a line of {filename}: a stream starts, and a save is, "

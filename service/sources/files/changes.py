@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from service.sources.files.scan import FileKey
 from service.storage.checkpoint import InputIdentity
 
-__all__ = ["Change", "Look", "classify", "classify_scan"]
+__all__ = ["Change", "Look", "classify", "classify_scan", "newline_came"]
 
 
 class Change(enum.Enum):
@@ -76,6 +76,12 @@ class Look:
     def is_input_change(self, change: Change) -> bool:
         """Whether `change` means the input is no longer what was consumed (`input_changed`)."""
         return change in _INPUT_CHANGES or (self.by_name and change is Change.DELETED)
+
+
+def newline_came(edge: bytes | None) -> bool:
+    """Whether `edge` (the last byte consumed and the next one) is a line counted without its
+    '\n' followed by that '\n' (Rule 4): the same line, and one more byte to consume."""
+    return edge is not None and edge[1:] == b"\n" != edge[:1]
 
 
 def classify(look: Look) -> Change:

@@ -51,7 +51,7 @@ from service.core.position import Position
 from service.errors import InputChanged, InputUnreadable
 from service.lifecycle.partition import Gauge, ReadStatus, Step
 from service.settings import Settings
-from service.sources.files.changes import Change, Look, classify
+from service.sources.files.changes import Change, Look, classify, newline_came
 from service.sources.files.life import LOOK_FIRST, NOT_OPEN, Action, FileLife, State
 from service.sources.files.reading import Chunk, ChunkBuffers, read_chunks
 from service.sources.files.scan import FileKey, Match
@@ -297,7 +297,7 @@ class FilePartition:
                 "(it had no newline when it was counted)"
             )
             await self._changed(change, f"input {self.label} {message}")
-        elif change is Change.GREW and edge is not None and edge[1:] == b"\n" != edge[:1]:
+        elif change is Change.GREW and newline_came(edge):
             # The '\n' the counted line lacked: one more byte consumed, no more lines.
             after = self.position.advance(consumed=1, lines=0, records=0, bad_records=0, total=0)
             self.parser = self._new_parser(after)
