@@ -72,8 +72,11 @@ _TEMP_RANDOM = "[a-z0-9_]{8}"
 
 def is_temp_file_of(name: str, target_name: str) -> bool:
     """Whether `name` is the shape of a temporary file of a write of `target_name` (Rule 6)."""
-    pattern = re.escape(f".{target_name}.") + _TEMP_RANDOM + re.escape(TEMP_SUFFIX)
-    return re.fullmatch(pattern, name) is not None
+    prefix = f".{target_name}."
+    # Most names are told apart by their length and ends: a scan asks this of every file found.
+    if len(name) != len(prefix) + 8 + len(TEMP_SUFFIX) or not name.startswith(prefix):
+        return False
+    return re.fullmatch(_TEMP_RANDOM + re.escape(TEMP_SUFFIX), name[len(prefix) :]) is not None
 
 
 def temp_files_of(target: Path) -> list[Path]:
