@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = _settings_of(args)
+        output = _output_of_generate(args, settings) if args.command == "generate" else None
     except UsageError as error:
         print(f"{PROG}: error: {error.message}", file=sys.stderr)
         return error.exit_code
@@ -301,17 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             return anyio.run(run_worker, settings, log, early_signals, backend="asyncio")
         if args.command == "generate":
             from service.commands import generate
-            from service.sources.files.source import input_patterns, refuse_shared_files
 
-            plain = input_patterns(settings).plain_path
-            if args.output is None and plain is None:
-                raise UsageError(
-                    "generate needs --output when the input is a glob or a list "
-                    f"({', '.join(settings.input)})"
-                )
-            output = args.output if args.output is not None else plain
             assert output is not None
-            refuse_shared_files(settings, output)  # the output is an input: never the state
             return generate(
                 output, args.count, args.seed, force=args.force, if_missing=args.if_missing, log=log
             )
@@ -325,6 +317,22 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerError as error:
         log.error("fatal_error", message=error.message)
         return error.exit_code
+
+
+def _output_of_generate(args: argparse.Namespace, settings: Settings) -> Path:
+    """The file `generate` writes: `--output`, or the input when it is one plain path; never
+    one of the worker's own files (the output is an input)."""
+    from service.errors import UsageError
+    from service.sources.files.source import input_patterns, refuse_shared_files
+
+    output: Path | None = args.output or input_patterns(settings).plain_path
+    if output is None:
+        raise UsageError(
+            "generate needs --output when the input is a glob or a list "
+            f"({', '.join(settings.input)})"
+        )
+    refuse_shared_files(settings, output)
+    return output
 
 
 class _Stopped(BaseException):

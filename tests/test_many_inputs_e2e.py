@@ -419,10 +419,16 @@ def test_a_flipped_digit_in_a_checkpoint_is_corrupt_and_left_untouched(data: Pat
 
 
 def test_generate_with_a_glob_input_needs_an_output(tmp_path: Path) -> None:
-    """`generate` cannot guess which file a glob means: exit 2 without --output."""
+    """`generate` cannot guess which file a glob means: exit 2 without --output, one line on
+    stderr as any usage error, nothing written."""
     done = cli(["generate", "--input", "in/*.txt"], tmp_path)
     assert done.returncode == 2
-    assert "--output" in done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        "checkpoint-worker: error: generate needs --output when the input is a glob or a list "
+        "(in/*.txt)"
+    ]
+    assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -437,12 +443,13 @@ def test_generate_never_writes_over_the_workers_own_files(
     tmp_path: Path, args: list[str], named: str
 ) -> None:
     """`generate` writes an input: never the checkpoint, its lock or the result (exit 2, one
-    line, the file untouched)."""
+    line on stderr, the file untouched)."""
     (tmp_path / "checkpoint.json").write_bytes(b"{}")
     done = cli(["generate", *args], tmp_path)
     assert done.returncode == 2
-    (error,) = [e for e in events_of(done.stdout) if e["level"] == "error"]
-    assert named in error["message"]
+    (error,) = done.stderr.splitlines()
+    assert named in error
+    assert done.stdout == ""
     assert (tmp_path / "checkpoint.json").read_bytes() == b"{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json"]
 
