@@ -81,7 +81,24 @@ _loaded: dict[str, Counts] = {}
 _streams: dict[str, list[_Reached]] = {}
 # The file a stream was made of last: where `save_checkpoint` saves when not told.
 _streamed_last: list[str | Path] = []
-Known = tuple[tuple[tuple[Counts, int, Counts | None], ...], Counts | None]
+
+
+@dataclass(frozen=True)
+class Known:
+    """What this process had counted of one file at one instant (`known_counts`): a save in a
+    thread then sees the counts as of the moment it was asked for, while streams move on."""
+
+    # Each stream's (start, max_line_bytes, last), newest first.
+    streams: tuple[tuple[Counts, int, Counts | None], ...]
+    loaded: Counts | None  # the checkpoint loaded last
+
+    def reached(self, offset: int) -> Counts | None:
+        """The counts a stream (the newest) yielded or started at `offset`, else None."""
+        for start, _, last in self.streams:
+            for counts in (last, start):
+                if counts is not None and counts[0] == offset:
+                    return counts
+        return None
 
 
 def _key(filename: str | Path) -> str:
@@ -233,7 +250,7 @@ def known_counts(input: str | Path) -> Known:
     """What this process counted of `input` so far (cheap: no I/O), for `position_at`."""
     key = _key(input)
     streams = tuple((r.start, r.max_line_bytes, r.last) for r in reversed(_streams.get(key, [])))
-    return streams, _loaded.get(key)
+    return Known(streams, _loaded.get(key))
 
 
 def position_at(
@@ -269,15 +286,13 @@ def position_at(
 def _counts_at(input: str | Path, offset: int, known: Known) -> tuple[int, int, int]:
     """(lines, records, bad_records) a stream of this process had counted at `offset` (the
     newest that reached it), or the loaded checkpoint's there; zeros where none reached."""
-    streams, loaded = known
-    for start, _, last in streams:
-        if last is not None and last[0] == offset:
-            return last[1:]
-        if start[0] == offset:
-            return start[1:]
-    for start, max_line_bytes, last in streams:
+    reached = known.reached(offset)
+    if reached is not None:
+        return reached[1:]
+    for start, max_line_bytes, last in known.streams:
         if last is not None and start[0] < offset < last[0]:
             return _count_again(input, start, max_line_bytes, offset)
+    loaded = known.loaded
     return loaded[1:] if loaded is not None and loaded[0] == offset else (0, 0, 0)
 
 
@@ -371,9 +386,9 @@ class Stream:
         if not 1 <= max_line_bytes <= MAX_LINE_BYTES:
             raise ValueError(f"max_line_bytes must be from 1 to {MAX_LINE_BYTES}: {max_line_bytes}")
         self.key = _key(filename)
-        streams, loaded = known_counts(filename)
-        reached = [*(k for start, _, last in streams for k in (last, start)), loaded]
-        counts = next((k for k in reached if k is not None and k[0] == offset), (offset, 0, 0, 0))
+        known = known_counts(filename)
+        loaded = known.loaded if known.loaded is not None and known.loaded[0] == offset else None
+        counts = known.reached(offset) or loaded or (offset, 0, 0, 0)
         _, self.lines, self.records, self.bad_records = counts
         self.reached = _Reached((start, *counts[1:]), max_line_bytes)
         kept = _streams.setdefault(self.key, [])
