@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError, LeaderNotAvailableError
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANSWER_TIMEOUT",
+    "AUTO_CREATE_WAIT",
     "CONNECT_TIMEOUT",
     "KafkaUnavailable",
     "TopicMissing",
@@ -51,6 +53,8 @@ _REQUEST_TIMEOUT_MS = 10_000
 # connections and answers nothing): the admin client's requests, the outage probe, the check
 # for a refused login.
 ANSWER_TIMEOUT = 3.0
+AUTO_CREATE_WAIT = 10.0  # seconds for a broker that creates topics on first use to do it
+_AUTO_CREATE = "auto.create.topics.enable"
 T = TypeVar("T")
 
 
@@ -214,8 +218,32 @@ async def connect(
 async def partitions_of(
     admin: AIOKafkaAdminClient, settings: Settings, watch: BrokerWatch | None = None
 ) -> list[int]:
-    """The partition numbers of `kafka_topic`; KafkaUnavailable if the topic does not exist.
-    A topic the broker is still creating (auto-creation on first use) is waited for."""
+    """The partition numbers of `kafka_topic`; TopicMissing if the topic does not exist.
+
+    Asking for a topic is a first use: a broker with `auto.create.topics.enable` creates it then,
+    and is waited for (its first answer still says the topic is unknown). A broker without it is
+    not: the topic is missing at once, where a consumer would ask again for tens of seconds.
+    """
+    topic = settings.kafka_topic
+    found = await _partitions_described(admin, settings, watch)
+    if not found and await _creates_topics_on_first_use(admin) is not False:
+        with anyio.move_on_after(AUTO_CREATE_WAIT):
+            while not found:
+                await anyio.sleep(0.1)
+                found = await _partitions_described(admin, settings, watch)
+    if not found:
+        servers = settings.kafka_bootstrap_servers
+        raise TopicMissing(
+            f"Kafka topic {topic!r} does not exist at {servers}, and the broker does not create "
+            "topics on first use (auto.create.topics.enable): create it first"
+        )
+    return found
+
+
+async def _partitions_described(
+    admin: AIOKafkaAdminClient, settings: Settings, watch: BrokerWatch | None
+) -> list[int]:
+    """The topic's partition numbers as the brokers describe it now; none while it is unknown."""
     topic = settings.kafka_topic
 
     async def describe() -> list[int]:
@@ -230,11 +258,29 @@ async def partitions_of(
                 return sorted(part["partition"] for part in entry["partitions"])
         return []
 
-    found = await connect(describe, settings, "describe the Kafka topic", watch)
-    if not found:
-        servers = settings.kafka_bootstrap_servers
-        raise TopicMissing(f"Kafka topic {topic!r} does not exist at {servers}")
-    return found
+    return await connect(describe, settings, "describe the Kafka topic", watch)
+
+
+async def _creates_topics_on_first_use(admin: AIOKafkaAdminClient) -> bool | None:
+    """The broker's `auto.create.topics.enable`; None when it will not say (no right to
+    describe its configuration, or no answer)."""
+    try:
+        with anyio.fail_after(ANSWER_TIMEOUT):
+            brokers = (await admin.describe_cluster())["brokers"]
+            if not brokers:
+                return None
+            node = str(min(broker["node_id"] for broker in brokers))
+            resource = ConfigResource(ConfigResourceType.BROKER, node, {_AUTO_CREATE: None})
+            (response,) = await admin.describe_configs([resource])
+    except (KafkaError, TimeoutError, ValueError, KeyError):
+        return None
+    for entry in response.to_object()["resources"]:
+        if entry["error_code"] != 0:
+            return None
+        for config in entry["config_entries"]:
+            if config["config_names"] == _AUTO_CREATE:
+                return str(config["config_value"]).lower() == "true"
+    return None
 
 
 def group_generation(consumer: Any) -> int:

@@ -127,22 +127,24 @@ class GroupMember:
         self._fresh: set[TopicPartition] = set()  # gained anew, not read yet: read first
         self._last_revoked: set[TopicPartition] = set()
 
-    async def start(self) -> None:
-        """Connect, and join the group (the first assignment comes while reading)."""
+    async def start(self) -> list[int]:
+        """Connect, and join the group (the first assignment comes while reading); the topic's
+        partition numbers, as found before joining (a missing topic is one error line then)."""
         quiet_abandoned_requests()
         watch = self._watch
         await connect(self.admin.start, self._settings, "connect to Kafka", watch)
         watch.probe_with(self.admin)
+        numbers = await partitions_of(self.admin, self._settings, watch)
         self.consumer.subscribe([self._settings.kafka_topic], listener=_Listener(self))
         await connect(self._join, self._settings, "join the Kafka consumer group", watch)
+        return numbers
 
     async def _join(self) -> None:
         try:
             await self.consumer.start()
         except UnknownTopicOrPartitionError:
-            # Retriable to aiokafka, and the brokers answer meanwhile, so no outage bound would
-            # end the wait. Where the broker creates topics on first use the join made it;
-            # elsewhere a topic that does not exist is one error line (TopicMissing) at once.
+            # The topic was deleted since `start` found it. Retriable to aiokafka, and the
+            # brokers answer meanwhile, so no outage bound would end the wait: one error line.
             await partitions_of(self.admin, self._settings)
             raise
 

@@ -17,14 +17,12 @@ Rule 4: a missing topic is asked for as a producer's first send asks for it: a b
 
 from __future__ import annotations
 
-import contextlib
 import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import anyio
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -34,7 +32,6 @@ from service.settings import Settings
 from service.sources.files.source import input_patterns
 from service.sources.kafka.client import (
     KafkaUnavailable,
-    TopicMissing,
     admin_client,
     client_options,
     connect,
@@ -50,7 +47,6 @@ MAX_MESSAGE_BYTES = 900_000  # under the broker's default message.max.bytes (1 M
 PROGRESS_SUFFIX = ".publish"
 _MESSAGES_PER_TRANSACTION = 200
 _TRANSACTION_TIMEOUT_MS = 10_000  # how long a killed publish can hold back read_committed readers
-_AUTO_CREATE_WAIT = 10.0  # seconds for a broker that creates topics on first use to do it
 
 
 def _messages(
@@ -131,10 +127,7 @@ async def publish(settings: Settings, lines_per_message: int, log: Logger) -> in
         # so the position read next is final.
         await connect(producer.start, settings, "start a transactional producer on Kafka")
         try:
-            try:
-                partitions = await partitions_of(admin, settings)
-            except TopicMissing as missing:
-                partitions = await _created_on_first_use(producer, settings, missing)
+            partitions = await partitions_of(admin, settings)
             committed = await connect(
                 lambda: admin.list_consumer_group_offsets(group, partitions=[marker]),
                 settings,
@@ -165,20 +158,6 @@ async def publish(settings: Settings, lines_per_message: int, log: Logger) -> in
             ) from None
         finally:
             await producer.stop()
-
-
-async def _created_on_first_use(
-    producer: AIOKafkaProducer, settings: Settings, missing: TopicMissing
-) -> list[int]:
-    """The partitions of a missing topic once the broker creates it on first use, as a
-    producer's first send makes it do where `auto.create.topics.enable` is on (the broker's
-    default partition count); else the one-line error, saying so."""
-    with anyio.move_on_after(_AUTO_CREATE_WAIT), contextlib.suppress(KafkaError):
-        return sorted(await producer.partitions_for(settings.kafka_topic))
-    raise KafkaUnavailable(
-        f"{missing.message}, and the broker did not create it on first use "
-        "(auto.create.topics.enable=false there?): create it first"
-    )
 
 
 async def _send_file(

@@ -29,7 +29,7 @@ from service.core.position import Periodic, Position
 from service.health import heartbeat_path
 from service.lifecycle.partition import Gauge, Partition, Reachable, ReadStatus, Standing, Step
 from service.settings import Settings
-from service.sources.kafka.client import KafkaUnavailable, connect, partitions_of
+from service.sources.kafka.client import KafkaUnavailable, connect
 from service.sources.kafka.group import MAX_RECORDS, GroupMember, name_of
 from service.sources.kafka.group_totals import GroupState, read_group_state
 from service.sources.kafka.outage import BrokerWatch
@@ -105,10 +105,9 @@ class KafkaSource:
 
     async def start(self) -> list[Partition]:
         """Join the group (assignments arrive while reading); not following, take the target."""
-        await self.member.start()
+        numbers = await self.member.start()
         if not self.settings.follow:
             consumer = self.member.consumer
-            numbers = await partitions_of(self.member.admin, self.settings, self.outages)
             tps = [TopicPartition(self.settings.kafka_topic, n) for n in numbers]
             ends = await self.outages.reach(
                 lambda: consumer.end_offsets(tps), "read Kafka end offsets"
