@@ -484,8 +484,9 @@ def test_a_broker_restart_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> N
 
 def test_a_stop_while_the_broker_does_not_answer_exits_0_in_time(tmp_path: Path) -> None:
     """SIGTERM while the broker (its own, for this test) is frozen: the final commit is given up
-    within shutdown_timeout instead of the watchdog ending the process with exit 1, and the next
-    run resumes from the last accepted commit with the exact total."""
+    within shutdown_timeout instead of the watchdog ending the process with exit 1; the last
+    lines still say what the worker read (at least what it had committed), and the next run
+    resumes from the last accepted commit with the exact total."""
     broker = start_broker()
     try:
         topic = create_topic(broker, 3)
@@ -509,6 +510,13 @@ def test_a_stop_while_the_broker_does_not_answer_exits_0_in_time(tmp_path: Path)
         assert took < 5
         assert worker.named("commit_rejected", reason="shutdown")
         assert not worker.named("fatal_error")
+        committed: dict[str, int] = {}
+        for saved in worker.named("checkpoint_saved"):
+            committed.update(saved["partitions"])
+        (stopped,) = worker.named("worker_stopped")
+        last_progress = worker.named("progress")[-1]
+        assert stopped["offset"] == last_progress["offset"] >= sum(committed.values()) > 0
+        assert 0 < stopped["records"] <= _oracle(data)[1]
         rerun = WorkerProcess([], tmp_path, env)
         assert rerun.finish(timeout=120) == 0, "".join(rerun.raw)
         assert _totals(_result(tmp_path)) == _oracle(data)

@@ -119,6 +119,9 @@ class GroupMember:
         )
         self.admin = AIOKafkaAdminClient(**admin_options(settings))
         self.owned: dict[TopicPartition, Position] = {}
+        # The states given up uncommitted at the stop: no longer this member's to commit, still
+        # what it read, for its last `progress` and `worker_stopped` lines (`read_states`).
+        self._given_up: dict[TopicPartition, Position] = {}
         self._committed: dict[TopicPartition, Position] = {}
         self._epoch = 0  # bumped by every change of ownership (Rule 3)
         self._fatal: WorkerError | None = None
@@ -262,10 +265,14 @@ class GroupMember:
             found.append(Gauge(name_of(tp), position, end, end - committed, "messages"))
         return found
 
+    def read_states(self) -> dict[TopicPartition, Position]:
+        """What this member read of each partition it owns, or owned until it gave them up."""
+        return {**self._given_up, **self.owned}
+
     def log_ends(self) -> int:
-        """The messages of the owned partitions up to their log end offsets (as of their last
+        """The messages of the partitions read up to their log end offsets (as of their last
         fetch): what `progress` gives the percent of."""
-        return sum(self._log_end(tp, position) for tp, position in self.owned.items())
+        return sum(self._log_end(tp, position) for tp, position in self.read_states().items())
 
     def _log_end(self, tp: TopicPartition, position: Position) -> int:
         return max(position.offset, self.consumer.highwater(tp) or 0)
@@ -429,6 +436,7 @@ class GroupMember:
     def give_up(self, reason: str, cause: str) -> None:
         """Drop every owned state uncommitted: its next owner resumes from the last accepted
         commit, which is exact (Rule 3)."""
+        self._given_up.update(self.owned)
         self._drop(list(self.owned), reason, cause)
 
     def _drop(self, changed: Iterable[TopicPartition], reason: str, cause: str) -> None:

@@ -61,7 +61,7 @@ class GroupMembership:
 
     @property
     def position(self) -> Position:
-        return total_of(list(self._source.member.owned.values()))
+        return total_of(list(self._source.member.read_states().values()))
 
     def gauges(self) -> list[Gauge]:
         return self._source.member.gauges()
@@ -158,7 +158,7 @@ class KafkaSource:
         """The group's totals once it is done; until then, what this member owns."""
         if self._group is not None:
             return self._group.totals()
-        return total_of(list(self.member.owned.values()))
+        return total_of(list(self.member.read_states().values()))
 
     def input_size(self) -> int:
         """Messages up to the log end offsets: of the owned partitions, the group's once done."""
@@ -197,7 +197,7 @@ class KafkaSource:
 
     def report(self) -> dict[str, Any]:
         total = self.totals()
-        states = self._group.partitions if self._group is not None else self.member.owned
+        states = self._group.partitions if self._group is not None else self.member.read_states()
         return {
             "input": self.describe(),
             "group": self.settings.kafka_group,
