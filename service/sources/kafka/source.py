@@ -16,12 +16,14 @@ Rule 4: the brokers may be away for a while (`outage.py`): start-up waits for th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict
 from typing import Any
 
 import anyio
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from service.core.decimal_text import decimal_of
 from service.core.parsing import Parsed
@@ -29,7 +31,7 @@ from service.core.position import Periodic, Position
 from service.health import heartbeat_path
 from service.lifecycle.partition import Gauge, Partition, Reachable, ReadStatus, Standing, Step
 from service.settings import Settings
-from service.sources.kafka.client import KafkaUnavailable, connect
+from service.sources.kafka.client import ANSWER_TIMEOUT
 from service.sources.kafka.group import MAX_RECORDS, GroupMember, name_of
 from service.sources.kafka.group_totals import GroupState, read_group_state
 from service.sources.kafka.outage import BrokerWatch
@@ -132,14 +134,12 @@ class KafkaSource:
         if self._targets is None or not self.outages.available:
             return False
         admin, partitions = self.member.admin, list(self._targets)
-        try:
-            group = await connect(
-                lambda: read_group_state(admin, self.settings.kafka_group, partitions),
-                self.settings,
-                "read the consumer group's commits from Kafka",
-            )
-        except KafkaUnavailable as error:  # a broker restarting: look again at the next tick
-            self.log.warning("group_check_failed", message=error.message)
+        # One look, bounded (the coordinator's address, then the commits): no answer is an
+        # outage, which the broker watch reports and waits out; the next look is a check later.
+        group: GroupState | None = None
+        with anyio.move_on_after(2 * ANSWER_TIMEOUT), contextlib.suppress(KafkaError):
+            group = await read_group_state(admin, self.settings.kafka_group, partitions)
+        if group is None:
             return False
         if group.reached(self._targets):
             self._group = group
