@@ -38,7 +38,7 @@ import errno
 import operator
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.core.parsing import LineParser, Region, line_values
@@ -51,7 +51,9 @@ from service.storage.checkpoint import (
     Checkpoint,
     CheckpointStore,
     FileState,
+    generation_of,
     identify_input,
+    same_generation,
     total_of,
 )
 from service.storage.lock import WorkerLock
@@ -158,7 +160,7 @@ def load_checkpoint(
 def _state_of(checkpoint: Checkpoint, path: Path, input: str | Path | None) -> FileState | None:
     files = checkpoint.files
     if input is not None:
-        return _entry_of(files, input)
+        return _entry_of(checkpoint, input)
     if checkpoint.gone == Position() and len(files) <= 1:
         return files[0] if files else None
     names = ", ".join(f.path for f in files[:3]) + (", ..." if len(files) > 3 else "")
@@ -169,17 +171,34 @@ def _state_of(checkpoint: Checkpoint, path: Path, input: str | Path | None) -> F
     )
 
 
-def _entry_of(files: tuple[FileState, ...], input: str | Path) -> FileState | None:
+def _entry_of(checkpoint: Checkpoint, input: str | Path) -> FileState | None:
     """`input`'s entry (Rule 3): the one of its path when that is the same file, else the one of
-    its inode, else the one of its path (another file there now: the check of its bytes says)."""
-    try:
-        inode: int | None = os.stat(input).st_ino
-    except OSError:
-        inode = None
+    its inode. Of one plain path, else the one of its path: another file there now, which the
+    check of its bytes reports. Of a glob or list, that is another file's entry (rotated
+    away), and `input` has none."""
+    files = checkpoint.files
+    inode, generation = _inode_of(input)
+
+    def is_it(entry: FileState) -> bool:  # the same inode, not a later file that took its number
+        return entry.inode == inode and same_generation(entry.generation, generation) is not False
+
     by_path = [f for f in files if _key(f.path) == _key(input)]
-    same = [f for f in by_path if f.inode is None or f.inode == inode]
-    by_inode = [f for f in files if inode is not None and f.inode == inode]
-    return next(iter(same or by_inode[:1] or by_path), None)
+    same = [f for f in by_path if f.inode is None or is_it(f)]
+    by_inode = [f for f in files if inode is not None and is_it(f)]
+    of_a_plain_path = len(files) == 1 and files[0].path == checkpoint.input
+    return next(iter(same or by_inode[:1] or (by_path if of_a_plain_path else [])), None)
+
+
+def _inode_of(input: str | Path) -> tuple[int | None, int | None]:
+    """The inode number of the file at `input`, and its generation; None where unknown."""
+    try:
+        fd, info = open_regular_file(input)
+    except OSError:
+        return None, None
+    try:
+        return info.st_ino, generation_of(fd)
+    finally:
+        os.close(fd)
 
 
 def _check_unchanged(filename: str | Path, state: FileState, path: Path) -> None:
@@ -325,18 +344,22 @@ def write_position(path: Path, input: str | Path, position: Position) -> None:
             offset = position.offset
             _require_line_edge(fd, input, offset, info.st_size, ends=True)
             identity = identify_input(fd, offset) if offset else None
+            generation = generation_of(fd)
         finally:
             os.close(fd)
         store = CheckpointStore(path)
         existing = store.load()
         files: tuple[FileState, ...] = existing.files if existing is not None else ()
-        entry = _entry_of(files, input)
-        # The entry's own name for the file, as the worker matched it (Rule 3).
-        name = entry.path if entry is not None and entry.inode == info.st_ino else str(input)
-        state = FileState(name, info.st_ino, identity, position)
+        entry = _entry_of(existing, input) if existing is not None else None
+        state = FileState(str(input), info.st_ino, identity, position, generation=generation)
+        if entry is not None and entry.inode == info.st_ino:
+            # The same file: its name as the worker matched it (Rule 3), and what the worker
+            # knows of it beside its position (closed, renamed out; its inode's generation).
+            state = replace(entry, identity=identity, position=position)
+            state = replace(state, generation=state.generation or generation)
         files = (*(f for f in files if f is not entry), state)
         gone = existing.gone if existing is not None else Position()
-        described = existing.input if existing is not None else name
+        described = existing.input if existing is not None else state.path
         # Completed, as the worker says it: this file read to its end, and every other one too.
         others_done = len(files) == 1 or (existing is not None and existing.completed)
         completed = offset == info.st_size and others_done

@@ -9,6 +9,7 @@ it is back; without one it is folded at once, as a new file could take its inode
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -380,3 +381,61 @@ def test_without_generations_a_file_missing_at_a_start_is_folded_at_once() -> No
         saved = json.loads((cwd / "checkpoint.json").read_text())
         assert [f["path"] for f in saved["files"]] == ["in/a.txt"]
         assert (saved["sum"], saved["gone"]["sum"]) == (13, 10)
+
+
+def test_a_library_save_keeps_what_the_worker_knows_of_a_file(inputs: Path) -> None:
+    """`save_checkpoint(input=...)` on a worker's glob checkpoint replaces the file's position
+    only: its inode's generation stays, so the file renamed out while stopped and back under
+    the pattern while followed is the same file again, not read a second time from 0."""
+    from service import load_checkpoint, save_checkpoint
+
+    cwd = inputs.parent
+    a, b = b"".join(b"%d\n" % i for i in range(1, 101)), b"".join(b"%d\n" % i for i in range(11))
+    (inputs / "a.txt").write_bytes(a)
+    (inputs / "b.txt").write_bytes(b)
+    assert cli(GLOB, cwd).returncode == 0
+    before = json.loads((cwd / "checkpoint.json").read_text())["files"]
+    offset, running_sum = load_checkpoint(cwd / "checkpoint.json", input=inputs / "a.txt")
+    save_checkpoint(offset, running_sum, cwd / "checkpoint.json", input=inputs / "a.txt")
+    after = json.loads((cwd / "checkpoint.json").read_text())["files"]
+    assert sorted((f["path"], f["generation"]) for f in after) == sorted(
+        (f["path"], f["generation"]) for f in before
+    )
+    os.rename(inputs / "a.txt", cwd / "a.txt.old")
+    worker = WorkerProcess([*GLOB[1:], "--follow", "--poll-interval", "0.1"], cwd)
+    worker.wait_for("caught_up", timeout=30)
+    os.rename(cwd / "a.txt.old", inputs / "a.txt")
+    time.sleep(1.0)  # ten scans: it is known again, and nothing of it is read again
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    assert _result(cwd) == _expected(a, b)
+
+
+def test_a_library_save_of_a_file_rotated_in_keeps_the_entry_of_the_one_rotated_away(
+    inputs: Path,
+) -> None:
+    """A worker's checkpoint of `numbers.txt*`; while it is stopped, `numbers.txt` is rotated to
+    `numbers.txt.1` and a new `numbers.txt` made. To the library the new file is one the
+    checkpoint does not hold (0, 0), and its save adds its entry beside the rotated file's,
+    whose records stay counted after it is deleted."""
+    from service import load_checkpoint, number_stream, save_checkpoint
+
+    cwd = inputs.parent
+    old, new = (
+        b"".join(b"%d\n" % i for i in range(1, 101)),
+        b"".join(b"%d\n" % i for i in range(1000, 1010)),
+    )
+    (inputs / "numbers.txt").write_bytes(old)
+    assert cli(GLOB, cwd).returncode == 0
+    os.rename(inputs / "numbers.txt", inputs / "numbers.txt.1")
+    (inputs / "numbers.txt").write_bytes(new)
+    with contextlib.chdir(cwd):  # named as the worker names it
+        named = "in/numbers.txt"
+        assert tuple(load_checkpoint(input=named)) == (0, 0)
+        running_sum = position = 0
+        for position, number in number_stream(named, 0):
+            running_sum += number
+        save_checkpoint(position, running_sum, input=named)
+    (inputs / "numbers.txt.1").unlink()
+    assert cli(GLOB, cwd).returncode == 0
+    assert _result(cwd) == _expected(old, new)
