@@ -668,6 +668,7 @@ async def _check_against_the_model(
 @hypothesis.example([("rewrite", 0, [8, 9]), ("append", 0, [4]), ("restart", None, None)])
 @hypothesis.example([("rename", 0, None), ("create", None, [3]), ("delete", 0, None)])
 @hypothesis.example([("rename_out", 0, None), ("restart", None, None), ("append", 0, [6])])
+@hypothesis.example([("partial", 0, 0), ("wait", None, None), ("rename_out", 0, None)])
 async def test_random_file_operations_keep_the_totals_exactly_once(
     operations: list[tuple[str, Any, Any]],
 ) -> None:

@@ -124,6 +124,9 @@ class FilePartition:
         self.size: int | None = None
         self.changed_ns = 0  # its inode's change time when it was last looked at
         self.last_growth = anyio.current_time()
+        # The furthest byte read: a held unfinished line read again (`_look_at_end`) is not
+        # growth, which would keep a file renamed out open past `close_inactive`.
+        self.read_end = self.parser.split_offset
         self.life = FileLife(by_name=plain)
         self._snapshot: FileState | None = None  # the last one handed out
         self.touched = True  # its state may differ from the last snapshot taken
@@ -323,6 +326,7 @@ class FilePartition:
                 message + "; set on_input_change=restart to start over, or `reset`", reason
             )
         self.parser = self._new_parser(Position())
+        self.read_end = 0  # what it holds now is new, read from 0
         self.identity = None
         if self.life.on(change) is State.WAITING_FOR_FILE:
             await self.close()  # the path names another file now, or none yet
@@ -359,7 +363,9 @@ class FilePartition:
             try:
                 if chunk.error is not None:
                     raise InputUnreadable(f"cannot read input {self.label}: {chunk.error.strerror}")
-                self.last_growth = anyio.current_time()
+                if self.parser.split_offset + chunk.size > self.read_end:
+                    self.read_end = self.parser.split_offset + chunk.size
+                    self.last_growth = anyio.current_time()
                 regions = self.parser.split(chunk.data, PIECES_PER_CHUNK, size=chunk.size)
                 batch = await self._parse_and_commit(regions)
                 return self._step(batch, ReadStatus.READING)
