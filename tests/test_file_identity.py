@@ -432,10 +432,8 @@ def test_a_library_save_of_a_file_rotated_in_keeps_the_entry_of_the_one_rotated_
     with contextlib.chdir(cwd):  # named as the worker names it
         named = "in/numbers.txt"
         assert tuple(load_checkpoint(input=named)) == (0, 0)
-        running_sum = position = 0
-        for position, number in number_stream(named, 0):
-            running_sum += number
-        save_checkpoint(position, running_sum, input=named)
+        streamed = list(number_stream(named, 0))
+        save_checkpoint(streamed[-1][0], sum(number for _, number in streamed), input=named)
     (inputs / "numbers.txt.1").unlink()
     assert cli(GLOB, cwd).returncode == 0
     assert _result(cwd) == _expected(old, new)
