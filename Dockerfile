@@ -26,6 +26,9 @@ COPY service ./service
 # running container cannot write it; pip itself is not needed at run time.
 RUN /opt/venv/bin/pip install --no-deps . \
     && /opt/venv/bin/python -m pip uninstall --yes pip setuptools
+# The entry point that holds stop signals until the worker listens for them (see the file).
+COPY deploy/docker/hold_stop_signals.c ./
+RUN gcc -O2 -Wall -Werror -o /opt/venv/bin/hold-stop-signals hold_stop_signals.c
 
 
 FROM ${PYTHON_IMAGE}
@@ -53,6 +56,8 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["checkpoint-worker", "healthcheck"]
 
 # Exec form: the worker is PID 1 and receives SIGTERM itself, saves its checkpoint and exits 0.
+# It starts with its stop signals blocked, so a stop sent before it listens is not dropped (as
+# the kernel drops PID 1's signals of default action) but waits for it: a graceful stop too.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["checkpoint-worker"]
+ENTRYPOINT ["hold-stop-signals", "checkpoint-worker"]
 CMD ["run"]

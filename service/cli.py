@@ -239,7 +239,7 @@ def _remember_stop_signals(received: list[int]) -> None:
     signal that kills `run`."""
     import signal
 
-    from service.signals import IGNORED_SIGNALS, STOP_SIGNALS
+    from service.signals import IGNORED_SIGNALS, STOP_SIGNALS, release_held_stop_signals
 
     def remember(signum: int, _frame: object) -> None:
         received.append(signum)
@@ -255,6 +255,7 @@ def _remember_stop_signals(received: list[int]) -> None:
         signal.signal(signum, remember)
     for signum in (*IGNORED_SIGNALS, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_IGN)
+    release_held_stop_signals()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,11 +388,12 @@ def console() -> NoReturn:
     # for `run`: it takes these signals over to stop gracefully, and once they are caught at all
     # a stop must be graceful (before that, their default ends it).
     if sys.argv[1:2] != ["run"]:
-        from service.signals import STOP_SIGNALS
+        from service.signals import STOP_SIGNALS, release_held_stop_signals
 
         for signum in STOP_SIGNALS:
             if signum != signal.SIGINT:
                 signal.signal(signum, stop)
+        release_held_stop_signals()
     try:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet

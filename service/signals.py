@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import signal
 
-__all__ = ["IGNORED_SIGNALS", "STOP_SIGNALS", "signal_name"]
+__all__ = ["IGNORED_SIGNALS", "STOP_SIGNALS", "release_held_stop_signals", "signal_name"]
 
 
 def _those_here(*names: str) -> tuple[int, ...]:
@@ -40,3 +40,10 @@ def signal_name(signum: int) -> str:
     if signal.SIGRTMIN < signum < signal.SIGRTMAX:
         return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
     return signal.Signals(signum).name
+
+
+def release_held_stop_signals() -> None:
+    """Unblock the stop signals, once the handlers that act on them are installed. The Docker
+    image starts the worker with them blocked (`deploy/docker/hold_stop_signals.c`): as PID 1 a
+    signal that came before its handlers would be dropped; blocked, it waits, and arrives now."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

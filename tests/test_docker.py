@@ -421,3 +421,28 @@ def test_status_and_reset_run_beside_the_worker(compose: Compose) -> None:
     assert refused.returncode == 1
     assert "in use by a worker" in refused.stdout + refused.stderr
     compose("exec", "-T", "worker", "test", "-f", "/data/checkpoint.json")
+
+
+def test_a_stop_right_after_a_start_is_graceful_too(compose: Compose) -> None:
+    """`docker stop` the instant `docker start` returns, five times: the worker, PID 1, has no
+    handlers yet (a signal to PID 1 of default action is dropped), but its entry point holds the
+    signal until it listens. Each stop is graceful, with its final checkpoint, exit 0 at once,
+    never the grace period's SIGKILL (137)."""
+    container = compose.container()
+    compose("stop", "worker", timeout=60)
+    before = len(compose.runs())
+    for trial in range(5):
+        subprocess.run(["docker", "start", container], check=True, capture_output=True, timeout=60)
+        sent = time.monotonic()
+        subprocess.run(["docker", "stop", container], check=True, capture_output=True, timeout=60)
+        took = time.monotonic() - sent
+        assert compose.inspect(".State.ExitCode") == 0, f"trial {trial}"
+        assert took < SHUTDOWN_TIMEOUT, f"trial {trial}: stopped in {took:.1f} s"
+    runs = compose.runs()[before:]
+    assert len(runs) == 5
+    for run in runs:
+        assert _one(run, "shutdown_requested")["signal"] == "SIGTERM"
+        assert _named(run, "checkpoint_saved")[-1]["reason"] == "shutdown"
+        assert run[-1]["event"] == "worker_stopped"
+        assert run[-1]["exit_code"] == 0
+    compose("start", "worker", timeout=60)

@@ -55,6 +55,9 @@ from service.telemetry.wiring import telemetry_for
 __all__ = ["run_worker"]
 
 PROGRESS_INTERVAL = 10.0
+# A stop during start-up waits this share of shutdown_timeout for it to finish, then the final
+# checkpoint fits in the rest.
+_START_UP_SHARE = 0.25
 _AT_THE_END = frozenset({ReadStatus.CAUGHT_UP, ReadStatus.PARKED})  # not behind
 
 
@@ -150,7 +153,7 @@ class _Worker:
                 self.telemetry.ready()
 
             await self._guarded(start, tasks.cancel_scope)
-            if self.failure is None and not self.output_closed:
+            if self.failure is None and not self.output_closed and self.stop_signal is None:
                 tasks.start_soon(self._guarded, self._run_timer, tasks.cancel_scope)
                 await self._guarded(lambda: self._read_all(partitions), tasks.cancel_scope)
             tasks.cancel_scope.cancel()
@@ -254,7 +257,17 @@ class _Worker:
         _exit_at_next_signal()
         self._bound_shutdown()
         self.log.info("shutdown_requested", signal=signal_name(signum))
-        scope.cancel()
+        if self.started:
+            scope.cancel()
+            return
+        # During start-up: let it finish, so the stop saves its final checkpoint as any stop
+        # does; unless it waits long (for a broker): then it ends, the checkpoint as it was.
+        grace = self.settings.shutdown_timeout * _START_UP_SHARE
+        asyncio.get_running_loop().call_later(grace, self._end_start_up, scope)
+
+    def _end_start_up(self, scope: anyio.CancelScope) -> None:
+        if not self.started:
+            scope.cancel()
 
     def stop_for_closed_output(self) -> None:
         """Stdout's reader went away (`run | head`): stop as on SIGTERM, once start-up has
