@@ -211,8 +211,10 @@ class _Handler(socketserver.StreamRequestHandler):
                 if not lines:
                     return 414, b"request line too long\n"
                 return 431, b"header line too long\n"
-            if line in (b"\r\n", b"\n") and lines:
-                return lines
+            if line in (b"\r\n", b"\n"):
+                if lines:
+                    return lines
+                continue  # before the request line: ignored, as RFC 9112 (2.2) asks
             if line:
                 lines.append(line)
                 if len(lines) > MAX_HEADERS + 1:
