@@ -120,6 +120,24 @@ def test_checkpoint_saves_are_counted_by_reason_with_a_histogram(
     _stop(worker)
 
 
+def test_before_its_first_save_the_last_checkpoint_time_is_the_start(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """A worker saving every 5 minutes has saved nothing of its own a minute in: the series
+    gives its start, not 0, so the alert on unsaved records (3 intervals) is quiet."""
+    (tmp_path / "numbers.txt").write_bytes(NUMBERS)
+    started = time.time()
+    worker = _start(
+        running, tmp_path, "--follow", "--max-rate", "100", "--checkpoint-interval", "300"
+    )
+    worker.wait_for("metrics_listening")
+    samples = _scrape(worker)
+    assert samples[("checkpoint_worker_checkpoint_saves_total", (("reason", "timer"),))] == 0
+    last = samples[("checkpoint_worker_last_checkpoint_timestamp_seconds", ())]
+    assert started <= last <= time.time()
+    _stop(worker)
+
+
 def test_a_scrape_mid_run_shows_partial_progress_and_probes_answer(
     tmp_path: Path, running: list[WorkerProcess]
 ) -> None:
@@ -214,6 +232,11 @@ def test_healthz_is_503_while_the_event_loop_is_stalled(
                 assert body.startswith("stalled")
                 if 503 not in statuses:  # `healthcheck` reads the same heartbeat, the same way
                     assert cli(["healthcheck"], tmp_path).returncode == 1
+                    # ... and so does the series an alert watches (the others stand still).
+                    stalled = _scrape(worker)[("checkpoint_worker_event_loop_stalled_seconds", ())]
+                    assert stalled > STALLED_AFTER
+            elif not statuses:
+                assert _scrape(worker)[("checkpoint_worker_event_loop_stalled_seconds", ())] == 0
             statuses.append(status)
             time.sleep(0.2)
         os.kill(pid, signal.SIGTERM)
@@ -264,10 +287,12 @@ def test_each_file_of_a_glob_is_a_partition_and_a_deleted_ones_series_is_dropped
         "in/b.txt": 3,
     }
     assert samples[("checkpoint_worker_records_total", ())] == 3
+    assert samples[("checkpoint_worker_partitions", ())] == 2
     (tmp_path / "in" / "a.txt").unlink()
     worker.wait_for("file_removed", path="in/a.txt", reason="deleted")
     samples = _scrape(worker)
     assert by_label(samples, "checkpoint_worker_position", "partition") == {"in/b.txt": 3}
+    assert samples[("checkpoint_worker_partitions", ())] == 1
     assert by_label(samples, "checkpoint_worker_lag_bytes", "partition") == {"in/b.txt": 0}
     _stop(worker)
 
@@ -293,6 +318,37 @@ def test_a_rotated_files_series_moves_to_its_new_name(
     assert by_label(_scrape(worker), "checkpoint_worker_lag_bytes", "partition") == {
         "in/numbers.txt.1": 0
     }
+    _stop(worker)
+
+
+def test_a_file_rotated_out_and_read_on_leaves_its_name_to_the_new_file(
+    tmp_path: Path, running: list[WorkerProcess]
+) -> None:
+    """`mv in/a.txt in/a.old` (out of `in/*.txt`) and a new `in/a.txt`, while the old file is
+    still read (paced): the name's one series is the new file's, and the old file, read on
+    under no name, is summed into `_other`, never a second series with the same label."""
+    (tmp_path / "in").mkdir()
+    old = b"5\n" * 20_000
+    (tmp_path / "in" / "a.txt").write_bytes(old)
+    args = ["--input", "in/*.txt", "--follow", "--poll-interval", "0.05", "--max-rate", "2000"]
+    worker = _start(running, tmp_path, *args, "--close-inactive", "300")
+    worker.wait_for("checkpoint_saved", reason="timer")
+    (tmp_path / "in" / "a.txt").rename(tmp_path / "in" / "a.old")
+    (tmp_path / "in" / "a.txt").write_bytes(b"7\n" * 10)
+    deadline = time.monotonic() + 10
+    while True:
+        status, text = _get(worker, "/metrics")
+        assert status == 200
+        positions = [ln for ln in text.splitlines() if ln.startswith("checkpoint_worker_position{")]
+        if len(positions) == 2:
+            break
+        assert time.monotonic() < deadline, positions
+        time.sleep(0.05)
+    samples = samples_of(text)
+    named = by_label(samples, "checkpoint_worker_position", "partition")
+    assert set(named) == {"in/a.txt", "_other"}
+    assert 0 < named["_other"] < len(old)  # the old file, still being read
+    assert samples[("checkpoint_worker_partitions", ())] == 2
     _stop(worker)
 
 

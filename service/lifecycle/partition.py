@@ -55,6 +55,9 @@ class Gauge:
     end: int
     lag: int
     unit: str  # what `lag` counts: "bytes" or "messages"
+    # False for a file read on after its name went (renamed out, deleted): the name may be
+    # another file's now, so metrics give it no series of its own.
+    named: bool = True
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,9 @@ class Metrics(Telemetry):
         self._saves = dict.fromkeys(SAVE_REASONS, 0)
         self._save_buckets = [0] * (len(SAVE_BUCKETS) + 1)  # the last one is +Inf
         self._save_seconds = 0.0
-        self._last_save = 0.0
+        # Until the first save, the start: what was saved before is the state then, and a
+        # timer save comes within an interval (an alert on its age must not fire at start-up).
+        self._last_save = time.time()
         self._gauges = GaugeBoard()
         self._ready = False
         self._unreachable: str | None = None  # why, while the input cannot be read
@@ -179,7 +181,8 @@ class Metrics(Telemetry):
         )
         yield GaugeMetricFamily(
             _PREFIX + "last_checkpoint_timestamp_seconds",
-            "Unix time of the last checkpoint written (0: none yet)",
+            "Unix time of the last checkpoint written by this process (before the first: its "
+            "start)",
             self._last_save,
         )
         position = GaugeMetricFamily(
@@ -201,13 +204,23 @@ class Metrics(Telemetry):
                 labels=["partition"],
             ),
         }
-        gauges = sorted(self._gauges.all(), key=lambda gauge: gauge.label)
+        every = self._gauges.all()  # oldest partition first
+        # One series a name: a file read on after its name went is folded, and so is, until the
+        # loop reports that, an older partition of a name a newer one took (a rotation).
+        named: dict[str, Gauge] = {}
+        others = [gauge for gauge in every if not gauge.named]
+        for gauge in every:
+            if gauge.named:
+                if gauge.label in named:
+                    others.append(named[gauge.label])
+                named[gauge.label] = gauge
+        gauges = sorted(named.values(), key=lambda gauge: gauge.label)
         for gauge in gauges[:MAX_PARTITION_SERIES]:
             # A file named like the folded series is shown by a path that leads to it too.
             label = gauge.label if gauge.label != OTHER_PARTITIONS else f"./{OTHER_PARTITIONS}"
             position.add_metric([label], gauge.position.offset)
             lags[gauge.unit].add_metric([label], max(0, gauge.lag))
-        others = gauges[MAX_PARTITION_SERIES:]
+        others += gauges[MAX_PARTITION_SERIES:]
         if others:
             position.add_metric([OTHER_PARTITIONS], sum(g.position.offset for g in others))
             for unit, lag in lags.items():
@@ -216,6 +229,11 @@ class Metrics(Telemetry):
                     lag.add_metric([OTHER_PARTITIONS], sum(of_unit))
         yield position
         yield from lags.values()
+        yield GaugeMetricFamily(
+            _PREFIX + "partitions",
+            "Partitions this process reads now: files, or the Kafka partitions it owns",
+            len(every),
+        )
         # For alerts (deploy/prometheus/alerts.yml): records at risk, the timer they wait for,
         # readiness, and the partitions a fleet must own between its members.
         standing = self._standing
@@ -231,6 +249,12 @@ class Metrics(Telemetry):
         )
         yield GaugeMetricFamily(
             _PREFIX + "ready", "1 when /readyz answers 200, else 0", int(self.is_ready())
+        )
+        yield GaugeMetricFamily(
+            _PREFIX + "event_loop_stalled_seconds",
+            "Seconds since the event loop last turned, when that is a stall (/healthz answers "
+            "503), else 0; while it is stalled, the other series keep their last values",
+            self.stalled_for() or 0.0,
         )
         if standing.partitions is not None:
             yield GaugeMetricFamily(

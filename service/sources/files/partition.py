@@ -142,7 +142,8 @@ class FilePartition:
     def gauges(self) -> list[Gauge]:
         position = self.parser.position
         size = max(position.offset, self.size or 0)
-        return [Gauge(self.label, position, size, size - position.offset, "bytes")]
+        named = self.life.state not in (State.RENAMED_OUT, State.DELETED)
+        return [Gauge(self.label, position, size, size - position.offset, "bytes", named)]
 
     def snapshot(self, *, closed: bool = False) -> FileState:
         """The state now: the very same object while nothing changed, so a save can tell. A
