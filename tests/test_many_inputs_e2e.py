@@ -531,3 +531,34 @@ def test_a_remount_that_changes_the_device_number_keeps_every_position(tmp_path:
         subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
         for device in attached:
             subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("max_open_files", ["1", "8"])
+def test_a_file_rotated_out_is_read_until_inactive_whatever_the_slots(
+    tmp_path: Path, max_open_files: str
+) -> None:
+    """Two followed files, and `a.txt` renamed to `a.old` (out of `in/*.txt`) while its writer
+    keeps appending to it for a second, as logrotate leaves it. With a slot for each file it is
+    read on through its descriptor; with one slot for both, it may be waiting or parked (not
+    open) when it is renamed: it is found beside its old name and reopened by the new one. Each
+    way, what was appended within `close_inactive` is read, then the file is closed."""
+    (tmp_path / "in").mkdir()
+    a, b = tmp_path / "in" / "a.txt", tmp_path / "in" / "b.txt"
+    a.write_bytes(b"1\n" * 10)
+    b.write_bytes(b"2\n" * 10)
+    args = ["--input", "in/*.txt", "--follow", *FAST, "--close-inactive", "1.5"]
+    worker = WorkerProcess([*args, "--max-open-files", max_open_files], tmp_path)
+    worker.wait_for("caught_up", sum=30)
+    with a.open("ab") as writer_a, b.open("ab") as writer_b:
+        a.rename(tmp_path / "in" / "a.old")
+        for _ in range(10):
+            writer_a.write(b"1000\n")
+            writer_a.flush()
+            writer_b.write(b"3\n")
+            writer_b.flush()
+            time.sleep(0.1)
+    worker.wait_for("file_removed", reason="inactive", timeout=30)
+    worker.wait_for("caught_up", sum=10_060, timeout=30)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    assert _json(tmp_path / "checkpoint.json")["sum"] == 10 + 10_000 + 20 + 30

@@ -39,6 +39,9 @@ class Change(enum.Enum):
     DELETED = "deleted"  # its name (a plain path) leads to no file; a glob's file has no name left
     RENAMED = "renamed"  # a pattern matches it under another name, or again
     RENAMED_OUT = "renamed_out"  # no pattern matches any of its names
+    # Renamed out while not open, and found under another name in its directory (a rotation
+    # while it waited for a slot or was parked): reopened by that name, read until inactive.
+    RENAMED_ASIDE = "renamed_aside"
     INACTIVE = "inactive"  # renamed out, and it has not grown for `close_inactive`
 
 

@@ -38,6 +38,8 @@ class State(enum.Enum):
     CAUGHT_UP = "caught_up"  # open, at its end last time: what changed is looked at first
     PARKED = "parked"  # caught up, its slot given to waiting files; reopened by name, same file
     RENAMED_OUT = "renamed_out"  # open, no pattern matches it: read until idle `close_inactive`
+    PARKED_OUT = "parked_out"  # not open, renamed out, its new name known: reopened by it, then
+    # read as RENAMED_OUT
     WAITING_FOR_FILE = "waiting_for_file"  # a plain path led elsewhere: its next file, from 0
     DONE = "done"  # read to its end, not followed: its state stays as it is
     CLOSED = "closed"  # followed, closed for good and kept: renamed out, gone before it was read
@@ -53,7 +55,9 @@ class Action(enum.Enum):
 
 Event = Change | Action
 
-NOT_OPEN = frozenset({State.WAITING_FOR_SLOT, State.PARKED, State.WAITING_FOR_FILE})
+NOT_OPEN = frozenset(
+    {State.WAITING_FOR_SLOT, State.PARKED, State.PARKED_OUT, State.WAITING_FOR_FILE}
+)
 LOOK_FIRST = frozenset({State.CAUGHT_UP, State.RENAMED_OUT})
 ENDED = frozenset({State.DONE, State.CLOSED, State.DELETED})
 
@@ -90,6 +94,14 @@ BY_IDENTITY: dict[tuple[State, Event], State] = {
     (_S.CAUGHT_UP, _C.DELETED): _S.DELETED,
     (_S.PARKED, _C.RENAMED): _S.PARKED,
     (_S.PARKED, _C.RENAMED_OUT): _S.CLOSED,  # its new name is unknown: nothing to reopen
+    (_S.WAITING_FOR_SLOT, _C.RENAMED_ASIDE): _S.PARKED_OUT,
+    (_S.PARKED, _C.RENAMED_ASIDE): _S.PARKED_OUT,
+    (_S.PARKED_OUT, _C.RENAMED_ASIDE): _S.PARKED_OUT,  # still there, or renamed again beside
+    (_S.PARKED_OUT, _C.RENAMED_OUT): _S.CLOSED,  # gone from its directory: no name to reopen
+    (_S.PARKED_OUT, _C.RENAMED): _S.PARKED,  # back under a pattern
+    (_S.PARKED_OUT, _A.OPENED): _S.RENAMED_OUT,  # looked at, then read until inactive
+    (_S.PARKED_OUT, _A.MISSED): _S.PARKED_OUT,  # renamed since: the next scan tells
+    (_S.PARKED_OUT, _C.DELETED): _S.DELETED,  # reopened, its inode is another file's
     (_S.WAITING_FOR_SLOT, _C.DELETED): _S.DELETED,  # resumed; its inode is another file's now
     (_S.PARKED, _C.DELETED): _S.DELETED,  # reopened, its inode is another file's (generation)
     (_S.RENAMED_OUT, _C.GREW): _S.RENAMED_OUT,
@@ -100,7 +112,6 @@ BY_IDENTITY: dict[tuple[State, Event], State] = {
     (_S.RENAMED_OUT, _C.RENAMED_OUT): _S.RENAMED_OUT,
     (_S.RENAMED_OUT, _C.DELETED): _S.DELETED,
     (_S.RENAMED_OUT, _C.INACTIVE): _S.CLOSED,
-    (_S.RENAMED_OUT, _A.PARKED): _S.CLOSED,  # its slot given up, and no name to reopen it by
     # Scans may come between the end of its reading and its retirement.
     (_S.CLOSED, _C.RENAMED): _S.CLOSED,
     (_S.CLOSED, _C.RENAMED_OUT): _S.CLOSED,

@@ -120,6 +120,7 @@ class FilePartition:
         self.parser = self._new_parser(resume.position if resume else Position())
         self.identity: InputIdentity | None = resume.identity if resume else None
         self.fd: int | None = None  # open while it holds a slot
+        self.opened_before = False  # in this process: its saved state is checked at the first
         self._chunks: AsyncGenerator[Chunk, None] | None = None  # reading from the position on
         self.size: int | None = None
         self.changed_ns = 0  # its inode's change time when it was last looked at
@@ -177,7 +178,7 @@ class FilePartition:
     @property
     def in_patterns(self) -> bool:
         """Whether the last scan found it under a pattern."""
-        return self.life.state is not State.RENAMED_OUT
+        return self.life.state not in (State.RENAMED_OUT, State.PARKED_OUT)
 
     def renamed_to(self, path: str) -> None:
         """A scan found it under `path`: another name, or a name a pattern matches again."""
@@ -199,6 +200,13 @@ class FilePartition:
     def renamed_out(self) -> None:
         """A scan found it under no pattern: read on until idle, or closed if it is not open."""
         self.life.on(Change.RENAMED_OUT)
+        self.touched = True
+
+    def renamed_aside(self, path: str) -> None:
+        """Not open, and under no pattern, but found as `path` in its directory: reopened by
+        that name, then read on until idle, as an open file renamed out is."""
+        self.life.on(Change.RENAMED_ASIDE)
+        self.path = path
         self.touched = True
 
     def _new_parser(self, start: Position) -> LineParser:
@@ -241,7 +249,7 @@ class FilePartition:
             self.slots.release_on_behalf_of(self)
             self.life.on(Change.DELETED)
             return False
-        first = self.life.state is State.WAITING_FOR_SLOT
+        first, self.opened_before = not self.opened_before, True
         self.life.on(Action.OPENED)
         self.fd, self.key, self.inode = fd, (info.st_dev, info.st_ino), info.st_ino
         self.generation = generation
@@ -431,9 +439,11 @@ class FilePartition:
             await self._changed(change, _CHANGE_MESSAGES[change].format(**details))
             return ReadStatus.READING
         self.life.on(change)
-        if change is Change.UNCHANGED and self.slots.statistics().tasks_waiting > 0:
+        waiting = self.slots.statistics().tasks_waiting > 0
+        if change is Change.UNCHANGED and self.life.state is State.CAUGHT_UP and waiting:
             # Caught up, with files waiting for a slot: close, and queue again once a scan
-            # brings news of it, so all take turns.
+            # brings news of it, so all take turns. (Not one renamed out: it keeps its slot
+            # until it has not grown for `close_inactive`, as its writer may still append.)
             await self.close()
             self.life.on(Action.PARKED)
         return _status_of(self.life.state, read_on=change is Change.GREW)
@@ -579,6 +589,6 @@ def _status_of(state: State, *, read_on: bool) -> ReadStatus:
     (parked), or closed."""
     if state in (State.CLOSED, State.DELETED):
         return ReadStatus.CLOSED
-    if state is State.PARKED:
+    if state in (State.PARKED, State.PARKED_OUT):
         return ReadStatus.PARKED
     return ReadStatus.READING if read_on or state is State.OPEN else ReadStatus.CAUGHT_UP
