@@ -562,3 +562,30 @@ def test_a_file_rotated_out_is_read_until_inactive_whatever_the_slots(
     worker.signal(signal.SIGTERM)
     assert worker.finish() == 0
     assert _json(tmp_path / "checkpoint.json")["sum"] == 10 + 10_000 + 20 + 30
+
+
+def test_a_closed_file_waiting_for_retirement_renamed_beside_its_old_name_stays_closed(
+    tmp_path: Path,
+) -> None:
+    """One slot, held by a big file read at a paced rate; the small one, parked, is woken by an
+    append and waits for the slot. Moved to another directory it is closed (no name to reopen
+    it by); moved back beside its old name while still waiting to be retired, it stays closed:
+    the run goes on, and stops gracefully with every record it read counted once."""
+    inputs, other = tmp_path / "in", tmp_path / "other"
+    inputs.mkdir()
+    other.mkdir()
+    (inputs / "a.txt").write_bytes(b"1\n" * 10)
+    (inputs / "b.txt").write_bytes(b"2\n" * 100_000)
+    args = ["--input", "in/*.txt", "--follow", "--poll-interval", "0.1", "--max-rate", "2000"]
+    worker = WorkerProcess([*args, "--max-open-files", "1"], tmp_path)
+    worker.wait_for("checkpoint_saved", reason="timer")
+    with (inputs / "a.txt").open("ab") as writer:
+        writer.write(b"5\n")
+    time.sleep(0.5)
+    (inputs / "a.txt").rename(other / "a.txt")
+    time.sleep(0.5)
+    (other / "a.txt").rename(inputs / "a.txt.1")
+    time.sleep(1.0)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0, worker.tail()
+    assert not [e for e in worker.events if e["level"] == "error"]

@@ -444,8 +444,9 @@ class FilePartition:
             # Caught up, with files waiting for a slot: close, and queue again once a scan
             # brings news of it, so all take turns. (Not one renamed out: it keeps its slot
             # until it has not grown for `close_inactive`, as its writer may still append.)
-            await self.close()
+            # Parked first: a scan while it closes finds it not open, to reopen by name.
             self.life.on(Action.PARKED)
+            await self.close()
         return _status_of(self.life.state, read_on=change is Change.GREW)
 
     def _key_at_name(self) -> FileKey | None:

@@ -465,7 +465,9 @@ class FileSource:
                 partition.renamed_to(found_as)
             elif change is Change.RENAMED_OUT:
                 # Open, it is read on through its descriptor; not open, only a name reopens it.
-                aside = beside.name_of(partition.path, key) if partition.fd is None else None
+                aside = None
+                if partition.state in _REOPENED_BY_NAME:
+                    aside = beside.name_of(partition.path, key)
                 if aside is None:
                     partition.renamed_out()
                 else:
@@ -599,6 +601,10 @@ def file_entry(path: str, position: Position, size: int | None) -> dict[str, Any
         "bad_records": position.bad_records,
         "sum": position.sum,
     }
+
+
+# Not open, and to be opened by name: a file renamed out in one of these is looked for beside.
+_REOPENED_BY_NAME = frozenset({State.WAITING_FOR_SLOT, State.PARKED, State.PARKED_OUT})
 
 
 class _Beside:
