@@ -44,7 +44,7 @@ from pathlib import Path
 from service.core.parsing import LineParser, Region, line_values
 from service.core.position import Position
 from service.errors import CheckpointOfSeveralFiles, InputChanged
-from service.settings import MAX_LINE_BYTES
+from service.settings import GLOB_CHARACTERS, MAX_LINE_BYTES
 from service.sources.files.changes import Change, Look, classify, newline_came
 from service.storage.atomic import open_regular_file, replaceable
 from service.storage.checkpoint import (
@@ -185,7 +185,10 @@ def _entry_of(checkpoint: Checkpoint, input: str | Path) -> FileState | None:
     by_path = [f for f in files if _key(f.path) == _key(input)]
     same = [f for f in by_path if f.inode is None or is_it(f)]
     by_inode = [f for f in files if inode is not None and is_it(f)]
-    of_a_plain_path = len(files) == 1 and files[0].path == checkpoint.input
+    described = checkpoint.input  # as `InputPatterns.describe` gives it
+    of_a_plain_path = (
+        len(files) == 1 and not GLOB_CHARACTERS & set(described) and ", " not in described
+    )
     return next(iter(same or by_inode[:1] or (by_path if of_a_plain_path else [])), None)
 
 

@@ -664,3 +664,20 @@ def test_an_async_save_behind_the_reading_counts_again_off_the_event_loop(
     assert threading.main_thread().name not in threads
     saved = load_checkpoint(checkpoint)
     assert (saved.lines, saved.records) == counts_at(numbers.read_bytes(), pairs[900][0])[:2]
+
+
+@pytest.mark.parametrize("given", ["./numbers.txt", "data/../numbers.txt"])
+def test_a_plain_path_named_another_way_is_still_one_file_whose_replacement_is_a_change(
+    tmp_path: Path, given: str
+) -> None:
+    """The worker ran on `--input ./numbers.txt`; the file is then replaced. To the library,
+    as to the worker, that is the input changed (InputChanged), never a new file starting at
+    (0, 0) whose save would add a second entry and count the file twice."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n3\n")
+    assert cli(["run", "--input", given], tmp_path).returncode == 0
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(b"7\n8\n9\n10\n")
+    replacement.replace(tmp_path / "numbers.txt")
+    with contextlib.chdir(tmp_path), pytest.raises(InputChanged):
+        load_checkpoint(input="numbers.txt")
