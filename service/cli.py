@@ -388,13 +388,16 @@ def console() -> NoReturn:
     # for `run`: it takes these signals over to stop gracefully, and once they are caught at all
     # a stop must be graceful (before that, their default ends it).
     if sys.argv[1:2] != ["run"]:
-        from service.signals import STOP_SIGNALS, release_held_stop_signals
+        from service.signals import STOP_SIGNALS
 
         for signum in STOP_SIGNALS:
             if signum != signal.SIGINT:
                 signal.signal(signum, stop)
-        release_held_stop_signals()
     try:
+        if sys.argv[1:2] != ["run"]:
+            from service.signals import release_held_stop_signals
+
+            release_held_stop_signals()  # one held arrives now: unwound below like any
         code = main()
     except KeyboardInterrupt:  # Ctrl+C before the worker took over SIGINT: nothing to save yet
         code = 130

@@ -33,6 +33,12 @@ def entry_point(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+def _blocks(pid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    blocked = next(ln for ln in status.splitlines() if ln.startswith("SigBlk:")).split()[1]
+    return bool(int(blocked, 16) >> (signum - 1) & 1)
+
+
 def _holding(pid: int, signum: int, timeout: float) -> int:
     """The one child of `pid` (unshare's: the namespace's PID 1), as soon as it runs the entry
     point (or what that started) and holds `signum` blocked: the entry point's first step, a
@@ -45,14 +51,10 @@ def _holding(pid: int, signum: int, timeout: float) -> int:
             (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             if os.readlink(f"/proc/{child}/exe") == unshare:
                 continue
-            status = Path(f"/proc/{child}/status").read_text()
+            if _blocks(int(child), signum):
+                return int(child)
         except (FileNotFoundError, ValueError):  # no child yet, or gone
             continue
-        blocked = int(
-            next(ln for ln in status.splitlines() if ln.startswith("SigBlk:")).split()[1], 16
-        )
-        if blocked >> (signum - 1) & 1:
-            return int(child)
     raise AssertionError(f"no child of {pid} held signal {signum} blocked within {timeout} s")
 
 
@@ -87,3 +89,29 @@ def test_a_stop_sent_to_pid_1_before_it_listens_is_a_graceful_stop(
         assert events[-1]["exit_code"] == 0
         assert [e["reason"] for e in events if e["event"] == "checkpoint_saved"] == ["shutdown"]
         assert (tmp_path / "checkpoint.json").exists()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_held_for_another_command_ends_it_as_any_stop_does(
+    entry_point: Path, tmp_path: Path, signum: int, code: int
+) -> None:
+    """`docker stop` on a `docker run ... status` the instant it starts: the held signal
+    arrives when the command releases it, and ends it as a stop ends any command (128 + its
+    number, or 130 for Ctrl+C), without a traceback."""
+    started = subprocess.Popen(
+        [entry_point, *RUN[:-1], "status"],
+        cwd=tmp_path,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _blocks(started.pid, signum):
+            assert time.monotonic() < deadline, "the entry point never held the signal"
+        os.kill(started.pid, signum)
+        _, stderr = started.communicate(timeout=20)
+    finally:
+        started.kill()
+    assert started.returncode == code
+    assert b"Traceback" not in stderr
