@@ -842,6 +842,7 @@ _ODD_REQUESTS = {
     "HTTP/1.0 with headers": (b"GET /readyz HTTP/1.0\r\nHost: x\r\nAccept: */*\r\n\r\n", b"200"),
     "bare LF, a query": (b"GET /healthz?probe=1 HTTP/1.1\n\n", b"200"),
     "empty lines before the request line": (b"\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n", b"200"),
+    "a flood of empty lines": (b"\r\n" * 5000 + b"GET /healthz HTTP/1.1\r\n\r\n", b"400"),
     "POST": (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"405"),
     "unknown path": (b"GET /nothing-here HTTP/1.1\r\n\r\n", b"404"),
     "absolute-form": (b"GET http://127.0.0.1:9/healthz?x HTTP/1.1\r\nHost: h\r\n\r\n", b"200"),

@@ -44,6 +44,7 @@ READ_TIMEOUT = 5.0  # seconds a client may take to send its request
 SLOT_LOOK_INTERVAL = 0.05  # seconds between looks for a client to hang up on, all slots taken
 MAX_REQUEST_LINE = 8192  # bytes in the request line or in one header line
 MAX_HEADERS = 100
+MAX_LEADING_BLANK_LINES = 8  # empty lines ignored before the request line
 _RECEIVE_BYTES = 4096
 _PLAIN = "text/plain; charset=utf-8"
 _VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")
@@ -204,6 +205,7 @@ class _Handler(socketserver.StreamRequestHandler):
         deadline = time.monotonic() + READ_TIMEOUT
         lines: list[bytes] = []
         pending = b""
+        leading_blank_lines = 0
         while True:
             end = pending.find(b"\n") + 1
             line, pending = (pending[:end], pending[end:]) if end else (b"", pending)
@@ -214,7 +216,12 @@ class _Handler(socketserver.StreamRequestHandler):
             if line in (b"\r\n", b"\n"):
                 if lines:
                     return lines
-                continue  # before the request line: ignored, as RFC 9112 (2.2) asks
+                # Before the request line: a few are ignored, as RFC 9112 (2.2) asks; a flood
+                # of them is a client to drop, not to spend the interpreter on.
+                leading_blank_lines += 1
+                if leading_blank_lines > MAX_LEADING_BLANK_LINES:
+                    return 400, b"bad request\n"
+                continue
             if line:
                 lines.append(line)
                 if len(lines) > MAX_HEADERS + 1:
