@@ -440,7 +440,7 @@ def test_publish_to_a_missing_topic_the_broker_does_not_create_is_one_line(
     assert f"Kafka topic {topic!r} does not exist" in message
     assert "create it first" in message
     assert "Traceback" not in done.stdout + done.stderr
-    assert time.monotonic() - started < 5  # the broker says so at once: no asking again
+    assert time.monotonic() - started < 8  # the broker says so at once: no 10 s of asking
 
 
 @pytest.mark.parametrize("follow", [False, True], ids=["run", "follow"])
@@ -459,7 +459,7 @@ def test_a_worker_on_a_missing_topic_the_broker_does_not_create_is_one_line(
     assert f"Kafka topic {topic!r} does not exist" in message
     assert "broker_available" not in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
-    assert time.monotonic() - started < 5  # the broker says so at once: no asking again
+    assert time.monotonic() - started < 8  # the broker says so at once: no 10 s of asking
     assert "partitions_assigned" not in done.stdout  # found missing before joining the group
 
 

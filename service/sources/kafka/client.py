@@ -224,18 +224,26 @@ async def partitions_of(
     and is waited for (its first answer still says the topic is unknown). A broker without it is
     not: the topic is missing at once, where a consumer would ask again for tens of seconds.
     """
-    topic = settings.kafka_topic
     found = await _partitions_described(admin, settings, watch)
-    if not found and await _creates_topics_on_first_use(admin) is not False:
-        with anyio.move_on_after(AUTO_CREATE_WAIT):
-            while not found:
-                await anyio.sleep(0.1)
-                found = await _partitions_described(admin, settings, watch)
-    if not found:
-        servers = settings.kafka_bootstrap_servers
+    if found:
+        return found
+    missing = f"Kafka topic {settings.kafka_topic!r} does not exist at "
+    missing += settings.kafka_bootstrap_servers
+    creates = await _creates_topics_on_first_use(admin)
+    if creates is False:
         raise TopicMissing(
-            f"Kafka topic {topic!r} does not exist at {servers}, and the broker does not create "
-            "topics on first use (auto.create.topics.enable): create it first"
+            f"{missing}, and the broker does not create topics on first use "
+            "(auto.create.topics.enable=false): create it first"
+        )
+    with anyio.move_on_after(AUTO_CREATE_WAIT):
+        while not found:
+            await anyio.sleep(0.1)
+            found = await _partitions_described(admin, settings, watch)
+    if not found:
+        why = "" if creates else " (auto.create.topics.enable=false there?)"
+        raise TopicMissing(
+            f"{missing}, and the broker did not create it on first use within "
+            f"{AUTO_CREATE_WAIT:.0f} s{why}: create it first"
         )
     return found
 

@@ -16,7 +16,6 @@ Rule 4: the brokers may be away for a while (`outage.py`): start-up waits for th
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import asdict
 from typing import Any
@@ -31,7 +30,7 @@ from service.core.position import Periodic, Position
 from service.health import heartbeat_path
 from service.lifecycle.partition import Gauge, Partition, Reachable, ReadStatus, Standing, Step
 from service.settings import Settings
-from service.sources.kafka.client import ANSWER_TIMEOUT
+from service.sources.kafka.client import ANSWER_TIMEOUT, describe_error
 from service.sources.kafka.group import MAX_RECORDS, GroupMember, name_of
 from service.sources.kafka.group_totals import GroupState, read_group_state
 from service.sources.kafka.outage import BrokerWatch
@@ -137,8 +136,11 @@ class KafkaSource:
         # One look, bounded (the coordinator's address, then the commits): no answer is an
         # outage, which the broker watch reports and waits out; the next look is a check later.
         group: GroupState | None = None
-        with anyio.move_on_after(2 * ANSWER_TIMEOUT), contextlib.suppress(KafkaError):
-            group = await read_group_state(admin, self.settings.kafka_group, partitions)
+        with anyio.move_on_after(2 * ANSWER_TIMEOUT):
+            try:
+                group = await read_group_state(admin, self.settings.kafka_group, partitions)
+            except KafkaError as error:  # the brokers answered: not an outage, said each time
+                self.log.warning("group_check_failed", message=describe_error(error))
         if group is None:
             return False
         if group.reached(self._targets):
