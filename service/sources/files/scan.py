@@ -17,6 +17,7 @@ Rule 5: a scan reports files by (device, inode): the key that tells a rename fro
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import stat
@@ -29,7 +30,7 @@ from service.settings import GLOB_CHARACTERS, Listed
 from service.storage.atomic import is_temp_file_of, written_path
 from service.storage.lock import lock_path_for
 
-__all__ = ["FileKey", "InputPatterns", "Match", "identity_of"]
+__all__ = ["FileKey", "FilesBeside", "InputPatterns", "Match", "identity_of"]
 
 FileKey = tuple[int, int]  # (st_dev, st_ino) of a file seen by this process
 
@@ -279,3 +280,34 @@ class InputPatterns:
         # and that file's temporary ones, are the worker's too.
         own = (checkpoint, result, written_path(checkpoint), written_path(result))
         return cls(patterns, exclude, (*own, lock_path_for(checkpoint)))
+
+
+class FilesBeside:
+    """Where a file renamed out of the patterns while it was not open went, when it stayed
+    beside its old name (a rotation's `a.txt` to `a.txt.1`). Each directory is listed once a
+    scan, by inode number alone (no stat a file: the listing gives it); a name is then checked
+    by its (device, inode)."""
+
+    def __init__(self) -> None:
+        self._listed: dict[str, dict[int, list[str]]] = {}
+
+    def name_of(self, old_path: str, key: FileKey) -> str | None:
+        directory = os.path.dirname(old_path) or "."
+        if directory not in self._listed:
+            self._listed[directory] = _names_by_inode(directory)
+        for name in self._listed[directory].get(key[1], ()):
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):  # gone since the listing
+                info = os.stat(path, follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == key:
+                    return path
+        return None
+
+
+def _names_by_inode(directory: str) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    # A directory gone or unreadable has nothing beside.
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            found.setdefault(entry.inode(), []).append(entry.name)
+    return found

@@ -18,10 +18,8 @@ Rule 3: a save takes every file's state in one step of the event loop (one insta
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import stat
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, replace
@@ -42,6 +40,7 @@ from service.sources.files.partition import CHUNK_BYTES, READS_AT_ONCE, FilePart
 from service.sources.files.reading import ChunkBuffers
 from service.sources.files.scan import (
     FileKey,
+    FilesBeside,
     InputPatterns,
     Match,
     ScanNotes,
@@ -70,6 +69,9 @@ __all__ = [
     "match_saved_files",
     "saved_state_of_plain_path",
 ]
+
+# Not open, and to be opened by name: a file renamed out in one of these is looked for beside.
+_REOPENED_BY_NAME = frozenset({State.WAITING_FOR_SLOT, State.PARKED, State.PARKED_OUT})
 
 READY_RECHECK_INTERVAL = 0.2  # seconds between looks at whether any input file is there
 _LOOK_AGAIN_DELAY = 0.05  # seconds between the scans that must all miss a gone file
@@ -454,7 +456,7 @@ class FileSource:
         by_key = {p.key: p for p in self.active if p.key is not None}
         fresh = {key: match for key, match in found.items() if key not in by_key}
         woken: list[Partition] = []
-        beside = _Beside()
+        beside = FilesBeside()
         for key, partition in by_key.items():
             match = found.get(key)
             found_as = None if match is None else match.path
@@ -601,38 +603,3 @@ def file_entry(path: str, position: Position, size: int | None) -> dict[str, Any
         "bad_records": position.bad_records,
         "sum": position.sum,
     }
-
-
-# Not open, and to be opened by name: a file renamed out in one of these is looked for beside.
-_REOPENED_BY_NAME = frozenset({State.WAITING_FOR_SLOT, State.PARKED, State.PARKED_OUT})
-
-
-class _Beside:
-    """Where a file renamed out of the patterns while it was not open went, when it stayed
-    beside its old name (a rotation's `a.txt` to `a.txt.1`). Each directory is listed once a
-    scan, by inode number alone (no stat a file: the listing gives it); a name is then checked
-    by its (device, inode)."""
-
-    def __init__(self) -> None:
-        self._listed: dict[str, dict[int, list[str]]] = {}
-
-    def name_of(self, old_path: str, key: FileKey) -> str | None:
-        directory = os.path.dirname(old_path) or "."
-        if directory not in self._listed:
-            self._listed[directory] = _names_by_inode(directory)
-        for name in self._listed[directory].get(key[1], ()):
-            path = os.path.join(directory, name)
-            with contextlib.suppress(OSError):  # gone since the listing
-                info = os.stat(path, follow_symlinks=False)
-                if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == key:
-                    return path
-        return None
-
-
-def _names_by_inode(directory: str) -> dict[int, list[str]]:
-    found: dict[int, list[str]] = {}
-    # A directory gone or unreadable has nothing beside.
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            found.setdefault(entry.inode(), []).append(entry.name)
-    return found
