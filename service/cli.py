@@ -387,14 +387,15 @@ def console() -> NoReturn:
     # Stop signals unwind like Ctrl+C, so `generate` removes its unfinished temporary file. Not
     # for `run`: it takes these signals over to stop gracefully, and once they are caught at all
     # a stop must be graceful (before that, their default ends it).
-    if sys.argv[1:2] != ["run"]:
+    unwinds_on_stop = sys.argv[1:2] != ["run"]
+    if unwinds_on_stop:
         from service.signals import STOP_SIGNALS
 
         for signum in STOP_SIGNALS:
             if signum != signal.SIGINT:
                 signal.signal(signum, stop)
     try:
-        if sys.argv[1:2] != ["run"]:
+        if unwinds_on_stop:
             from service.signals import release_held_stop_signals
 
             release_held_stop_signals()  # one held arrives now: unwound below like any

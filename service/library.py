@@ -358,8 +358,12 @@ def write_position(path: Path, input: str | Path, position: Position) -> None:
         if entry is not None and entry.inode == info.st_ino:
             # The same file: its name as the worker matched it (Rule 3), and what the worker
             # knows of it beside its position (closed, renamed out; its inode's generation).
-            state = replace(entry, identity=identity, position=position)
-            state = replace(state, generation=state.generation or generation)
+            state = replace(
+                entry,
+                identity=identity,
+                position=position,
+                generation=entry.generation or generation,
+            )
         files = (*(f for f in files if f is not entry), state)
         gone = existing.gone if existing is not None else Position()
         described = existing.input if existing is not None else state.path

@@ -24,6 +24,7 @@ __all__ = [
     "ENDED",
     "LOOK_FIRST",
     "NOT_OPEN",
+    "REOPENED_BY_NAME",
     "Action",
     "Event",
     "FileLife",
@@ -58,6 +59,8 @@ Event = Change | Action
 NOT_OPEN = frozenset(
     {State.WAITING_FOR_SLOT, State.PARKED, State.PARKED_OUT, State.WAITING_FOR_FILE}
 )
+# Not open, and opened by name when their turn comes: one renamed out is looked for beside.
+REOPENED_BY_NAME = frozenset({State.WAITING_FOR_SLOT, State.PARKED, State.PARKED_OUT})
 LOOK_FIRST = frozenset({State.CAUGHT_UP, State.RENAMED_OUT})
 ENDED = frozenset({State.DONE, State.CLOSED, State.DELETED})
 

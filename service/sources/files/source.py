@@ -35,7 +35,7 @@ from service.errors import InputUnreadable, UsageError
 from service.lifecycle.partition import Partition, Reachable, Standing
 from service.settings import Settings
 from service.sources.files.changes import Change, classify_scan
-from service.sources.files.life import State
+from service.sources.files.life import REOPENED_BY_NAME, State
 from service.sources.files.partition import CHUNK_BYTES, READS_AT_ONCE, FilePartition, Shared
 from service.sources.files.reading import ChunkBuffers
 from service.sources.files.scan import (
@@ -69,9 +69,6 @@ __all__ = [
     "match_saved_files",
     "saved_state_of_plain_path",
 ]
-
-# Not open, and to be opened by name: a file renamed out in one of these is looked for beside.
-_REOPENED_BY_NAME = frozenset({State.WAITING_FOR_SLOT, State.PARKED, State.PARKED_OUT})
 
 READY_RECHECK_INTERVAL = 0.2  # seconds between looks at whether any input file is there
 _LOOK_AGAIN_DELAY = 0.05  # seconds between the scans that must all miss a gone file
@@ -468,7 +465,7 @@ class FileSource:
             elif change is Change.RENAMED_OUT:
                 # Open, it is read on through its descriptor; not open, only a name reopens it.
                 aside = None
-                if partition.state in _REOPENED_BY_NAME:
+                if partition.state in REOPENED_BY_NAME:
                     aside = beside.name_of(partition.path, key)
                 if aside is None:
                     partition.renamed_out()
