@@ -79,7 +79,7 @@ async def number_stream(
 ) -> AsyncGenerator[tuple[int, int], None]:
     """Yield (offset after the line, number) for each record from byte `offset` on, through
     aiofiles, one thread hop a chunk."""
-    start = await anyio.to_thread.run_sync(stream_start, filename, offset)
+    start = await anyio.to_thread.run_sync(stream_start, filename, offset, max_line_bytes)
     stream = Stream(filename, offset, start, max_line_bytes)
     # The descriptor is closed here whatever happens, a cancellation while aiofiles opens
     # its own file object on it included (that one does not close it).

@@ -28,8 +28,9 @@ Rule 3: a checkpoint of several files (the worker's, of a glob) must be told whi
 Rule 4: a save takes the worker's lock for its instant, so never while a worker runs on it.
 Rule 5: a stream starts where a line starts, and a save is where a line ends. An offset inside
         a line is a ValueError. The one offset that is neither, the end of a last line counted
-        without its '\n', reads on after that '\n' once it has come; bytes of another kind
-        after it mean the line went on: the input changed, as the worker says too.
+        without its '\n', reads on after the end of that line once it has come (its '\n',
+        after spaces, tabs or a '\r'); bytes of another kind after it mean the line went on:
+        the input changed, as the worker says too (service/sources/files/line_end.py).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from service.core.parsing import LineParser, Region, line_values
 from service.core.position import Position
 from service.errors import CheckpointOfSeveralFiles, InputChanged
 from service.settings import GLOB_CHARACTERS, MAX_LINE_BYTES
-from service.sources.files.changes import Change, Look, classify, newline_came
+from service.sources.files.changes import Change, Look, classify
+from service.sources.files.line_end import Ending, counted_line_ends, read_ending
 from service.storage.atomic import open_regular_file, replaceable
 from service.storage.checkpoint import (
     Checkpoint,
@@ -222,22 +224,26 @@ def _check_unchanged(filename: str | Path, state: FileState, path: Path) -> None
         size = info.st_size
         known = size >= offset and state.identity is not None
         prefix = identify_input(fd, offset) if known else None
-        edge = os.pread(fd, 2, offset - 1) if offset else None
+        look = Look(read_to=offset, consumed=state.identity, size=size, prefix=prefix)
+        change = classify(look)
+        went_on = (
+            change is Change.GREW
+            and counted_line_ends(fd, offset)
+            and read_ending(fd, offset, DEFAULT_MAX_LINE_BYTES)[0] is Ending.WENT_ON
+        )
     finally:
         os.close(fd)
-    look = Look(read_to=offset, consumed=state.identity, size=size, prefix=prefix, edge=edge)
-    change = classify(look)
     if change is Change.TRUNCATED or look.prefix_differs:
         raise InputChanged(
             f"input {filename} no longer holds the {offset} bytes checkpoint {path} consumed "
             f"of it; delete {path} to start over",
             change.value,
         )
-    if change is Change.REWRITTEN:  # the same prefix, and its last line went on (Rule 5)
+    if went_on:
         raise InputChanged(
             f"input {filename} goes on past checkpoint {path}'s offset {offset} on the line "
             f"counted last (it had no newline when it was counted); delete {path} to start over",
-            change.value,
+            Change.REWRITTEN.value,
         )
 
 
@@ -344,8 +350,10 @@ def write_position(path: Path, input: str | Path, position: Position) -> None:
     try:
         fd, info = open_regular_file(input)
         try:
-            offset = position.offset
-            _require_line_edge(fd, input, offset, info.st_size, ends=True)
+            offset = _require_line_edge(
+                fd, input, position.offset, info.st_size, DEFAULT_MAX_LINE_BYTES
+            )
+            position = replace(position, offset=offset)  # a counted line's end taken with it
             identity = identify_input(fd, offset) if offset else None
             generation = generation_of(fd)
         finally:
@@ -376,32 +384,44 @@ def write_position(path: Path, input: str | Path, position: Position) -> None:
         lock.release()
 
 
-def _require_line_edge(fd: int, filename: str | Path, offset: int, size: int, *, ends: bool) -> int:
-    """Where reading from `offset` starts (Rule 5): `offset` where a line starts (or the file
-    ends), one byte on when it ends a line counted without its '\n' that has come since. A
-    save (`ends`) is where a line ends, or the file. ValueError otherwise."""
+def _require_line_edge(
+    fd: int, filename: str | Path, offset: int, size: int, max_line_bytes: int
+) -> int:
+    """Where a line starts at or after `offset` (Rule 5): `offset` where a line starts (or the
+    file ends); past the end of a line counted without its '\n' when that end has come since
+    (or only what may end it, up to the file's end). ValueError otherwise."""
     if offset < 0:
         raise ValueError(f"offset must be >= 0: {offset}")
     if offset > size:
         raise ValueError(f"offset {offset} is past the end of {filename} ({size} bytes)")
-    edge = os.pread(fd, 2, offset - 1) if offset else b"\n"
-    if edge[:1] == b"\n" or offset == size:
+    if offset == size or not counted_line_ends(fd, offset):
         return offset
-    if newline_came(edge) and not ends:
-        return offset + 1
+    ending, taken = read_ending(fd, offset, max_line_bytes)
+    if ending is not Ending.WENT_ON:
+        return offset + taken
     raise ValueError(
         f"offset {offset} is inside a line of {filename}: a stream starts, and a save is, "
         "where a line starts (0, or just after a '\\n')"
     )
 
 
-def stream_start(filename: str | Path, offset: int) -> int:
+def _line_limit(max_line_bytes: object) -> int:
+    limit = _whole(max_line_bytes, "max_line_bytes")
+    if not 1 <= limit <= MAX_LINE_BYTES:
+        raise ValueError(f"max_line_bytes must be from 1 to {MAX_LINE_BYTES}: {limit}")
+    return limit
+
+
+def stream_start(
+    filename: str | Path, offset: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> int:
     """Where a stream of `filename` from `offset` starts reading (blocking); ValueError for an
     offset inside a line or outside the file, OSError for a file that is not a regular one."""
     offset = _whole(offset, "offset")
+    limit = _line_limit(max_line_bytes)
     fd, info = open_regular_file(filename)
     try:
-        return _require_line_edge(fd, filename, offset, info.st_size, ends=False)
+        return _require_line_edge(fd, filename, offset, info.st_size, limit)
     finally:
         os.close(fd)
 
@@ -409,12 +429,10 @@ def stream_start(filename: str | Path, offset: int) -> int:
 class Stream:
     """The heart of `number_stream`, without I/O: chunks in, (position, number) out, and the
     counts at each yielded position kept for `save_checkpoint`. `start` is where its reading
-    starts (`stream_start`): one past `offset` when a counted line's '\n' is taken there."""
+    starts (`stream_start`): past `offset` when a counted line's end is taken there."""
 
     def __init__(self, filename: str | Path, offset: int, start: int, max_line_bytes: int) -> None:
-        max_line_bytes = _whole(max_line_bytes, "max_line_bytes")
-        if not 1 <= max_line_bytes <= MAX_LINE_BYTES:
-            raise ValueError(f"max_line_bytes must be from 1 to {MAX_LINE_BYTES}: {max_line_bytes}")
+        max_line_bytes = _line_limit(max_line_bytes)
         self.key = _key(filename)
         known = known_counts(filename)
         loaded = known.loaded if known.loaded is not None and known.loaded[0] == offset else None
@@ -466,7 +484,7 @@ def number_stream(
 
     Blank lines and bad records are skipped (and counted), by the worker's input rules.
     """
-    start = stream_start(filename, offset)
+    start = stream_start(filename, offset, max_line_bytes)
     stream = Stream(filename, offset, start, max_line_bytes)
     for chunk in _chunks(filename, start):
         yield from stream.feed(chunk)

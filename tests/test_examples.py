@@ -207,6 +207,22 @@ def test_an_example_resumes_what_the_worker_saved(name: str, tmp_path: Path, noi
     assert_checkpoint_exact(tmp_path, noisy)
 
 
+@pytest.mark.parametrize("name", RESUMING)
+def test_an_example_run_again_after_its_last_line_got_its_end(name: str, tmp_path: Path) -> None:
+    """An example ends on "2" with no newline and counts it; the line's end comes later
+    (nothing more, then a CRLF and more lines): each run again is exact, never an error."""
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_bytes(b"1\n2")
+    assert run_to_end(name, tmp_path)[-1] == "3"
+    for more in (b"\n", b"3\r\n-1 \n"):
+        with numbers.open("ab") as writer:
+            writer.write(more)
+        data = numbers.read_bytes()
+        assert run_to_end(name, tmp_path)[-1] == str(expected_of(data).sum)
+        assert_checkpoint_exact(tmp_path, data)
+        assert saved(tmp_path)["offset"] == len(data)
+
+
 def test_a_worker_checkpoint_of_several_files_is_resumed_file_by_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

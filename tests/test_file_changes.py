@@ -72,10 +72,6 @@ RENAMED_OUT = replace(CAUGHT_UP, in_patterns=False, close_inactive=5.0)
         (replace(RENAMED_OUT, idle=60.0, size=10, prefix=A), Change.GREW),
         (replace(RENAMED_OUT, idle=60.0, links=0), Change.DELETED),
         (replace(CAUGHT_UP, idle=60.0, close_inactive=5.0), Change.UNCHANGED),
-        (replace(CAUGHT_UP, size=10, prefix=A, edge=b"7\n"), Change.GREW),
-        (replace(CAUGHT_UP, size=10, prefix=A, edge=b"\n7"), Change.GREW),
-        (replace(CAUGHT_UP, size=10, prefix=A, edge=b"77"), Change.REWRITTEN),
-        (replace(CAUGHT_UP, prefix=A, edge=b"7"), Change.UNCHANGED),
     ],
     ids=[
         "same size: caught up",
@@ -100,10 +96,6 @@ RENAMED_OUT = replace(CAUGHT_UP, in_patterns=False, close_inactive=5.0)
         "renamed out but grew: read on",
         "renamed out and deleted: deleted",
         "under a pattern, idle for long: caught up",
-        "the last line counted without its newline got it: grew",
-        "the prefix ends a line, more lines came: grew",
-        "the last line counted without its newline went on: rewritten",
-        "the last line counted without its newline, nothing more: caught up",
     ],
 )
 def test_classify_names_what_happened_to_a_file(look: Look, expected: Change) -> None:

@@ -547,12 +547,13 @@ def test_a_file_named_from_another_directory_keeps_its_one_entry(tmp_path: Path)
     assert (completed["sum"], completed["records"]) == (whole.sum, whole.records)
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\t \r\n"], ids=["lf", "crlf", "blanks"])
 def test_a_last_line_that_went_on_is_an_input_change_and_its_newline_is_taken(
-    tmp_path: Path,
+    tmp_path: Path, ending: bytes
 ) -> None:
     """`12` counted without its '\\n': a file that goes on `125` is InputChanged (the worker
-    says so too), never a silent 120; one that got its '\\n' resumes after it, the line the same,
-    with the counts the worker gives."""
+    says so too), never a silent 120; one that got its end ('\\n', after blanks or a '\\r')
+    resumes after it, the line the same, with the counts the worker gives."""
     numbers, checkpoint = tmp_path / "numbers.txt", tmp_path / "checkpoint.json"
     numbers.write_bytes(b"1\n2\n12")
     _seed_loop(numbers, checkpoint)
@@ -562,7 +563,7 @@ def test_a_last_line_that_went_on_is_an_input_change_and_its_newline_is_taken(
         load_checkpoint(checkpoint)
     assert cli(["run"], tmp_path).returncode == 1
     checkpoint.write_bytes(backup)
-    numbers.write_bytes(b"1\n2\n12\n5\nx\n7\n")
+    numbers.write_bytes(b"1\n2\n12" + ending + b"5\nx\n7\n")
     _seed_loop(numbers, checkpoint)
     saved = load_checkpoint(checkpoint)
     assert (saved.sum, saved.lines, saved.records, saved.bad_records) == (27, 6, 5, 1)

@@ -314,43 +314,67 @@ def test_a_changed_input_fails_or_restarts_by_policy(workdir: Path, change: str)
     _assert_result_is(workdir, expected_of(data))
 
 
-@pytest.mark.parametrize("follow", [False, True])
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b" \t\r\n"], ids=["lf", "crlf", "blanks"])
+@pytest.mark.parametrize("when", ["before_the_run", "before_following", "while_following"])
 def test_a_last_line_counted_without_its_newline_gets_it_later(
-    tmp_path: Path, follow: bool
+    tmp_path: Path, ending: bytes, when: str
 ) -> None:
-    """A run ends on "2" with no '\\n' and counts it; the '\\n' and more lines come later: the
-    next run takes that '\\n' as the end of the same line, and sum and line numbers stay exact."""
+    """A run ends on "2" with no '\\n' and counts it; the end of that line (its '\\n', after
+    blanks or a '\\r', as the input rules allow) and more lines come later, before the next run
+    or while it follows, the end in two writes: the same line ended, never a line of its own,
+    so sum and line numbers stay exact."""
     path = tmp_path / "numbers.txt"
     path.write_bytes(b"1\n2")
     assert cli(["run"], tmp_path).returncode == 0
-    path.write_bytes(b"1\n2\nx\n5\n")
-    if follow:
-        worker = WorkerProcess(["--follow"], tmp_path)
-        worker.wait_for("caught_up")
-        worker.signal(signal.SIGTERM)
-        assert worker.finish() == 0
-        events = worker.events
-    else:
+    later = b"1\n2" + ending + b"x\n5\n"
+    if when == "before_the_run":
+        path.write_bytes(later)
         done = cli(["run"], tmp_path)
         assert done.returncode == 0, done.stdout
         events = events_of(done.stdout)
+    else:
+        if when == "before_following":
+            path.write_bytes(later)
+        worker = WorkerProcess(["--follow", "--poll-interval", "0.05"], tmp_path)
+        worker.wait_for("caught_up")
+        if when == "while_following":
+            with path.open("ab") as writer:
+                writer.write(ending[:-1])  # blanks or a CR, and no newline yet: held
+                writer.flush()
+                time.sleep(0.5)
+                writer.write(later[len(b"1\n2") + len(ending) - 1 :])
+        worker.wait_for("caught_up", offset=len(later))
+        worker.signal(signal.SIGTERM)
+        assert worker.finish() == 0
+        events = worker.events
     assert [e["line"] for e in events if e["event"] == "bad_record"] == [3]
-    _assert_result_is(tmp_path, expected_of(path.read_bytes()))
+    _assert_result_is(tmp_path, expected_of(later))
 
 
+@pytest.mark.parametrize("when", ["before_the_run", "while_following"])
 def test_a_last_line_counted_without_its_newline_that_goes_on_is_an_input_change(
-    tmp_path: Path,
+    tmp_path: Path, when: str
 ) -> None:
-    """A run ends on "2" with no '\\n' and counts it; then "3\\n" is appended, so the line is
-    "23": `input_changed` (exit 1, checkpoint untouched), and under restart the exact sum."""
+    """A run ends on "2" with no '\\n' and counts it; then "3\\n" is appended, before the next
+    run or while it follows, so the line is "23": `input_changed` (exit 1, checkpoint
+    untouched), never a silent 2 + 3; and under restart the exact sum."""
     path = tmp_path / "numbers.txt"
     path.write_bytes(b"1\n2")
     assert cli(["run"], tmp_path).returncode == 0
     before = (tmp_path / "checkpoint.json").read_bytes()
-    path.write_bytes(b"1\n23\n")
-    failed = cli(["run"], tmp_path)
-    assert failed.returncode == 1
-    changed = [e for e in events_of(failed.stdout) if e["event"] == "input_changed"]
+    if when == "before_the_run":
+        path.write_bytes(b"1\n23\n")
+        failed = cli(["run"], tmp_path)
+        assert failed.returncode == 1
+        events = events_of(failed.stdout)
+    else:
+        worker = WorkerProcess(["--follow", "--poll-interval", "0.05"], tmp_path)
+        worker.wait_for("caught_up")
+        with path.open("ab") as writer:
+            writer.write(b"3\n")
+        assert worker.finish() == 1
+        events = worker.events
+    changed = [e for e in events if e["event"] == "input_changed"]
     assert [e["action"] for e in changed] == ["fail"]
     assert (tmp_path / "checkpoint.json").read_bytes() == before
     assert cli(["run", "--on-input-change", "restart"], tmp_path).returncode == 0

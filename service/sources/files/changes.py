@@ -12,8 +12,8 @@ Rule 3: the prefix's hashes are a fact only when they were read: `classify` comp
         given, and the reader reads them when the file grew or a saved state is checked, so a
         file that is only looked at costs one `fstat`.
 Rule 4: a consumed prefix may end without a '\n': the input's last line, counted when a run
-        ended. When bytes follow it now, that line either got its '\n' (the next byte; the
-        line is the same) or went on (it is not the line that was counted: the input changed).
+        ended. Growth after it either ends that same line or makes it another one, which is a
+        change of the input: line_end.py tells which, and the reader acts on it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from service.sources.files.scan import FileKey
 from service.storage.checkpoint import InputIdentity
 
-__all__ = ["Change", "Look", "classify", "classify_scan", "newline_came"]
+__all__ = ["Change", "Look", "classify", "classify_scan"]
 
 
 class Change(enum.Enum):
@@ -63,7 +63,6 @@ class Look:
     in_patterns: bool = True  # seen by the last scan: a pattern matches one of its names
     idle: float = 0.0  # seconds since it last grew
     close_inactive: float = math.inf  # seconds a file renamed out is read after it last grew
-    edge: bytes | None = None  # seen: the last byte consumed and the next one; None: not read
 
     @property
     def prefix_differs(self) -> bool:
@@ -71,20 +70,9 @@ class Look:
         known = self.prefix is not None and self.consumed is not None
         return known and self.prefix != self.consumed
 
-    @property
-    def last_line_went_on(self) -> bool:
-        """Whether the line counted last without a '\n' now goes on past it (Rule 4)."""
-        return self.edge is not None and len(self.edge) == 2 and b"\n" not in self.edge
-
     def is_input_change(self, change: Change) -> bool:
         """Whether `change` means the input is no longer what was consumed (`input_changed`)."""
         return change in _INPUT_CHANGES or (self.by_name and change is Change.DELETED)
-
-
-def newline_came(edge: bytes | None) -> bool:
-    """Whether `edge` (the last byte consumed and the next one) is a line counted without its
-    '\n' followed by that '\n' (Rule 4): the same line, and one more byte to consume."""
-    return edge is not None and edge[1:] == b"\n" != edge[:1]
 
 
 def classify(look: Look) -> Change:
@@ -98,7 +86,7 @@ def classify(look: Look) -> Change:
     if look.prefix_differs:
         return Change.REWRITTEN
     if look.size > look.read_to:
-        return Change.REWRITTEN if look.last_line_went_on else Change.GREW
+        return Change.GREW
     if not look.by_name and look.links == 0:
         return Change.DELETED  # and read to its end: nothing more can come
     if not look.in_patterns and look.idle >= look.close_inactive:

@@ -51,8 +51,9 @@ from service.core.position import Position
 from service.errors import InputChanged, InputUnreadable
 from service.lifecycle.partition import Gauge, ReadStatus, Step
 from service.settings import Settings
-from service.sources.files.changes import Change, Look, classify, newline_came
+from service.sources.files.changes import Change, Look, classify
 from service.sources.files.life import LOOK_FIRST, NOT_OPEN, Action, FileLife, State
+from service.sources.files.line_end import Ending, counted_line_ends, read_ending
 from service.sources.files.reading import Chunk, ChunkBuffers, read_chunks
 from service.sources.files.scan import FileKey, Match
 from service.storage.checkpoint import (
@@ -121,6 +122,9 @@ class FilePartition:
         self.identity: InputIdentity | None = resume.identity if resume else None
         self.fd: int | None = None  # open while it holds a slot
         self.opened_before = False  # in this process: its saved state is checked at the first
+        # Its position ends a last line counted without its '\n' (line_end.py): growth is
+        # checked to end that line first. Known at the first open, from the saved state.
+        self.counted_line_open = False
         self._chunks: AsyncGenerator[Chunk, None] | None = None  # reading from the position on
         self.size: int | None = None
         self.changed_ns = 0  # its inode's change time when it was last looked at
@@ -289,31 +293,50 @@ class FilePartition:
 
     async def _check_saved_state(self, size: int) -> None:
         """The file still holds what the saved state consumed of it, or it changed. A last line
-        counted without its '\n' when a run ended has that '\n' taken now, if it came."""
+        counted without its '\n' when a run ended has its end taken now, if it came."""
         offset = self.position.offset
-        prefix = edge = None
+        prefix = None
         if size >= offset:
             prefix = await anyio.to_thread.run_sync(identify_input, self._fd(), offset)
-            edge = os.pread(self._fd(), 2, offset - 1)
-        look = Look(read_to=offset, consumed=self.identity, size=size, prefix=prefix, edge=edge)
+        look = Look(read_to=offset, consumed=self.identity, size=size, prefix=prefix)
         change = classify(look)
         if change is Change.TRUNCATED:
             message = f"is shorter ({size} bytes) than the checkpoint's offset {offset}"
             await self._changed(change, f"input {self.label} {message}")
-        elif change is Change.REWRITTEN and look.prefix_differs:
+        elif change is Change.REWRITTEN:
             message = f"differs from what the checkpoint consumed (first {offset} bytes)"
             await self._changed(change, f"input {self.label} {message}")
-        elif change is Change.REWRITTEN:  # the same prefix: the line counted last went on
+        else:
+            self.counted_line_open = counted_line_ends(self._fd(), offset)
+            await self._end_counted_line(size)
+
+    async def _end_counted_line(self, size: int) -> Change:
+        """Growth past a last line counted without its '\n' (line_end.py): GREW when the line's
+        end came (consumed with it) or there was no such line; following, UNCHANGED while its
+        end has not come yet (nothing past it is read meanwhile); REWRITTEN, handled as a
+        change of the input, when the line went on."""
+        offset = self.position.offset
+        if not self.counted_line_open or size <= offset:
+            return Change.GREW
+        ending, taken = await anyio.to_thread.run_sync(
+            read_ending, self._fd(), offset, self.settings.max_line_bytes
+        )
+        if ending is Ending.PENDING and self.settings.follow:
+            self.size = offset
+            return Change.UNCHANGED
+        self.counted_line_open = False
+        if ending is Ending.WENT_ON:
             message = (
-                f"goes on past the checkpoint's offset {offset}, on the line counted last "
-                "(it had no newline when it was counted)"
+                f"input {self.label} goes on past the checkpoint's offset {offset}, on the line "
+                "counted last (it had no newline when it was counted)"
             )
-            await self._changed(change, f"input {self.label} {message}")
-        elif change is Change.GREW and newline_came(edge):
-            # The '\n' the counted line lacked: one more byte consumed, no more lines.
-            after = self.position.advance(consumed=1, lines=0, records=0, bad_records=0, total=0)
-            self.parser = self._new_parser(after)
-            self._identify()
+            await self._changed(Change.REWRITTEN, message)
+            return Change.REWRITTEN
+        after = self.position.advance(consumed=taken, lines=0, records=0, bad_records=0, total=0)
+        self.parser = self._new_parser(after)
+        self._identify()
+        await self._seek(after.offset)
+        return Change.GREW
 
     def _fd(self) -> int:
         assert self.fd is not None
@@ -393,6 +416,7 @@ class FilePartition:
                 await self._changed(Change.TRUNCATED, message)
                 return self._step(Parsed(self.position), ReadStatus.READING)
             if self.size > self.parser.split_offset:  # grown while it was read: read on
+                await self._end_counted_line(self.size)
                 return self._step(Parsed(self.position), ReadStatus.READING)
             # In helper threads when it is a number of millions of digits: the loop beats on.
             batch = await self._parse_and_commit(self.parser.final_regions())
@@ -438,6 +462,10 @@ class FilePartition:
             details = {"path": self.label, "size": look.size, "offset": offset}
             await self._changed(change, _CHANGE_MESSAGES[change].format(**details))
             return ReadStatus.READING
+        if change is Change.GREW:
+            change = await self._end_counted_line(look.size)
+            if change is Change.REWRITTEN:
+                return ReadStatus.READING  # read again from 0, as for any change of the input
         self.life.on(change)
         waiting = self.slots.statistics().tasks_waiting > 0
         if change is Change.UNCHANGED and self.life.state is State.CAUGHT_UP and waiting:
