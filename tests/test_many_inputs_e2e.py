@@ -301,6 +301,34 @@ def test_a_file_of_a_glob_rewritten_in_place_while_stopped_is_an_input_change(
     _assert_totals(_json(tmp_path / "result.json"), _total(b"40\n50\n60\n", b"100\n"))
 
 
+@pytest.mark.parametrize("policy", ["fail", "restart"])
+def test_one_plain_path_on_a_checkpoint_of_several_files_is_an_input_change(
+    tmp_path: Path, policy: str
+) -> None:
+    """A checkpoint written for a glob, then `--input` one of its files: the checkpoint's totals
+    count the other file too, so it does not describe this input. Never a silent sum of both:
+    `input_changed` (fail: exit 1, checkpoint untouched; restart: this file alone, exactly)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1\n2\n3\n")
+    (tmp_path / "in" / "b.txt").write_bytes(b"100\n200\n")
+    assert cli(["run", "--input", "in/*.txt"], tmp_path).returncode == 0
+    before = (tmp_path / "checkpoint.json").read_bytes()
+    again = cli(["run", "--input", "in/a.txt", "--on-input-change", policy], tmp_path)
+    [changed] = [e for e in events_of(again.stdout) if e["event"] == "input_changed"]
+    assert (changed["path"], changed["reason"], changed["action"]) == (
+        "in/a.txt",
+        "other_files",
+        policy,
+    )
+    if policy == "fail":
+        assert again.returncode == 1
+        assert (tmp_path / "checkpoint.json").read_bytes() == before
+        return
+    assert again.returncode == 0, again.stdout
+    _assert_totals(_json(tmp_path / "result.json"), _total(b"1\n2\n3\n"))
+    assert cli(["run", "--input", "in/a.txt"], tmp_path).returncode == 0
+
+
 def test_a_fifo_as_the_input_is_refused_at_once(tmp_path: Path) -> None:
     """A plain path naming a FIFO: one clear line and exit 1 at once, never a wait for a writer."""
     os.mkfifo(tmp_path / "numbers.txt")

@@ -31,7 +31,7 @@ import anyio
 from service.core.names import shown
 from service.core.parsing import DetailBudget
 from service.core.position import Position
-from service.errors import InputUnreadable, UsageError
+from service.errors import InputChanged, InputUnreadable, UsageError
 from service.lifecycle.partition import Partition, Reachable, Standing
 from service.settings import Settings
 from service.sources.files.changes import Change, classify_scan
@@ -310,11 +310,13 @@ class FileSource:
         return partitions
 
     async def _start_plain(self, path: str, saved: tuple[FileState, ...]) -> FilePartition:
-        """One plain path: the file at that path, checked against the checkpoint, opened now."""
+        """One plain path: the file at that path, checked against the checkpoint, opened now.
+        A checkpoint that holds other files too (a glob's, or one the library added a file to)
+        does not describe this input: its totals would count them (`input_changed`)."""
         resume = saved_state_of_plain_path(saved, path)
-        for other in saved:
-            if other is not resume:
-                self.gone = total_of([self.gone, other.position])
+        if len(saved) > 1 or self.gone != Position():
+            self._other_files_saved(path, len(saved), self.gone != Position())
+            resume, self.gone = None, Position()
         partition = FilePartition(
             path, self.settings, self.log, self.shared, resume=resume, plain=True
         )
@@ -322,6 +324,24 @@ class FileSource:
         self.states[partition] = partition.snapshot()
         await partition.open_now()
         return partition
+
+    def _other_files_saved(self, path: str, count: int, gone: bool) -> None:
+        """Log the change; raise under `fail`; under `restart` the input is read from 0."""
+        action = self.settings.on_input_change
+        files = f"{count} file{'s' if count != 1 else ''}" + (
+            " and of files now gone" if gone else ""
+        )
+        message = (
+            f"checkpoint {shown(str(self.settings.checkpoint))} holds the state of {files}, "
+            f"not of the one input file {shown(path)} alone"
+        )
+        self.log.warning(
+            "input_changed", path=shown(path), reason="other_files", action=action, message=message
+        )
+        if action == "fail":
+            raise InputChanged(
+                message + "; set on_input_change=restart to start over, or `reset`", "other_files"
+            )
 
     async def _start_patterns(self, saved: tuple[FileState, ...]) -> list[Partition]:
         pairing = await self._pair_at_start(saved)
