@@ -40,28 +40,34 @@ class _Parser(argparse.ArgumentParser):
         argv: list[str] = getattr(self, "argv", [])
         command = next((word for word in argv if word in _COMMANDS), None)
         top_level = self._subparsers is not None  # a command's parser sees only its own words
+        safe, unsafe = _flags_by_echo(self if self.complete else _build_parser())
         if top_level and argv[:1] and argv[0].startswith("-") and command is not None:
             # `checkpoint-worker --max-rate 5 status`: say where flags go, echoing no value.
+            flag = _glued_flag(argv[0], unsafe)
             attached = _FLAG_WITH_ATTACHED_VALUE.match(argv[0])
-            flag = attached["flag"] if attached else argv[0]
+            flag = flag or (attached["flag"] if attached else argv[0])
             message = f"the command comes first, then its flags: `{PROG} {command} {flag} ...`"
         else:
-            safe = _flags_safe_to_echo(self if self.complete else _build_parser())
-            message = _without_values(message, argv, safe)
+            message = _without_values(message, argv, safe, unsafe)
         self.exit(2, f"{PROG}: error: {message} (see `{PROG} --help`)\n")
 
 
-def _flags_safe_to_echo(parser: argparse.ArgumentParser) -> set[str]:
+def _flags_by_echo(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
     """The flags of `parser` and its commands that take no value or a typed one (a count, a
-    path): none of them is a secret."""
+    path): none of them is a secret; and the others, whose value may be one."""
     safe: set[str] = set()
+    unsafe: set[str] = set()
     for action in parser._actions:
         if action.nargs == 0 or action.type is not None:
             safe.update(action.option_strings)
+        else:
+            unsafe.update(action.option_strings)
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
-                safe |= _flags_safe_to_echo(command)
-    return safe
+                more_safe, more_unsafe = _flags_by_echo(command)
+                safe |= more_safe
+                unsafe |= more_unsafe
+    return safe, unsafe
 
 
 _FLAG_WITH_ATTACHED_VALUE = re.compile(
@@ -69,16 +75,26 @@ _FLAG_WITH_ATTACHED_VALUE = re.compile(
 )
 
 
-def _without_values(message: str, argv: list[str], safe: set[str]) -> str:
+def _glued_flag(token: str, unsafe: set[str]) -> str | None:
+    """The flag whose value may be secret that `token` starts with and goes on past (a value
+    glued to it: `--kafka-sasl-passwordHunter2`, `--kafka-sasl-password_Hunter2`); None."""
+    glued = [flag for flag in unsafe if token.startswith(flag) and token != flag]
+    return max(glued, key=len) if glued else None
+
+
+def _without_values(message: str, argv: list[str], safe: set[str], unsafe: set[str]) -> str:
     """argparse repeats what it could not take (`--kafka-sasl-pass=...`, a misspelt flag and the
-    word after it, a secret given before the command): any value of a flag that may be a secret
-    is shown as `***`."""
+    word after it, a secret given before the command, one glued to its flag): any value of a
+    flag that may be a secret is shown as `***`."""
     hidden: dict[str, str] = {}
     for previous, token in zip(["", *argv], argv, strict=False):
         # A flag's name ends at its first character that no flag has: `=`, or `:` mistyped.
         attached = _FLAG_WITH_ATTACHED_VALUE.match(token)
+        glued = _glued_flag(token, unsafe)
         if previous.startswith("-") and "=" not in previous and previous not in safe:
             hidden[token] = "***"  # the value of a flag that may be secret, even if it is `-x`
+        elif glued:
+            hidden[token] = f"{glued}***"
         elif attached and attached["flag"] not in safe:
             hidden[token] = f"{attached['flag']}{attached['separator']}***"
     for token, shown in hidden.items():

@@ -1129,6 +1129,10 @@ def test_a_bad_secret_names_the_setting_never_its_value(
         ["run", f"--kafka-sasl-password {SECRET}"],  # one quoted word
         ["status", "--kafka-sasl-pasword", f"-{SECRET}!tail"],  # a value that looks like a flag
         ["status", "--kafka-sasl-pasword", f"--{SECRET}=x"],
+        ["run", f"--kafka-sasl-password_{SECRET}"],  # glued by a character a flag may hold
+        ["run", f"--kafka-sasl-password-{SECRET}"],
+        ["run", f"--kafka-sasl-password{SECRET}"],
+        [f"--kafka-sasl-password{SECRET}", "status"],  # glued, before the command
     ],
 )
 def test_a_mistyped_flag_never_echoes_a_secret_given_with_it(
