@@ -432,6 +432,9 @@ def console() -> NoReturn:
             message = f"{shown(os.fsdecode(error.filename))}: {message}"
         with contextlib.suppress(OSError, ValueError):
             print(f"{PROG}: error: {message}", file=sys.stderr)
+        # An event loop made without its descriptors complains as it is collected with the
+        # error's frames: the one line above says all there is to say.
+        sys.unraisablehook = lambda unraisable: None
         code = 1
     # Every file is written and closed by now. Skipping the interpreter's teardown of anyio,
     # structlog and the rest saves time on every exit, a stop on SIGTERM included.

@@ -1191,7 +1191,7 @@ _WITH_ULIMIT = (
 )
 
 
-@pytest.mark.parametrize("limit", ["6", "8"])
+@pytest.mark.parametrize("limit", ["5", "6", "8"])
 def test_too_few_descriptors_for_the_modules_themselves_is_one_line(
     workdir: Path, limit: str
 ) -> None:
