@@ -851,6 +851,8 @@ _ODD_REQUESTS = {
     "absolute-form, a query only": (b"GET http://h?x=/metrics HTTP/1.1\r\n\r\n", b"404"),
     "binary garbage": (b"\x00\xff garbage\r\n\r\n", b"400"),
     "no version": (b"GET /metrics\r\n\r\n", b"400"),
+    "no version, nothing after it (HTTP/0.9)": (b"GET /metrics\r\n", b"400"),
+    "HTTP/9.9, nothing after it": (b"GET /metrics HTTP/9.9\r\n", b"505"),
     "a version that is no number": (b"GET /metrics HTTP/x.y\r\n\r\n", b"400"),
     "HTTP/9.9": (b"GET /metrics HTTP/9.9\r\n\r\n", b"505"),
     "a header line without a colon": (b"GET /metrics HTTP/1.1\r\nHost x\r\n\r\n", b"400"),

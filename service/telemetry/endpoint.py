@@ -166,6 +166,16 @@ def _path_of(target: str) -> str:
     return target
 
 
+def _refusal_of_request_line(line: bytes) -> tuple[int, bytes] | None:
+    """(status, body) for a request line that is not `METHOD target HTTP/1.x`; None for one."""
+    words = line.decode("latin-1").split()
+    if len(words) != 3 or not _VERSION.fullmatch(words[2]):
+        return 400, b"bad request line\n"
+    if not words[2].startswith("HTTP/1."):
+        return 505, b"HTTP/1.0 and HTTP/1.1 only\n"
+    return None
+
+
 class _Handler(socketserver.StreamRequestHandler):
     """One request per connection: the request line and headers read within their limits,
     GET or HEAD answered, the connection closed."""
@@ -180,14 +190,7 @@ class _Handler(socketserver.StreamRequestHandler):
         if isinstance(head, tuple):
             self._answer(*head)
             return
-        words = head[0].decode("latin-1").split()
-        if len(words) != 3 or not _VERSION.fullmatch(words[2]):
-            self._answer(400, b"bad request line\n")
-            return
-        method, target, version = words
-        if not version.startswith("HTTP/1."):
-            self._answer(505, b"HTTP/1.0 and HTTP/1.1 only\n")
-            return
+        method, target, _ = head[0].decode("latin-1").split()  # checked as it came
         if any(b":" not in line for line in head[1:]):
             self._answer(400, b"bad header line\n")
             return
@@ -224,6 +227,9 @@ class _Handler(socketserver.StreamRequestHandler):
                 continue
             if line:
                 lines.append(line)
+                refused = _refusal_of_request_line(line) if len(lines) == 1 else None
+                if refused is not None:  # at once: no header is waited for (`GET /\r\n`)
+                    return refused
                 if len(lines) > MAX_HEADERS + 1:
                     return 431, b"too many header lines\n"
                 continue
