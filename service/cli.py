@@ -348,7 +348,7 @@ def _output_of_generate(args: argparse.Namespace, settings: Settings) -> Path:
             "generate needs --output when the input is a glob or a list "
             f"({', '.join(settings.input)})"
         )
-    refuse_shared_files(settings, output)
+    refuse_shared_files(settings, output, "--output" if args.output else "input")
     return output
 
 

@@ -470,6 +470,22 @@ class _InvalidSetting(ValueError):
         self.name, self.value, self.reason = name, value, reason
 
 
+_TOML_LINE = re.compile(r"\(at (?:line (\d+), column \d+|end of document)\)")
+_TOML_KEY = re.compile(r"\s*([A-Za-z0-9_.\"' -]+?)\s*=")
+
+
+def _key_at(error: Exception, text: str) -> str:
+    """`; the key: NAME` when the line the TOML error points at assigns one (a key given twice
+    is reported by its line alone)."""
+    at = _TOML_LINE.search(str(error))
+    lines = text.splitlines()
+    number = len(lines) if at is None or at.group(1) is None else int(at.group(1))
+    if at is None or not 1 <= number <= len(lines):
+        return ""
+    key = _TOML_KEY.match(lines[number - 1])
+    return f"; the key: {key.group(1)}" if key else ""
+
+
 def _read_config(config_file: Path) -> dict[str, Any]:
     import tomllib  # only when a file is given: it is not free at start-up
 
@@ -485,7 +501,8 @@ def _read_config(config_file: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise UsageError(f"config file {name} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"config file {name} is not valid TOML: {error}") from None
+        detail = f"{error}{_key_at(error, text)}"
+        raise UsageError(f"config file {name} is not valid TOML: {detail}") from None
     except RecursionError:
         raise UsageError(f"config file {name} is not valid TOML: nested too deeply") from None
 

@@ -462,9 +462,10 @@ def test_generate_with_a_glob_input_needs_an_output(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--output", "result.json"], "result and input"),
-        (["--output", "checkpoint.json.lock"], "lock and input"),
-        (["--output", "checkpoint.json", "--force"], "checkpoint and input"),
+        (["--output", "result.json"], "result and --output"),
+        (["--output", "checkpoint.json.lock"], "lock and --output"),
+        (["--output", "checkpoint.json", "--force"], "checkpoint and --output"),
+        (["--input", "checkpoint.json"], "checkpoint and input"),
     ],
 )
 def test_generate_never_writes_over_the_workers_own_files(

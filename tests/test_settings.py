@@ -438,22 +438,24 @@ def test_bad_file_value(line: str, name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "named"),
     [
-        "checkpoint_interval = ",
-        "checkpoint_interval = 1.0\ncheckpoint_interval = 2.0",
-        "[[[",
-        "input = " + "[" * 3000 + "]" * 3000,  # nested past the parser's recursion limit
+        ("checkpoint_interval = ", "checkpoint_interval"),
+        ("checkpoint_interval = 1.0\ncheckpoint_interval = 2.0", "the key: checkpoint_interval"),
+        ("[[[", "TOML"),
+        ("input = " + "[" * 3000 + "]" * 3000, "TOML"),  # nested past the recursion limit
     ],
 )
-def test_bad_toml_syntax(text: str, tmp_path: Path) -> None:
-    """A file that is not valid TOML is a usage error naming the file."""
+def test_bad_toml_syntax(text: str, named: str, tmp_path: Path) -> None:
+    """A file that is not valid TOML is a usage error naming the file, and the setting when the
+    line it breaks on gives one (a key given twice is reported by its line alone)."""
     config = write_config(tmp_path, text)
     with pytest.raises(UsageError) as caught:
         load_settings({}, config)
     assert caught.value.exit_code == 2
     assert str(config) in caught.value.message
     assert "TOML" in caught.value.message
+    assert named in caught.value.message
 
 
 @pytest.mark.parametrize("name", ["missing.toml", "."], ids=["missing", "directory"])

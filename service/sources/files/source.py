@@ -188,17 +188,20 @@ def match_saved_files(saved: Iterable[FileState], found: dict[FileKey, Match]) -
     return pairing
 
 
-def refuse_shared_files(settings: Settings, plain_input: Path | None) -> None:
+def refuse_shared_files(
+    settings: Settings, plain_input: Path | None, input_named: str = "input"
+) -> None:
     """The checkpoint, its lock, the result and a plain input path are four files: a path that
     names two of them (by itself, a link or a linked directory) would have the worker write
-    over its own input or state. That is a usage error, found before anything is written."""
+    over its own input or state. That is a usage error, found before anything is written.
+    `input_named`: what the input path is called where it was given (`--output`)."""
     named = [
         ("checkpoint", settings.checkpoint),
         ("result", settings.result),
         ("the checkpoint's lock", lock_path_for(settings.checkpoint)),
     ]
     if plain_input is not None:
-        named.append(("input", plain_input))
+        named.append((input_named, plain_input))
     # Each path's file once: where its links lead, and what it is if it exists already.
     files = [(what, path, os.path.realpath(path), identity_of(str(path))) for what, path in named]
     for index, (what, _path, real, identity) in enumerate(files):
