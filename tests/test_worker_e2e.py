@@ -819,6 +819,24 @@ def test_a_second_signal_during_shutdown_exits_at_once(workdir: Path) -> None:
         _assert_checkpoint_exact(workdir, data)
 
 
+def test_two_signals_at_once_still_say_the_first_was_a_stop(workdir: Path) -> None:
+    """SIGTERM and SIGINT sent together: the second may come before the loop took the first in;
+    the log says all the same that a stop was requested, then how the worker stopped."""
+    data = (workdir / "numbers.txt").read_bytes()
+    for _ in range(5):
+        worker = WorkerProcess(["--max-rate", "100000", "--checkpoint-interval", "0.1"], workdir)
+        worker.wait_for("checkpoint_saved", reason="timer")
+        worker.signal(signal.SIGTERM)
+        worker.signal(signal.SIGINT)
+        code = worker.finish()
+        assert code in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+        requested = worker.named("shutdown_requested")
+        assert [e["signal"] in ("SIGTERM", "SIGINT") for e in requested] == [True]
+        last = worker.events[-1]
+        assert (last["event"], last["exit_code"]) == ("worker_stopped", code)
+        _assert_checkpoint_exact(workdir, data)
+
+
 def test_a_shutdown_past_its_timeout_ends_with_worker_stopped(workdir: Path) -> None:
     """Every fsync stalled 1 s and shutdown_timeout 0.3 s: SIGTERM ends the process with exit 1
     within about the timeout, its last lines the fatal error and `worker_stopped`."""

@@ -61,10 +61,15 @@ _START_UP_SHARE = 0.25
 _AT_THE_END = frozenset({ReadStatus.CAUGHT_UP, ReadStatus.PARKED})  # not behind
 
 
-def _exit_at_once(signum: int) -> NoReturn:
-    """A second stop signal: end the process now; the checkpoint on disk stays whole."""
+def _exit_at_once(signum: int, first_untold: int | None = None) -> NoReturn:
+    """A second stop signal: end the process now; the checkpoint on disk stays whole. The first
+    one's `shutdown_requested` is said here when it came too close before to be logged."""
     code = 128 + signum
-    last_words([("worker_stopped", "info", {"exit_code": code, "reason": "second_signal"})], code)
+    lines: list[tuple[str, str, dict[str, Any]]] = []
+    if first_untold is not None:
+        lines.append(("shutdown_requested", "info", {"signal": signal_name(first_untold)}))
+    lines.append(("worker_stopped", "info", {"exit_code": code, "reason": "second_signal"}))
+    last_words(lines, code)
 
 
 def _exit_at_next_signal() -> None:
@@ -202,7 +207,7 @@ class _Worker:
             if signals_received and self.listening:
                 # A second one while the loop has not yet taken the first in (it may be stuck
                 # writing a log line to a reader that does not read): exit now, not after it.
-                _exit_at_once(signum)
+                _exit_at_once(signum, signals_received[0] if self.stop_signal is None else None)
             signals_received.append(signum)
             stop_waiting_for_reader()  # the loop may be the one waiting, in a log write
             loop.call_soon_threadsafe(self._request_shutdown, signum, scope)
@@ -253,10 +258,11 @@ class _Worker:
             return
         if self.stop_signal is not None:  # a second one, before the first was taken in
             _exit_at_once(signum)
+        # Said first: a second signal until `stop_signal` is set says it in its last words.
+        self.log.info("shutdown_requested", signal=signal_name(signum))
         self.stop_signal = signum
         _exit_at_next_signal()
         self._bound_shutdown()
-        self.log.info("shutdown_requested", signal=signal_name(signum))
         if self.started:
             scope.cancel()
             return
