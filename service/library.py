@@ -141,7 +141,9 @@ def load_checkpoint(
         return SavedCheckpoint()
     state = _state_of(checkpoint, Path(path), input)
     if state is None:  # a file the checkpoint does not hold yet starts at 0
-        return SavedCheckpoint(input=None if input is None else str(input), checkpoint=checkpoint)
+        return SavedCheckpoint(
+            input=None if input is None else os.fsdecode(input), checkpoint=checkpoint
+        )
     filename = state.path if input is None else input
     _check_unchanged(filename, state, Path(path))
     p = state.position
@@ -362,7 +364,9 @@ def write_position(path: Path, input: str | Path, position: Position) -> None:
         existing = store.load()
         files: tuple[FileState, ...] = existing.files if existing is not None else ()
         entry = _entry_of(existing, input) if existing is not None else None
-        state = FileState(str(input), info.st_ino, identity, position, generation=generation)
+        state = FileState(
+            os.fsdecode(input), info.st_ino, identity, position, generation=generation
+        )
         if entry is not None and entry.inode == info.st_ino:
             # The same file: its name as the worker matched it (Rule 3), and what the worker
             # knows of it beside its position (closed, renamed out; its inode's generation).

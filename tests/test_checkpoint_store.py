@@ -185,6 +185,16 @@ def test_there_are_corrupt_fixtures() -> None:
     assert len(CORRUPT) >= 25
 
 
+def test_bytes_json_cannot_read_as_text_is_said_to_be_not_utf8(tmp_path: Path) -> None:
+    """NUL bytes make json guess UTF-16: the message says what the file is not, never a
+    codec's name."""
+    path = tmp_path / "checkpoint.json"
+    path.write_bytes(b"\x00{\x00}\x00")
+    with pytest.raises(CheckpointCorrupt, match=r"corrupt \(not UTF-8 text\)") as caught:
+        CheckpointStore(path).load()
+    assert "codec" not in caught.value.message
+
+
 @pytest.mark.parametrize("fixture", CORRUPT, ids=[p.stem for p in CORRUPT])
 def test_corrupt_fixture_is_reported_and_left_untouched(fixture: Path, tmp_path: Path) -> None:
     """Each torn, zero-filled, wrong-shape or unknown-version file raises CheckpointCorrupt."""

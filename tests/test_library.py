@@ -573,6 +573,20 @@ def test_a_last_line_that_went_on_is_an_input_change_and_its_newline_is_taken(
     assert json.loads((tmp_path / "result.json").read_text())["lines"] == 6
 
 
+def test_a_file_named_in_bytes_is_saved_under_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`number_stream(b"numbers.txt")` saves the entry as `numbers.txt`, never `b'...'`, and
+    the worker resumes it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
+    pairs = list(number_stream(b"numbers.txt"))
+    save_checkpoint(pairs[-1][0], sum(number for _, number in pairs))
+    saved = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert [f["path"] for f in saved["files"]] == ["numbers.txt"]
+    assert load_checkpoint(input=b"numbers.txt").input == "numbers.txt"
+
+
 def _seed_loop(numbers: Path, checkpoint: Path) -> None:
     """The seed's loop to the file's end: load, stream, save at each record."""
     offset, running_sum = load_checkpoint(checkpoint)

@@ -404,7 +404,12 @@ class CheckpointStore:
                 del data["checksum"]
             return Checkpoint.from_json(data)
         except (ValueError, UnicodeDecodeError, RecursionError, KeyError) as error:
-            detail = "empty file" if not raw.strip(b"\0 \n") else str(error).splitlines()[0]
+            if not raw.strip(b"\0 \n"):
+                detail = "empty file"
+            elif isinstance(error, UnicodeDecodeError):  # json guesses UTF-16 or 32 from NULs
+                detail = "not UTF-8 text"
+            else:
+                detail = str(error).splitlines()[0]
             raise CheckpointCorrupt(
                 f"checkpoint {self.path} is corrupt ({detail}); it was left untouched: "
                 "fix it, or run `checkpoint-worker reset` to start over"
