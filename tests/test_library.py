@@ -580,11 +580,11 @@ def test_a_file_named_in_bytes_is_saved_under_its_name(
     the worker resumes it."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "numbers.txt").write_bytes(b"1\n2\n")
-    pairs = list(number_stream(b"numbers.txt"))
+    pairs = list(number_stream(b"numbers.txt"))  # type: ignore[arg-type]
     save_checkpoint(pairs[-1][0], sum(number for _, number in pairs))
     saved = json.loads((tmp_path / "checkpoint.json").read_text())
     assert [f["path"] for f in saved["files"]] == ["numbers.txt"]
-    assert load_checkpoint(input=b"numbers.txt").input == "numbers.txt"
+    assert load_checkpoint(input=b"numbers.txt").input == "numbers.txt"  # type: ignore[arg-type]
 
 
 def _seed_loop(numbers: Path, checkpoint: Path) -> None:
