@@ -232,3 +232,18 @@ def test_a_paced_worker_reads_a_long_line_in_a_few_reads(tmp_path: Path) -> None
     reads = report.read_text().split()
     assert _counted(report) == len(data)
     assert len(reads) < 40, f"{len(reads)} reads"
+
+
+def test_a_low_rate_paces_record_by_record_not_in_bursts(tmp_path: Path) -> None:
+    """`--max-rate 2` on short lines: about two records a second from the start, not a burst of
+    a read's worth (dozens) followed by as many seconds of nothing."""
+    (tmp_path / "numbers.txt").write_bytes(b"".join(b"%d\n" % n for n in range(1, 1001)))
+    worker = WorkerProcess(["--max-rate", "2", "--checkpoint-interval", "0.2"], tmp_path)
+    first = worker.wait_for("checkpoint_saved", reason="timer")
+    assert first["records"] <= 3
+    later = worker.wait_for("checkpoint_saved", reason="timer", records=lambda r: r >= 5)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    stopped = worker.named("worker_stopped")[0]
+    assert stopped["records"] <= later["records"] + 2
+    assert stopped["sum"] == sum(range(1, stopped["records"] + 1))

@@ -26,6 +26,7 @@ Rule 5: the bytes come from an aiofiles async generator of chunks (`read_chunks`
 from __future__ import annotations
 
 import functools
+import math
 import os
 import stat
 import threading
@@ -500,13 +501,15 @@ class FilePartition:
             # is known as such (it ends the file's reading turn).
             return min(CHUNK_BYTES, max(_SMALLEST_READ, left))
         position = self.parser.position
-        bytes_per_record = position.offset / position.lines if position.lines else 8.0
-        batch = self.settings.max_rate * bytes_per_record / _PACED_BATCHES_PER_SECOND
+        bytes_per_line = position.offset / position.lines if position.lines else 1.0
+        batch = self.settings.max_rate * bytes_per_line / _PACED_BATCHES_PER_SECOND
+        # At least a line's worth, no floor of a fixed size: at a rate of a few records a
+        # second, one would let dozens through at once, then nothing for as many seconds.
         # Inside a line longer than a batch (a bad one of megabytes): its bytes hold no record
         # to pace, so each read is as long as what it already holds, and a line of any length
         # takes a few dozen reads, not one per batch.
         unfinished = self.parser.split_offset - position.offset
-        return max(64, min(CHUNK_BYTES, int(max(batch, unfinished))))
+        return max(1, min(CHUNK_BYTES, math.ceil(max(batch, bytes_per_line, unfinished))))
 
     def _reader(self) -> AsyncGenerator[Chunk, None]:
         """The chunks from the position on (a few at once, however many files)."""
