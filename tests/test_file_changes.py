@@ -607,7 +607,7 @@ async def _catch_up(source: FileSource, partitions: list[FilePartition]) -> None
                 # Hold on until every file was looked at; one holding a slot that another
                 # waits for asks again, and gives the slot up.
                 while not all_seen():
-                    if partition.fd is not None and source.shared.slots.statistics().tasks_waiting:
+                    if partition.fd is not None and source.shared.slots.waiting:
                         break
                     await anyio.lowlevel.checkpoint()
                 else:

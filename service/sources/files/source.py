@@ -36,7 +36,13 @@ from service.lifecycle.partition import Partition, Reachable, Standing
 from service.settings import Settings
 from service.sources.files.changes import Change, classify_scan
 from service.sources.files.life import REOPENED_BY_NAME, State
-from service.sources.files.partition import CHUNK_BYTES, READS_AT_ONCE, FilePartition, Shared
+from service.sources.files.partition import (
+    CHUNK_BYTES,
+    READS_AT_ONCE,
+    FilePartition,
+    FileSlots,
+    Shared,
+)
 from service.sources.files.reading import ChunkBuffers
 from service.sources.files.scan import (
     FileKey,
@@ -257,7 +263,7 @@ class FileSource:
         self.store = CheckpointStore(settings.checkpoint)
         self.lock = WorkerLock(settings.checkpoint)
         self.shared = Shared(
-            slots=anyio.CapacityLimiter(settings.max_open_files),
+            slots=FileSlots(settings.max_open_files),
             reading=ChunkBuffers(READS_AT_ONCE, CHUNK_BYTES),
             details=DetailBudget(),
         )
