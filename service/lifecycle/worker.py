@@ -20,6 +20,7 @@ import functools
 import gc
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from types import FrameType
@@ -72,11 +73,12 @@ def _exit_at_once(signum: int, first_untold: int | None = None) -> NoReturn:
     last_words(lines, code)
 
 
-def _exit_at_next_signal() -> None:
-    """From now on a stop signal ends the process at once."""
+def _exit_at_next_signal(untold: Callable[[], int | None]) -> None:
+    """From now on a stop signal ends the process at once; `untold()`: the first one, while its
+    `shutdown_requested` is not logged yet."""
 
     def _exit_now(signum: int, _frame: FrameType | None) -> None:
-        _exit_at_once(signum)
+        _exit_at_once(signum, untold())
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, _exit_now)
@@ -110,6 +112,7 @@ class _Worker:
         self.unstarted = 0  # partitions found, waiting for a turn to start reading
         self.failure: WorkerError | None = None
         self.stop_signal: int | None = None
+        self.stop_told = False  # its `shutdown_requested` is written
         self.signals_ignored: set[int] = set()  # each said once
         self.listening = True  # for stop signals: until the run ends by itself
         self.output_closed = False
@@ -207,7 +210,7 @@ class _Worker:
             if signals_received and self.listening:
                 # A second one while the loop has not yet taken the first in (it may be stuck
                 # writing a log line to a reader that does not read): exit now, not after it.
-                _exit_at_once(signum, signals_received[0] if self.stop_signal is None else None)
+                _exit_at_once(signum, None if self.stop_told else signals_received[0])
             signals_received.append(signum)
             stop_waiting_for_reader()  # the loop may be the one waiting, in a log write
             loop.call_soon_threadsafe(self._request_shutdown, signum, scope)
@@ -258,11 +261,12 @@ class _Worker:
             return
         if self.stop_signal is not None:  # a second one, before the first was taken in
             _exit_at_once(signum)
-        # Said first: a second signal until `stop_signal` is set says it in its last words.
-        self.log.info("shutdown_requested", signal=signal_name(signum))
         self.stop_signal = signum
-        _exit_at_next_signal()
+        _exit_at_next_signal(lambda: None if self.stop_told else signum)
         self._bound_shutdown()
+        # A second signal before this line is written says it in its last words.
+        self.log.info("shutdown_requested", signal=signal_name(signum))
+        self.stop_told = True
         if self.started:
             scope.cancel()
             return
