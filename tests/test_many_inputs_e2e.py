@@ -618,3 +618,37 @@ def test_a_closed_file_waiting_for_retirement_renamed_beside_its_old_name_stays_
     worker.signal(signal.SIGTERM)
     assert worker.finish() == 0, worker.tail()
     assert not [e for e in worker.events if e["level"] == "error"]
+
+
+@pytest.mark.parametrize("how", ["deleted", "renamed_out"])
+def test_a_followed_file_whose_last_line_waits_for_its_end_still_ends(
+    tmp_path: Path, how: str
+) -> None:
+    """`a.txt` ends on "2" counted without its newline, then a blank comes and no newline:
+    following, the line waits for its end. Deleted, or renamed out and inactive, the file
+    ends there (the blank ends the line, as at the end of a run not following): it is removed,
+    `b.txt` is read on (with one slot, it gets the slot), and every record is counted once."""
+    (tmp_path / "in").mkdir()
+    a, b = tmp_path / "in" / "a.txt", tmp_path / "in" / "b.txt"
+    a.write_bytes(b"1\n2")
+    b.write_bytes(b"10\n")
+    assert cli(["run", "--input", "in/*.txt"], tmp_path).returncode == 0
+    with a.open("ab") as writer:
+        writer.write(b" ")
+    args = ["--input", "in/*.txt", "--follow", *FAST, "--close-inactive", "1", "--max-open-files"]
+    # Deleted: open, through its descriptor; renamed out: with one slot, maybe parked too.
+    worker = WorkerProcess([*args, "8" if how == "deleted" else "1"], tmp_path)
+    worker.wait_for("caught_up", sum=13)
+    if how == "deleted":
+        a.unlink()
+    else:
+        a.rename(tmp_path / "in" / "a.old")
+    removed = worker.wait_for("file_removed", timeout=30)
+    assert removed["reason"] == ("deleted" if how == "deleted" else "inactive")
+    assert (removed["records"], removed["sum"]) == (2, 3)
+    with b.open("ab") as writer:
+        writer.write(b"20\n")
+    worker.wait_for("caught_up", sum=33, timeout=30)
+    worker.signal(signal.SIGTERM)
+    assert worker.finish() == 0
+    assert _json(tmp_path / "checkpoint.json")["records"] == 4

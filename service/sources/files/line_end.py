@@ -61,10 +61,12 @@ def counted_line_ends(fd: int, offset: int) -> bool:
 def read_ending(fd: int, offset: int, max_line_bytes: int) -> tuple[Ending, int]:
     """`ending_of` the bytes in the file after `offset`, where a counted line ends (blocking).
     Reads at most the line's limit, a block at a time."""
+    last = os.pread(fd, 1, offset - 1)
+    if not last:  # cut below the line since it was looked at: not that line any more
+        return Ending.WENT_ON, 0
     length = _length_of_line_before(fd, offset, max_line_bytes)
     room = None if length is None else max_line_bytes - length
-    last = os.pread(fd, 1, offset - 1)[0]
-    return ending_of(last, _blocks_after(fd, offset), room)
+    return ending_of(last[0], _blocks_after(fd, offset), room)
 
 
 def _blocks_after(fd: int, offset: int) -> Iterator[bytes]:

@@ -32,7 +32,7 @@ import stat
 import threading
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 import anyio.lowlevel
@@ -158,6 +158,7 @@ class FilePartition:
         # The furthest byte read: a held unfinished line read again (`_look_at_end`) is not
         # growth, which would keep a file renamed out open past `close_inactive`.
         self.read_end = self.parser.split_offset
+        self.records_end = self.parser.split_offset  # where the last batch with records ended
         self.life = FileLife(by_name=plain)
         self._snapshot: FileState | None = None  # the last one handed out
         self.touched = True  # its state may differ from the last snapshot taken
@@ -334,35 +335,42 @@ class FilePartition:
             await self._changed(change, f"input {self.label} {message}")
         else:
             self.counted_line_open = counted_line_ends(self._fd(), offset)
-            await self._end_counted_line(size)
+            await self._end_counted_line(look)
 
-    async def _end_counted_line(self, size: int) -> Change:
+    async def _end_counted_line(self, look: Look) -> Change:
         """Growth past a last line counted without its '\n' (line_end.py): GREW when the line's
         end came (consumed with it) or there was no such line; following, UNCHANGED while its
-        end has not come yet (nothing past it is read meanwhile); REWRITTEN, handled as a
-        change of the input, when the line went on."""
+        end has not come yet (nothing past it is read meanwhile), unless the file ends there
+        (deleted, or renamed out and inactive: what came ends the line, as at the end of a run
+        that is not following); REWRITTEN, handled as a change of the input, when the line
+        went on."""
         offset = self.position.offset
-        if not self.counted_line_open or size <= offset:
+        if not self.counted_line_open or look.size <= offset:
             return Change.GREW
         ending, taken = await anyio.to_thread.run_sync(
             read_ending, self._fd(), offset, self.settings.max_line_bytes
         )
+        change = Change.GREW
         if ending is Ending.PENDING and self.settings.follow:
-            self.size = offset
-            return Change.UNCHANGED
-        self.counted_line_open = False
+            change = classify(replace(look, read_to=look.size))
+            if change not in (Change.DELETED, Change.INACTIVE):
+                self.size = offset
+                return Change.UNCHANGED
         if ending is Ending.WENT_ON:
+            self.counted_line_open = False
             message = (
                 f"input {self.label} goes on past the checkpoint's offset {offset}, on the line "
                 "counted last (it had no newline when it was counted)"
             )
             await self._changed(Change.REWRITTEN, message)
             return Change.REWRITTEN
+        # Ended by its '\n', or only blanks so far: the position still ends that line then.
+        self.counted_line_open = ending is not Ending.CAME
         after = self.position.advance(consumed=taken, lines=0, records=0, bad_records=0, total=0)
         self.parser = self._new_parser(after)
         self._identify()
         await self._seek(after.offset)
-        return Change.GREW
+        return change
 
     def _fd(self) -> int:
         assert self.fd is not None
@@ -384,7 +392,7 @@ class FilePartition:
                 message + "; set on_input_change=restart to start over, or `reset`", reason
             )
         self.parser = self._new_parser(Position())
-        self.read_end = 0  # what it holds now is new, read from 0
+        self.read_end = self.records_end = 0  # what it holds now is new, read from 0
         self.identity = None
         if self.life.on(change) is State.WAITING_FOR_FILE:
             await self.close()  # the path names another file now, or none yet
@@ -442,7 +450,10 @@ class FilePartition:
                 await self._changed(Change.TRUNCATED, message)
                 return self._step(Parsed(self.position), ReadStatus.READING)
             if self.size > self.parser.split_offset:  # grown while it was read: read on
-                await self._end_counted_line(self.size)
+                grown = Look(
+                    read_to=self.parser.split_offset, consumed=self.identity, size=self.size
+                )
+                await self._end_counted_line(grown)
                 return self._step(Parsed(self.position), ReadStatus.READING)
             # In helper threads when it is a number of millions of digits: the loop beats on.
             batch = await self._parse_and_commit(self.parser.final_regions())
@@ -489,7 +500,7 @@ class FilePartition:
             await self._changed(change, _CHANGE_MESSAGES[change].format(**details))
             return ReadStatus.READING
         if change is Change.GREW:
-            change = await self._end_counted_line(look.size)
+            change = await self._end_counted_line(look)
             if change is Change.REWRITTEN:
                 return ReadStatus.READING  # read again from 0, as for any change of the input
         self.life.on(change)
@@ -530,11 +541,11 @@ class FilePartition:
         batch = self.settings.max_rate * bytes_per_line / _PACED_BATCHES_PER_SECOND
         # At least a line's worth, no floor of a fixed size: at a rate of a few records a
         # second, one would let dozens through at once, then nothing for as many seconds.
-        # Inside a line longer than a batch (a bad one of megabytes): its bytes hold no record
-        # to pace, so each read is as long as what it already holds, and a line of any length
-        # takes a few dozen reads, not one per batch.
-        unfinished = self.parser.split_offset - position.offset
-        return max(1, min(CHUNK_BYTES, math.ceil(max(batch, bytes_per_line, unfinished))))
+        # Bytes with no record in them (blank or bad lines, a bad line of megabytes, one line
+        # unfinished) have nothing to pace: each read is as long as those read since the
+        # last record, so a stretch of any length takes a few dozen reads, not one per line.
+        recordless = self.parser.split_offset - self.records_end
+        return max(1, min(CHUNK_BYTES, math.ceil(max(batch, bytes_per_line, recordless))))
 
     def _reader(self) -> AsyncGenerator[Chunk, None]:
         """The chunks from the position on (a few at once, however many files)."""
@@ -553,6 +564,7 @@ class FilePartition:
 
     async def _parse_and_commit(self, regions: list[Region]) -> Parsed:
         """Parse whole-line regions (reading ahead meanwhile); commit in order up to a failure."""
+        records_before = self.parser.position.records
         results = await self._parse(regions)
         bad: list[BadRecord] = []
         failed = None
@@ -565,6 +577,8 @@ class FilePartition:
         # Right away, before the next await: a stop may come at any await, and a snapshot
         # must pair this position with the identity of this very prefix.
         self._identify()
+        if self.parser.position.records > records_before:
+            self.records_end = self.parser.position.offset
         return Parsed(self.parser.position, tuple(bad), failed)
 
     async def _parse(self, regions: list[Region]) -> list[RegionResult]:
