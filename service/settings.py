@@ -471,19 +471,20 @@ class _InvalidSetting(ValueError):
 
 
 _TOML_LINE = re.compile(r"\(at (?:line (\d+), column \d+|end of document)\)")
-_TOML_KEY = re.compile(r"\s*([A-Za-z0-9_.\"' -]+?)\s*=")
+_TOML_KEY = re.compile(r"[A-Za-z0-9_.\"' -]+")
 
 
 def _key_at(error: Exception, text: str) -> str:
     """`; the key: NAME` when the line the TOML error points at assigns one (a key given twice
     is reported by its line alone)."""
     at = _TOML_LINE.search(str(error))
-    lines = text.splitlines()
+    lines = text.rstrip("\n").split("\n")  # as TOML counts lines: only '\n' ends one
     number = len(lines) if at is None or at.group(1) is None else int(at.group(1))
     if at is None or not 1 <= number <= len(lines):
         return ""
-    key = _TOML_KEY.match(lines[number - 1])
-    return f"; the key: {key.group(1)}" if key else ""
+    key, equals, _ = lines[number - 1].partition("=")
+    key = key.strip()
+    return f"; the key: {key}" if equals and key and _TOML_KEY.fullmatch(key) else ""
 
 
 def _read_config(config_file: Path) -> dict[str, Any]:

@@ -444,6 +444,8 @@ def test_bad_file_value(line: str, name: str, tmp_path: Path) -> None:
         ("checkpoint_interval = 1.0\ncheckpoint_interval = 2.0", "the key: checkpoint_interval"),
         ("[[[", "TOML"),
         ("input = " + "[" * 3000 + "]" * 3000, "TOML"),  # nested past the recursion limit
+        ('s = "a\u2028b"\nmax_rate = 1\npoll_interval = @', "the key: poll_interval"),
+        (" " * 300_000 + "x", "TOML"),  # a long line with no `=`: at once, no key named
     ],
 )
 def test_bad_toml_syntax(text: str, named: str, tmp_path: Path) -> None:
