@@ -75,11 +75,29 @@ _FLAG_WITH_ATTACHED_VALUE = re.compile(
 )
 
 
+def _shared_length(one: str, other: str) -> int:
+    """How many characters `one` and `other` begin with alike."""
+    for index, (a, b) in enumerate(zip(one, other, strict=False)):
+        if a != b:
+            return index
+    return min(len(one), len(other))
+
+
+_SHORTEST_FLAG_PREFIX = 4  # letters a flag and a word must share to be taken as that flag
+
+
 def _glued_flag(token: str, unsafe: set[str]) -> str | None:
-    """The flag whose value may be secret that `token` starts with and goes on past (a value
-    glued to it: `--kafka-sasl-passwordHunter2`, `--kafka-sasl-password_Hunter2`); None."""
-    glued = [flag for flag in unsafe if token.startswith(flag) and token != flag]
-    return max(glued, key=len) if glued else None
+    """What `token` holds of a flag whose value may be secret, when it goes on past it (a value
+    glued to the flag, to an abbreviation of it, in another case, after other dashes:
+    `--kafka-sasl-passwordHunter2`, `--kafka-sasl-passHunter2`, `---Kafka-sasl-password_X`);
+    None for a word that is no such thing."""
+    name = token.lstrip("-")
+    if not token.startswith("-") or not name:
+        return None
+    shared = max((_shared_length(name.lower(), flag.lstrip("-")) for flag in unsafe), default=0)
+    if shared < _SHORTEST_FLAG_PREFIX or shared == len(name):
+        return None
+    return token[: len(token) - len(name) + shared]
 
 
 def _without_values(message: str, argv: list[str], safe: set[str], unsafe: set[str]) -> str:
@@ -90,7 +108,8 @@ def _without_values(message: str, argv: list[str], safe: set[str], unsafe: set[s
     for previous, token in zip(["", *argv], argv, strict=False):
         # A flag's name ends at its first character that no flag has: `=`, or `:` mistyped.
         attached = _FLAG_WITH_ATTACHED_VALUE.match(token)
-        glued = _glued_flag(token, unsafe)
+        known = token in safe or (attached is not None and attached["flag"] in safe)
+        glued = None if known else _glued_flag(token, unsafe)
         if previous.startswith("-") and "=" not in previous and previous not in safe:
             hidden[token] = "***"  # the value of a flag that may be secret, even if it is `-x`
         elif glued:
