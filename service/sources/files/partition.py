@@ -66,7 +66,14 @@ from service.storage.checkpoint import (
 )
 from service.telemetry.logs import Logger
 
-__all__ = ["CHUNK_BYTES", "READS_AT_ONCE", "FilePartition", "FileSlots", "Shared"]
+__all__ = [
+    "CHUNK_BYTES",
+    "READS_AT_ONCE",
+    "FilePartition",
+    "FileSlots",
+    "Shared",
+    "say_input_changed",
+]
 
 # One buffer of the pool (regions are views of it). Each chunk costs a few thread wake-ups,
 # slow on a virtual machine: 8 MiB reads 1 GB about 7% faster than 6 MiB, for 4 MB of RSS
@@ -80,6 +87,20 @@ PIECES_PER_CHUNK = 16
 _LONGEST_PARSED_ON_THE_LOOP = 2 * CHUNK_BYTES // PIECES_PER_CHUNK  # bytes of one line
 _PACED_BATCHES_PER_SECOND = 10
 _SMALLEST_READ = 64 * 1024
+
+
+def say_input_changed(
+    log: Logger, settings: Settings, label: str, reason: str, message: str
+) -> None:
+    """`input_changed` for the file shown as `label`; InputChanged under `fail` (the caller
+    reads it again from 0 under `restart`)."""
+    action = settings.on_input_change
+    # A warning either way: under "fail" the one error line is the fatal_error that follows.
+    log.warning("input_changed", path=label, reason=reason, action=action, message=message)
+    if action == "fail":
+        raise InputChanged(
+            message + "; set on_input_change=restart to start over, or `reset`", reason
+        )
 
 
 class FileSlots:
@@ -382,15 +403,7 @@ class FilePartition:
 
     async def _changed(self, change: Change, message: str) -> None:
         """Log the change; raise under `fail`, read again from 0 under `restart`."""
-        action, reason = self.settings.on_input_change, change.value
-        # A warning either way: under "fail" the one error line is the fatal_error that follows.
-        self.log.warning(
-            "input_changed", path=self.label, reason=reason, action=action, message=message
-        )
-        if action == "fail":
-            raise InputChanged(
-                message + "; set on_input_change=restart to start over, or `reset`", reason
-            )
+        say_input_changed(self.log, self.settings, self.label, change.value, message)
         self.parser = self._new_parser(Position())
         self.read_end = self.records_end = 0  # what it holds now is new, read from 0
         self.identity = None

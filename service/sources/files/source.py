@@ -31,7 +31,7 @@ import anyio
 from service.core.names import shown
 from service.core.parsing import DetailBudget
 from service.core.position import Position
-from service.errors import InputChanged, InputUnreadable, UsageError
+from service.errors import InputUnreadable, UsageError
 from service.lifecycle.partition import Partition, Reachable, Standing
 from service.settings import Settings
 from service.sources.files.changes import Change, classify_scan
@@ -42,6 +42,7 @@ from service.sources.files.partition import (
     FilePartition,
     FileSlots,
     Shared,
+    say_input_changed,
 )
 from service.sources.files.reading import ChunkBuffers
 from service.sources.files.scan import (
@@ -336,7 +337,6 @@ class FileSource:
 
     def _other_files_saved(self, path: str, count: int, gone: bool) -> None:
         """Log the change; raise under `fail`; under `restart` the input is read from 0."""
-        action = self.settings.on_input_change
         files = f"{count} file{'s' if count != 1 else ''}" + (
             " and of files now gone" if gone else ""
         )
@@ -344,13 +344,7 @@ class FileSource:
             f"checkpoint {shown(str(self.settings.checkpoint))} holds the state of {files}, "
             f"not of the one input file {shown(path)} alone"
         )
-        self.log.warning(
-            "input_changed", path=shown(path), reason="other_files", action=action, message=message
-        )
-        if action == "fail":
-            raise InputChanged(
-                message + "; set on_input_change=restart to start over, or `reset`", "other_files"
-            )
+        say_input_changed(self.log, self.settings, shown(path), "other_files", message)
 
     async def _start_patterns(self, saved: tuple[FileState, ...]) -> list[Partition]:
         pairing = await self._pair_at_start(saved)
